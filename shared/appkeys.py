@@ -1,0 +1,14 @@
+"""Typed application keys for the resources an FE server hands to the services it hosts."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+
+from shared.auth import TokenVerifier
+from shared.shardmap import ShardMap
+
+PG_POOL = web.AppKey("pg_pool", asyncpg.Pool)
+VERIFIER = web.AppKey("verifier", TokenVerifier)
+SHARD_MAP = web.AppKey("shard_map", ShardMap)
+SHARD_ID = web.AppKey("shard_id", int)

@@ -1,0 +1,96 @@
+"""The PostgreSQL pool as an aiohttp cleanup context, and the translation of driver errors.
+
+Nothing above a service's ``store.py`` imports asyncpg's exceptions: :func:`db_errors` turns a
+lost or refused connection into :class:`~shared.errors.Unavailable` (503 + Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import orjson
+
+from shared.errors import Unavailable
+
+log = logging.getLogger("medsvc.db")
+
+# Errors meaning "the database cannot be reached now", as opposed to a bad query.
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN with any password replaced by ``***`` (for logs)."""
+    head, sep, tail = dsn.partition("@")
+    if not sep or ":" not in head.split("//", 1)[-1]:
+        return dsn
+    scheme, _, cred = head.partition("//")
+    user = cred.split(":", 1)[0]
+    return f"{scheme}//{user}:***@{tail}"
+
+
+@contextlib.contextmanager
+def db_errors(what: str) -> Iterator[None]:
+    """Translate connection-level driver errors into :class:`Unavailable`."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise Unavailable(f"{what} is unavailable") from exc
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb in and out as Python objects, encoded with orjson.
+    await conn.set_type_codec(
+        "jsonb", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
+        schema="pg_catalog",
+    )
+
+
+async def create_pool(
+    dsn: str, *, password: str | None = None, min_size: int = 2, max_size: int = 10,
+    attempts: int = 30, what: str = "database",
+) -> asyncpg.Pool:
+    """Open a pool, retrying a bounded number of times with one warning per try."""
+    for attempt in range(1, attempts + 1):
+        try:
+            pool = await asyncpg.create_pool(
+                dsn, password=password, min_size=min_size, max_size=max_size,
+                init=_init_connection, command_timeout=30, timeout=5,
+            )
+            async with pool.acquire() as conn:
+                await conn.execute("SELECT 1")
+            log.info("connected", extra={"action": "db.connected", "dsn": mask_dsn(dsn), "what": what})
+            return pool
+        except _UNAVAILABLE as exc:
+            if attempt == attempts:
+                raise
+            log.warning(
+                "connect failed; retrying",
+                extra={"action": "db.connect_retry", "dsn": mask_dsn(dsn), "error": type(exc).__name__,
+                       "attempt": attempt},
+            )
+            await asyncio.sleep(min(0.2 * attempt, 2.0))
+    raise AssertionError("unreachable")
+
+
+@contextlib.asynccontextmanager
+async def pool_scope(dsn: str, **kwargs: object) -> AsyncIterator[asyncpg.Pool]:
+    """Open a pool for the duration of the block (the cleanup-context body)."""
+    pool = await create_pool(dsn, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield pool
+    finally:
+        await pool.close()

@@ -1,0 +1,97 @@
+"""The project's exception tree; each error knows its HTTP status and problem title.
+
+    ServiceError (500)
+    ├── BadRequest (400)            malformed JSON, query or cursor
+    ├── Unauthorized (401)          no token, bad signature, expired
+    ├── Forbidden (403)             the role may not do this
+    ├── NotFound (404)
+    ├── Conflict (409)              already exists, run already in progress
+    ├── PreconditionFailed (412)    If-Match version mismatch
+    ├── PayloadTooLarge (413)
+    ├── UnsupportedMediaType (415)
+    ├── ValidationFailed (422)      carries field errors
+    └── Unavailable (503)           the shard or service owning the data is down
+
+Driver errors (asyncpg, redis, aiohttp client) are translated into these at the store or
+client boundary, keeping the cause (``raise Unavailable(...) from exc``). One middleware
+(:mod:`shared.problems`) turns them into RFC 9457 problem responses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One validation failure: the JSON field path and a human-readable message."""
+
+    field: str
+    message: str
+
+
+class ServiceError(Exception):
+    """Root of every error the API answers deliberately."""
+
+    status = 500
+    title = "Internal Server Error"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+
+
+class BadRequest(ServiceError):
+    status, title = 400, "Bad Request"
+
+
+class Unauthorized(ServiceError):
+    status, title = 401, "Unauthorized"
+
+
+class Forbidden(ServiceError):
+    status, title = 403, "Forbidden"
+
+
+class NotFound(ServiceError):
+    status, title = 404, "Not Found"
+
+
+class MethodNotAllowed(ServiceError):
+    status, title = 405, "Method Not Allowed"
+
+    def __init__(self, detail: str | None = None, allowed: tuple[str, ...] = ()) -> None:
+        super().__init__(detail)
+        self.allowed = allowed
+
+
+class Conflict(ServiceError):
+    status, title = 409, "Conflict"
+
+
+class PreconditionFailed(ServiceError):
+    status, title = 412, "Precondition Failed"
+
+
+class PayloadTooLarge(ServiceError):
+    status, title = 413, "Payload Too Large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, title = 415, "Unsupported Media Type"
+
+
+class ValidationFailed(ServiceError):
+    status, title = 422, "Unprocessable Content"
+
+    def __init__(self, detail: str | None = None, errors: list[FieldError] | None = None) -> None:
+        super().__init__(detail or "the request body or parameters are not valid")
+        self.errors = errors or []
+
+
+class Unavailable(ServiceError):
+    status, title = 503, "Service Unavailable"
+
+    def __init__(self, detail: str | None = None, retry_after: int = 2) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after

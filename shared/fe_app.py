@@ -1,0 +1,94 @@
+"""The FE server: one process serving one shard and hosting one or more services.
+
+``create_app`` builds the aiohttp application without doing I/O; the shard's PostgreSQL pool
+is a cleanup context that opens it, applies the hosted services' migrations, and closes it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from shared.appkeys import PG_POOL, SHARD_ID, SHARD_MAP, VERIFIER
+from shared.auth import TokenVerifier
+from shared.db import pool_scope
+from shared.httpio import MAX_BODY
+from shared.migrate import apply_migrations
+from shared.ops import setup_ops
+from shared.problems import error_middleware, observe_middleware
+from shared.settings import FESettings
+from shared.shardmap import ShardMap
+
+log = logging.getLogger("medsvc.fe")
+
+
+@dataclass(frozen=True)
+class HostedService:
+    """What a service package gives the FE server: routes, migrations, schema dependencies."""
+
+    name: str
+    migrations: Path
+    setup_routes: Callable[[web.Application], None]
+    requires: tuple[str, ...] = ()
+
+
+SERVICE_MODULES = {"user": "user_service.app", "visit": "visit_service.app"}
+
+
+def hosted_service(name: str) -> HostedService:
+    """The service called ``name`` (ValueError for an unknown one)."""
+    if name not in SERVICE_MODULES:
+        raise ValueError(f"unknown service {name!r}; known: {sorted(SERVICE_MODULES)}")
+    return importlib.import_module(SERVICE_MODULES[name]).SERVICE
+
+
+def migration_sets(names: list[str]) -> list[tuple[str, Path]]:
+    """The migration folders for ``names`` and what they require, dependencies first."""
+    ordered: list[HostedService] = []
+
+    def visit(name: str) -> None:
+        svc = hosted_service(name)
+        for dep in svc.requires:
+            visit(dep)
+        if svc not in ordered:
+            ordered.append(svc)
+
+    for name in names:
+        visit(name)
+    return [(svc.name, svc.migrations) for svc in ordered]
+
+
+def create_app(settings: FESettings, shard_map: ShardMap) -> web.Application:
+    """Build the FE server for ``settings.shard`` hosting ``settings.service_list``."""
+    shard = shard_map.shard(settings.shard)
+    services = [hosted_service(n) for n in settings.service_list]
+    app = web.Application(middlewares=[observe_middleware, error_middleware], client_max_size=MAX_BODY)
+    app[SHARD_MAP] = shard_map
+    app[SHARD_ID] = shard.id
+    app[VERIFIER] = TokenVerifier(settings.jwt_secret.get_secret_value())
+
+    async def pg_context(app: web.Application) -> AsyncIterator[None]:
+        password = settings.pg_password.get_secret_value() if settings.pg_password else None
+        async with pool_scope(
+            shard.postgres, password=password, min_size=settings.pg_pool_min,
+            max_size=settings.pg_pool_max, what=f"shard-{shard.id}",
+        ) as pool:
+            async with pool.acquire() as conn:
+                await apply_migrations(conn, migration_sets(settings.service_list))
+            app[PG_POOL] = pool
+            yield
+
+    async def database_ready(app: web.Application) -> None:
+        async with app[PG_POOL].acquire(timeout=2) as conn:
+            await conn.execute("SELECT 1")
+
+    app.cleanup_ctx.append(pg_context)
+    setup_ops(app, [database_ready])
+    for svc in services:
+        svc.setup_routes(app)
+    return app

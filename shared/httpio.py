@@ -1,0 +1,101 @@
+"""Request and response plumbing shared by the services: JSON bodies, ETags, cursors, limits."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import orjson
+from aiohttp import web
+from multidict import MultiMapping
+
+from shared.errors import BadRequest, FieldError, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+
+MAX_BODY = 1024 * 1024
+JSON_TYPES = ("application/json", "application/merge-patch+json")
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object: 415 if not JSON, 413 if over 1 MiB, 400 if malformed."""
+    if request.content_type not in JSON_TYPES:
+        raise UnsupportedMediaType("the request body must be application/json")
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise PayloadTooLarge("the request body is larger than 1 MiB")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge("the request body is larger than 1 MiB") from exc
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc.msg}") from exc
+    if not isinstance(data, dict):
+        raise ValidationFailed(errors=[FieldError("body", "must be a JSON object")])
+    return data
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON response encoded once with orjson."""
+    return web.Response(body=orjson.dumps(data, option=orjson.OPT_UTC_Z), status=status, headers=headers,
+                        content_type="application/json")
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def if_match_version(request: web.Request) -> int | None:
+    """The version an ``If-Match`` header asks for; None when absent or ``*``.
+
+    A value that names no version (not ``"N"``) can never match, so it yields -1 (→ 412).
+    """
+    raw = request.headers.get("If-Match")
+    if raw is None or raw.strip() == "*":
+        return None
+    value = raw.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    value = value.strip('"')
+    return int(value) if value.isdigit() and len(value) < 10 else -1
+
+
+def limit_param(query: MultiMapping[str], default: int = 50, maximum: int = 200) -> int:
+    """``?limit=``: an integer in 1..maximum, else 400."""
+    raw = query.get("limit")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise BadRequest(f"limit must be an integer from 1 to {maximum}")
+    return int(raw)
+
+
+def encode_cursor(key: list[Any]) -> str:
+    """An opaque cursor for a keyset position."""
+    return base64.urlsafe_b64encode(orjson.dumps(key)).decode().rstrip("=")
+
+
+def decode_cursor(raw: str | None, arity: int) -> list[Any] | None:
+    """Decode a cursor made by :func:`encode_cursor` (400 when it is not one)."""
+    if raw is None:
+        return None
+    try:
+        key = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (binascii.Error, ValueError, orjson.JSONDecodeError) as exc:
+        raise BadRequest("cursor is not valid") from exc
+    if not isinstance(key, list) or len(key) != arity or not all(isinstance(k, str) for k in key):
+        raise BadRequest("cursor is not valid")
+    return key
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """Apply an RFC 7396 JSON merge patch to ``target`` and return the result (no mutation)."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result

@@ -1,0 +1,74 @@
+"""The role table of API.md as functions: one place that says who may do what.
+
+The gateway applies the checks that need only the token and the path; the FE servers apply
+the ones that need the stored user (a clinician may touch only users with role ``patient``).
+"""
+
+from __future__ import annotations
+
+from shared.auth import Principal
+from shared.errors import Forbidden
+
+USER_ROLES = ("admin", "clinician", "patient")
+PATIENT_MUTABLE = frozenset({"email", "phone", "address"})
+
+
+def may_use_users_api(p: Principal, target: str | None) -> None:
+    """Coarse gate for ``/v1/users...``: researchers and auditors never; patients only themselves."""
+    if p.has("admin", "clinician"):
+        return
+    if p.has("patient") and target is not None and target == p.sub:
+        return
+    raise Forbidden("your role may not access this user")
+
+
+def may_search_users(p: Principal) -> None:
+    if not p.has("admin", "clinician"):
+        raise Forbidden("only admins and clinicians may search users")
+
+
+def may_create_user(p: Principal, new_role: str) -> None:
+    if p.has("admin"):
+        return
+    if p.has("clinician") and new_role == "patient":
+        return
+    raise Forbidden("only an admin may create users with a role other than patient")
+
+
+def may_read_user(p: Principal, user_name: str, role: str) -> None:
+    if p.has("admin") or p.sub == user_name and p.has(*USER_ROLES):
+        return
+    if p.has("clinician") and role == "patient":
+        return
+    raise Forbidden("your role may not read this user")
+
+
+def may_update_user(p: Principal, user_name: str, role: str, fields: set[str]) -> None:
+    if p.has("admin"):
+        return
+    if p.has("clinician") and role == "patient":
+        return
+    if p.has("patient") and p.sub == user_name:
+        extra = fields - PATIENT_MUTABLE
+        if not extra:
+            return
+        raise Forbidden(f"a patient may change only email, phone and address, not {sorted(extra)}")
+    raise Forbidden("your role may not update this user")
+
+
+def may_read_visits(p: Principal, user_name: str, role: str) -> None:
+    if p.has("admin"):
+        return
+    if p.has("clinician") and role == "patient":
+        return
+    if p.has("patient") and p.sub == user_name:
+        return
+    raise Forbidden("your role may not read this patient's visits")
+
+
+def may_write_visits(p: Principal, role: str) -> None:
+    if p.has("admin"):
+        return
+    if p.has("clinician") and role == "patient":
+        return
+    raise Forbidden("only admins and clinicians may record or change visits")

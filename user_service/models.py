@@ -1,0 +1,93 @@
+"""Request bodies of the users API, validated strictly (JSON types as sent, no coercion)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from shared.types import UserName, text
+
+Role = Literal["admin", "clinician", "patient", "researcher", "auditor"]
+Sex = Literal["female", "male", "other", "unknown"]
+
+Email = Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")]
+Phone = Annotated[str, StringConstraints(min_length=3, max_length=32, pattern=r"^\+?[0-9][0-9 ().-]*$")]
+Country = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+
+EARLIEST_BIRTH = dt.date(1900, 1, 1)
+
+# Fields a client may send; the server sets createdAt, updatedAt and version.
+MUTABLE_FIELDS = frozenset(
+    {"givenName", "familyName", "birthDate", "sex", "email", "phone", "address"}
+)
+IMMUTABLE_FIELDS = frozenset({"userName", "role", "createdAt", "updatedAt", "version"})
+
+_STRICT = ConfigDict(extra="forbid", strict=True, populate_by_name=False)
+
+
+class Address(BaseModel):
+    """A postal address; ``country`` is an ISO 3166-1 alpha-2 code."""
+
+    model_config = _STRICT
+
+    line: text(200) | None = None
+    city: text(100) | None = None
+    region: text(100) | None = None
+    postalCode: text(20) | None = None
+    country: Country | None = None
+
+
+class UserIn(BaseModel):
+    """A user as a client creates it (POST) or as it stands after a merge patch (PATCH)."""
+
+    model_config = _STRICT
+
+    userName: UserName
+    role: Role
+    givenName: text(100, 1)
+    familyName: text(100, 1)
+    birthDate: dt.date
+    sex: Sex = "unknown"
+    email: Email | None = None
+    phone: Phone | None = None
+    address: Address | None = None
+
+    @field_validator("birthDate")
+    @classmethod
+    def _birth_date_in_range(cls, value: dt.date) -> dt.date:
+        if value < EARLIEST_BIRTH:
+            raise ValueError("must not be before 1900-01-01")
+        if value > dt.datetime.now(dt.UTC).date():
+            raise ValueError("must not be in the future")
+        return value
+
+
+class UserPatch(BaseModel):
+    """The shape of a PATCH body (RFC 7396): any mutable field, ``null`` to remove it."""
+
+    model_config = _STRICT
+
+    givenName: text(100, 1) | None = None
+    familyName: text(100, 1) | None = None
+    birthDate: dt.date | None = None
+    sex: Sex | None = None
+    email: Email | None = None
+    phone: Phone | None = None
+    address: dict | None = Field(default=None, description="merged into the stored address")
+
+
+class User(UserIn):
+    """A user as the API returns it."""
+
+    createdAt: dt.datetime
+    updatedAt: dt.datetime
+    version: int
+
+
+class UserPage(BaseModel):
+    """One page of a user search."""
+
+    items: list[User]
+    nextCursor: str | None

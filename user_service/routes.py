@@ -1,0 +1,114 @@
+"""HTTP handlers of the users API on one shard (the gateway merges searches across shards)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from shared import policy
+from shared.errors import BadRequest, FieldError, NotFound, ValidationFailed
+from shared.httpio import (
+    decode_cursor, encode_cursor, etag, if_match_version, json_response, limit_param,
+    merge_patch, read_json_object,
+)
+from shared.service import path_user_name, pool, principal, require_owned
+from user_service import store
+from user_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, UserIn
+
+
+def user_response(row: Any, status: int = 200) -> web.Response:
+    user = store.row_to_user(row)
+    headers = {"ETag": etag(user["version"])}
+    if status == 201:
+        headers["Location"] = f"/v1/users/{user['userName']}"
+    return json_response(user, status=status, headers=headers)
+
+
+def _client_state(user: dict[str, Any]) -> dict[str, Any]:
+    """The stored user as a client would send it (no server fields, no nulls)."""
+    state = {k: v for k, v in user.items() if v is not None and k not in ("createdAt", "updatedAt", "version")}
+    state["birthDate"] = user["birthDate"].isoformat()
+    return state
+
+
+async def create_user(request: web.Request) -> web.Response:
+    caller = principal(request)
+    body = await read_json_object(request)
+    user = UserIn.model_validate_json(orjson.dumps(body))
+    require_owned(request, user.userName)
+    policy.may_create_user(caller, user.role)
+    async with pool(request).acquire() as conn, conn.transaction():
+        row = await store.insert_user(conn, user)
+    return user_response(row, status=201)
+
+
+async def get_user(request: web.Request) -> web.Response:
+    caller = principal(request)
+    user_name = path_user_name(request)
+    policy.may_use_users_api(caller, user_name)
+    require_owned(request, user_name)
+    row = await store.get_user(pool(request), user_name)
+    if row is None:
+        raise NotFound(f"user {user_name} does not exist")
+    policy.may_read_user(caller, user_name, row["role"])
+    return user_response(row)
+
+
+def _check_patch_fields(body: dict[str, Any]) -> None:
+    errors = [
+        FieldError(k, "cannot be changed" if k in IMMUTABLE_FIELDS else "is not a field of a user")
+        for k in body
+        if k not in MUTABLE_FIELDS
+    ]
+    if errors:
+        raise ValidationFailed(errors=errors)
+
+
+async def patch_user(request: web.Request) -> web.Response:
+    caller = principal(request)
+    user_name = path_user_name(request)
+    policy.may_use_users_api(caller, user_name)
+    require_owned(request, user_name)
+    body = await read_json_object(request)
+    _check_patch_fields(body)
+    expected = if_match_version(request)
+    async with pool(request).acquire() as conn, conn.transaction():
+        current = await store.lock_user(conn, user_name)
+        policy.may_update_user(caller, user_name, current["role"], set(body))
+        merged = merge_patch(_client_state(store.row_to_user(current)), body)
+        user = UserIn.model_validate_json(orjson.dumps(merged))
+        row = await store.update_user(conn, user, expected, current["version"])
+    return user_response(row)
+
+
+async def search_users(request: web.Request) -> web.Response:
+    """This shard's page of a search; the gateway merges the shards' pages."""
+    caller = principal(request)
+    policy.may_search_users(caller)
+    unknown = set(request.query) - {"familyName", "limit", "cursor"}
+    if unknown:
+        raise ValidationFailed(errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)])
+    limit = limit_param(request.query)
+    after = decode_cursor(request.query.get("cursor"), 3)
+    prefix = request.query.get("familyName", "")
+    if "\x00" in prefix or len(prefix) > 100:
+        raise BadRequest("familyName must be at most 100 characters, without NUL")
+    rows = await store.search_users(
+        pool(request), prefix, after, limit + 1, patients_only=not caller.has("admin")
+    )
+    items = [store.row_to_user(r) for r in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = items[-1]
+        next_cursor = encode_cursor([last["familyName"], last["givenName"], last["userName"]])
+    return json_response({"items": items, "nextCursor": next_cursor})
+
+
+def setup_routes(app: web.Application) -> None:
+    """Mount the users API."""
+    app.router.add_post("/v1/users", create_user)
+    app.router.add_get("/v1/users", search_users, allow_head=False)
+    app.router.add_get("/v1/users/{userName}", get_user, allow_head=False)
+    app.router.add_patch("/v1/users/{userName}", patch_user)

@@ -1,0 +1,114 @@
+"""Request bodies of the visits API, validated strictly (JSON types as sent, no coercion)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from shared.types import UserName, text
+
+VisitType = Literal["outpatient", "inpatient", "emergency", "telehealth"]
+
+MUTABLE_FIELDS = frozenset(
+    {"clinician", "type", "startedAt", "endedAt", "reason", "diagnoses", "vitals", "medications", "notes"}
+)
+IMMUTABLE_FIELDS = frozenset({"visitId", "userName", "createdAt", "updatedAt", "version"})
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+EARLIEST = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
+
+
+class Diagnosis(BaseModel):
+    model_config = _STRICT
+
+    system: text(32, 1)
+    code: text(32, 1)
+    display: text(200) | None = None
+
+
+class Vitals(BaseModel):
+    """Vital signs, each within physiological bounds."""
+
+    model_config = _STRICT
+
+    heightCm: float | None = Field(default=None, ge=20, le=300)
+    weightKg: float | None = Field(default=None, ge=0.2, le=700)
+    systolic: int | None = Field(default=None, ge=40, le=300)
+    diastolic: int | None = Field(default=None, ge=20, le=200)
+    heartRate: int | None = Field(default=None, ge=20, le=300)
+    temperatureC: float | None = Field(default=None, ge=25, le=45)
+
+
+class Medication(BaseModel):
+    model_config = _STRICT
+
+    name: text(200, 1)
+    dose: text(100) | None = None
+    frequency: text(100) | None = None
+
+
+class VisitIn(BaseModel):
+    """A visit as a client records it (POST) or as it stands after a merge patch (PATCH).
+
+    ``clinician`` defaults to the caller.
+    """
+
+    model_config = _STRICT
+
+    clinician: UserName | None = None
+    type: VisitType
+    startedAt: AwareDatetime
+    endedAt: AwareDatetime | None = None
+    reason: text(500) | None = None
+    diagnoses: list[Diagnosis] = Field(default_factory=list, max_length=50)
+    vitals: Vitals | None = None
+    medications: list[Medication] = Field(default_factory=list, max_length=100)
+    notes: text(20000) | None = None
+
+    @field_validator("startedAt", "endedAt")
+    @classmethod
+    def _plausible(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value < EARLIEST:
+            raise ValueError("must not be before 1900-01-01")
+        return value
+
+    @field_validator("endedAt")
+    @classmethod
+    def _ends_after_start(cls, value: dt.datetime | None, info: ValidationInfo) -> dt.datetime | None:
+        started = info.data.get("startedAt")
+        if value is not None and started is not None and value < started:
+            raise ValueError("must not be before startedAt")
+        return value
+
+
+class VisitPatch(BaseModel):
+    """The shape of a PATCH body (RFC 7396): any mutable field, ``null`` to remove it."""
+
+    model_config = _STRICT
+
+    clinician: UserName | None = None
+    type: VisitType | None = None
+    startedAt: AwareDatetime | None = None
+    endedAt: AwareDatetime | None = None
+    reason: text(500) | None = None
+    diagnoses: list[Diagnosis] | None = None
+    vitals: dict | None = None
+    medications: list[Medication] | None = None
+    notes: text(20000) | None = None
+
+
+class Visit(VisitIn):
+    """A visit as the API returns it."""
+
+    visitId: str
+    userName: UserName
+    createdAt: dt.datetime
+    updatedAt: dt.datetime
+    version: int
+
+
+class VisitPage(BaseModel):
+    items: list[Visit]
+    nextCursor: str | None

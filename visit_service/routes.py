@@ -1,0 +1,147 @@
+"""HTTP handlers of the visits API; a patient's visits live on the patient's shard."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from shared import policy
+from shared.errors import BadRequest, FieldError, NotFound, ValidationFailed
+from shared.httpio import (
+    decode_cursor, encode_cursor, etag, if_match_version, json_response, limit_param,
+    merge_patch, read_json_object,
+)
+from shared.service import path_user_name, pool, principal, require_owned
+from visit_service import store
+from visit_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, VisitIn
+
+
+def visit_response(row: Any, status: int = 200) -> web.Response:
+    visit = store.row_to_visit(row)
+    headers = {"ETag": etag(visit["version"])}
+    if status == 201:
+        headers["Location"] = f"/v1/users/{visit['userName']}/visits/{visit['visitId']}"
+    return json_response(visit, status=status, headers=headers)
+
+
+def _visit_id(request: web.Request) -> uuid.UUID:
+    raw = request.match_info["visitId"]
+    try:
+        return uuid.UUID(raw)
+    except ValueError as exc:
+        raise NotFound(f"visit {raw[:64]} does not exist") from exc
+
+
+def _timestamp(query: Any, name: str) -> dt.datetime | None:
+    raw = query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(raw)
+    except ValueError as exc:
+        raise BadRequest(f"{name} must be an RFC 3339 timestamp") from exc
+    if value.tzinfo is None:
+        raise BadRequest(f"{name} must carry a UTC offset")
+    return value
+
+
+def _client_state(visit: dict[str, Any]) -> dict[str, Any]:
+    """The stored visit as a client would send it (JSON-ready, no server fields, no nulls)."""
+    keep = {k: v for k, v in visit.items() if v is not None and k in MUTABLE_FIELDS}
+    return orjson.loads(orjson.dumps(keep, option=orjson.OPT_UTC_Z))
+
+
+async def create_visit(request: web.Request) -> web.Response:
+    caller = principal(request)
+    user_name = path_user_name(request)
+    policy.may_use_users_api(caller, user_name)
+    require_owned(request, user_name)
+    body = await read_json_object(request)
+    visit = VisitIn.model_validate_json(orjson.dumps(body))
+    if visit.clinician is None:
+        visit = visit.model_copy(update={"clinician": caller.sub})
+    async with pool(request).acquire() as conn, conn.transaction():
+        role = await store.patient_role(conn, user_name, lock=True)
+        policy.may_write_visits(caller, role)
+        if role != "patient":
+            raise ValidationFailed(errors=[FieldError("userName", "visits are recorded for patients only")])
+        row = await store.insert_visit(conn, user_name, visit)
+    return visit_response(row, status=201)
+
+
+async def get_visit(request: web.Request) -> web.Response:
+    caller = principal(request)
+    user_name = path_user_name(request)
+    policy.may_use_users_api(caller, user_name)
+    require_owned(request, user_name)
+    visit_id = _visit_id(request)
+    db = pool(request)
+    policy.may_read_visits(caller, user_name, await store.patient_role(db, user_name))
+    row = await store.get_visit(db, user_name, visit_id)
+    if row is None:
+        raise NotFound(f"visit {visit_id} of {user_name} does not exist")
+    return visit_response(row)
+
+
+async def list_visits(request: web.Request) -> web.Response:
+    caller = principal(request)
+    user_name = path_user_name(request)
+    policy.may_use_users_api(caller, user_name)
+    require_owned(request, user_name)
+    unknown = set(request.query) - {"since", "until", "limit", "cursor"}
+    if unknown:
+        raise ValidationFailed(errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)])
+    limit = limit_param(request.query)
+    since, until = _timestamp(request.query, "since"), _timestamp(request.query, "until")
+    after = None
+    if (cursor := decode_cursor(request.query.get("cursor"), 2)) is not None:
+        try:
+            after = (dt.datetime.fromisoformat(cursor[0]), uuid.UUID(cursor[1]))
+        except ValueError as exc:
+            raise BadRequest("cursor is not valid") from exc
+    db = pool(request)
+    policy.may_read_visits(caller, user_name, await store.patient_role(db, user_name))
+    rows = await store.visits_page(db, user_name, since, until, after, limit + 1)
+    items = [store.row_to_visit(r) for r in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor([last["started_at"].isoformat(), str(last["visit_id"])])
+    return json_response({"items": items, "nextCursor": next_cursor})
+
+
+async def patch_visit(request: web.Request) -> web.Response:
+    caller = principal(request)
+    user_name = path_user_name(request)
+    policy.may_use_users_api(caller, user_name)
+    require_owned(request, user_name)
+    visit_id = _visit_id(request)
+    body = await read_json_object(request)
+    errors = [
+        FieldError(k, "cannot be changed" if k in IMMUTABLE_FIELDS else "is not a field of a visit")
+        for k in body
+        if k not in MUTABLE_FIELDS
+    ]
+    if errors:
+        raise ValidationFailed(errors=errors)
+    expected = if_match_version(request)
+    async with pool(request).acquire() as conn, conn.transaction():
+        role = await store.patient_role(conn, user_name)
+        policy.may_write_visits(caller, role)
+        current = await store.lock_visit(conn, user_name, visit_id)
+        merged = merge_patch(_client_state(store.row_to_visit(current)), body)
+        visit = VisitIn.model_validate_json(orjson.dumps(merged))
+        row = await store.update_visit(conn, visit_id, visit, expected, current["version"])
+    return visit_response(row)
+
+
+def setup_routes(app: web.Application) -> None:
+    """Mount the visits API."""
+    app.router.add_post("/v1/users/{userName}/visits", create_visit)
+    app.router.add_get("/v1/users/{userName}/visits", list_visits, allow_head=False)
+    app.router.add_get("/v1/users/{userName}/visits/{visitId}", get_visit, allow_head=False)
+    app.router.add_patch("/v1/users/{userName}/visits/{visitId}", patch_visit)
