@@ -13,6 +13,7 @@ from shared.httpio import (
     decode_cursor, encode_cursor, etag, if_match_version, json_response, limit_param,
     merge_patch, read_json_object,
 )
+from shared.writes import begin_write
 from shared.service import path_user_name, pool, principal, require_owned
 from user_service import store
 from user_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, UserIn
@@ -40,6 +41,7 @@ async def create_user(request: web.Request) -> web.Response:
     require_owned(request, user.userName)
     policy.may_create_user(caller, user.role)
     async with pool(request).acquire() as conn, conn.transaction():
+        await begin_write(conn, request, caller, "user_service")
         row = await store.insert_user(conn, user)
     return user_response(row, status=201)
 
@@ -75,6 +77,7 @@ async def patch_user(request: web.Request) -> web.Response:
     _check_patch_fields(body)
     expected = if_match_version(request)
     async with pool(request).acquire() as conn, conn.transaction():
+        await begin_write(conn, request, caller, "user_service")
         current = await store.lock_user(conn, user_name)
         policy.may_update_user(caller, user_name, current["role"], set(body))
         merged = merge_patch(_client_state(store.row_to_user(current)), body)

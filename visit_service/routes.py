@@ -15,6 +15,7 @@ from shared.httpio import (
     decode_cursor, encode_cursor, etag, if_match_version, json_response, limit_param,
     merge_patch, read_json_object,
 )
+from shared.writes import begin_write
 from shared.service import path_user_name, pool, principal, require_owned
 from visit_service import store
 from visit_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, VisitIn
@@ -65,6 +66,7 @@ async def create_visit(request: web.Request) -> web.Response:
     if visit.clinician is None:
         visit = visit.model_copy(update={"clinician": caller.sub})
     async with pool(request).acquire() as conn, conn.transaction():
+        await begin_write(conn, request, caller, "visit_service")
         role = await store.patient_role(conn, user_name, lock=True)
         policy.may_write_visits(caller, role)
         if role != "patient":
@@ -130,6 +132,7 @@ async def patch_visit(request: web.Request) -> web.Response:
         raise ValidationFailed(errors=errors)
     expected = if_match_version(request)
     async with pool(request).acquire() as conn, conn.transaction():
+        await begin_write(conn, request, caller, "visit_service")
         role = await store.patient_role(conn, user_name)
         policy.may_write_visits(caller, role)
         current = await store.lock_visit(conn, user_name, visit_id)

@@ -1,0 +1,135 @@
+"""``python -m deploy.localstack run|token``: the commands behind ``make run`` and ``make token``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import resource
+import signal
+import sys
+from pathlib import Path
+
+from .procs import ProcessError
+from .stack import DEFAULT_JWT_SECRET, Stack, StackConfig
+from .tokens import DEFAULT_TTL, make_token
+
+log = logging.getLogger("localstack")
+
+# `make run`'s internal ports: consecutive from here (clear of 5432 and 6379), so that the
+# shard map and the DSNs stay the same from one start to the next.
+RUN_PORT_BASE = 15400
+
+
+def _raise_open_file_limit() -> None:
+    # nginx, PostgreSQL and the services under load want more than the usual 1024 files;
+    # the children inherit the raised soft limit.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+
+def _banner(stack: Stack) -> str:
+    token = stack.token("admin", ["admin"])
+    lines = [
+        "",
+        "MedicalService is up.",
+        f"  HTTP   {stack.base_url}",
+        f"  HTTPS  {stack.https_url}   (self-signed: --cacert {stack.cert_path})",
+        f"  logs   {stack.logs_dir}",
+        f"  shard map {stack.shard_map_path}",
+    ]
+    for i, pg in stack.postgres.items():
+        lines.append(f"  shard {i}: {pg.dsn}  {stack.redis[i].url}")
+    lines += [
+        f"  central: {stack.central_dsn}",
+        "",
+        "Admin token (12 h):",
+        f"  {token}",
+        "",
+        "Try:",
+        f"  curl -s -H 'Authorization: Bearer {token}' {stack.base_url}/v1/users/alice.smith",
+        "",
+        "Ctrl-C stops everything; the data stays in the base folder for the next start.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+async def _run(cfg: StackConfig) -> int:
+    stack = Stack(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.create_task(stack.start())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        log.info("interrupted during start-up")
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await starting
+        return 130
+    if (exc := starting.exception()) is not None:
+        log.error("%s", exc)
+        return 1
+    print(_banner(stack), flush=True)
+    await stopped
+    log.info("stopping")
+    await stack.stop()
+    log.info("all stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    parser = argparse.ArgumentParser(prog="python -m deploy.localstack", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the whole stack until Ctrl-C")
+    run.add_argument("--base-dir", type=Path, default=Path("var"), help="data, logs (./var)")
+    run.add_argument("--shards", type=int, default=2)
+    run.add_argument("--fe-per-shard", type=int, default=2)
+    run.add_argument("--gateways", type=int, default=2)
+    run.add_argument("--http-port", type=int, default=8080)
+    run.add_argument("--https-port", type=int, default=8443)
+    run.add_argument(
+        "--port-base", type=int, default=RUN_PORT_BASE,
+        help=f"first internal port ({RUN_PORT_BASE}); 0 = any free ports",
+    )  # fmt: skip
+    run.add_argument("--nginx-workers", default="1", help="nginx worker_processes (1, or auto)")
+    run.add_argument("--jwt-secret", default=DEFAULT_JWT_SECRET)
+    run.add_argument("-v", "--verbose", action="store_true", help="log every process start/stop")
+
+    tok = sub.add_parser("token", help="print a bearer token")
+    tok.add_argument("--sub", default="admin", help="the caller's userName")
+    tok.add_argument("--role", action="append", help="a role (repeatable; default admin)")
+    tok.add_argument("--ttl", type=int, default=DEFAULT_TTL, help="seconds valid")
+    tok.add_argument("--jwt-secret", default=DEFAULT_JWT_SECRET)
+
+    args = parser.parse_args(argv)
+    if args.command == "token":
+        print(make_token(args.jwt_secret, args.sub, args.role or ["admin"], args.ttl))
+        return 0
+
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s localstack %(levelname)s %(message)s",
+    )
+    log.setLevel(logging.INFO)
+    _raise_open_file_limit()
+    workers = int(args.nginx_workers) if args.nginx_workers.isdigit() else args.nginx_workers
+    cfg = StackConfig(
+        base_dir=args.base_dir, shards=args.shards, fe_per_shard=args.fe_per_shard,
+        gateways=args.gateways, http_port=args.http_port, https_port=args.https_port,
+        internal_port_base=args.port_base or None, nginx_workers=workers,
+        jwt_secret=args.jwt_secret,
+    )  # fmt: skip
+    try:
+        return asyncio.run(_run(cfg))
+    except (ProcessError, OSError) as exc:
+        print(f"localstack: {exc}", file=sys.stderr)
+        return 1

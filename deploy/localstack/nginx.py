@@ -1,0 +1,158 @@
+"""nginx in front of the gateways, from the template ``deploy/nginx/nginx.conf.j2``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import jinja2
+
+from . import binaries
+from .procs import ManagedProcess, ProcessError, poll
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "nginx"
+TEMPLATE_NAME = "nginx.conf.j2"
+
+# High enough that `make bench` is never throttled; tests render a low one.
+DEFAULT_RATE = 20000
+DEFAULT_BURST = 20000
+
+
+@dataclass(frozen=True)
+class ProblemPage:
+    """An error nginx answers itself, as an RFC 9457 problem document."""
+
+    status: int
+    title: str
+    detail: str
+    triggers: tuple[int, ...] = ()
+    retry_after: int | None = None
+
+
+# 494 (header too large) and 497 (plain HTTP to the TLS port) are nginx's internal codes.
+PROBLEM_PAGES = (
+    ProblemPage(400, "Bad Request", "malformed request", (400, 497)),
+    ProblemPage(413, "Content Too Large", "request body over 1 MiB", (413,)),
+    ProblemPage(414, "URI Too Long", "request URI too long", (414,)),
+    ProblemPage(429, "Too Many Requests", "rate limit exceeded", (429,), retry_after=1),
+    ProblemPage(431, "Request Header Fields Too Large", "request headers too large", (494,)),
+    ProblemPage(500, "Internal Server Error", "load balancer error", (500,)),
+    ProblemPage(502, "Bad Gateway", "no gateway answered", (502,), retry_after=2),
+    ProblemPage(503, "Service Unavailable", "service unavailable", (503,), retry_after=2),
+    ProblemPage(504, "Gateway Timeout", "the gateway did not answer in time", (504,), retry_after=2),
+)
+
+
+@dataclass
+class NginxConfig:
+    """What the template needs; ``render`` turns it into nginx.conf text."""
+
+    run_dir: Path
+    http_port: int
+    https_port: int
+    cert: Path
+    key: Path
+    gateways: Sequence[str]
+    rate: int = DEFAULT_RATE
+    burst: int = DEFAULT_BURST
+    worker_processes: int | str = 1
+    # Log files are <logs_dir>/<name>.access.log and <name>.error.log.
+    name: str = "nginx"
+    logs_dir: Path | None = None
+    # nginx only takes "user" when it starts as root; the workers then stay root so that
+    # they can use the run folder, which belongs to whoever runs the stack.
+    user: str | None = field(default_factory=lambda: "root" if os.geteuid() == 0 else None)
+
+    def render(self) -> str:
+        """Return the nginx.conf text."""
+        if not self.gateways:
+            raise ValueError("nginx needs at least one gateway")
+        env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+            autoescape=False,  # noqa: S701 - nginx config, not HTML
+        )
+        return env.get_template(TEMPLATE_NAME).render(
+            run_dir=self.run_dir,
+            logs_dir=self.logs_dir or self.run_dir / "logs",
+            name=self.name,
+            http_port=self.http_port,
+            https_port=self.https_port,
+            cert=self.cert,
+            key=self.key,
+            gateways=list(self.gateways),
+            rate=self.rate,
+            burst=self.burst,
+            worker_processes=self.worker_processes,
+            user=self.user,
+            errors=PROBLEM_PAGES,
+        )
+
+
+class NginxServer(ManagedProcess):
+    """nginx in the foreground (``daemon off``), with every file under ``config.run_dir``."""
+
+    def __init__(self, config: NginxConfig) -> None:
+        self.config = config
+        self.run_dir = config.run_dir
+        self.logs_dir = config.logs_dir or config.run_dir / "logs"
+        self.conf_path = config.run_dir / "nginx.conf"
+        # -e: errors before the config is read go to our log, not /var/log/nginx.
+        argv = [
+            binaries.nginx(), "-p", str(self.run_dir), "-c", str(self.conf_path),
+            "-e", str(self.logs_dir / f"{config.name}.error.log"), "-g", "daemon off;",
+        ]  # fmt: skip
+        # SIGTERM is a fast shutdown in which the master also stops its workers; the kernel
+        # sends it if the supervisor dies (a SIGKILL'd master would leave its workers behind).
+        super().__init__(
+            config.name, argv, self.logs_dir / f"{config.name}.log",
+            cwd=config.run_dir, stop_signal=signal.SIGTERM, death_signal=signal.SIGTERM,
+        )  # fmt: skip
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<http_port>``."""
+        return f"http://127.0.0.1:{self.config.http_port}"
+
+    @property
+    def https_url(self) -> str:
+        """``https://127.0.0.1:<https_port>``."""
+        return f"https://127.0.0.1:{self.config.https_port}"
+
+    async def prepare(self) -> None:
+        """Write nginx.conf and make its folders, then let ``nginx -t`` check it."""
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.run_dir / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+        self.conf_path.write_text(self.config.render())
+        proc = await asyncio.create_subprocess_exec(
+            *self.argv[:-2], "-t", "-q",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise ProcessError(f"nginx rejects {self.conf_path}:\n{out.decode(errors='replace')}")
+
+    async def wait_ready(self) -> None:
+        """Wait until nginx answers its own ``/healthz``."""
+
+        async def healthy() -> bool:
+            timeout = aiohttp.ClientTimeout(total=2)
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                async with session.get(f"{self.base_url}/healthz") as resp:
+                    return resp.status == 200
+
+        await poll(f"{self.name} (nginx :{self.config.http_port})", healthy, proc=self)
+
+    async def reload(self) -> None:
+        """Re-render nginx.conf (e.g. with other gateways) and have nginx load it (SIGHUP)."""
+        await self.prepare()
+        self.signal(signal.SIGHUP)

@@ -1,0 +1,250 @@
+"""The whole local topology as supervised processes: what ``make run`` and the e2e tests use.
+
+Start order, one tier at a time, each tier healthy before the next::
+
+    data servers   PostgreSQL per shard + "central" (audit, anonymizer); Redis per shard
+    shard map      written to <base>/shardmap.json (every process reads it)
+    central        CENTRAL_SERVICES (audit_service, anonymizer, ...)
+    FE servers     fe_per_shard per shard, each hosting ``fe_services``
+    gateways       ``gateways`` processes
+    nginx          HTTP and HTTPS in front of the gateways
+
+:meth:`Stack.stop` goes back down in reverse. Within a tier the processes start and stop
+concurrently. Handles to every process let a test kill and restart any of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.shardmap import DEFAULT_BUCKETS, Shard, ShardMap, even_ranges
+
+from .certs import ensure_cert
+from .nginx import DEFAULT_BURST, DEFAULT_RATE, NginxConfig, NginxServer
+from .ports import PortAllocator
+from .postgres import ClusterTemplate, PostgresServer, server_account
+from .procs import ManagedProcess
+from .redis_server import RedisServer
+from .service import ServiceProcess, ServiceSpec
+from .tokens import DEFAULT_TTL, make_token
+
+log = logging.getLogger("localstack")
+
+DEFAULT_JWT_SECRET = "local-dev-secret"
+
+# The central services, started after the data servers and before the FE servers. Adding
+# one is one line, e.g.
+#   ServiceSpec("audit", "audit_service", replicas=2, urls_env="MEDSVC_AUDIT_URLS"),
+CENTRAL_SERVICES: tuple[ServiceSpec, ...] = ()
+
+
+@dataclass
+class StackConfig:
+    """How big the stack is and where it lives. Port 0 means "any free port"."""
+
+    base_dir: Path
+    shards: int = 2
+    fe_per_shard: int = 2
+    gateways: int = 2
+    fe_services: str = "user,visit"
+    http_port: int = 8080
+    https_port: int = 8443
+    # None: every internal port is a free one; a number: consecutive ports from there.
+    internal_port_base: int | None = None
+    # fsync=off and friends for PostgreSQL: for tests.
+    fast: bool = False
+    rate: int = DEFAULT_RATE
+    burst: int = DEFAULT_BURST
+    nginx_workers: int | str = 1
+    buckets: int = DEFAULT_BUCKETS
+    jwt_secret: str = DEFAULT_JWT_SECRET
+    services: Sequence[ServiceSpec] = CENTRAL_SERVICES
+    # Added to every Python process's environment (after the stack's own variables).
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    python: str = sys.executable
+
+
+class Stack:
+    """Every process of the local topology, and the files they share.
+
+    Everything is laid out (ports chosen, handles made) when the object is built; nothing
+    runs until :meth:`start`. Use ``async with Stack(cfg) as stack:`` or start/stop.
+    """
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = cfg = config
+        self.base_dir = base = Path(cfg.base_dir).resolve()
+        self.logs_dir = base / "logs"
+        self.shard_map_path = base / "shardmap.json"
+        ports = PortAllocator(cfg.internal_port_base)
+        account = server_account()
+        self._template = ClusterTemplate(base / "pg" / ".template", account)
+
+        def pg(name: str) -> PostgresServer:
+            return PostgresServer(
+                f"postgres-{name}", base / "pg" / name, ports.take(), self.logs_dir / f"postgres-{name}.log",
+                fast=cfg.fast, template=self._template, account=account,
+            )  # fmt: skip
+
+        self.postgres: dict[int, PostgresServer] = {i: pg(f"shard-{i}") for i in range(cfg.shards)}
+        self.central_postgres = pg("central")
+        self.redis: dict[int, RedisServer] = {
+            i: RedisServer(f"redis-shard-{i}", base / "redis" / f"shard-{i}", ports.take(),
+                           self.logs_dir / f"redis-shard-{i}.log")
+            for i in range(cfg.shards)
+        }  # fmt: skip
+
+        def py(name: str, module: str, args: Sequence[str] = ()) -> ServiceProcess:
+            return ServiceProcess(
+                name, module, ports.take(), self.logs_dir / f"{name}.log",
+                args=args, cwd=Path.cwd(), python=cfg.python,
+            )  # fmt: skip
+
+        self.services: dict[str, list[ServiceProcess]] = {
+            spec.name: [py(f"{spec.name}-{r}", spec.module, spec.args) for r in range(spec.replicas)]
+            for spec in cfg.services
+        }  # fmt: skip
+        self.fe: dict[int, list[ServiceProcess]] = {
+            i: [py(f"fe-shard-{i}-{m}", "shared.fe_server",
+                   ["--shard", str(i), "--services", cfg.fe_services])
+                for m in range(cfg.fe_per_shard)]
+            for i in range(cfg.shards)
+        }  # fmt: skip
+        self.gateways: list[ServiceProcess] = [
+            py(f"gateway-{g}", "gateway") for g in range(cfg.gateways)
+        ]
+        self.cert_path = base / "certs" / "localhost.crt"
+        self.key_path = base / "certs" / "localhost.key"
+        self.nginx = NginxServer(
+            NginxConfig(
+                run_dir=base / "nginx", logs_dir=self.logs_dir, name="nginx",
+                http_port=ports.take(cfg.http_port), https_port=ports.take(cfg.https_port),
+                cert=self.cert_path, key=self.key_path,
+                gateways=[f"127.0.0.1:{g.port}" for g in self.gateways],
+                rate=cfg.rate, burst=cfg.burst, worker_processes=cfg.nginx_workers,
+            )
+        )  # fmt: skip
+        self.shard_map = self._build_shard_map()
+
+    # -- what the tests and the CLI read --------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """The load balancer over plain HTTP."""
+        return self.nginx.base_url
+
+    @property
+    def https_url(self) -> str:
+        """The load balancer over TLS (self-signed: trust ``cert_path``)."""
+        return self.nginx.https_url
+
+    @property
+    def central_dsn(self) -> str:
+        """DSN of the central database (audit store, study registry)."""
+        return self.central_postgres.dsn
+
+    def token(self, sub: str, roles: str | Sequence[str], ttl: int = DEFAULT_TTL) -> str:
+        """A bearer token for ``sub`` with ``roles``, signed with the stack's secret."""
+        roles = [roles] if isinstance(roles, str) else list(roles)
+        return make_token(self.config.jwt_secret, sub, roles, ttl)
+
+    def tiers(self) -> list[list[ManagedProcess]]:
+        """The processes, tier by tier, in start order."""
+        return [
+            [*self.postgres.values(), self.central_postgres, *self.redis.values()],
+            [p for procs in self.services.values() for p in procs],
+            [p for procs in self.fe.values() for p in procs],
+            list(self.gateways),
+            [self.nginx],
+        ]
+
+    def processes(self) -> Iterator[ManagedProcess]:
+        """Every process, in start order."""
+        for tier in self.tiers():
+            yield from tier
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bring everything up, tier by tier; on failure stop what started and re-raise."""
+        for d in (self.base_dir, self.base_dir / "pg"):
+            d.mkdir(parents=True, exist_ok=True)
+            if os.geteuid() == 0:
+                d.chmod(0o755)  # PostgreSQL runs as another user and must get through
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            await ensure_cert(self.cert_path.parent)
+            tiers = self.tiers()
+            await _all(p.start() for p in tiers[0])
+            self.shard_map_path.write_text(self.shard_map.model_dump_json(indent=2) + "\n")
+            env = self._python_env()
+            for tier in tiers[1:-1]:
+                for proc in tier:
+                    proc.env = env
+            for tier in tiers[1:]:
+                await _all(p.start() for p in tier)
+        except BaseException:
+            log.error("start-up failed; stopping what was started")
+            await asyncio.shield(self.stop())
+            raise
+        log.info("stack up: %s and %s", self.base_url, self.https_url)
+
+    async def stop(self) -> None:
+        """Stop everything, front to back (nginx first, data servers last)."""
+        for tier in reversed(self.tiers()):
+            await asyncio.gather(*(p.stop() for p in tier), return_exceptions=True)
+
+    async def __aenter__(self) -> Stack:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def remove_template(self) -> None:
+        """Delete the ``initdb`` template (it only speeds up making new clusters)."""
+        shutil.rmtree(self._template.folder, ignore_errors=True)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _build_shard_map(self) -> ShardMap:
+        ranges = even_ranges(self.config.shards, self.config.buckets)
+        shards = []
+        for i in range(self.config.shards):
+            urls = [fe.url for fe in self.fe[i]]
+            members = {svc: urls for svc in self.config.fe_services.split(",") if svc}
+            shards.append(
+                Shard(id=i, buckets=ranges[i], postgres=self.postgres[i].dsn,
+                      redis=self.redis[i].url, members=members)
+            )  # fmt: skip
+        return ShardMap(buckets=self.config.buckets, shards=shards)
+
+    def _python_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            MEDSVC_SHARD_MAP=str(self.shard_map_path),
+            MEDSVC_JWT_SECRET=self.config.jwt_secret,
+            MEDSVC_ENV="development",
+            MEDSVC_CENTRAL_DSN=self.central_dsn,
+            PYTHONUNBUFFERED="1",
+        )
+        for spec in self.config.services:
+            if spec.urls_env:
+                env[spec.urls_env] = ",".join(p.url for p in self.services[spec.name])
+        env.update(self.config.extra_env)
+        return env
+
+
+async def _all(starts: Iterator[Awaitable[None]]) -> None:
+    """Await every start; once all have settled, raise the first failure."""
+    results = await asyncio.gather(*starts, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r

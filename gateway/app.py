@@ -1,0 +1,52 @@
+"""The gateway application: authentication, routing by userName, balancing over FE clusters."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from gateway.balancer import Cluster, Member
+from gateway.routes import setup_routes
+from gateway.state import CLUSTERS, SHARD_MAP, VERIFIER
+from shared.auth import TokenVerifier
+from shared.httpio import MAX_BODY
+from shared.ops import setup_ops
+from shared.problems import error_middleware, observe_middleware
+from shared.settings import GatewaySettings
+from shared.shardmap import ShardMap
+
+
+def create_app(settings: GatewaySettings, shard_map: ShardMap) -> web.Application:
+    """Build the gateway for ``shard_map``; connection pools open in a cleanup context."""
+    app = web.Application(middlewares=[observe_middleware, error_middleware], client_max_size=MAX_BODY)
+    app[SHARD_MAP] = shard_map
+    app[VERIFIER] = TokenVerifier(settings.jwt_secret.get_secret_value())
+    timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout, sock_connect=2)
+
+    def new_session() -> aiohttp.ClientSession:
+        # Keep-alive to every member; no cookies, no auto decompression of bodies we pass on.
+        connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=30, ttl_dns_cache=None)
+        return aiohttp.ClientSession(
+            connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
+
+    async def clusters_context(app: web.Application) -> AsyncIterator[None]:
+        clusters: dict[tuple[int, str], Cluster] = {}
+        for shard in shard_map.shards:
+            for service, urls in shard.members.items():
+                members = [Member(url.rstrip("/"), new_session) for url in urls]
+                clusters[(shard.id, service)] = Cluster(shard.id, service, members, settings.member_cooldown)
+        app[CLUSTERS] = clusters
+        try:
+            yield
+        finally:
+            for cluster in clusters.values():
+                await cluster.close()
+
+    app.cleanup_ctx.append(clusters_context)
+    setup_ops(app, [])
+    setup_routes(app)
+    return app

@@ -1,0 +1,84 @@
+"""Passing one request to an FE cluster: retries where they are safe, 503 where none is live."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.balancer import Cluster
+from gateway.metrics import MEMBERS_DOWN, UPSTREAM_LATENCY, UPSTREAM_REQUESTS
+from shared.errors import Unavailable
+from shared.logs import request_id_var
+
+log = logging.getLogger("medsvc.gateway")
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+_FORWARD_REQUEST = ("Authorization", "Content-Type", "If-Match", "Accept")
+_FORWARD_RESPONSE = ("Content-Type", "ETag", "Location", "Retry-After", "Allow")
+
+
+@dataclass
+class Upstream:
+    """An FE cluster's answer."""
+
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+
+    def response(self) -> web.Response:
+        return web.Response(status=self.status, body=self.body, headers=self.headers)
+
+
+async def forward(
+    cluster: Cluster, method: str, path_qs: str, headers: dict[str, str], body: bytes | None
+) -> Upstream:
+    """Send the request to a live member of ``cluster``, failing over where that is safe.
+
+    A refused connection never reached a server, so any method moves on to the next member.
+    A connection lost after sending is retried only for idempotent methods: a POST or PATCH
+    may have committed, so its caller gets 503 rather than a second write.
+    """
+    shard, service = str(cluster.shard_id), cluster.service
+    out_headers = {k: v for k in _FORWARD_REQUEST if (v := headers.get(k)) is not None}
+    out_headers["X-Request-ID"] = request_id_var.get()
+    for member in cluster.candidates():
+        started = time.perf_counter()
+        try:
+            async with member.session.request(
+                method, member.url + path_qs, headers=out_headers, data=body
+            ) as resp:
+                payload = await resp.read()
+        except aiohttp.ClientConnectorError as exc:
+            outcome, retry = "refused", True
+            error: Exception = exc
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            outcome, retry = "lost", method in IDEMPOTENT
+            error = exc
+        else:
+            cluster.mark_ok(member)
+            UPSTREAM_REQUESTS.labels(shard, service, str(resp.status)).inc()
+            UPSTREAM_LATENCY.labels(shard, service).observe(time.perf_counter() - started)
+            kept = CIMultiDict((k, v) for k in _FORWARD_RESPONSE if (v := resp.headers.get(k)))
+            return Upstream(resp.status, kept, payload)
+        UPSTREAM_REQUESTS.labels(shard, service, outcome).inc()
+        await cluster.mark_failed(member)
+        MEMBERS_DOWN.labels(shard, service).set(
+            sum(not m.live(time.monotonic()) for m in cluster.members)
+        )
+        log.warning(
+            "member failed",
+            extra={"action": "gateway.member_failed", "member": member.url, "shard": cluster.shard_id,
+                   "service": service, "error": type(error).__name__, "outcome": outcome},
+        )
+        if not retry:
+            raise Unavailable(
+                f"shard {shard} lost the connection during a {method}; it may or may not have "
+                "been applied: read the resource before retrying"
+            ) from error
+    raise Unavailable(f"shard {shard} has no live {service} server", retry_after=5)

@@ -1,0 +1,131 @@
+"""The gateway's routes: authenticate, apply the path-level role checks, pick the cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import orjson
+from aiohttp import web
+
+from gateway.proxy import Upstream, forward
+from gateway.state import CLUSTERS, SHARD_MAP, VERIFIER, cluster_for
+from shared import policy
+from shared.auth import Principal
+from shared.errors import NotFound, Unavailable
+from shared.httpio import encode_cursor, json_response, limit_param
+from shared.types import USER_NAME_PATTERN
+
+_USER_NAME = re.compile(USER_NAME_PATTERN)
+# Sub-resources of a user and the service that owns each.
+_SUBRESOURCE_SERVICE = {"visits": "visit"}
+
+
+def caller(request: web.Request) -> Principal:
+    return request.app[VERIFIER].from_request(request)
+
+
+async def _body(request: web.Request) -> bytes | None:
+    if not request.body_exists:
+        return None
+    return await request.read()
+
+
+async def user_scoped(request: web.Request) -> web.Response:
+    """``/v1/users/{userName}[/...]``: the owning shard's cluster for that service."""
+    principal = caller(request)
+    user_name = request.match_info["userName"]
+    tail = request.match_info.get("tail", "")
+    service = "user" if not tail else _SUBRESOURCE_SERVICE.get(tail.split("/", 1)[0])
+    if service is None:
+        raise NotFound(f"no resource at {request.path}")
+    policy.may_use_users_api(principal, user_name)
+    if not _USER_NAME.fullmatch(user_name):
+        raise NotFound(f"user {user_name[:64]} does not exist")
+    shard_id = request.app[SHARD_MAP].shard_id_for(user_name)
+    request["shard"] = shard_id
+    cluster = cluster_for(request.app, shard_id, service)
+    up = await forward(cluster, request.method, request.raw_path, dict(request.headers), await _body(request))
+    return up.response()
+
+
+async def create_user(request: web.Request) -> web.Response:
+    """POST /v1/users: the shard is chosen by the body's userName.
+
+    A body that names no valid userName goes to any shard, whose validation answers for it,
+    so that there is one validation path.
+    """
+    principal = caller(request)
+    if not principal.has("admin", "clinician"):
+        policy.may_create_user(principal, "patient")
+    body = await _body(request)
+    user_name = None
+    if body:
+        try:
+            parsed = orjson.loads(body)
+            candidate = parsed.get("userName") if isinstance(parsed, dict) else None
+            if isinstance(candidate, str) and _USER_NAME.fullmatch(candidate):
+                user_name = candidate
+        except orjson.JSONDecodeError:
+            pass
+    shard_map = request.app[SHARD_MAP]
+    shard_id = shard_map.shard_id_for(user_name) if user_name else shard_map.shards[0].id
+    request["shard"] = shard_id
+    cluster = cluster_for(request.app, shard_id, "user")
+    up = await forward(cluster, "POST", request.raw_path, dict(request.headers), body)
+    return up.response()
+
+
+async def search_users(request: web.Request) -> web.Response:
+    """GET /v1/users: every shard's page, merged in (familyName, givenName, userName) order.
+
+    A shard that cannot answer makes the whole search 503: a silently partial list of
+    patients is worse than none.
+    """
+    policy.may_search_users(caller(request))
+    limit = limit_param(request.query)
+    clusters = [c for (shard, svc), c in request.app[CLUSTERS].items() if svc == "user"]
+    headers = dict(request.headers)
+
+    async def one(cluster):  # type: ignore[no-untyped-def]
+        try:
+            return await forward(cluster, "GET", request.raw_path, headers, None)
+        except Unavailable as exc:
+            return exc
+
+    answers = await asyncio.gather(*(one(c) for c in clusters))
+    pages = []
+    for cluster, answer in zip(clusters, answers, strict=True):
+        if isinstance(answer, Unavailable):
+            raise Unavailable(f"shard {cluster.shard_id} is unavailable; the search cannot be complete")
+        assert isinstance(answer, Upstream)
+        if answer.status != 200:
+            return answer.response()
+        pages.append(orjson.loads(answer.body))
+    items = sorted(
+        (item for page in pages for item in page["items"]),
+        key=lambda u: (u["familyName"], u["givenName"], u["userName"]),
+    )
+    more = len(items) > limit or any(page["nextCursor"] for page in pages)
+    items = items[:limit]
+    next_cursor = None
+    if more and items:
+        last = items[-1]
+        next_cursor = encode_cursor([last["familyName"], last["givenName"], last["userName"]])
+    return json_response({"items": items, "nextCursor": next_cursor})
+
+
+async def not_found(request: web.Request) -> web.Response:
+    caller(request)
+    raise NotFound(f"no resource at {request.path}")
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/users", create_user)
+    app.router.add_get("/v1/users", search_users, allow_head=False)
+    app.router.add_route("*", "/v1/users/{userName}", user_scoped)
+    app.router.add_route("*", "/v1/users/{userName}/{tail:.+}", user_scoped)
+    app.router.add_route("*", "/v1/{tail:.*}", not_found)
+
+
+
