@@ -6,9 +6,11 @@ import asyncpg
 from aiohttp import web
 
 from shared.auth import TokenVerifier
+from shared.cache import ReadCache
 from shared.shardmap import ShardMap
 
 PG_POOL = web.AppKey("pg_pool", asyncpg.Pool)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 SHARD_MAP = web.AppKey("shard_map", ShardMap)
 SHARD_ID = web.AppKey("shard_id", int)
+CACHE = web.AppKey("cache", ReadCache)

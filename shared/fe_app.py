@@ -14,8 +14,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from shared.appkeys import PG_POOL, SHARD_ID, SHARD_MAP, VERIFIER
+from shared.appkeys import CACHE, PG_POOL, SHARD_ID, SHARD_MAP, VERIFIER
 from shared.auth import TokenVerifier
+from shared.cache import ReadCache
 from shared.db import pool_scope
 from shared.httpio import MAX_BODY
 from shared.migrate import apply_migrations
@@ -83,11 +84,28 @@ def create_app(settings: FESettings, shard_map: ShardMap) -> web.Application:
             app[PG_POOL] = pool
             yield
 
+    async def cache_context(app: web.Application) -> AsyncIterator[None]:
+        cache = ReadCache(shard.redis if settings.cache else None, shard.id, ttl=settings.cache_ttl)
+        try:
+            await cache.ping()
+            log.info("cache connected", extra={"action": "cache.connected", "shard": shard.id,
+                                               "enabled": cache.enabled})
+        except Exception as exc:  # noqa: BLE001 - a dead cache degrades reads, it does not stop us
+            log.warning("cache unreachable at start", extra={"action": "cache.unreachable",
+                                                             "error": type(exc).__name__})
+            cache.breaker.trip()
+        app[CACHE] = cache
+        try:
+            yield
+        finally:
+            await cache.close()
+
     async def database_ready(app: web.Application) -> None:
         async with app[PG_POOL].acquire(timeout=2) as conn:
             await conn.execute("SELECT 1")
 
     app.cleanup_ctx.append(pg_context)
+    app.cleanup_ctx.append(cache_context)
     setup_ops(app, [database_ready])
     for svc in services:
         svc.setup_routes(app)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from aiohttp import web
 
 from shared.fe_app import create_app
 from shared.logs import setup_logging

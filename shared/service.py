@@ -7,8 +7,9 @@ import re
 import asyncpg
 from aiohttp import web
 
-from shared.appkeys import PG_POOL, SHARD_ID, SHARD_MAP, VERIFIER
+from shared.appkeys import CACHE, PG_POOL, SHARD_ID, SHARD_MAP, VERIFIER
 from shared.auth import Principal
+from shared.cache import ReadCache
 from shared.errors import NotFound, ServiceError
 from shared.types import USER_NAME_PATTERN
 
@@ -28,6 +29,10 @@ def principal(request: web.Request) -> Principal:
 
 def pool(request: web.Request) -> asyncpg.Pool:
     return request.app[PG_POOL]
+
+
+def cache(request: web.Request) -> ReadCache:
+    return request.app[CACHE]
 
 
 def path_user_name(request: web.Request) -> str:

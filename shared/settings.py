@@ -45,6 +45,9 @@ class FESettings(CommonSettings):
 
     shard: int = Field(default=0, ge=0)
     services: str = "user,visit"
+    # The shard's Redis read cache (MEDSVC_CACHE=false reads every time from PostgreSQL).
+    cache: bool = True
+    cache_ttl: float = Field(default=300.0, gt=0)
 
     @property
     def service_list(self) -> list[str]:

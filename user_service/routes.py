@@ -14,9 +14,15 @@ from shared.httpio import (
     merge_patch, read_json_object,
 )
 from shared.writes import begin_write
-from shared.service import path_user_name, pool, principal, require_owned
+from shared.cache import pack_entry, unpack_entry
+from shared.service import cache, path_user_name, pool, principal, require_owned
 from user_service import store
 from user_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, UserIn
+
+
+def user_group(user_name: str) -> str:
+    """The cache group a user write invalidates."""
+    return f"u:{user_name}"
 
 
 def user_response(row: Any, status: int = 200) -> web.Response:
@@ -51,11 +57,21 @@ async def get_user(request: web.Request) -> web.Response:
     user_name = path_user_name(request)
     policy.may_use_users_api(caller, user_name)
     require_owned(request, user_name)
-    row = await store.get_user(pool(request), user_name)
-    if row is None:
+    db = pool(request)
+
+    async def load() -> bytes | None:
+        row = await store.get_user(db, user_name)
+        if row is None:
+            return None
+        return pack_entry(row["role"], row["version"], orjson.dumps(store.row_to_user(row), option=orjson.OPT_UTC_Z))
+
+    entry = await cache(request).get("user", user_group(user_name), "u", load)
+    if entry is None:
         raise NotFound(f"user {user_name} does not exist")
-    policy.may_read_user(caller, user_name, row["role"])
-    return user_response(row)
+    role, version, body = unpack_entry(entry)
+    policy.may_read_user(caller, user_name, role)
+    # The cached bytes are served as they are: encoded once, when the cache was filled.
+    return web.Response(body=body, content_type="application/json", headers={"ETag": etag(version or 0)})
 
 
 def _check_patch_fields(body: dict[str, Any]) -> None:
@@ -83,6 +99,7 @@ async def patch_user(request: web.Request) -> web.Response:
         merged = merge_patch(_client_state(store.row_to_user(current)), body)
         user = UserIn.model_validate_json(orjson.dumps(merged))
         row = await store.update_user(conn, user, expected, current["version"])
+    await cache(request).invalidate("user", user_group(user_name))
     return user_response(row)
 
 

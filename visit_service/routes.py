@@ -16,9 +16,19 @@ from shared.httpio import (
     merge_patch, read_json_object,
 )
 from shared.writes import begin_write
-from shared.service import path_user_name, pool, principal, require_owned
+from shared.cache import pack_entry, unpack_entry
+from shared.service import cache, path_user_name, pool, principal, require_owned
 from visit_service import store
 from visit_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, VisitIn
+
+
+def visits_group(user_name: str) -> str:
+    """The cache group a visit write invalidates: all of the patient's visits and lists."""
+    return f"v:{user_name}"
+
+
+def _encode(data: Any) -> bytes:
+    return orjson.dumps(data, option=orjson.OPT_UTC_Z)
 
 
 def visit_response(row: Any, status: int = 200) -> web.Response:
@@ -72,6 +82,7 @@ async def create_visit(request: web.Request) -> web.Response:
         if role != "patient":
             raise ValidationFailed(errors=[FieldError("userName", "visits are recorded for patients only")])
         row = await store.insert_visit(conn, user_name, visit)
+    await cache(request).invalidate("visit", visits_group(user_name))
     return visit_response(row, status=201)
 
 
@@ -82,11 +93,20 @@ async def get_visit(request: web.Request) -> web.Response:
     require_owned(request, user_name)
     visit_id = _visit_id(request)
     db = pool(request)
-    policy.may_read_visits(caller, user_name, await store.patient_role(db, user_name))
-    row = await store.get_visit(db, user_name, visit_id)
-    if row is None:
+
+    async def load() -> bytes:
+        role = await store.patient_role(db, user_name)
+        row = await store.get_visit(db, user_name, visit_id)
+        if row is None:
+            return pack_entry(role, None, b"")
+        return pack_entry(role, row["version"], _encode(store.row_to_visit(row)))
+
+    entry = await cache(request).get("visit", visits_group(user_name), f"v:{visit_id}", load)
+    role, version, body = unpack_entry(entry or b"")
+    policy.may_read_visits(caller, user_name, role)
+    if version is None:
         raise NotFound(f"visit {visit_id} of {user_name} does not exist")
-    return visit_response(row)
+    return web.Response(body=body, content_type="application/json", headers={"ETag": etag(version)})
 
 
 async def list_visits(request: web.Request) -> web.Response:
@@ -106,14 +126,23 @@ async def list_visits(request: web.Request) -> web.Response:
         except ValueError as exc:
             raise BadRequest("cursor is not valid") from exc
     db = pool(request)
-    policy.may_read_visits(caller, user_name, await store.patient_role(db, user_name))
-    rows = await store.visits_page(db, user_name, since, until, after, limit + 1)
-    items = [store.row_to_visit(r) for r in rows[:limit]]
-    next_cursor = None
-    if len(rows) > limit:
-        last = rows[limit - 1]
-        next_cursor = encode_cursor([last["started_at"].isoformat(), str(last["visit_id"])])
-    return json_response({"items": items, "nextCursor": next_cursor})
+
+    async def load() -> bytes:
+        role = await store.patient_role(db, user_name)
+        rows = await store.visits_page(db, user_name, since, until, after, limit + 1)
+        items = [store.row_to_visit(r) for r in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = encode_cursor([last["started_at"].isoformat(), str(last["visit_id"])])
+        return pack_entry(role, None, _encode({"items": items, "nextCursor": next_cursor}))
+
+    page_key = "l:" + "|".join(request.query.get(k, "") for k in ("since", "until", "cursor", "limit"))
+    entry = await cache(request).get("visits", visits_group(user_name), page_key, load)
+    assert entry is not None
+    role, _, body = unpack_entry(entry)
+    policy.may_read_visits(caller, user_name, role)
+    return web.Response(body=body, content_type="application/json")
 
 
 async def patch_visit(request: web.Request) -> web.Response:
@@ -139,6 +168,7 @@ async def patch_visit(request: web.Request) -> web.Response:
         merged = merge_patch(_client_state(store.row_to_visit(current)), body)
         visit = VisitIn.model_validate_json(orjson.dumps(merged))
         row = await store.update_visit(conn, visit_id, visit, expected, current["version"])
+    await cache(request).invalidate("visit", visits_group(user_name))
     return visit_response(row)
 
 

@@ -29,7 +29,9 @@ async def ensure_cert(folder: Path) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     cert, key = folder / "localhost.crt", folder / "localhost.key"
     if cert.exists() and key.exists():
-        code, _ = await _openssl("x509", "-in", str(cert), "-noout", "-checkend", str(_MIN_VALIDITY))
+        code, _ = await _openssl(
+            "x509", "-in", str(cert), "-noout", "-checkend", str(_MIN_VALIDITY)
+        )
         if code == 0:
             return cert, key
     code, out = await _openssl(

@@ -102,24 +102,25 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     run.add_argument("--nginx-workers", default="1", help="nginx worker_processes (1, or auto)")
     run.add_argument("--jwt-secret", default=DEFAULT_JWT_SECRET)
-    run.add_argument("-v", "--verbose", action="store_true", help="log every process start/stop")
 
     tok = sub.add_parser("token", help="print a bearer token")
     tok.add_argument("--sub", default="admin", help="the caller's userName")
-    tok.add_argument("--role", action="append", help="a role (repeatable; default admin)")
+    tok.add_argument(
+        "--role", action="append", help="role, or roles a,b (repeatable; default admin)"
+    )
     tok.add_argument("--ttl", type=int, default=DEFAULT_TTL, help="seconds valid")
     tok.add_argument("--jwt-secret", default=DEFAULT_JWT_SECRET)
 
     args = parser.parse_args(argv)
     if args.command == "token":
-        print(make_token(args.jwt_secret, args.sub, args.role or ["admin"], args.ttl))
+        roles = [r for arg in args.role or ["admin"] for r in arg.split(",") if r]
+        print(make_token(args.jwt_secret, args.sub, roles, args.ttl))
         return 0
 
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s localstack %(levelname)s %(message)s",
+        level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.INFO)  # progress: each process as it starts and stops
     _raise_open_file_limit()
     workers = int(args.nginx_workers) if args.nginx_workers.isdigit() else args.nginx_workers
     cfg = StackConfig(

@@ -44,7 +44,9 @@ PROBLEM_PAGES = (
     ProblemPage(500, "Internal Server Error", "load balancer error", (500,)),
     ProblemPage(502, "Bad Gateway", "no gateway answered", (502,), retry_after=2),
     ProblemPage(503, "Service Unavailable", "service unavailable", (503,), retry_after=2),
-    ProblemPage(504, "Gateway Timeout", "the gateway did not answer in time", (504,), retry_after=2),
+    ProblemPage(
+        504, "Gateway Timeout", "the gateway did not answer in time", (504,), retry_after=2
+    ),
 )
 
 
