@@ -8,6 +8,7 @@ import re
 import orjson
 from aiohttp import web
 
+from gateway.docs import setup_docs
 from gateway.proxy import Upstream, forward
 from gateway.state import CLUSTERS, SHARD_MAP, VERIFIER, cluster_for
 from shared import policy
@@ -121,6 +122,8 @@ async def not_found(request: web.Request) -> web.Response:
 
 
 def setup_routes(app: web.Application) -> None:
+    # The contract and its reference page: no token, and before the /v1 catch-all.
+    setup_docs(app)
     app.router.add_post("/v1/users", create_user)
     app.router.add_get("/v1/users", search_users, allow_head=False)
     app.router.add_route("*", "/v1/users/{userName}", user_scoped)

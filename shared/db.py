@@ -29,6 +29,8 @@ _UNAVAILABLE = (
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.ConnectionFailureError,
     asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.PostgresConnectionError,
 )
 
 
@@ -94,3 +96,15 @@ async def pool_scope(dsn: str, **kwargs: object) -> AsyncIterator[asyncpg.Pool]:
         yield pool
     finally:
         await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def transaction(pool: asyncpg.Pool, what: str = "the shard database") -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection in a transaction; a lost or refused connection is Unavailable.
+
+    A connection lost at COMMIT leaves the outcome unknown to us: the caller gets 503, never
+    a success for a write that may not have committed.
+    """
+    with db_errors(what):
+        async with pool.acquire() as conn, conn.transaction():
+            yield conn

@@ -8,6 +8,7 @@ import orjson
 from aiohttp import web
 
 from shared import policy
+from shared.db import transaction
 from shared.errors import BadRequest, FieldError, NotFound, ValidationFailed
 from shared.httpio import (
     decode_cursor, encode_cursor, etag, if_match_version, json_response, limit_param,
@@ -46,7 +47,7 @@ async def create_user(request: web.Request) -> web.Response:
     user = UserIn.model_validate_json(orjson.dumps(body))
     require_owned(request, user.userName)
     policy.may_create_user(caller, user.role)
-    async with pool(request).acquire() as conn, conn.transaction():
+    async with transaction(pool(request)) as conn:
         await begin_write(conn, request, caller, "user_service")
         row = await store.insert_user(conn, user)
     return user_response(row, status=201)
@@ -92,7 +93,7 @@ async def patch_user(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     _check_patch_fields(body)
     expected = if_match_version(request)
-    async with pool(request).acquire() as conn, conn.transaction():
+    async with transaction(pool(request)) as conn:
         await begin_write(conn, request, caller, "user_service")
         current = await store.lock_user(conn, user_name)
         policy.may_update_user(caller, user_name, current["role"], set(body))

@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 
 from shared import policy
+from shared.db import transaction
 from shared.errors import BadRequest, FieldError, NotFound, ValidationFailed
 from shared.httpio import (
     decode_cursor, encode_cursor, etag, if_match_version, json_response, limit_param,
@@ -75,7 +76,7 @@ async def create_visit(request: web.Request) -> web.Response:
     visit = VisitIn.model_validate_json(orjson.dumps(body))
     if visit.clinician is None:
         visit = visit.model_copy(update={"clinician": caller.sub})
-    async with pool(request).acquire() as conn, conn.transaction():
+    async with transaction(pool(request)) as conn:
         await begin_write(conn, request, caller, "visit_service")
         role = await store.patient_role(conn, user_name, lock=True)
         policy.may_write_visits(caller, role)
@@ -160,7 +161,7 @@ async def patch_visit(request: web.Request) -> web.Response:
     if errors:
         raise ValidationFailed(errors=errors)
     expected = if_match_version(request)
-    async with pool(request).acquire() as conn, conn.transaction():
+    async with transaction(pool(request)) as conn:
         await begin_write(conn, request, caller, "visit_service")
         role = await store.patient_role(conn, user_name)
         policy.may_write_visits(caller, role)

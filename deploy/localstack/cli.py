@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import resource
 import signal
 import sys
 from pathlib import Path
@@ -20,15 +19,6 @@ log = logging.getLogger("localstack")
 # `make run`'s internal ports: consecutive from here (clear of 5432 and 6379), so that the
 # shard map and the DSNs stay the same from one start to the next.
 RUN_PORT_BASE = 15400
-
-
-def _raise_open_file_limit() -> None:
-    # nginx, PostgreSQL and the services under load want more than the usual 1024 files;
-    # the children inherit the raised soft limit.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
 
 
 def _banner(stack: Stack) -> str:
@@ -121,7 +111,6 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     log.setLevel(logging.INFO)  # progress: each process as it starts and stops
-    _raise_open_file_limit()
     workers = int(args.nginx_workers) if args.nginx_workers.isdigit() else args.nginx_workers
     cfg = StackConfig(
         base_dir=args.base_dir, shards=args.shards, fe_per_shard=args.fe_per_shard,

@@ -110,9 +110,6 @@ class ManagedProcess:
         self._watcher: asyncio.Task[None] | None = None
         # True while a stop or kill we asked for is under way: an exit then is expected.
         self._stopping = False
-        self.on_unexpected_exit: Callable[[ManagedProcess, int], Awaitable[None] | None] | None = (
-            None
-        )
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} pid={self.pid} running={self.running}>"
@@ -173,11 +170,13 @@ class ManagedProcess:
         code = await proc.wait()
         if self._stopping or proc is not self._proc:
             return
-        log.warning("%s (pid %d) exited unexpectedly with %d", self.name, proc.pid, code)
-        if self.on_unexpected_exit is not None:
-            result = self.on_unexpected_exit(self, code)
-            if result is not None:
-                await result
+        log.warning(
+            "%s (pid %d) exited unexpectedly with %d; log %s",
+            self.name,
+            proc.pid,
+            code,
+            self.log_path,
+        )
 
     def check_alive(self) -> None:
         """Raise :class:`ProcessError` (with the log's tail) if the child has exited."""

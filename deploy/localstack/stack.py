@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import contextlib
 import os
+import resource
 import shutil
 import sys
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
@@ -39,9 +41,10 @@ log = logging.getLogger("localstack")
 
 DEFAULT_JWT_SECRET = "local-dev-secret"
 
-# The central services, started after the data servers and before the FE servers. Adding
-# one is one line, e.g.
+# The central services, started after the data servers and before the FE servers, each
+# `python -m <module> --port P` with MEDSVC_CENTRAL_DSN set. Adding one is one line, e.g.
 #   ServiceSpec("audit", "audit_service", replicas=2, urls_env="MEDSVC_AUDIT_URLS"),
+#   ServiceSpec("anonymizer", "anonymizer", urls_env="MEDSVC_ANONYMIZER_URLS"),
 CENTRAL_SERVICES: tuple[ServiceSpec, ...] = ()
 
 
@@ -179,6 +182,7 @@ class Stack:
             if os.geteuid() == 0:
                 d.chmod(0o755)  # PostgreSQL runs as another user and must get through
         self.logs_dir.mkdir(parents=True, exist_ok=True)
+        raise_open_file_limit()
         try:
             await ensure_cert(self.cert_path.parent)
             tiers = self.tiers()
@@ -240,6 +244,18 @@ class Stack:
                 env[spec.urls_env] = ",".join(p.url for p in self.services[spec.name])
         env.update(self.config.extra_env)
         return env
+
+
+def raise_open_file_limit() -> None:
+    """Raise this process's soft open-file limit to the hard one (children inherit it).
+
+    nginx, PostgreSQL and the services under a benchmark want more than the usual 1024.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 async def _all(starts: Iterator[Awaitable[None]]) -> None:
