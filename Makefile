@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PG_BIN := /usr/lib/postgresql/15/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
+APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 # Set to 1 when the caller ran `apt-get update` already (.ci/run does).
 SKIP_APT_UPDATE ?=
 

@@ -34,7 +34,8 @@ log = logging.getLogger("medsvc.cache")
 
 CACHE_EVENTS = Counter(
     "medsvc_cache_events_total",
-    "Read-cache outcomes by shard and entity: hit, miss, fill, wait, error, bypass",
+    "Read-cache outcomes by shard and entity: hit, miss (a lease: one database load), fill,"
+    " wait (for another reader's fill), timeout (waited in vain, loaded), error, bypass",
     ["shard", "entity", "event"],
 )
 
@@ -166,6 +167,7 @@ class ReadCache:
             # Another reader holds the lease: wait for its fill rather than load too.
             CACHE_EVENTS.labels(self.shard, entity, "wait").inc()
             if time.monotonic() + delay > deadline:
+                CACHE_EVENTS.labels(self.shard, entity, "timeout").inc()
                 return await load()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.02)
@@ -188,14 +190,12 @@ class ReadCache:
         # A load that started before this write may return the old row: later readers in
         # this process must not join it.
         self._inflight.pop(group, None)
-        if self.breaker.allows():
-            try:
-                await self.redis.delete(*_keys(group))
-                return
-            except RedisError as exc:
-                self._failed(exc, entity)
-        # Redis unreachable: the flush before its next use covers this write.
-        self.breaker.needs_flush = True
+        # Tried even while the breaker is open: Redis may be back for the other FE servers,
+        # which would serve the old value. Writes are rare; a dead Redis refuses at once.
+        try:
+            await self.redis.delete(*_keys(group))
+        except RedisError as exc:
+            self._failed(exc, entity)  # the flush before this process's next use covers it
 
     async def _usable(self) -> bool:
         if self.redis is None or not self.breaker.allows():

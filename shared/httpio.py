@@ -57,7 +57,8 @@ def if_match_version(request: web.Request) -> int | None:
     if value.startswith("W/"):
         value = value[2:]
     value = value.strip('"')
-    return int(value) if value.isdigit() and len(value) < 10 else -1
+    # isdigit() alone admits non-ASCII digits such as "²", which int() refuses.
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 10 else -1
 
 
 def limit_param(query: MultiMapping[str], default: int = 50, maximum: int = 200) -> int:
@@ -65,7 +66,7 @@ def limit_param(query: MultiMapping[str], default: int = 50, maximum: int = 200)
     raw = query.get("limit")
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
         raise BadRequest(f"limit must be an integer from 1 to {maximum}")
     return int(raw)
 
@@ -83,7 +84,10 @@ def decode_cursor(raw: str | None, arity: int) -> list[Any] | None:
         key = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
     except (binascii.Error, ValueError, orjson.JSONDecodeError) as exc:
         raise BadRequest("cursor is not valid") from exc
-    if not isinstance(key, list) or len(key) != arity or not all(isinstance(k, str) for k in key):
+    # A NUL could never have come from a stored key, and PostgreSQL text refuses it.
+    if not isinstance(key, list) or len(key) != arity or not all(
+        isinstance(k, str) and "\x00" not in k for k in key
+    ):
         raise BadRequest("cursor is not valid")
     return key
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from typing import Any
 
@@ -48,17 +49,35 @@ def _visit_id(request: web.Request) -> uuid.UUID:
         raise NotFound(f"visit {raw[:64]} does not exist") from exc
 
 
+# RFC 3339 date-time, offset required (fromisoformat alone also takes "20260101T00", no offset...).
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+_EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC)
+_LATEST = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
+def _instant(raw: str) -> dt.datetime:
+    """An RFC 3339 timestamp in UTC (ValueError when it is not one).
+
+    A valid timestamp whose UTC instant Python cannot hold (year 1 at +23:59, year 9999 at
+    -23:59) is clamped to the first or last representable instant, where it sorts anyway.
+    """
+    if not _RFC3339.fullmatch(raw):
+        raise ValueError(f"{raw!r} is not an RFC 3339 timestamp")
+    value = dt.datetime.fromisoformat(raw.upper())
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:
+        return _EARLIEST if value.year == 1 else _LATEST
+
+
 def _timestamp(query: Any, name: str) -> dt.datetime | None:
     raw = query.get(name)
     if raw is None:
         return None
     try:
-        value = dt.datetime.fromisoformat(raw)
+        return _instant(raw)
     except ValueError as exc:
-        raise BadRequest(f"{name} must be an RFC 3339 timestamp") from exc
-    if value.tzinfo is None:
-        raise BadRequest(f"{name} must carry a UTC offset")
-    return value
+        raise BadRequest(f"{name} must be an RFC 3339 timestamp with a UTC offset") from exc
 
 
 def _client_state(visit: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +142,7 @@ async def list_visits(request: web.Request) -> web.Response:
     after = None
     if (cursor := decode_cursor(request.query.get("cursor"), 2)) is not None:
         try:
-            after = (dt.datetime.fromisoformat(cursor[0]), uuid.UUID(cursor[1]))
+            after = (_instant(cursor[0]), uuid.UUID(cursor[1]))
         except ValueError as exc:
             raise BadRequest("cursor is not valid") from exc
     db = pool(request)

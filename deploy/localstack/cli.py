@@ -1,4 +1,4 @@
-"""``python -m deploy.localstack run|token``: the commands behind ``make run`` and ``make token``."""
+"""``python -m deploy.localstack run|token``: behind ``make run`` and ``make token``."""
 
 from __future__ import annotations
 

@@ -16,11 +16,10 @@ concurrently. Handles to every process let a test kill and restart any of them.
 from __future__ import annotations
 
 import asyncio
-import logging
 import contextlib
+import logging
 import os
 import resource
-import shutil
 import sys
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,8 @@ from .tokens import DEFAULT_TTL, make_token
 log = logging.getLogger("localstack")
 
 DEFAULT_JWT_SECRET = "local-dev-secret"
+# The Python services run from the repository root (``python -m <package>`` finds it there).
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # The central services, started after the data servers and before the FE servers, each
 # `python -m <module> --port P` with MEDSVC_CENTRAL_DSN set. Adding one is one line, e.g.
@@ -92,34 +93,55 @@ class Stack:
 
         def pg(name: str) -> PostgresServer:
             return PostgresServer(
-                f"postgres-{name}", base / "pg" / name, ports.take(), self.logs_dir / f"postgres-{name}.log",
-                fast=cfg.fast, template=self._template, account=account,
-            )  # fmt: skip
+                f"postgres-{name}",
+                base / "pg" / name,
+                ports.take(),
+                self.logs_dir / f"postgres-{name}.log",
+                fast=cfg.fast,
+                template=self._template,
+                account=account,
+            )
 
         self.postgres: dict[int, PostgresServer] = {i: pg(f"shard-{i}") for i in range(cfg.shards)}
         self.central_postgres = pg("central")
         self.redis: dict[int, RedisServer] = {
-            i: RedisServer(f"redis-shard-{i}", base / "redis" / f"shard-{i}", ports.take(),
-                           self.logs_dir / f"redis-shard-{i}.log")
+            i: RedisServer(
+                f"redis-shard-{i}",
+                base / "redis" / f"shard-{i}",
+                ports.take(),
+                self.logs_dir / f"redis-shard-{i}.log",
+            )
             for i in range(cfg.shards)
-        }  # fmt: skip
+        }
 
         def py(name: str, module: str, args: Sequence[str] = ()) -> ServiceProcess:
             return ServiceProcess(
-                name, module, ports.take(), self.logs_dir / f"{name}.log",
-                args=args, cwd=Path.cwd(), python=cfg.python,
-            )  # fmt: skip
+                name,
+                module,
+                ports.take(),
+                self.logs_dir / f"{name}.log",
+                args=args,
+                cwd=REPO_ROOT,
+                python=cfg.python,
+            )
 
         self.services: dict[str, list[ServiceProcess]] = {
-            spec.name: [py(f"{spec.name}-{r}", spec.module, spec.args) for r in range(spec.replicas)]
+            spec.name: [
+                py(f"{spec.name}-{r}", spec.module, spec.args) for r in range(spec.replicas)
+            ]
             for spec in cfg.services
-        }  # fmt: skip
+        }
         self.fe: dict[int, list[ServiceProcess]] = {
-            i: [py(f"fe-shard-{i}-{m}", "shared.fe_server",
-                   ["--shard", str(i), "--services", cfg.fe_services])
-                for m in range(cfg.fe_per_shard)]
+            i: [
+                py(
+                    f"fe-shard-{i}-{m}",
+                    "shared.fe_server",
+                    ["--shard", str(i), "--services", cfg.fe_services],
+                )
+                for m in range(cfg.fe_per_shard)
+            ]
             for i in range(cfg.shards)
-        }  # fmt: skip
+        }
         self.gateways: list[ServiceProcess] = [
             py(f"gateway-{g}", "gateway") for g in range(cfg.gateways)
         ]
@@ -127,13 +149,19 @@ class Stack:
         self.key_path = base / "certs" / "localhost.key"
         self.nginx = NginxServer(
             NginxConfig(
-                run_dir=base / "nginx", logs_dir=self.logs_dir, name="nginx",
-                http_port=ports.take(cfg.http_port), https_port=ports.take(cfg.https_port),
-                cert=self.cert_path, key=self.key_path,
+                run_dir=base / "nginx",
+                logs_dir=self.logs_dir,
+                name="nginx",
+                http_port=ports.take(cfg.http_port),
+                https_port=ports.take(cfg.https_port),
+                cert=self.cert_path,
+                key=self.key_path,
                 gateways=[f"127.0.0.1:{g.port}" for g in self.gateways],
-                rate=cfg.rate, burst=cfg.burst, worker_processes=cfg.nginx_workers,
+                rate=cfg.rate,
+                burst=cfg.burst,
+                worker_processes=cfg.nginx_workers,
             )
-        )  # fmt: skip
+        )
         self.shard_map = self._build_shard_map()
 
     # -- what the tests and the CLI read --------------------------------------------------
@@ -212,10 +240,6 @@ class Stack:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def remove_template(self) -> None:
-        """Delete the ``initdb`` template (it only speeds up making new clusters)."""
-        shutil.rmtree(self._template.folder, ignore_errors=True)
-
     # -- internals ------------------------------------------------------------------------
 
     def _build_shard_map(self) -> ShardMap:
@@ -225,9 +249,14 @@ class Stack:
             urls = [fe.url for fe in self.fe[i]]
             members = {svc: urls for svc in self.config.fe_services.split(",") if svc}
             shards.append(
-                Shard(id=i, buckets=ranges[i], postgres=self.postgres[i].dsn,
-                      redis=self.redis[i].url, members=members)
-            )  # fmt: skip
+                Shard(
+                    id=i,
+                    buckets=ranges[i],
+                    postgres=self.postgres[i].dsn,
+                    redis=self.redis[i].url,
+                    members=members,
+                )
+            )
         return ShardMap(buckets=self.config.buckets, shards=shards)
 
     def _python_env(self) -> dict[str, str]:

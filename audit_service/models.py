@@ -1,0 +1,61 @@
+"""Request bodies of the audit API, validated strictly (JSON types as sent, unknown fields 422)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from shared.types import text
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+# An entity type or action: a short identifier ("user", "visit", "study", "create", ...).
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$")]
+
+
+class EventIn(BaseModel):
+    """An event as a shard's outbox relay ships it (its eventId fixed in the outbox)."""
+
+    model_config = _STRICT
+
+    eventId: uuid.UUID
+    entityType: Name
+    entityId: text(512, 1)
+    action: Name
+    actor: text(256, 1)
+    occurredAt: AwareDatetime
+    source: text(256, 1)
+    requestId: text(256) | None = None
+    changes: list[text(128)] = Field(default_factory=list, max_length=256)
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+
+
+class EventBatch(BaseModel):
+    """``POST /internal/events/batch``: events in the order they are to enter the chain."""
+
+    model_config = _STRICT
+
+    events: list[EventIn] = Field(min_length=1, max_length=5000)
+
+
+class NewEvent(BaseModel):
+    """``POST /v1/audit/events``: an event of any entity type, recorded by an admin or a service.
+
+    ``eventId`` makes the call idempotent (the same id and content again → the stored event);
+    ``actor`` defaults to the caller, ``occurredAt`` to now.
+    """
+
+    model_config = _STRICT
+
+    eventId: uuid.UUID | None = None
+    entityType: Name
+    entityId: text(512, 1)
+    action: Name
+    actor: text(256, 1) | None = None
+    occurredAt: AwareDatetime | None = None
+    changes: list[text(128)] = Field(default_factory=list, max_length=256)
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None

@@ -1,0 +1,50 @@
+"""audit_service's settings: the common ones plus its own database (``MEDSVC_AUDIT_*``)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator
+
+from shared.settings import CommonSettings
+
+# The role the service's pool logs in as: SELECT and INSERT on events, never UPDATE or
+# DELETE (migrations/001_events.sql creates it and grants exactly that).
+WRITER_ROLE = "audit_writer"
+
+
+class AuditSettings(CommonSettings):
+    """An audit_service process."""
+
+    # DSN of the audit database as its owner: used to create the database if missing and to
+    # apply the migrations. Requests are served by a pool logged in as WRITER_ROLE.
+    audit_dsn: str = ""
+    # Password of WRITER_ROLE (none for trust authentication, as in the local stack).
+    audit_writer_password: SecretStr | None = None
+    # Create the database named in audit_dsn when it does not exist (local stack, tests).
+    audit_create_database: bool = True
+    # Largest internal ingest body (a relay batch), bytes.
+    audit_max_batch_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+
+    @field_validator("audit_dsn")
+    @classmethod
+    def _dsn_required(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// DSN of the audit database")
+        return value
+
+    @property
+    def writer_dsn(self) -> str:
+        """``audit_dsn`` with the user replaced by :data:`WRITER_ROLE` (and no password)."""
+        return dsn_with(self.audit_dsn, user=WRITER_ROLE)
+
+
+def dsn_with(dsn: str, *, user: str | None = None, database: str | None = None) -> str:
+    """``dsn`` with another user (password dropped) and/or another database."""
+    parts = urlsplit(dsn)
+    netloc = parts.netloc
+    if user is not None:
+        host = netloc.rpartition("@")[2]
+        netloc = f"{user}@{host}"
+    path = f"/{database}" if database is not None else parts.path
+    return urlunsplit((parts.scheme, netloc, path, parts.query, parts.fragment))

@@ -1,0 +1,182 @@
+"""The per-shard read cache: fast, and never stale after a write (issue: Redis read cache)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client.parser import text_string_to_metric_families
+
+from shared.cache import ReadCache, pack_entry, unpack_entry
+from tests.e2e.api import Api, unique
+from user_service.routes import user_group
+
+
+@pytest.fixture
+def admin(http, stack, admin_token) -> Api:
+    return Api(http, stack.base_url, admin_token)
+
+
+async def patient_on_shard(admin: Api, stack, shard: int) -> dict:
+    while True:
+        user = await admin.create_patient(unique("cache"))
+        if stack.shard_map.shard_id_for(user["userName"]) == shard:
+            return user
+
+
+async def cache_events(http, stack, shard: int, entity: str) -> dict[str, float]:
+    """Sum of the cache counters of every FE server of ``shard``, by event."""
+    totals: dict[str, float] = {}
+    for fe in stack.fe[shard]:
+        async with http.get(f"{fe.url}/metrics") as resp:
+            text = await resp.text()
+        for family in text_string_to_metric_families(text):
+            if family.name != "medsvc_cache_events":
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_total") and sample.labels["entity"] == entity \
+                        and sample.labels["shard"] == str(shard):
+                    totals[sample.labels["event"]] = totals.get(sample.labels["event"], 0) + sample.value
+    return totals
+
+
+def delta(after: dict[str, float], before: dict[str, float], event: str) -> float:
+    return after.get(event, 0) - before.get(event, 0)
+
+
+async def test_reads_are_served_from_the_cache_and_see_every_write(admin: Api, stack, http) -> None:
+    user = await patient_on_shard(admin, stack, 0)
+    path = f"/v1/users/{user['userName']}"
+    before = await cache_events(http, stack, 0, "user")
+    for i in range(20):
+        patched = await admin.call("PATCH", path, {"phone": f"+1 555 02{i:02d}"})
+        assert patched.status == 200
+        for _ in range(3):  # through both gateways and both FE servers of the shard
+            read = await admin.call("GET", path)
+            assert read.body["version"] == patched.body["version"], "a read after a write saw the old version"
+            assert read.headers["ETag"] == f'"{patched.body["version"]}"'
+    after = await cache_events(http, stack, 0, "user")
+    assert delta(after, before, "hit") >= 20, after
+
+
+async def test_visit_list_sees_a_new_visit_at_once(admin: Api, stack) -> None:
+    user = await admin.create_patient(unique("vl"))
+    path = f"/v1/users/{user['userName']}/visits"
+    for i in range(5):
+        assert len((await admin.call("GET", path)).body["items"]) == i
+        visit = await admin.create_visit(user["userName"], startedAt=f"2026-09-0{i + 1}T08:00:00Z")
+        assert (await admin.call("GET", path)).body["items"][0]["visitId"] == visit["visitId"]
+    one = f"{path}/{visit['visitId']}"
+    assert (await admin.call("GET", one)).body["version"] == 1
+    await admin.call("PATCH", one, {"reason": "corrected"})
+    assert (await admin.call("GET", one)).body["reason"] == "corrected"
+    assert (await admin.call("GET", path)).body["items"][0]["reason"] == "corrected"
+
+
+async def test_a_slow_reader_cannot_put_back_a_value_older_than_a_write(admin: Api, stack) -> None:
+    """The stale-set race, made to happen: the reader loads v1, the writer commits v2 and
+    invalidates, then the reader tries to fill. The cache must not end up holding v1."""
+    user = await patient_on_shard(admin, stack, 0)
+    name = user["userName"]
+    cache = ReadCache(stack.shard_map.shard(0).redis, 0)
+    db = await asyncpg.connect(stack.shard_map.shard(0).postgres)
+    loaded, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_load() -> bytes:
+        version = await db.fetchval("SELECT version FROM users WHERE user_name = $1", name)
+        loaded.set()
+        await release.wait()  # the barrier: the write happens here
+        return pack_entry("patient", version, b"{}")
+
+    try:
+        reader = asyncio.create_task(cache.get("user", user_group(name), "u", slow_load))
+        await loaded.wait()
+        patched = await admin.call("PATCH", f"/v1/users/{name}", {"email": "race@example.org"})
+        assert patched.status == 200 and patched.body["version"] == 2
+        release.set()
+        _, read_version, _ = unpack_entry(await reader)
+        assert read_version == 1  # the reader's own answer predates the write: that is fine
+        r = aioredis.Redis.from_url(stack.shard_map.shard(0).redis)
+        stored = await r.hget(f"{{{user_group(name)}}}", "u")
+        await r.aclose()
+        assert stored is None or unpack_entry(stored)[1] == 2, "v1 was put back after the write"
+        assert (await admin.call("GET", f"/v1/users/{name}")).body["version"] == 2
+    finally:
+        await db.close()
+        await cache.close()
+
+
+async def test_a_herd_of_misses_reads_the_database_once(admin: Api, stack, http) -> None:
+    user = await patient_on_shard(admin, stack, 1)
+    await admin.call("PATCH", f"/v1/users/{user['userName']}", {"email": "cold@example.org"})  # now cold
+    before = await cache_events(http, stack, 1, "user")
+    replies = await asyncio.gather(*(admin.call("GET", f"/v1/users/{user['userName']}") for _ in range(60)))
+    assert {r.status for r in replies} == {200}
+    assert {r.body["version"] for r in replies} == {2}
+    after = await cache_events(http, stack, 1, "user")
+    loads = delta(after, before, "miss") + delta(after, before, "timeout") + delta(after, before, "bypass")
+    assert loads == 1, after
+
+
+async def test_concurrent_readers_and_writers_leave_the_cache_equal_to_the_database(admin: Api, stack) -> None:
+    users = [await patient_on_shard(admin, stack, s) for s in (0, 0, 1, 1)]
+    rng = random.Random(7)
+
+    async def worker(n: int) -> None:
+        for _ in range(40):
+            name = rng.choice(users)["userName"]
+            if rng.random() < 0.3:
+                assert (await admin.call("PATCH", f"/v1/users/{name}", {"phone": f"+1 555 {n:04d}"})).status == 200
+            else:
+                assert (await admin.call("GET", f"/v1/users/{name}")).status == 200
+
+    await asyncio.gather(*(worker(n) for n in range(16)))
+    for user in users:
+        shard = stack.shard_map.shard_for(user["userName"])
+        conn = await asyncpg.connect(shard.postgres)
+        db_version = await conn.fetchval("SELECT version FROM users WHERE user_name = $1", user["userName"])
+        await conn.close()
+        r = aioredis.Redis.from_url(shard.redis)
+        stored = await r.hget(f"{{{user_group(user['userName'])}}}", "u")
+        await r.aclose()
+        if stored is not None:
+            assert unpack_entry(stored)[1] == db_version, user["userName"]
+        assert (await admin.call("GET", f"/v1/users/{user['userName']}")).body["version"] == db_version
+
+
+async def test_redis_stopped_and_restarted_fails_no_request_and_serves_nothing_stale(admin: Api, stack) -> None:
+    users = [await patient_on_shard(admin, stack, s) for s in (0, 1)]
+    latest = {u["userName"]: 1 for u in users}
+    failures: list[tuple[str, int]] = []
+    stop = asyncio.Event()
+
+    async def traffic(name: str) -> None:
+        while not stop.is_set():
+            patched = await admin.call("PATCH", f"/v1/users/{name}", {"phone": "+1 555 7777"})
+            if patched.status != 200:
+                failures.append(("PATCH", patched.status))
+                continue
+            latest[name] = max(latest[name], patched.body["version"])
+            floor = latest[name]  # every write acknowledged before this read began
+            read = await admin.call("GET", f"/v1/users/{name}")
+            if read.status != 200:
+                failures.append(("GET", read.status))
+            elif read.body["version"] < floor:
+                failures.append(("stale", read.body["version"]))
+
+    tasks = [asyncio.create_task(traffic(u["userName"])) for u in users for _ in range(2)]
+    try:
+        await asyncio.sleep(0.5)
+        await stack.redis[0].stop()
+        await asyncio.sleep(1.5)
+        await stack.redis[0].start()
+        await asyncio.sleep(2.5)  # past the breaker's cool-down: the cache is back in use
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert failures == []
+    for name, version in latest.items():
+        assert (await admin.call("GET", f"/v1/users/{name}")).body["version"] == version
