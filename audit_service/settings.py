@@ -18,7 +18,7 @@ class AuditSettings(CommonSettings):
 
     # DSN of the audit database as its owner: used to create the database if missing and to
     # apply the migrations. Requests are served by a pool logged in as WRITER_ROLE.
-    audit_dsn: str = ""
+    audit_dsn: str
     # Password of WRITER_ROLE (none for trust authentication, as in the local stack).
     audit_writer_password: SecretStr | None = None
     # Create the database named in audit_dsn when it does not exist (local stack, tests).

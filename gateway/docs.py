@@ -7,6 +7,7 @@ the ``swagger-ui-bundle-v2`` package and are served by the gateway itself under
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import orjson
@@ -87,9 +88,23 @@ async def docs_asset(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(assets_dir() / name, headers={**_CACHE, "Content-Type": media_type})
 
 
+def only(*methods: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A handler answering 405 with ``Allow: methods``.
+
+    Added as a resource's last route (method ``*``), it keeps a later catch-all route from
+    answering a method the resource does not support with 404.
+    """
+
+    async def method_not_allowed(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPMethodNotAllowed(request.method, methods)
+
+    return method_not_allowed
+
+
 def setup_docs(app: web.Application) -> None:
     """Mount the document and the reference page (before any catch-all ``/v1`` route)."""
     app[DOCUMENT] = orjson.dumps(build_document())
     app.router.add_get(DOCUMENT_PATH, openapi_json, allow_head=False)
+    app.router.add_route("*", DOCUMENT_PATH, only("GET"))
     app.router.add_get("/docs", docs_page, allow_head=False)
     app.router.add_get(ASSETS_PREFIX + "/{name}", docs_asset, allow_head=False)

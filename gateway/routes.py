@@ -8,7 +8,7 @@ import re
 import orjson
 from aiohttp import web
 
-from gateway.docs import setup_docs
+from gateway.docs import only, setup_docs
 from gateway.proxy import Upstream, forward
 from gateway.state import CLUSTERS, SHARD_MAP, VERIFIER, cluster_for
 from shared import policy
@@ -126,6 +126,7 @@ def setup_routes(app: web.Application) -> None:
     setup_docs(app)
     app.router.add_post("/v1/users", create_user)
     app.router.add_get("/v1/users", search_users, allow_head=False)
+    app.router.add_route("*", "/v1/users", only("GET", "POST"))
     app.router.add_route("*", "/v1/users/{userName}", user_scoped)
     app.router.add_route("*", "/v1/users/{userName}/{tail:.+}", user_scoped)
     app.router.add_route("*", "/v1/{tail:.*}", not_found)

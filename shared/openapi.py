@@ -242,9 +242,21 @@ class _Schemas:
         return {"$ref": REF.format(model=model.__name__)}
 
     def _add(self, name: str, schema: dict[str, Any]) -> None:
+        for prop in schema.get("properties", {}).values():
+            # pydantic writes `default: null` for an optional field even where null is not
+            # allowed (a patch field that cannot be removed); a generator would send it.
+            if "default" in prop and prop["default"] is None and not _admits_null(prop):
+                del prop["default"]
         known = self.components.setdefault(name, schema)
         if known != schema:
             raise ValueError(f"two different schemas are both called {name}")
+
+
+def _admits_null(schema: dict[str, Any]) -> bool:
+    kinds = schema.get("type")
+    if kinds == "null" or isinstance(kinds, list) and "null" in kinds:
+        return True
+    return any(_admits_null(s) for s in schema.get("anyOf", []) + schema.get("oneOf", []))
 
 
 def _headers(*names: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from shared.types import UserName, text
 
@@ -65,17 +66,20 @@ class UserIn(BaseModel):
 
 
 class UserPatch(BaseModel):
-    """The shape of a PATCH body (RFC 7396): any mutable field, ``null`` to remove it."""
+    """The shape of a PATCH body (RFC 7396): any mutable field, ``null`` to remove an optional one.
+
+    Fields a user must have cannot be removed, so their schema admits no ``null``.
+    """
 
     model_config = _STRICT
 
-    givenName: text(100, 1) | None = None
-    familyName: text(100, 1) | None = None
-    birthDate: dt.date | None = None
+    givenName: text(100, 1) | SkipJsonSchema[None] = None
+    familyName: text(100, 1) | SkipJsonSchema[None] = None
+    birthDate: dt.date | SkipJsonSchema[None] = None
     sex: Sex | None = None
     email: Email | None = None
     phone: Phone | None = None
-    address: dict | None = Field(default=None, description="merged into the stored address")
+    address: Address | None = Field(default=None, description="merged into the stored address")
 
 
 class User(UserIn):

@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from shared.types import UserName, text
 
@@ -72,6 +73,13 @@ class VisitIn(BaseModel):
     def _plausible(cls, value: dt.datetime | None) -> dt.datetime | None:
         if value is not None and value < EARLIEST:
             raise ValueError("must not be before 1900-01-01")
+        if value is not None and value.year == 9999:
+            # Python cannot hold a UTC instant past 9999-12-31, so the database driver could not
+            # store one (9999-12-31T23:00-02:00 is one).
+            try:
+                value.astimezone(dt.UTC)
+            except OverflowError:
+                raise ValueError("must not be after 9999-12-31T23:59:59Z") from None
         return value
 
     @field_validator("endedAt")
@@ -84,17 +92,20 @@ class VisitIn(BaseModel):
 
 
 class VisitPatch(BaseModel):
-    """The shape of a PATCH body (RFC 7396): any mutable field, ``null`` to remove it."""
+    """The shape of a PATCH body (RFC 7396): any mutable field, ``null`` to remove an optional one.
+
+    ``type`` and ``startedAt`` cannot be removed, so their schema admits no ``null``.
+    """
 
     model_config = _STRICT
 
     clinician: UserName | None = None
-    type: VisitType | None = None
-    startedAt: AwareDatetime | None = None
+    type: VisitType | SkipJsonSchema[None] = None
+    startedAt: AwareDatetime | SkipJsonSchema[None] = None
     endedAt: AwareDatetime | None = None
     reason: text(500) | None = None
     diagnoses: list[Diagnosis] | None = None
-    vitals: dict | None = None
+    vitals: Vitals | None = Field(default=None, description="merged into the stored vitals")
     medications: list[Medication] | None = None
     notes: text(20000) | None = None
 

@@ -1,0 +1,56 @@
+"""audit_service: the generic AuditStore with its own PostgreSQL database.
+
+``create_app`` builds the application without I/O; the database is one cleanup context that
+creates the database if asked, applies the migrations as the owner, then opens the pool the
+requests use, logged in as the append-only role (``audit_writer``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from audit_service import store
+from audit_service.routes import SETTINGS, setup_routes
+from audit_service.settings import AuditSettings
+from shared.appkeys import PG_POOL, VERIFIER
+from shared.auth import TokenVerifier
+from shared.db import pool_scope
+from shared.ops import setup_ops
+from shared.problems import error_middleware, observe_middleware
+
+log = logging.getLogger("medsvc.audit")
+
+
+def create_app(settings: AuditSettings) -> web.Application:
+    """Build audit_service for ``settings``."""
+    app = web.Application(
+        middlewares=[observe_middleware, error_middleware],
+        client_max_size=settings.audit_max_batch_bytes,
+    )
+    app[SETTINGS] = settings
+    app[VERIFIER] = TokenVerifier(settings.jwt_secret.get_secret_value())
+
+    async def pg_context(app: web.Application) -> AsyncIterator[None]:
+        owner_password = settings.pg_password.get_secret_value() if settings.pg_password else None
+        if settings.audit_create_database:
+            await store.ensure_database(settings.audit_dsn, owner_password)
+        await store.migrate(settings.audit_dsn, owner_password)
+        writer = settings.audit_writer_password
+        async with pool_scope(
+            settings.writer_dsn, password=writer.get_secret_value() if writer else None,
+            min_size=settings.pg_pool_min, max_size=settings.pg_pool_max, what="audit",
+        ) as pool:  # fmt: skip
+            app[PG_POOL] = pool
+            yield
+
+    async def database_ready(app: web.Application) -> None:
+        async with app[PG_POOL].acquire(timeout=2) as conn:
+            await conn.execute("SELECT 1")
+
+    app.cleanup_ctx.append(pg_context)
+    setup_ops(app, [database_ready])
+    setup_routes(app)
+    return app

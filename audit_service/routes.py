@@ -1,0 +1,219 @@
+"""HTTP handlers of the audit API and of the internal ingest endpoint the outbox relays call.
+
+Who may do what (API.md, "Audit"):
+
+* ``GET /v1/audit/events`` — admin and auditor: every event. Clinician: only events about a
+  patient, i.e. entityType ``user`` or ``visit`` whose userName (the entityId, or its part
+  before ``/`` for a visit) the audit store knows to be a patient: a ``create`` event for that
+  user, shipped from a user_service shard, says ``"role": "patient"``. A role never changes,
+  so that event settles it; until it has arrived, the clinician sees nothing of that user.
+* ``GET /v1/audit/verify`` — admin and auditor.
+* ``POST /v1/audit/events`` — admin (services call it with a token signed by the shared secret).
+* ``POST /internal/events/batch`` — the shards' outbox relays, with an admin token. Not routed
+  by the gateway.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+
+import orjson
+from aiohttp import web
+from multidict import MultiMapping
+
+from audit_service import store
+from audit_service.metrics import APPEND_SECONDS, CHAIN_LAST_SEQ, EVENTS_APPENDED, EVENTS_DUPLICATE
+from audit_service.models import EventBatch, EventIn, NewEvent
+from audit_service.settings import AuditSettings
+from shared.appkeys import PG_POOL
+from shared.auth import Principal
+from shared.errors import (
+    BadRequest, FieldError, Forbidden, NotFound, PayloadTooLarge, UnsupportedMediaType,
+    ValidationFailed,
+)
+from shared.httpio import JSON_TYPES, MAX_BODY, decode_cursor, encode_cursor, limit_param
+from shared.service import principal
+
+SETTINGS = web.AppKey("audit_settings", AuditSettings)
+_QUERY = frozenset({"entityType", "entityId", "actor", "since", "until", "limit", "cursor"})
+
+
+# -- access -----------------------------------------------------------------------------------
+
+
+def _readers_scope(p: Principal) -> bool:
+    """Whether the caller may read events, and if so whether only those about patients."""
+    if p.has("admin", "auditor"):
+        return False
+    if p.has("clinician"):
+        return True
+    raise Forbidden("only admins, auditors and clinicians may read audit events")
+
+
+def _may_verify(p: Principal) -> None:
+    if not p.has("admin", "auditor"):
+        raise Forbidden("only admins and auditors may verify the audit chain")
+
+
+def _may_record(p: Principal) -> None:
+    if not p.has("admin"):
+        raise Forbidden("only admins and internal services may record audit events")
+
+
+# -- plumbing ---------------------------------------------------------------------------------
+
+
+async def _read_json(request: web.Request, limit: int) -> bytes:
+    """The raw JSON body: 415 unless JSON, 413 over ``limit`` bytes (declared or streamed)."""
+    if request.content_type not in JSON_TYPES:
+        raise UnsupportedMediaType("the request body must be application/json")
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+    data = bytearray()
+    async for chunk in request.content.iter_chunked(1 << 16):
+        data += chunk
+        if len(data) > limit:
+            raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+    return bytes(data)
+
+
+def _event_json(e: store.Stored) -> bytes:
+    """The API form of a stored event: its canonical body plus ``hash`` and ``prevHash``."""
+    return f'{e.body[:-1]},"hash":"{e.hash}","prevHash":"{e.prev_hash}"}}'.encode()
+
+
+def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=body, status=status, headers=headers, content_type="application/json")
+
+
+def _pending(ev: EventIn | NewEvent, *, actor: str, source: str) -> store.Pending:
+    occurred = ev.occurredAt or dt.datetime.now(dt.UTC)
+    return store.Pending(
+        event_id=ev.eventId or uuid.uuid4(), entity_type=ev.entityType, entity_id=ev.entityId,
+        action=ev.action, actor=actor, occurred_at=occurred.astimezone(dt.UTC), source=source,
+        request_id=getattr(ev, "requestId", None), changes=list(ev.changes), before=ev.before,
+        after=ev.after,
+    )  # fmt: skip
+
+
+def _checked(events: list[store.Pending]) -> list[store.Pending]:
+    """Refuse an event whose body cannot be canonicalised (e.g. an integer over 64 bits)."""
+    for i, ev in enumerate(events):
+        try:
+            ev.body(0)
+        except (TypeError, ValueError) as exc:
+            raise ValidationFailed(errors=[FieldError(f"events.{i}", f"cannot be encoded: {exc}")]) from exc
+    return events
+
+
+def _timestamp(query: MultiMapping[str], name: str) -> dt.datetime | None:
+    raw = query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(raw)
+    except ValueError as exc:
+        raise BadRequest(f"{name} must be an RFC 3339 timestamp") from exc
+    if value.tzinfo is None:
+        raise BadRequest(f"{name} must carry a UTC offset (e.g. Z)")
+    return value
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+
+async def list_events(request: web.Request) -> web.Response:
+    """``GET /v1/audit/events``: events oldest first, filtered, keyset-paginated by seq."""
+    patients_only = _readers_scope(principal(request))
+    q = request.query
+    unknown = set(q) - _QUERY
+    if unknown:
+        raise ValidationFailed(errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)])
+    entity_type = q.get("entityType")
+    if patients_only and entity_type not in (None, "user", "visit"):
+        raise Forbidden("a clinician may read only the audit events of patients and their visits")
+    limit = limit_param(q)
+    cursor = decode_cursor(q.get("cursor"), 1)
+    if cursor is not None and not cursor[0].isdigit():
+        raise BadRequest("cursor is not valid")
+    f = store.EventFilter(
+        entity_type=entity_type, entity_id=q.get("entityId"), actor=q.get("actor"),
+        since=_timestamp(q, "since"), until=_timestamp(q, "until"),
+        after_seq=int(cursor[0]) if cursor else None, patients_only=patients_only,
+    )  # fmt: skip
+    rows = await store.events_page(request.app[PG_POOL], f, limit + 1)
+    items = [store.Stored(r["seq"], r["body"], r["prev_hash"], r["hash"]) for r in rows[:limit]]
+    next_cursor = encode_cursor([str(items[-1].seq)]) if len(rows) > limit else None
+    body = b'{"items":[' + b",".join(_event_json(e) for e in items) + b'],"nextCursor":'
+    return _json(body + orjson.dumps(next_cursor) + b"}")
+
+
+async def get_event(request: web.Request) -> web.Response:
+    """``GET /v1/audit/events/{eventId}``: one event, with the same access rules as the list."""
+    patients_only = _readers_scope(principal(request))
+    try:
+        event_id = uuid.UUID(request.match_info["eventId"])
+    except ValueError as exc:
+        raise NotFound("no such audit event") from exc
+    row = await store.event_by_id(request.app[PG_POOL], event_id)
+    if row is None:
+        raise NotFound("no such audit event")
+    if patients_only and not (row["entity_type"] in ("user", "visit") and row["of_patient"]):
+        raise Forbidden("a clinician may read only the audit events of patients and their visits")
+    return _json(_event_json(store.Stored(row["seq"], row["body"], row["prev_hash"], row["hash"])))
+
+
+async def record_event(request: web.Request) -> web.Response:
+    """``POST /v1/audit/events``: record an event of any entity type (201; 200 if known)."""
+    caller = principal(request)
+    _may_record(caller)
+    raw = await _read_json(request, MAX_BODY)
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc.msg}") from exc
+    if not isinstance(parsed, dict):
+        raise ValidationFailed(errors=[FieldError("body", "must be a JSON object")])
+    new = NewEvent.model_validate_json(raw)
+    pending = _checked([_pending(new, actor=new.actor or caller.sub, source=f"api/{caller.sub}")])[0]
+    started = time.perf_counter()
+    stored, created = await store.append_one(request.app[PG_POOL], pending)
+    APPEND_SECONDS.labels("api").observe(time.perf_counter() - started)
+    (EVENTS_APPENDED if created else EVENTS_DUPLICATE).labels("api").inc()
+    CHAIN_LAST_SEQ.set(stored.seq)
+    headers = {"Location": f"/v1/audit/events/{pending.event_id}"}
+    return _json(_event_json(stored), status=201 if created else 200, headers=headers)
+
+
+async def verify(request: web.Request) -> web.Response:
+    """``GET /v1/audit/verify``: re-hash the whole chain and compare it with the chain head."""
+    _may_verify(principal(request))
+    verdict = await store.verify(request.app[PG_POOL])
+    return _json(orjson.dumps(verdict.as_json()))
+
+
+async def ingest_batch(request: web.Request) -> web.Response:
+    """``POST /internal/events/batch``: a relay's batch, appended in order, idempotently."""
+    _may_record(principal(request))
+    raw = await _read_json(request, request.app[SETTINGS].audit_max_batch_bytes)
+    batch = EventBatch.model_validate_json(raw)
+    events = _checked([_pending(ev, actor=ev.actor, source=ev.source) for ev in batch.events])
+    started = time.perf_counter()
+    stored, duplicates = await store.append_events(request.app[PG_POOL], events, trusted_source=True)
+    APPEND_SECONDS.labels("internal").observe(time.perf_counter() - started)
+    EVENTS_APPENDED.labels("internal").inc(len(stored))
+    EVENTS_DUPLICATE.labels("internal").inc(duplicates)
+    if stored:
+        CHAIN_LAST_SEQ.set(stored[-1].seq)
+    return _json(orjson.dumps({"appended": len(stored), "duplicates": duplicates}))
+
+
+def setup_routes(app: web.Application) -> None:
+    """Mount the audit API and the internal ingest endpoint."""
+    app.router.add_get("/v1/audit/events", list_events, allow_head=False)
+    app.router.add_post("/v1/audit/events", record_event)
+    app.router.add_get("/v1/audit/events/{eventId}", get_event, allow_head=False)
+    app.router.add_get("/v1/audit/verify", verify, allow_head=False)
+    app.router.add_post("/internal/events/batch", ingest_batch)

@@ -1,0 +1,85 @@
+"""``python -m bench`` (``make bench``): benchmark the stack against a hello-world baseline.
+
+Starts its own stack in a temporary folder on free ports (nothing else needs to run), seeds
+it, measures each scenario with wrk through nginx, and prints a table that it also saves as
+``bench/results/<UTC time>.md`` and ``.json``. Takes about 2 minutes with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from bench.loadgen import Load, LoadError
+from bench.report import RESULTS_DIR
+from bench.runner import Options, run
+from bench.scenarios import DEFAULT_SCENARIOS, DEFAULT_VARIANTS, SCENARIOS, VARIANTS
+from deploy.localstack.procs import ProcessError
+
+
+def _names(raw: str, known: dict[str, object], what: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {what} {unknown}; known: {', '.join(known)}")
+    return names
+
+
+def parse(argv: list[str] | None = None) -> Options:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per measured run (10)")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up before each (3)")
+    p.add_argument("--connections", type=int, default=50, help="wrk connections (50)")
+    p.add_argument("--threads", type=int, default=1, help="wrk threads (1: leaves a core to the servers)")
+    p.add_argument("--timeout", type=float, default=5.0, help="wrk request timeout, seconds (5)")
+    p.add_argument("--users", type=int, default=10_000, help="patients to seed (10000)")
+    p.add_argument("--visits", type=int, default=50_000, help="visits to seed (50000)")
+    p.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                   help=f"comma-separated, of: {', '.join(SCENARIOS)}")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--fe-per-shard", type=int, default=2)
+    p.add_argument("--gateways", type=int, default=2)
+    p.add_argument("--nginx-workers", default="1", help="nginx worker_processes (1, or auto)")
+    p.add_argument("--seed", type=int, default=1, help="random seed for data and requests")
+    p.add_argument("--base-dir", type=Path, help="stack folder (default: a new temporary one)")
+    p.add_argument("--keep", action="store_true", help="keep the stack folder (data and logs)")
+    p.add_argument("--no-save", action="store_true", help=f"print only; do not write {RESULTS_DIR}")
+    a = p.parse_args(argv)
+    try:
+        scenarios = _names(a.scenarios, SCENARIOS, "scenarios")
+        variants = _names(a.variants, VARIANTS, "variants")
+    except argparse.ArgumentTypeError as exc:
+        p.error(str(exc))
+    workers = int(a.nginx_workers) if a.nginx_workers.isdigit() else a.nginx_workers
+    return Options(
+        load=Load(connections=a.connections, threads=a.threads, duration=a.duration, timeout=a.timeout),
+        warmup=a.warmup, users=a.users, visits=a.visits, scenarios=scenarios, variants=variants,
+        shards=a.shards, fe_per_shard=a.fe_per_shard, gateways=a.gateways, nginx_workers=workers,
+        seed=a.seed, base_dir=a.base_dir, keep=a.keep, results_dir=None if a.no_save else RESULTS_DIR,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    logging.getLogger("bench").setLevel(logging.INFO)
+    logging.getLogger("localstack").setLevel(logging.WARNING)
+    try:
+        report = asyncio.run(run(opts))
+    except (LoadError, ProcessError, OSError) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print(report.markdown())
+    return 0 if all(r.valid for r in report.rows) else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
