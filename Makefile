@@ -28,6 +28,7 @@ help:
 	@echo "  make bench    run the load benchmarks (results in bench/results/)"
 	@echo "  make token SUB=alice ROLE=clinician   print a bearer token (ROLE may be a,b)"
 	@echo "  make lint     ruff check"
+	@echo "  make fuzz     fuzz the whole API against its OpenAPI document (schemathesis, 200 examples/operation)"
 	@echo "  make deps     install the missing system packages (nginx, redis, PostgreSQL 15, openssl, wrk)"
 	@echo "  make venv     create .venv and install the project into it"
 
@@ -82,3 +83,13 @@ bench: deps venv
 lint: venv
 	@echo "==> lint: ruff check"
 	$(VENV)/bin/ruff check .
+
+# The bounded pass of the same test runs in `make test`; this one goes deep. FUZZ_SEED=n
+# replays a run; the stack is a throwaway one, as in `make test`.
+FUZZ_EXAMPLES ?= 200
+FUZZ_SEED ?= 20261125
+.PHONY: fuzz
+fuzz: deps venv
+	@echo "==> fuzz: schemathesis, $(FUZZ_EXAMPLES) examples per operation, seed $(FUZZ_SEED)"
+	MEDSVC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) MEDSVC_FUZZ_SEED=$(FUZZ_SEED) MEDSVC_FUZZ_TIMEOUT=3600 \
+	  $(PY) -m pytest -q -s tests/e2e/test_fuzz.py

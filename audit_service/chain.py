@@ -100,9 +100,10 @@ class ChainVerifier:
 
     Per event K it checks, in this order: K follows the previous seq with no gap (a gap means
     deleted events: the first missing seq is bad); ``hash`` is the hash of its stored
-    ``prevHash`` and body (else K's content or hash was altered); its ``prevHash`` equals the
-    hash of K-1 (else K-1 was rewritten together with its hash: K-1 is bad); the indexed
-    columns agree with the hashed body (else K's columns were altered).
+    ``prevHash`` and body (else K's content or hash was altered); the indexed columns agree
+    with the hashed body (else K's columns were altered, or events were renumbered); its
+    ``prevHash`` equals the hash of K-1 (else K-1 was rewritten together with its hash, so
+    K-1 is named).
     """
 
     def __init__(self) -> None:
@@ -125,14 +126,14 @@ class ChainVerifier:
             )
         if chain_hash(ev.prev_hash, ev.body.encode("utf-8")) != ev.hash:
             return self._fail(ev.seq, f"event seq {ev.seq} does not match its hash (content or hash altered)")
+        problem = _columns_problem(ev)
+        if problem:
+            return self._fail(ev.seq, f"event seq {ev.seq}: {problem}")
         if ev.prev_hash != self.prev_hash:
             return self._fail(
                 ev.seq - 1,
                 f"event seq {ev.seq - 1} was rewritten: its hash is not the prevHash of seq {ev.seq}",
             )
-        problem = _columns_problem(ev)
-        if problem:
-            return self._fail(ev.seq, f"event seq {ev.seq}: {problem}")
         self.verdict.checked += 1
         self.verdict.last_seq = ev.seq
         self.expected_seq = ev.seq + 1

@@ -16,19 +16,23 @@ Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}
 
 
 class EventIn(BaseModel):
-    """An event as a shard's outbox relay ships it (its eventId fixed in the outbox)."""
+    """An event as a shard's outbox relay ships it (its eventId fixed in the outbox).
+
+    No length limits here: whatever a shard committed must be storable, or the shard's relay
+    would retry the batch forever (a token's ``sub``, the actor, has no length limit).
+    """
 
     model_config = _STRICT
 
     eventId: uuid.UUID
     entityType: Name
-    entityId: text(512, 1)
+    entityId: text(1 << 20, 1)
     action: Name
-    actor: text(256, 1)
+    actor: text(1 << 20, 1)
     occurredAt: AwareDatetime
-    source: text(256, 1)
-    requestId: text(256) | None = None
-    changes: list[text(128)] = Field(default_factory=list, max_length=256)
+    source: text(1 << 20, 1)
+    requestId: text(1 << 20) | None = None
+    changes: list[text(1 << 20)] = Field(default_factory=list)
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
 

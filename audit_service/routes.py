@@ -4,9 +4,10 @@ Who may do what (API.md, "Audit"):
 
 * ``GET /v1/audit/events`` — admin and auditor: every event. Clinician: only events about a
   patient, i.e. entityType ``user`` or ``visit`` whose userName (the entityId, or its part
-  before ``/`` for a visit) the audit store knows to be a patient: a ``create`` event for that
-  user, shipped from a user_service shard, says ``"role": "patient"``. A role never changes,
-  so that event settles it; until it has arrived, the clinician sees nothing of that user.
+  before ``/`` for a visit) the audit store knows to be a patient: the user's ``create`` event,
+  shipped from the shard's outbox (never one posted to ``/v1/audit/events``), says
+  ``"role": "patient"``. A role never changes, so that event settles it; until it has
+  arrived, the clinician sees nothing of that user.
 * ``GET /v1/audit/verify`` — admin and auditor.
 * ``POST /v1/audit/events`` — admin (services call it with a token signed by the shared secret).
 * ``POST /internal/events/batch`` — the shards' outbox relays, with an admin token. Not routed
@@ -16,6 +17,7 @@ Who may do what (API.md, "Audit"):
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 import uuid
 
@@ -89,10 +91,13 @@ def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None)
 
 
 def _pending(ev: EventIn | NewEvent, *, actor: str, source: str) -> store.Pending:
-    occurred = ev.occurredAt or dt.datetime.now(dt.UTC)
+    try:
+        occurred = (ev.occurredAt or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    except OverflowError as exc:
+        raise ValidationFailed(errors=[FieldError("occurredAt", "is out of range in UTC")]) from exc
     return store.Pending(
         event_id=ev.eventId or uuid.uuid4(), entity_type=ev.entityType, entity_id=ev.entityId,
-        action=ev.action, actor=actor, occurred_at=occurred.astimezone(dt.UTC), source=source,
+        action=ev.action, actor=actor, occurred_at=occurred, source=source,
         request_id=getattr(ev, "requestId", None), changes=list(ev.changes), before=ev.before,
         after=ev.after,
     )  # fmt: skip
@@ -108,17 +113,22 @@ def _checked(events: list[store.Pending]) -> list[store.Pending]:
     return events
 
 
+# RFC 3339 date-time with its offset (fromisoformat alone also takes "20260101T00", no offset).
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
 def _timestamp(query: MultiMapping[str], name: str) -> dt.datetime | None:
+    """``since``/``until`` as a UTC instant; 400 unless RFC 3339 with an offset."""
     raw = query.get(name)
     if raw is None:
         return None
+    if not _RFC3339.fullmatch(raw):
+        raise BadRequest(f"{name} must be an RFC 3339 timestamp with a UTC offset")
+    value = dt.datetime.fromisoformat(raw.upper())
     try:
-        value = dt.datetime.fromisoformat(raw)
-    except ValueError as exc:
-        raise BadRequest(f"{name} must be an RFC 3339 timestamp") from exc
-    if value.tzinfo is None:
-        raise BadRequest(f"{name} must carry a UTC offset (e.g. Z)")
-    return value
+        return value.astimezone(dt.UTC)
+    except OverflowError:  # year 1 or 9999 pushed past the representable range: sorts at the end
+        return (dt.datetime.min if value.year == 1 else dt.datetime.max).replace(tzinfo=dt.UTC)
 
 
 # -- handlers ---------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, model_validator
 
 from shared.settings import CommonSettings
 
@@ -17,8 +17,10 @@ class AuditSettings(CommonSettings):
     """An audit_service process."""
 
     # DSN of the audit database as its owner: used to create the database if missing and to
-    # apply the migrations. Requests are served by a pool logged in as WRITER_ROLE.
-    audit_dsn: str
+    # apply the migrations. Requests are served by a pool logged in as WRITER_ROLE. When
+    # unset, the database "audit" on the central server (MEDSVC_CENTRAL_DSN).
+    audit_dsn: str = ""
+    central_dsn: str = ""
     # Password of WRITER_ROLE (none for trust authentication, as in the local stack).
     audit_writer_password: SecretStr | None = None
     # Create the database named in audit_dsn when it does not exist (local stack, tests).
@@ -26,12 +28,13 @@ class AuditSettings(CommonSettings):
     # Largest internal ingest body (a relay batch), bytes.
     audit_max_batch_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
 
-    @field_validator("audit_dsn")
-    @classmethod
-    def _dsn_required(cls, value: str) -> str:
-        if not value.startswith(("postgresql://", "postgres://")):
-            raise ValueError("must be a postgresql:// DSN of the audit database")
-        return value
+    @model_validator(mode="after")
+    def _dsn_required(self) -> AuditSettings:
+        if not self.audit_dsn and self.central_dsn:
+            self.audit_dsn = dsn_with(self.central_dsn, database="audit")
+        if not self.audit_dsn.startswith(("postgresql://", "postgres://")):
+            raise ValueError("MEDSVC_AUDIT_DSN (or MEDSVC_CENTRAL_DSN) must be a postgresql:// DSN")
+        return self
 
     @property
     def writer_dsn(self) -> str:

@@ -31,6 +31,7 @@ log = logging.getLogger("medsvc.audit.store")
 MIGRATIONS = Path(__file__).parent / "migrations"
 _WHAT = "the audit database"
 _VERIFY_PREFETCH = 2000
+_CREATE_DB_LOCK = 0x6D656473_61756474  # 'medsaudt'
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +99,13 @@ async def ensure_database(dsn: str, password: str | None) -> None:
         name = dsn.rsplit("/", 1)[1].split("?", 1)[0]
         admin = await _connect(dsn_with(dsn, database="postgres"), password)
         try:
-            await admin.execute('CREATE DATABASE "{}"'.format(name.replace('"', '""')))
-            log.info("database created", extra={"action": "db.created", "dsn": mask_dsn(dsn)})
-        except asyncpg.DuplicateDatabaseError:
-            pass  # another audit_service process made it first
+            # Several audit_service processes start at once: one creates, the others wait.
+            await admin.execute("SELECT pg_advisory_lock($1)", _CREATE_DB_LOCK)
+            if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+                await admin.execute('CREATE DATABASE "{}"'.format(name.replace('"', '""')))
+                log.info("database created", extra={"action": "db.created", "dsn": mask_dsn(dsn)})
         finally:
-            await admin.close()
+            await admin.close()  # frees the lock
     else:
         await conn.close()
 
@@ -126,7 +128,7 @@ async def append_events(
     """Append ``events`` in order; return (the newly stored events, how many were duplicates).
 
     ``trusted_source``: the events come from a shard's outbox (the internal endpoint), so a
-    user_service create event may register its user as a patient for the clinician rule.
+    user create event may register its user as a patient for the clinician rule.
     """
     with db_errors(_WHAT):
         async with pool.acquire() as conn, conn.transaction():
@@ -183,8 +185,8 @@ async def append_events(
 
 def _registers_patient(ev: Pending) -> bool:
     return (
-        ev.entity_type == "user" and ev.action == "create" and ev.source.startswith("user_service/")
-        and ev.after is not None and ev.after.get("role") == "patient"
+        ev.entity_type == "user" and ev.action == "create" and ev.after is not None
+        and ev.after.get("role") == "patient"
     )  # fmt: skip
 
 

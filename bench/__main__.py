@@ -2,7 +2,9 @@
 
 Starts its own stack in a temporary folder on free ports (nothing else needs to run), seeds
 it, measures each scenario with wrk through nginx, and prints a table that it also saves as
-``bench/results/<UTC time>.md`` and ``.json``. Takes about 2 minutes with the defaults.
+``bench/results/<UTC time>.md`` and ``.json``. About 2.5 minutes with the defaults (plus up
+to --quiet-budget seconds on a busy machine). Exit status 2 when any row had non-2xx answers
+or socket errors: such a figure is not valid.
 """
 
 from __future__ import annotations
@@ -29,19 +31,30 @@ def _names(raw: str, known: dict[str, object], what: str) -> tuple[str, ...]:
 
 
 def parse(argv: list[str] | None = None) -> Options:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measured run (10)")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up before each (3)")
     p.add_argument("--connections", type=int, default=50, help="wrk connections (50)")
-    p.add_argument("--threads", type=int, default=1, help="wrk threads (1: leaves a core to the servers)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="wrk threads (1: leaves a core to the servers)"
+    )
     p.add_argument("--timeout", type=float, default=5.0, help="wrk request timeout, seconds (5)")
     p.add_argument("--users", type=int, default=10_000, help="patients to seed (10000)")
     p.add_argument("--visits", type=int, default=50_000, help="visits to seed (50000)")
-    p.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
-                   help=f"comma-separated, of: {', '.join(SCENARIOS)}")
-    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                   help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    p.add_argument(
+        "--scenarios",
+        default=",".join(DEFAULT_SCENARIOS),
+        help=f"comma-separated, of: {', '.join(SCENARIOS)}",
+    )
+    p.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"comma-separated, of: {', '.join(VARIANTS)}",
+    )
     p.add_argument("--shards", type=int, default=2)
     p.add_argument("--fe-per-shard", type=int, default=2)
     p.add_argument("--gateways", type=int, default=2)
@@ -49,6 +62,18 @@ def parse(argv: list[str] | None = None) -> Options:
     p.add_argument("--seed", type=int, default=1, help="random seed for data and requests")
     p.add_argument("--base-dir", type=Path, help="stack folder (default: a new temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the stack folder (data and logs)")
+    p.add_argument(
+        "--quiet-budget",
+        type=float,
+        default=60.0,
+        help="seconds in all to wait for other programs to leave the CPU before runs (60)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=120.0,
+        help="seconds to wait for the seed's audit events to be shipped (120)",
+    )
     p.add_argument("--no-save", action="store_true", help=f"print only; do not write {RESULTS_DIR}")
     a = p.parse_args(argv)
     try:
@@ -58,16 +83,32 @@ def parse(argv: list[str] | None = None) -> Options:
         p.error(str(exc))
     workers = int(a.nginx_workers) if a.nginx_workers.isdigit() else a.nginx_workers
     return Options(
-        load=Load(connections=a.connections, threads=a.threads, duration=a.duration, timeout=a.timeout),
-        warmup=a.warmup, users=a.users, visits=a.visits, scenarios=scenarios, variants=variants,
-        shards=a.shards, fe_per_shard=a.fe_per_shard, gateways=a.gateways, nginx_workers=workers,
-        seed=a.seed, base_dir=a.base_dir, keep=a.keep, results_dir=None if a.no_save else RESULTS_DIR,
+        load=Load(
+            connections=a.connections, threads=a.threads, duration=a.duration, timeout=a.timeout
+        ),
+        warmup=a.warmup,
+        users=a.users,
+        visits=a.visits,
+        scenarios=scenarios,
+        variants=variants,
+        shards=a.shards,
+        fe_per_shard=a.fe_per_shard,
+        gateways=a.gateways,
+        nginx_workers=workers,
+        seed=a.seed,
+        base_dir=a.base_dir,
+        keep=a.keep,
+        drain_timeout=a.drain_timeout,
+        quiet_budget=a.quiet_budget,
+        results_dir=None if a.no_save else RESULTS_DIR,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
+    )
     logging.getLogger("bench").setLevel(logging.INFO)
     logging.getLogger("localstack").setLevel(logging.WARNING)
     try:

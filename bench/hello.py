@@ -34,7 +34,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=9000)
     args = parser.parse_args(argv)
     web.run_app(
-        create_app(), host=args.host, port=args.port, access_log=None, print=None,
+        create_app(),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=None,
         loop=uvloop.new_event_loop(),
     )
 

@@ -95,7 +95,9 @@ def script_path(name: str) -> Path:
 class WrkRun:
     """One wrk process: :meth:`start` it, read :attr:`pid` while it runs, :meth:`result`."""
 
-    def __init__(self, base_url: str, script: str, args: list[str], load: Load, duration: float) -> None:
+    def __init__(
+        self, base_url: str, script: str, args: list[str], load: Load, duration: float
+    ) -> None:
         self.argv = [
             wrk_binary(), "-t", str(load.threads), "-c", str(load.connections),
             "-d", f"{duration:g}s", "--timeout", f"{load.timeout:g}s",

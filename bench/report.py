@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# Cores of "other" CPU during a run above which the report says the machine was not quiet.
+BUSY_OTHER = 0.3
 
 
 @dataclass
@@ -98,25 +100,39 @@ class Report:
         out += self._main_table() + [""]
         invalid = [r.title for r in self.rows if not r.valid]
         if invalid:
-            out += [f"**Not valid figures** (non-2xx answers or socket errors): {', '.join(invalid)}.", ""]
+            out += [
+                f"**Not valid figures** (non-2xx answers or socket errors): {', '.join(invalid)}.",
+                "",
+            ]
         out += self._status_lines()
         cpu = self._cpu_table()
         if cpu:
-            out += ["## Where the CPU went (cores busy during each run)", ""] + cpu + [""]
+            out += [
+                "## Where the CPU went (cores busy during each run)", "",
+                "CPU seconds per wall second of each component's process tree; kernel = "
+                "interrupt work (loopback networking), other = the rest of the machine.", "",
+            ] + cpu + [""]  # fmt: skip
+            out += [
+                "## CPU per request (µs)", "",
+                "The same divided by the request rate: what one request costs each component.",
+                "",
+            ] + self._cpu_table(per_request=True) + [""]  # fmt: skip
         if self.memory:
             out += ["## Peak RSS per Python process kind", "", "| kind | processes | max RSS MB |",
                     "|---|---:|---:|"]  # fmt: skip
             for kind, m in sorted(self.memory.items()):
                 out.append(f"| {kind} | {int(m['processes'])} | {m['max_mb']:.1f} |")
             out.append("")
-        extras = self._extra_lines()
-        if extras or self.measurements:
+        extras = self._extra_table()
+        if extras:
+            out += ["## Measured during each run", ""] + extras + [""]
+        if self.measurements:
             out += ["## Other measurements", ""]
             out += [f"- {m.name}: {_num(m.value)} {m.unit}" + (f" — {m.note}" if m.note else "")
-                    for m in self.measurements]  # fmt: skip
-            out += extras + [""]
-        if self.notes:
-            out += ["## Notes", ""] + [f"- {n}" for n in self.notes] + [""]
+                    for m in self.measurements] + [""]  # fmt: skip
+        notes = self.notes + self._busy_notes()
+        if notes:
+            out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
         return "\n".join(out)
 
     def _main_table(self) -> list[str]:
@@ -128,9 +144,15 @@ class Report:
             ratio = f"{r.ratio:.3f} × {r.baseline}" if r.ratio is not None else ""
             target = []
             if r.target is not None:
-                target.append(f"≥ {r.target:g}" + ("" if r.ratio is None else (" ✓" if r.ratio >= r.target else " ✗")))
+                target.append(
+                    f"≥ {r.target:g}"
+                    + ("" if r.ratio is None else (" ✓" if r.ratio >= r.target else " ✗"))
+                )
             if r.p99_target_ms is not None and r.p99_ms is not None:
-                target.append(f"p99 ≤ {r.p99_target_ms:g} ms" + (" ✓" if r.p99_ms <= r.p99_target_ms else " ✗"))
+                target.append(
+                    f"p99 ≤ {r.p99_target_ms:g} ms"
+                    + (" ✓" if r.p99_ms <= r.p99_target_ms else " ✗")
+                )
             title = r.title if r.valid else f"{r.title} **(invalid)**"
             lines.append(
                 f"| {title} | {_num(r.rate)} {r.unit} | {_ms(r.p50_ms)} | {_ms(r.p99_ms)} "
@@ -146,24 +168,48 @@ class Report:
                 lines.append(f"- {r.title}: statuses {dict(sorted(r.statuses.items()))}")
         return lines + ([""] if lines else [])
 
-    def _cpu_table(self) -> list[str]:
-        rows = [r for r in self.rows if r.cpu_cores]
+    def _cpu_table(self, per_request: bool = False) -> list[str]:
+        """Cores busy per component kind; or, ``per_request``, CPU µs each request cost."""
+        rows = [r for r in self.rows if r.cpu_cores and r.rate]
         if not rows:
             return []
-        kinds = sorted({k for r in rows for k in r.cpu_cores} - {"other", "idle"})
-        kinds += ["other", "idle"]
+        tail = ["kernel", "other", "idle"]
+        # Kinds that did nothing in any run (an idle anonymizer, this driver) only add noise.
+        busy = {k for r in rows for k, v in r.cpu_cores.items() if v >= 0.01}
+        kinds = sorted(busy - set(tail)) + [t for t in tail if t in busy or t == "idle"]
+        if per_request:
+            kinds = [k for k in kinds if k not in ("other", "idle")] + ["total"]
         lines = ["| run | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
         for r in rows:
-            cells = [f"{r.cpu_cores[k]:.2f}" if k in r.cpu_cores else "" for k in kinds]
+            if per_request:
+                us = {k: v * 1e6 / r.rate for k, v in r.cpu_cores.items()}
+                us["total"] = sum(v for k, v in us.items() if k not in ("other", "idle"))
+                cells = [f"{us[k]:.0f}" if k in us else "" for k in kinds]
+            else:
+                cells = [f"{r.cpu_cores[k]:.2f}" if k in r.cpu_cores else "" for k in kinds]
             lines.append(f"| {r.title} | " + " | ".join(cells) + " |")
         return lines
 
-    def _extra_lines(self) -> list[str]:
-        lines = []
-        for r in self.rows:
-            for name, value in r.extra.items():
-                lines.append(f"- {r.title}: {name} = {_num(value) if isinstance(value, float) else value}")
+    def _extra_table(self) -> list[str]:
+        rows = [r for r in self.rows if r.extra]
+        names = list(dict.fromkeys(k for r in rows for k in r.extra))
+        if not names:
+            return []
+        lines = ["| run | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for r in rows:
+            cells = [_cell(r.extra[n]) if n in r.extra else "" for n in names]
+            lines.append(f"| {r.title} | " + " | ".join(cells) + " |")
         return lines
+
+    def _busy_notes(self) -> list[str]:
+        busy = [f"{r.title} ({r.cpu_cores['other']:.2f})" for r in self.rows
+                if r.cpu_cores.get("other", 0.0) > BUSY_OTHER]  # fmt: skip
+        if not busy:
+            return []
+        return [
+            "Cores busy outside the processes measured (another program on the machine?) "
+            f"during: {', '.join(busy)}; those figures are lower than on a quiet machine."
+        ]
 
     def as_json(self) -> dict[str, Any]:
         self.compute_ratios()
@@ -183,6 +229,10 @@ class Report:
         md.write_text(self.markdown() + "\n")
         js.write_text(json.dumps(self.as_json(), indent=2, default=str) + "\n")
         return md, js
+
+
+def _cell(v: object) -> str:
+    return _num(v) if isinstance(v, float) else str(v)
 
 
 def _num(v: float) -> str:

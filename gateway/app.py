@@ -8,6 +8,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.balancer import Cluster, Member
+from gateway.central import CENTRAL, central_clusters
 from gateway.routes import setup_routes
 from gateway.state import CLUSTERS, SHARD_MAP, VERIFIER
 from shared.auth import TokenVerifier
@@ -40,10 +41,15 @@ def create_app(settings: GatewaySettings, shard_map: ShardMap) -> web.Applicatio
                 members = [Member(url.rstrip("/"), new_session) for url in urls]
                 clusters[(shard.id, service)] = Cluster(shard.id, service, members, settings.member_cooldown)
         app[CLUSTERS] = clusters
+        central = central_clusters(
+            {"audit": settings.audit_urls, "anonymizer": settings.anonymizer_urls},
+            new_session, settings.member_cooldown,
+        )
+        app[CENTRAL] = central
         try:
             yield
         finally:
-            for cluster in clusters.values():
+            for cluster in [*clusters.values(), *central.values()]:
                 await cluster.close()
 
     app.cleanup_ctx.append(clusters_context)

@@ -8,8 +8,10 @@ import re
 import orjson
 from aiohttp import web
 
+from gateway.central import audit
 from gateway.docs import only, setup_docs
 from gateway.proxy import Upstream, forward
+from gateway.studies import studies
 from gateway.state import CLUSTERS, SHARD_MAP, VERIFIER, cluster_for
 from shared import policy
 from shared.auth import Principal
@@ -19,7 +21,7 @@ from shared.types import USER_NAME_PATTERN
 
 _USER_NAME = re.compile(USER_NAME_PATTERN)
 # Sub-resources of a user and the service that owns each.
-_SUBRESOURCE_SERVICE = {"visits": "visit"}
+_SUBRESOURCE_SERVICE = {"visits": "visit", "studies": "user"}
 
 
 def caller(request: web.Request) -> Principal:
@@ -129,6 +131,9 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_route("*", "/v1/users", only("GET", "POST"))
     app.router.add_route("*", "/v1/users/{userName}", user_scoped)
     app.router.add_route("*", "/v1/users/{userName}/{tail:.+}", user_scoped)
+    app.router.add_route("*", "/v1/audit/{tail:.*}", audit)
+    app.router.add_route("*", "/v1/studies", studies)
+    app.router.add_route("*", "/v1/studies/{tail:.+}", studies)
     app.router.add_route("*", "/v1/{tail:.*}", not_found)
 
 

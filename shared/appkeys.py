@@ -7,6 +7,7 @@ from aiohttp import web
 
 from shared.auth import TokenVerifier
 from shared.cache import ReadCache
+from shared.settings import FESettings
 from shared.shardmap import ShardMap
 
 PG_POOL = web.AppKey("pg_pool", asyncpg.Pool)
@@ -14,3 +15,4 @@ VERIFIER = web.AppKey("verifier", TokenVerifier)
 SHARD_MAP = web.AppKey("shard_map", ShardMap)
 SHARD_ID = web.AppKey("shard_id", int)
 CACHE = web.AppKey("cache", ReadCache)
+FE_SETTINGS = web.AppKey("fe_settings", FESettings)

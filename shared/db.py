@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import orjson
+from prometheus_client.core import REGISTRY, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from shared.errors import Unavailable
 
@@ -32,6 +34,37 @@ _UNAVAILABLE = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.PostgresConnectionError,
 )
+
+
+class PoolCollector(Collector):
+    """Database pool use, read from the live pools at scrape time (no bookkeeping per query).
+
+    ``pool`` is the name a pool was opened with (``shard-0``, ``audit``): a bounded label.
+    """
+
+    def __init__(self) -> None:
+        self.pools: dict[str, asyncpg.Pool] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        conns = GaugeMetricFamily(
+            "medsvc_db_pool_connections",
+            "Connections the process's database pool holds, by pool and state (idle, in_use)",
+            labels=["pool", "state"],
+        )
+        limit = GaugeMetricFamily(
+            "medsvc_db_pool_max_connections", "The pool's maximum size, by pool", labels=["pool"]
+        )
+        for name, pool in list(self.pools.items()):
+            size, idle = pool.get_size(), pool.get_idle_size()
+            conns.add_metric([name, "idle"], idle)
+            conns.add_metric([name, "in_use"], max(size - idle, 0))
+            limit.add_metric([name], pool.get_max_size())
+        yield conns
+        yield limit
+
+
+POOL_COLLECTOR = PoolCollector()
+REGISTRY.register(POOL_COLLECTOR)
 
 
 def mask_dsn(dsn: str) -> str:
@@ -92,9 +125,13 @@ async def create_pool(
 async def pool_scope(dsn: str, **kwargs: object) -> AsyncIterator[asyncpg.Pool]:
     """Open a pool for the duration of the block (the cleanup-context body)."""
     pool = await create_pool(dsn, **kwargs)  # type: ignore[arg-type]
+    name = str(kwargs.get("what", "database"))
+    POOL_COLLECTOR.pools[name] = pool
     try:
         yield pool
     finally:
+        if POOL_COLLECTOR.pools.get(name) is pool:
+            del POOL_COLLECTOR.pools[name]
         await pool.close()
 
 

@@ -14,13 +14,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from shared.appkeys import CACHE, PG_POOL, SHARD_ID, SHARD_MAP, VERIFIER
+from shared.appkeys import CACHE, FE_SETTINGS, PG_POOL, SHARD_ID, SHARD_MAP, VERIFIER
 from shared.auth import TokenVerifier
 from shared.cache import ReadCache
 from shared.db import pool_scope
 from shared.httpio import MAX_BODY
 from shared.migrate import apply_migrations
 from shared.ops import setup_ops
+from shared.outbox import RelayConfig, outbox_migration_sets, relay_context
 from shared.problems import error_middleware, observe_middleware
 from shared.settings import FESettings
 from shared.shardmap import ShardMap
@@ -61,7 +62,10 @@ def migration_sets(names: list[str]) -> list[tuple[str, Path]]:
 
     for name in names:
         visit(name)
-    return [(svc.name, svc.migrations) for svc in ordered]
+    # Then the audit outbox and the audit triggers of these services' tables.
+    return [(svc.name, svc.migrations) for svc in ordered] + outbox_migration_sets(
+        [svc.name for svc in ordered]
+    )
 
 
 def create_app(settings: FESettings, shard_map: ShardMap) -> web.Application:
@@ -72,6 +76,7 @@ def create_app(settings: FESettings, shard_map: ShardMap) -> web.Application:
     app[SHARD_MAP] = shard_map
     app[SHARD_ID] = shard.id
     app[VERIFIER] = TokenVerifier(settings.jwt_secret.get_secret_value())
+    app[FE_SETTINGS] = settings
 
     async def pg_context(app: web.Application) -> AsyncIterator[None]:
         password = settings.pg_password.get_secret_value() if settings.pg_password else None
@@ -106,6 +111,13 @@ def create_app(settings: FESettings, shard_map: ShardMap) -> web.Application:
 
     app.cleanup_ctx.append(pg_context)
     app.cleanup_ctx.append(cache_context)
+    if settings.audit_url_list:
+        # After pg_context: the outbox table exists once the migrations ran.
+        password = settings.pg_password.get_secret_value() if settings.pg_password else None
+        relay = RelayConfig(shard_id=shard.id, dsn=shard.postgres, password=password)
+        app.cleanup_ctx.append(
+            relay_context(relay, settings.audit_url_list, settings.jwt_secret.get_secret_value())
+        )
     setup_ops(app, [database_ready])
     for svc in services:
         svc.setup_routes(app)

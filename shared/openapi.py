@@ -1,34 +1,25 @@
 """The OpenAPI 3.1 document of the public API, built from the models the services validate with.
 
-:data:`OPERATIONS` is the single source: one :class:`Operation` a public endpoint (its id,
-method, path, request and response models, the roles that may call it, the errors it can
-answer). :func:`build_document` turns the table into the document the gateway serves at
-``/v1/openapi.json``; the unit tests hold the routes the code registers to the same table.
-A later endpoint (audit, studies, ops) is one more row, plus its query parameters in
-:data:`QUERY` if it has new ones.
-
-Schemas come from pydantic (``model_json_schema``) and are never written out by hand; their
-``$defs`` become ``components/schemas``. Errors are RFC 9457 problem documents
-(:class:`Problem`), as :func:`shared.problems.problem` writes them.
+:func:`build_document` turns the table of operations (:mod:`shared.operations`, the single
+source) into the document the gateway serves at ``/v1/openapi.json``. Schemas come from
+pydantic (``model_json_schema``) and are never written out by hand; their ``$defs`` become
+``components/schemas``. Errors are RFC 9457 problem documents (:class:`Problem`), as
+:func:`shared.problems.problem` writes them.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.types import USER_NAME_PATTERN
-from user_service.models import User, UserIn, UserPage, UserPatch
-from visit_service.models import Visit, VisitIn, VisitPage, VisitPatch
+from shared.operations import OPERATIONS, PATH_PARAMS, QUERY, Operation
 
 OPENAPI_VERSION = "3.1.0"
 PROBLEM_JSON = "application/problem+json"
 MERGE_PATCH_JSON = "application/merge-patch+json"
 REF = "#/components/schemas/{model}"
-Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
 class InvalidField(BaseModel):
@@ -36,7 +27,9 @@ class InvalidField(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    field: str = Field(description="JSON path of the field, e.g. `address.postalCode`; `body` for the whole body")
+    field: str = Field(
+        description="JSON path of the field, e.g. `address.postalCode`; `body` for the whole body"
+    )
     message: str
 
 
@@ -45,12 +38,16 @@ class Problem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: str = Field(description="URI reference naming the problem type; `about:blank` when the status says it all")
+    type: str = Field(
+        description="URI reference naming the problem type; `about:blank` when the status "
+        "says it all"
+    )
     title: str
     status: int = Field(ge=100, le=599)
     detail: str
     errors: list[InvalidField] = Field(
-        default_factory=list, description="the failing fields; present on validation failures (422) only"
+        default_factory=list,
+        description="the failing fields; present on validation failures (422) only",
     )
 
 
@@ -61,180 +58,71 @@ ERRORS: dict[int, tuple[str, str, tuple[str, ...]]] = {
     403: ("Forbidden", "The caller's role may not do this.", ()),
     404: ("NotFound", "No such resource.", ()),
     409: ("Conflict", "The resource already exists.", ()),
-    412: ("PreconditionFailed", "`If-Match` names a version other than the current one; nothing changed.", ()),
+    412: (
+        "PreconditionFailed",
+        "`If-Match` names a version other than the current one; nothing changed.",
+        (),
+    ),
     413: ("PayloadTooLarge", "The request body is larger than 1 MiB.", ()),
     415: ("UnsupportedMediaType", "The request body is not JSON.", ()),
-    422: ("UnprocessableContent", "The body or the query is well-formed but not valid; `errors` says why.", ()),
+    422: (
+        "UnprocessableContent",
+        "The body or the query is well-formed but not valid; `errors` says why.",
+        (),
+    ),
     429: ("TooManyRequests", "Rate limited; retry after `Retry-After` seconds.", ("Retry-After",)),
-    503: ("ServiceUnavailable", "The shard or service owning the data is unavailable.", ("Retry-After",)),
+    503: (
+        "ServiceUnavailable",
+        "The shard or service owning the data is unavailable.",
+        ("Retry-After",),
+    ),
 }
 # Every /v1 operation behind a token may be answered with these.
 COMMON_ERRORS = (401, 429, 503)
 
 HEADERS: dict[str, dict[str, Any]] = {
     "X-Request-ID": {
-        "description": "The request's id: the one the client sent, or a new one. Quote it when reporting a problem.",
-        "required": True, "schema": {"type": "string", "minLength": 1},
+        "description": "The request's id: the one the client sent, or a new one. Quote it "
+        "when reporting a problem.",
+        "required": True,
+        "schema": {"type": "string", "minLength": 1},
     },
     "ETag": {
-        "description": 'The resource\'s version as an entity tag, `"<version>"`; send it back in `If-Match`.',
-        "required": True, "schema": {"type": "string", "pattern": r'^"[0-9]+"$'},
+        "description": 'The version as an entity tag, `"<version>"`; send it back in `If-Match`.',
+        "required": True,
+        "schema": {"type": "string", "pattern": r'^"[0-9]+"$'},
     },
     "Location": {
         "description": "The path of the created resource.",
-        "required": True, "schema": {"type": "string", "format": "uri-reference"},
+        "required": True,
+        "schema": {"type": "string", "format": "uri-reference"},
     },
     "Retry-After": {
         "description": "Seconds to wait before retrying.",
-        "required": True, "schema": {"type": "integer", "minimum": 0},
-    },
-}
-
-PATH_PARAMS: dict[str, dict[str, Any]] = {
-    "userName": {
-        "description": "The user's immutable userName (the shard key).",
-        "schema": {"type": "string", "pattern": USER_NAME_PATTERN},
-    },
-    "visitId": {"description": "The visit's server-generated id.", "schema": {"type": "string", "format": "uuid"}},
-}
-
-QUERY: dict[str, dict[str, Any]] = {
-    "limit": {
-        "description": "Page size.",
-        "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
-    },
-    "cursor": {
-        "description": "Opaque position from the previous page's `nextCursor`.",
-        "schema": {"type": "string"},
-    },
-    "familyName": {
-        "description": "Case-insensitive prefix of the family name.",
-        "schema": {"type": "string", "maxLength": 100, "pattern": r"^[^\x00]*$"},
-    },
-    "since": {
-        "description": "Only visits that started at or after this instant (RFC 3339 with offset).",
-        "schema": {"type": "string", "format": "date-time"},
-    },
-    "until": {
-        "description": "Only visits that started before this instant (RFC 3339 with offset).",
-        "schema": {"type": "string", "format": "date-time"},
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0},
     },
 }
 
 IF_MATCH = {
-    "name": "If-Match", "in": "header", "required": False,
-    "description": 'Update only if the current version is this one (`"<version>"`, from `ETag`); else 412.',
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "description": 'Update only if the current version is this one (`"<version>"`, the `ETag`); '
+    "else 412 and nothing changes.",
     "schema": {"type": "string"},
 }
 
 
-@dataclass(frozen=True)
-class Link:
-    """An OpenAPI link from an operation's success response to another operation."""
-
-    name: str
-    operation_id: str
-    # parameter name -> runtime expression, e.g. {"userName": "$response.body#/userName"}
-    parameters: dict[str, str]
-
-
-@dataclass(frozen=True)
-class Operation:
-    """One public endpoint: the row both the document and the route test read."""
-
-    operation_id: str
-    method: Method
-    path: str
-    summary: str
-    tag: str
-    roles: tuple[str, ...]
-    success: int
-    response: type[BaseModel] | None
-    request: type[BaseModel] | None = None
-    query: tuple[str, ...] = ()
-    errors: tuple[int, ...] = ()
-    links: tuple[Link, ...] = ()
-    description: str = ""
-    public: bool = False  # no token needed
-    schema_response: dict[str, Any] | None = None  # a response that is no model (the document itself)
-    path_params: tuple[str, ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path_params", tuple(re.findall(r"{(\w+)}", self.path)))
-
-
-def _user_link(name: str, op: str) -> Link:
-    return Link(name, op, {"userName": "$response.body#/userName"})
-
-
-def _visit_link(name: str, op: str) -> Link:
-    return Link(name, op, {"userName": "$response.body#/userName", "visitId": "$response.body#/visitId"})
-
-
-_WRITE = (400, 413, 415, 422)
-_PATCH_NOTE = (
-    "A JSON merge patch (RFC 7396): the fields sent replace the stored ones, `null` removes one. "
-    "Optional `If-Match`."
-)
-
-OPERATIONS: tuple[Operation, ...] = (
-    Operation(
-        "createUser", "POST", "/v1/users", "Create a user", "users", ("admin", "clinician"), 201, User,
-        request=UserIn, errors=(*_WRITE, 403, 409),
-        links=(_user_link("GetUser", "getUser"), _user_link("PatchUser", "patchUser"),
-               _user_link("CreateVisit", "createVisit"), _user_link("ListVisits", "listVisits")),
-        description="Only an admin may create users with a role other than `patient`.",
-    ),
-    Operation(
-        "searchUsers", "GET", "/v1/users", "Search users by family name", "users", ("admin", "clinician"),
-        200, UserPage, query=("familyName", "limit", "cursor"), errors=(400, 403, 422),
-        description="Across all shards, in (familyName, givenName, userName) order.",
-    ),
-    Operation(
-        "getUser", "GET", "/v1/users/{userName}", "Read a user", "users",
-        ("admin", "clinician", "patient"), 200, User, errors=(403, 404),
-    ),
-    Operation(
-        "patchUser", "PATCH", "/v1/users/{userName}", "Update a user", "users",
-        ("admin", "clinician", "patient"), 200, User, request=UserPatch, errors=(*_WRITE, 403, 404, 412),
-        description=_PATCH_NOTE + " `userName` and `role` cannot change; a patient may change only "
-        "their own `email`, `phone` and `address`.",
-    ),
-    Operation(
-        "createVisit", "POST", "/v1/users/{userName}/visits", "Record a visit", "visits",
-        ("admin", "clinician"), 201, Visit, request=VisitIn, errors=(*_WRITE, 403, 404),
-        links=(_visit_link("GetVisit", "getVisit"), _visit_link("PatchVisit", "patchVisit")),
-        description="The patient must exist. `clinician` defaults to the caller.",
-    ),
-    Operation(
-        "listVisits", "GET", "/v1/users/{userName}/visits", "List a patient's visits", "visits",
-        ("admin", "clinician", "patient"), 200, VisitPage, query=("since", "until", "limit", "cursor"),
-        errors=(400, 403, 404, 422), description="Newest `startedAt` first.",
-    ),
-    Operation(
-        "getVisit", "GET", "/v1/users/{userName}/visits/{visitId}", "Read a visit", "visits",
-        ("admin", "clinician", "patient"), 200, Visit, errors=(403, 404),
-    ),
-    Operation(
-        "patchVisit", "PATCH", "/v1/users/{userName}/visits/{visitId}", "Update a visit", "visits",
-        ("admin", "clinician"), 200, Visit, request=VisitPatch, errors=(*_WRITE, 403, 404, 412),
-        description=_PATCH_NOTE,
-    ),
-    Operation(
-        "getOpenApiDocument", "GET", "/v1/openapi.json", "This document", "meta", (), 200, None,
-        public=True, schema_response={"type": "object", "required": ["openapi", "info", "paths"]},
-        description="Served without a token; a browsable reference is at `/docs`.",
-    ),
-)
-
-
 class _Schemas:
-    """Collects model schemas into ``components/schemas``, refusing two different ones under one name."""
+    """Collects model schemas into ``components/schemas``; one name, one schema."""
 
     def __init__(self) -> None:
         self.components: dict[str, Any] = {}
 
-    def ref(self, model: type[BaseModel], mode: Literal["validation", "serialization"]) -> dict[str, str]:
+    def ref(
+        self, model: type[BaseModel], mode: Literal["validation", "serialization"]
+    ) -> dict[str, str]:
         schema = model.model_json_schema(ref_template=REF, mode=mode)
         for name, sub in schema.pop("$defs", {}).items():
             self._add(name, sub)
@@ -264,7 +152,9 @@ def _headers(*names: str) -> dict[str, Any]:
 
 
 def _parameters(op: Operation) -> list[dict[str, Any]]:
-    params: list[dict[str, Any]] = [{"$ref": f"#/components/parameters/{p}"} for p in op.path_params]
+    params: list[dict[str, Any]] = [
+        {"$ref": f"#/components/parameters/{p}"} for p in op.path_params
+    ]
     params += [{"$ref": f"#/components/parameters/{q}"} for q in op.query]
     if op.method == "PATCH":
         params.append({"$ref": "#/components/parameters/If-Match"})
@@ -279,7 +169,7 @@ def _success(op: Operation, schemas: _Schemas) -> dict[str, Any]:
     if op.response is not None:
         body = schemas.ref(op.response, "serialization")
     else:
-        body = op.schema_response or {}
+        body = op.response_schema or {}
     response: dict[str, Any] = {
         "description": "Created" if op.success == 201 else "OK",
         "headers": _headers(*names),
@@ -309,7 +199,9 @@ def _operation(op: Operation, schemas: _Schemas) -> dict[str, Any]:
         doc["parameters"] = params
     if op.request is not None:
         body = schemas.ref(op.request, "validation")
-        types = ["application/json", MERGE_PATCH_JSON] if op.method == "PATCH" else ["application/json"]
+        types = (
+            ["application/json", MERGE_PATCH_JSON] if op.method == "PATCH" else ["application/json"]
+        )
         doc["requestBody"] = {"required": True, "content": {t: {"schema": body} for t in types}}
     responses: dict[str, Any] = {str(op.success): _success(op, schemas)}
     statuses = set(op.errors) if op.public else set(op.errors) | set(COMMON_ERRORS)
@@ -332,9 +224,15 @@ def _components(schemas: _Schemas) -> dict[str, Any]:
         for name, description, extra in ERRORS.values()
     }
     parameters: dict[str, Any] = {
-        name: {"name": name, "in": "path", "required": True, **spec} for name, spec in PATH_PARAMS.items()
+        name: {"name": name, "in": "path", "required": True, **spec}
+        for name, spec in PATH_PARAMS.items()
     }
-    parameters.update({name: {"name": name, "in": "query", "required": False, **spec} for name, spec in QUERY.items()})
+    parameters.update(
+        {
+            name: {"name": name, "in": "query", "required": False, **spec}
+            for name, spec in QUERY.items()
+        }
+    )
     parameters["If-Match"] = IF_MATCH
     return {
         "schemas": schemas.components,
@@ -343,14 +241,18 @@ def _components(schemas: _Schemas) -> dict[str, Any]:
         "headers": HEADERS,
         "securitySchemes": {
             "bearerAuth": {
-                "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
                 "description": "HS256 JWT with `sub` (the caller's userName), `roles` and `exp`.",
             }
         },
     }
 
 
-def build_document(operations: tuple[Operation, ...] = OPERATIONS, version: str = "1.0.0") -> dict[str, Any]:
+def build_document(
+    operations: Sequence[Operation] = OPERATIONS, version: str = "1.0.0"
+) -> dict[str, Any]:
     """The OpenAPI 3.1 document for ``operations`` (a plain JSON-ready dict)."""
     schemas = _Schemas()
     paths: dict[str, dict[str, Any]] = {}
@@ -366,8 +268,9 @@ def build_document(operations: tuple[Operation, ...] = OPERATIONS, version: str 
             "title": "MedicalService API",
             "version": version,
             "description": (
-                "Patients, staff and their medical visits, sharded by userName. Every `/v1` request "
-                "carries `Authorization: Bearer <JWT>`; errors are RFC 9457 problem documents."
+                "Patients, staff and their medical visits, sharded by userName. Every `/v1` "
+                "request carries `Authorization: Bearer <JWT>`; errors are RFC 9457 problem "
+                "documents."
             ),
         },
         "servers": [{"url": "/"}],

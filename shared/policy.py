@@ -72,3 +72,20 @@ def may_write_visits(p: Principal, role: str) -> None:
     if p.has("clinician") and role == "patient":
         return
     raise Forbidden("only admins and clinicians may record or change visits")
+
+
+def may_change_consent(p: Principal, user_name: str, role: str) -> None:
+    """Study consent: the patient themself, a clinician for a patient, an admin."""
+    if p.has("admin"):
+        return
+    if p.has("clinician") and role == "patient":
+        return
+    if p.has("patient") and p.sub == user_name:
+        return
+    raise Forbidden("your role may not change this patient's study consent")
+
+
+def may_use_studies_api(p: Principal) -> None:
+    """``/v1/studies...``: researchers and admins."""
+    if not p.has("admin", "researcher"):
+        raise Forbidden("only researchers and admins may use the studies API")

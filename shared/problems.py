@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
+from shared.appkeys import SHARD_ID
 from shared.errors import FieldError, MethodNotAllowed, ServiceError, Unavailable, ValidationFailed
 from shared.logs import request_id_var
 from shared.metrics import HTTP_LATENCY, HTTP_REQUESTS
@@ -140,6 +141,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
                 "route": route,
                 "status": status,
                 "durationMs": round(elapsed * 1000, 2),
-                "shard": request.get("shard"),
+                # The gateway names the shard it chose; an FE server serves one shard.
+                "shard": request.get("shard", request.app.get(SHARD_ID)),
             },
         )

@@ -48,10 +48,19 @@ class FESettings(CommonSettings):
     # The shard's Redis read cache (MEDSVC_CACHE=false reads every time from PostgreSQL).
     cache: bool = True
     cache_ttl: float = Field(default=300.0, gt=0)
+    # Comma-separated base URLs of audit_service; empty: no outbox relay runs here (events
+    # wait in the shard's outbox).
+    audit_urls: str = ""
+    # Comma-separated base URLs of the anonymizer API: a study consent checks the study exists.
+    anonymizer_urls: str = ""
 
     @property
     def service_list(self) -> list[str]:
         return [s.strip() for s in self.services.split(",") if s.strip()]
+
+    @property
+    def audit_url_list(self) -> list[str]:
+        return [u.strip() for u in self.audit_urls.split(",") if u.strip()]
 
 
 class GatewaySettings(CommonSettings):

@@ -13,7 +13,13 @@ from shared.types import UserName, text
 Role = Literal["admin", "clinician", "patient", "researcher", "auditor"]
 Sex = Literal["female", "male", "other", "unknown"]
 
-Email = Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")]
+# No "\s": Python's re, pydantic-core's Rust regex and the ECMA-262 regexes of JSON Schema
+# clients each call a different set whitespace (U+0085, U+FEFF...). Spelled out instead: no
+# control character, no space of any kind, no "@" within a part.
+_EMAIL_PART = r"[^@\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]+"
+Email = Annotated[
+    str, StringConstraints(max_length=254, pattern=rf"^{_EMAIL_PART}@{_EMAIL_PART}\.{_EMAIL_PART}$")
+]
 Phone = Annotated[str, StringConstraints(min_length=3, max_length=32, pattern=r"^\+?[0-9][0-9 ().-]*$")]
 Country = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 from shared.types import UserName, text
@@ -29,6 +31,17 @@ class Diagnosis(BaseModel):
     display: text(200) | None = None
 
 
+def _integral(value: object) -> object:
+    # JSON has one number type: 70.0 is the integer 70 (as JSON Schema's "integer" says), while
+    # strict mode would refuse it; 70.5 and "70" stay refused.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def json_int(ge: int, le: int) -> type[int]:
+    """An integer in ``ge..le`` that may arrive as an integral JSON number such as ``70.0``."""
+    return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_integral)]  # type: ignore[return-value]
+
+
 class Vitals(BaseModel):
     """Vital signs, each within physiological bounds."""
 
@@ -36,9 +49,9 @@ class Vitals(BaseModel):
 
     heightCm: float | None = Field(default=None, ge=20, le=300)
     weightKg: float | None = Field(default=None, ge=0.2, le=700)
-    systolic: int | None = Field(default=None, ge=40, le=300)
-    diastolic: int | None = Field(default=None, ge=20, le=200)
-    heartRate: int | None = Field(default=None, ge=20, le=300)
+    systolic: json_int(40, 300) | None = None
+    diastolic: json_int(20, 200) | None = None
+    heartRate: json_int(20, 300) | None = None
     temperatureC: float | None = Field(default=None, ge=25, le=45)
 
 

@@ -46,7 +46,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # `python -m <module> --port P` with MEDSVC_CENTRAL_DSN set. Adding one is one line, e.g.
 #   ServiceSpec("audit", "audit_service", replicas=2, urls_env="MEDSVC_AUDIT_URLS"),
 #   ServiceSpec("anonymizer", "anonymizer", urls_env="MEDSVC_ANONYMIZER_URLS"),
-CENTRAL_SERVICES: tuple[ServiceSpec, ...] = ()
+# audit_service keeps its store in the database "audit" of the central server.
+CENTRAL_SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("audit", "audit_service", replicas=2, urls_env="MEDSVC_AUDIT_URLS"),
+    # The anonymizer (database "anonymizer"): the studies API, and the cron scheduler.
+    ServiceSpec("anonymizer", "anonymizer", args=("serve",), urls_env="MEDSVC_ANONYMIZER_URLS"),
+    ServiceSpec("anonymizer-scheduler", "anonymizer", args=("schedule",)),
+)
 
 
 @dataclass

@@ -1,0 +1,236 @@
+"""One extraction run: lock the study, read every shard in parallel, store the records.
+
+All or nothing. The run's records, the participants, the watermarks and the status
+``succeeded`` are written in one registry transaction, on the connection that holds the
+study's run lock: a run that fails, or whose process dies midway, leaves no record visible and
+moves no watermark, so running again yields what the failed run would have.
+
+One at a time. The lock is a session-level advisory lock in the registry database, taken with
+``pg_try_advisory_lock``: whichever process (API, scheduler, CLI) holds it runs the study; the
+others get :class:`~shared.errors.Conflict`. A run row stays ``running`` only while the backend
+holding the lock lives; the next one to look marks an orphan ``failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from anonymizer import deidentify, kanon, metrics, shards, store
+from anonymizer.deidentify import StudyKeys
+from anonymizer.shards import ShardPools, ShardResult
+from shared.db import db_errors
+from shared.errors import Conflict, NotFound, ServiceError
+
+log = logging.getLogger("medsvc.anonymizer.run")
+
+
+@dataclass
+class Extractor:
+    """What a run needs: the registry, the shards, the master key."""
+
+    registry: asyncpg.Pool
+    shard_pools: ShardPools
+    master_key: bytes
+    batch_rows: int = 2000
+
+
+@dataclass
+class RunHandle:
+    """A started run: its row, and the registry connection holding the study's lock."""
+
+    extractor: Extractor
+    study: asyncpg.Record
+    conn: asyncpg.pool.PoolConnectionProxy
+    row: asyncpg.Record
+
+    @property
+    def study_id(self) -> str:
+        return self.study["study_id"]
+
+
+async def begin_run(
+    ex: Extractor, study_id: str, trigger: str, requested_by: str, *, due: dt.datetime | None = None
+) -> RunHandle | None:
+    """Lock the study and record a running run; Conflict when a run is in progress.
+
+    ``due``: a scheduled run's time; None is returned (nothing started) when a run has started
+    since then, so that several schedulers never run one due time twice.
+    """
+    study = await store.get_study(ex.registry, study_id)
+    if study is None:
+        raise NotFound(f"study {study_id} does not exist")
+    with db_errors(store.WHAT):
+        conn = await ex.registry.acquire()
+    try:
+        if not await store.try_lock_study(conn, study_id):
+            raise Conflict(f"a run of study {study_id} is in progress")
+        try:
+            # Any run still marked running now is an orphan: we hold the lock.
+            await store.fail_orphaned_runs(conn, study_id)
+            if due is not None and await store.started_since(conn, study_id, due):
+                await store.unlock_study(conn, study_id)
+                await ex.registry.release(conn)
+                return None
+            row = await store.insert_run(conn, study_id, trigger, requested_by, deidentify.POLICY_VERSION)
+        except BaseException:
+            await store.unlock_study(conn, study_id)
+            raise
+    except BaseException:
+        await ex.registry.release(conn)
+        raise
+    log.info("run started", extra={"action": "run.started", "study": study_id,
+                                   "run": str(row["run_id"]), "trigger": trigger})
+    return RunHandle(ex, study, conn, row)
+
+
+async def execute(handle: RunHandle) -> asyncpg.Record:
+    """Do the run; return its final row. Always releases the lock and the connection."""
+    ex, study_id, run_id = handle.extractor, handle.study_id, handle.row["run_id"]
+    started = time.perf_counter()
+    try:
+        row = await _extract(handle)
+    except BaseException as exc:
+        error = exc.detail if isinstance(exc, ServiceError) else f"the run failed ({type(exc).__name__})"
+        log.error("run failed", exc_info=not isinstance(exc, ServiceError | asyncio.CancelledError),
+                  extra={"action": "run.failed", "study": study_id, "run": str(run_id), "error": error})
+        metrics.RUNS.labels("failed").inc()
+        # Shielded: a cancelled run (the process is stopping) is still marked failed if we can.
+        await asyncio.shield(_mark_failed(ex, run_id, error))
+        await asyncio.shield(_release(handle))
+        if isinstance(exc, Exception):
+            final = await _final_row(ex, study_id, run_id)
+            if final is not None:
+                return final
+        raise
+    await _release(handle)
+    elapsed = time.perf_counter() - started
+    counts = row["counts"]
+    for kind, n in counts.items():
+        metrics.ROWS_EXTRACTED.labels(kind).inc(n)
+    metrics.RUN_DURATION.observe(elapsed)
+    metrics.RUNS.labels("succeeded").inc()
+    metrics.LAST_SUCCESS.labels(study_id).set(row["finished_at"].timestamp())
+    log.info("run succeeded", extra={"action": "run.succeeded", "study": study_id,
+                                     "run": str(run_id), "counts": counts,
+                                     "durationMs": round(elapsed * 1000, 1)})
+    return row
+
+
+async def _mark_failed(ex: Extractor, run_id: Any, error: str) -> None:
+    try:
+        await store.fail_run(ex.registry, run_id, error)
+    except Exception:  # noqa: BLE001 - the orphan check fails it later
+        log.warning("could not mark the run failed", extra={"action": "run.mark_failed_error",
+                                                            "run": str(run_id)})
+
+
+async def _release(handle: RunHandle) -> None:
+    try:
+        if not handle.conn.is_closed():
+            await store.unlock_study(handle.conn, handle.study_id)
+    except Exception:  # noqa: BLE001 - the pool's reset unlocks, or the connection is gone
+        pass
+    finally:
+        await handle.extractor.registry.release(handle.conn)
+
+
+async def _final_row(ex: Extractor, study_id: str, run_id: Any) -> asyncpg.Record | None:
+    try:
+        return await store.get_run(ex.registry, study_id, run_id)
+    except ServiceError:
+        return None
+
+
+async def _extract(handle: RunHandle) -> asyncpg.Record:
+    ex, conn, study_id, run_id = handle.extractor, handle.conn, handle.study_id, handle.row["run_id"]
+    keys = StudyKeys(ex.master_key, study_id)
+    cutoff = deidentify.ninety_plus_cutoff(shards.today())
+    async with conn.transaction():
+        marks = await store.watermarks(conn, study_id)
+        known = await store.participants(conn, study_id)
+        write_lock = asyncio.Lock()
+
+        async def emit(batch: list[store.RecordRow]) -> None:
+            # One COPY at a time on the run's connection; a reader waits (back-pressure).
+            async with write_lock:
+                await store.copy_records(conn, run_id, batch)
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(_read(ex, shard, study_id, keys, marks.get(shard.id), known, cutoff, emit))
+                    for shard in ex.shard_pools.shard_map.shards
+                ]
+        except* Exception as group:
+            # One shard failing fails the run (the others were cancelled): say which.
+            errors = group.exceptions
+            raise next((e for e in errors if isinstance(e, ServiceError)), errors[0]) from None
+        results = [t.result() for t in tasks]
+        counts, report = await _participants(conn, study_id, run_id, study_k(handle), known, results, cutoff)
+        counts["visit"] = sum(r.visits for r in results)
+        await store.save_watermarks(conn, study_id, {r.shard_id: r.snapshot for r in results}, run_id)
+        return await store.finish_run(conn, run_id, counts, report)
+
+
+def study_k(handle: RunHandle) -> int | None:
+    return handle.study["k"]
+
+
+async def _read(
+    ex: Extractor, shard: Any, study_id: str, keys: StudyKeys, previous: str | None,
+    known: dict[str, Any], cutoff: int, emit: shards.Emit,
+) -> ShardResult:
+    pool = await ex.shard_pools.get(shard)
+    return await shards.read_shard(
+        pool, shard.id, study_id, keys, previous, known.keys(), cutoff, emit, ex.batch_rows
+    )
+
+
+async def _participants(
+    conn: asyncpg.Connection, study_id: str, run_id: Any, k: int | None,
+    known: dict[str, asyncpg.Record], results: Iterable[ShardResult], cutoff: int,
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """Withdrawals, participant records and k-anonymity over everyone participating now."""
+    active: dict[str, int] = {}
+    fresh: dict[str, dict[str, Any]] = {}
+    for r in results:
+        active.update(dict.fromkeys(r.active, r.shard_id))
+        fresh.update(r.fresh)
+    withdrawn = sorted(set(known) - set(active))
+    population: dict[str, dict[str, Any]] = {}
+    for pid in active:
+        record = fresh.get(pid) or (known[pid]["record"] if pid in known else None)
+        if record is None:
+            continue  # a consent without its user row: nothing to describe
+        record = dict(record, birthYear=deidentify.regroup_birth_year(record["birthYear"], cutoff))
+        population[pid] = record
+    released, report = kanon.release(population, k)
+    rows: list[store.RecordRow] = [
+        (store.KIND_CODES["withdrawal"], pid, "", _json(deidentify.withdrawal(pid))) for pid in withdrawn
+    ]
+    upserts = []
+    for pid, record in population.items():
+        before = known.get(pid)
+        if pid in fresh or before is None or before["released"] != released[pid]:
+            rows.append((store.KIND_CODES["participant"], pid, "", _json(released[pid])))
+        if pid in fresh or before is None or before["released"] != released[pid] \
+                or before["record"] != record or before["shard_id"] != active[pid]:
+            upserts.append((pid, active[pid], record, released[pid]))
+    if rows:
+        await store.copy_records(conn, run_id, rows)
+    await store.save_participants(conn, study_id, upserts, withdrawn)
+    counts = {"participant": len(rows) - len(withdrawn), "withdrawal": len(withdrawn)}
+    return counts, report
+
+
+def _json(record: dict[str, Any]) -> str:
+    return orjson.dumps(record).decode()

@@ -1,0 +1,230 @@
+"""HTTP handlers of the studies API: studies, runs (started in the background), records."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import uuid
+from typing import Any
+
+import asyncpg
+import orjson
+from aiohttp import web
+
+from anonymizer import shards, store
+from anonymizer.extract import Extractor, begin_run, execute
+from anonymizer.models import StudyIn
+from shared import policy
+from shared.auth import Principal
+from shared.errors import BadRequest, Conflict, FieldError, NotFound, ValidationFailed
+from shared.httpio import decode_cursor, encode_cursor, json_response, limit_param, read_json_object
+from shared.service import principal
+from shared.types import USER_NAME_PATTERN
+
+EXTRACTOR = web.AppKey("extractor", Extractor)
+RUN_TASKS = web.AppKey("run_tasks", set)
+NDJSON = "application/x-ndjson"
+_STUDY_ID = re.compile(USER_NAME_PATTERN)
+
+
+def researcher(request: web.Request) -> Principal:
+    caller = principal(request)
+    policy.may_use_studies_api(caller)
+    return caller
+
+
+def extractor(request: web.Request) -> Extractor:
+    return request.app[EXTRACTOR]
+
+
+def path_study_id(request: web.Request) -> str:
+    study_id = request.match_info["studyId"]
+    if not _STUDY_ID.fullmatch(study_id):
+        raise NotFound(f"study {study_id[:64]} does not exist")
+    return study_id
+
+
+def path_run_id(request: web.Request) -> uuid.UUID:
+    raw = request.match_info["runId"]
+    try:
+        return uuid.UUID(raw)
+    except ValueError as exc:
+        raise NotFound(f"run {raw[:64]} does not exist") from exc
+
+
+def run_json(row: asyncpg.Record) -> dict[str, Any]:
+    """A runs row as the API's JSON object."""
+    out = {
+        "runId": str(row["run_id"]),
+        "studyId": row["study_id"],
+        "status": row["status"],
+        "trigger": row["trigger"],
+        "requestedBy": row["requested_by"],
+        "startedAt": row["started_at"],
+        "finishedAt": row["finished_at"],
+        "policyVersion": row["policy_version"],
+        "counts": row["counts"],
+        "kAnonymity": row["k_anonymity"],
+    }
+    if row["error"] is not None:
+        out["error"] = row["error"]
+    return out
+
+
+def study_json(
+    row: asyncpg.Record, participants: int, last: asyncpg.Record | None, success: dt.datetime | None
+) -> dict[str, Any]:
+    """A studies row, its participant count and its last run as the API's JSON object."""
+    return {
+        "studyId": row["study_id"],
+        "title": row["title"],
+        "schedule": row["schedule"],
+        "k": row["k"],
+        "createdBy": row["created_by"],
+        "createdAt": row["created_at"],
+        "participantCount": participants,
+        "lastRun": run_json(last) if last is not None else None,
+        "lastSuccessfulRunAt": success,
+    }
+
+
+def _run_location(study_id: str, run_id: Any) -> str:
+    return f"/v1/studies/{study_id}/runs/{run_id}"
+
+
+async def create_study(request: web.Request) -> web.Response:
+    caller = researcher(request)
+    body = await read_json_object(request)
+    study = StudyIn.model_validate_json(orjson.dumps(body))
+    row = await store.insert_study(extractor(request).registry, study, caller.sub)
+    return json_response(study_json(row, 0, None, None), status=201,
+                         headers={"Location": f"/v1/studies/{study.studyId}"})
+
+
+async def list_studies(request: web.Request) -> web.Response:
+    researcher(request)
+    unknown = set(request.query) - {"limit", "cursor"}
+    if unknown:
+        raise ValidationFailed(errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)])
+    limit = limit_param(request.query)
+    after = decode_cursor(request.query.get("cursor"), 1)
+    rows = await store.studies_page(extractor(request).registry, after[0] if after else None, limit + 1)
+    items = [
+        {"studyId": r["study_id"], "title": r["title"], "schedule": r["schedule"], "k": r["k"],
+         "createdBy": r["created_by"], "createdAt": r["created_at"]}
+        for r in rows[:limit]
+    ]  # fmt: skip
+    next_cursor = encode_cursor([items[-1]["studyId"]]) if len(rows) > limit else None
+    return json_response({"items": items, "nextCursor": next_cursor})
+
+
+async def get_study(request: web.Request) -> web.Response:
+    researcher(request)
+    study_id = path_study_id(request)
+    ex = extractor(request)
+    row = await store.get_study(ex.registry, study_id)
+    if row is None:
+        raise NotFound(f"study {study_id} does not exist")
+    await store.fail_orphaned_runs(ex.registry, study_id)
+    count, (last, success) = await asyncio.gather(
+        shards.count_participants(ex.shard_pools, study_id), store.last_runs(ex.registry, study_id)
+    )
+    return json_response(study_json(row, count, last, success))
+
+
+async def start_run(request: web.Request) -> web.Response:
+    caller = researcher(request)
+    study_id = path_study_id(request)
+    if request.body_exists and (await request.read()).strip() not in (b"", b"{}"):
+        raise ValidationFailed(errors=[FieldError("body", "a run takes no parameters")])
+    handle = await begin_run(extractor(request), study_id, "api", caller.sub)
+    assert handle is not None
+    tasks = request.app[RUN_TASKS]
+    task = asyncio.create_task(execute(handle), name=f"run-{handle.row['run_id']}")
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+    return json_response(run_json(handle.row), status=202,
+                         headers={"Location": _run_location(study_id, handle.row["run_id"])})
+
+
+async def _existing_study(ex: Extractor, study_id: str) -> None:
+    if await store.get_study(ex.registry, study_id) is None:
+        raise NotFound(f"study {study_id} does not exist")
+
+
+async def get_run(request: web.Request) -> web.Response:
+    researcher(request)
+    study_id, run_id = path_study_id(request), path_run_id(request)
+    ex = extractor(request)
+    await store.fail_orphaned_runs(ex.registry, study_id)
+    row = await store.get_run(ex.registry, study_id, run_id)
+    if row is None:
+        raise NotFound(f"run {run_id} of study {study_id} does not exist")
+    return json_response(run_json(row))
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    researcher(request)
+    study_id = path_study_id(request)
+    unknown = set(request.query) - {"limit", "cursor"}
+    if unknown:
+        raise ValidationFailed(errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)])
+    limit = limit_param(request.query)
+    after = None
+    if (cursor := decode_cursor(request.query.get("cursor"), 2)) is not None:
+        try:
+            after = (dt.datetime.fromisoformat(cursor[0]), uuid.UUID(cursor[1]))
+        except ValueError as exc:
+            raise BadRequest("cursor is not valid") from exc
+    ex = extractor(request)
+    await _existing_study(ex, study_id)
+    await store.fail_orphaned_runs(ex.registry, study_id)
+    rows = await store.runs_page(ex.registry, study_id, after, limit + 1)
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor([last["started_at"].isoformat(), str(last["run_id"])])
+    return json_response({"items": [run_json(r) for r in rows[:limit]], "nextCursor": next_cursor})
+
+
+async def run_records(request: web.Request) -> web.StreamResponse:
+    """The run's records as NDJSON, streamed from the registry a batch at a time."""
+    researcher(request)
+    study_id, run_id = path_study_id(request), path_run_id(request)
+    ex = extractor(request)
+    await store.fail_orphaned_runs(ex.registry, study_id)
+    row = await store.get_run(ex.registry, study_id, run_id)
+    if row is None:
+        raise NotFound(f"run {run_id} of study {study_id} does not exist")
+    if row["status"] != "succeeded":
+        raise Conflict(f"run {run_id} is {row['status']}: only a succeeded run has records")
+    resp = web.StreamResponse(headers={"Content-Type": NDJSON})
+    async for bodies in store.record_bodies(ex.registry, run_id):
+        if not resp.prepared:
+            await resp.prepare(request)
+        await resp.write(("\n".join(bodies) + "\n").encode())
+    if not resp.prepared:
+        await resp.prepare(request)
+    await resp.write_eof()
+    return resp
+
+
+async def internal_study(request: web.Request) -> web.Response:
+    """Does the study exist? For the FE servers checking a consent; any valid token."""
+    principal(request)
+    study_id = path_study_id(request)
+    await _existing_study(extractor(request), study_id)
+    return json_response({"studyId": study_id})
+
+
+def setup_routes(app: web.Application) -> None:
+    """Mount the studies API and the internal existence check."""
+    app.router.add_post("/v1/studies", create_study)
+    app.router.add_get("/v1/studies", list_studies, allow_head=False)
+    app.router.add_get("/v1/studies/{studyId}", get_study, allow_head=False)
+    app.router.add_post("/v1/studies/{studyId}/runs", start_run)
+    app.router.add_get("/v1/studies/{studyId}/runs", list_runs, allow_head=False)
+    app.router.add_get("/v1/studies/{studyId}/runs/{runId}", get_run, allow_head=False)
+    app.router.add_get("/v1/studies/{studyId}/runs/{runId}/records", run_records, allow_head=False)
+    app.router.add_get("/internal/studies/{studyId}", internal_study, allow_head=False)

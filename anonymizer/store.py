@@ -1,0 +1,346 @@
+"""SQL of the study registry (the anonymizer's own database). Driver errors are translated here.
+
+The shard side (what a run reads) is :mod:`anonymizer.shards`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from anonymizer.models import StudyIn
+from anonymizer.settings import dsn_with
+from shared.db import db_errors, mask_dsn
+from shared.errors import Conflict
+from shared.migrate import apply_migrations
+
+log = logging.getLogger("medsvc.anonymizer.store")
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+WHAT = "the study registry"
+KIND_CODES = {"withdrawal": 0, "participant": 1, "visit": 2}
+_RUN_COLUMNS = (
+    "run_id, study_id, status, trigger, requested_by, started_at, finished_at, policy_version,"
+    " counts, k_anonymity, error"
+)
+# A record as COPY takes it: (kind code, pid, vid, body).
+RecordRow = tuple[int, str, str, str]
+
+
+# -- start-up ---------------------------------------------------------------------------------
+
+async def connect(dsn: str, password: str | None, attempts: int = 30) -> asyncpg.Connection:
+    """One connection, retried a bounded number of times with one warning per try."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await asyncpg.connect(dsn, password=password, timeout=5)
+        except (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError) as exc:
+            if attempt == attempts:
+                raise
+            log.warning("connect failed; retrying", extra={
+                "action": "db.connect_retry", "dsn": mask_dsn(dsn), "error": type(exc).__name__,
+                "attempt": attempt})  # fmt: skip
+            await asyncio.sleep(min(0.2 * attempt, 2.0))
+    raise AssertionError("unreachable")
+
+
+async def ensure_database(dsn: str, password: str | None) -> None:
+    """Create the database ``dsn`` names if it does not exist (needs CREATEDB)."""
+    try:
+        conn = await connect(dsn, password)
+    except asyncpg.InvalidCatalogNameError:
+        name = dsn.rsplit("/", 1)[1].split("?", 1)[0]
+        admin = await connect(dsn_with(dsn, database="postgres"), password)
+        try:
+            await admin.execute('CREATE DATABASE "{}"'.format(name.replace('"', '""')))
+            log.info("database created", extra={"action": "db.created", "dsn": mask_dsn(dsn)})
+        except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+            pass  # another anonymizer process made it first (or is making it now)
+        finally:
+            await admin.close()
+    else:
+        await conn.close()
+
+
+async def migrate(dsn: str, password: str | None) -> list[str]:
+    """Apply the registry's migrations."""
+    conn = await connect(dsn, password)
+    try:
+        return await apply_migrations(conn, [("anonymizer", MIGRATIONS)])
+    finally:
+        await conn.close()
+
+
+# -- studies ----------------------------------------------------------------------------------
+
+async def insert_study(pool: asyncpg.Pool, study: StudyIn, created_by: str) -> asyncpg.Record:
+    """Register a study; Conflict when the studyId exists."""
+    with db_errors(WHAT):
+        try:
+            # insert_study: one row.
+            return await pool.fetchrow(
+                """INSERT INTO studies (study_id, title, schedule, k, created_by)
+                   VALUES ($1, $2, $3, $4, $5) RETURNING *""",
+                study.studyId, study.title, study.schedule, study.k, created_by,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise Conflict(f"study {study.studyId} already exists") from exc
+
+
+async def get_study(db: asyncpg.Pool | asyncpg.Connection, study_id: str) -> asyncpg.Record | None:
+    """The study row, or None."""
+    with db_errors(WHAT):
+        # get_study: by primary key.
+        return await db.fetchrow("SELECT * FROM studies WHERE study_id = $1", study_id)
+
+
+async def studies_page(pool: asyncpg.Pool, after: str | None, limit: int) -> list[asyncpg.Record]:
+    """Studies in studyId order, after a keyset position."""
+    with db_errors(WHAT):
+        # studies_page: keyset page on the primary key.
+        return await pool.fetch(
+            """SELECT * FROM studies WHERE $1::text IS NULL OR study_id > $1
+               ORDER BY study_id LIMIT $2""",
+            after, limit,
+        )
+
+
+async def scheduled_studies(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """Studies with a schedule, each with the start of its latest run (None if never run)."""
+    with db_errors(WHAT):
+        # scheduled_studies: the scheduler's view.
+        return await pool.fetch(
+            """SELECT s.study_id, s.schedule, s.created_at,
+                      (SELECT max(started_at) FROM runs r WHERE r.study_id = s.study_id) AS last_started
+               FROM studies s WHERE s.schedule IS NOT NULL ORDER BY s.study_id"""
+        )
+
+
+# -- the run lock and the run rows ------------------------------------------------------------
+
+async def try_lock_study(conn: asyncpg.Connection, study_id: str) -> bool:
+    """Take the study's run lock for this session (False when another session holds it)."""
+    with db_errors(WHAT):
+        # try_lock_study: session-level, so it lives exactly as long as the connection.
+        return await conn.fetchval(
+            "SELECT pg_try_advisory_lock(hashtextextended('anonymizer.run:' || $1, 0))", study_id
+        )
+
+
+async def unlock_study(conn: asyncpg.Connection, study_id: str) -> None:
+    with db_errors(WHAT):
+        # unlock_study: the session's lock from try_lock_study.
+        await conn.execute(
+            "SELECT pg_advisory_unlock(hashtextextended('anonymizer.run:' || $1, 0))", study_id
+        )
+
+
+async def fail_orphaned_runs(db: asyncpg.Pool | asyncpg.Connection, study_id: str) -> None:
+    """Mark failed the study's runs whose lock-holding backend is gone (the process died)."""
+    with db_errors(WHAT):
+        # fail_orphaned_runs: a running run whose owner backend no longer exists.
+        await db.execute(
+            """UPDATE runs SET status = 'failed', finished_at = clock_timestamp(),
+                      error = 'the process running it stopped before it finished'
+               WHERE study_id = $1 AND status = 'running' AND NOT EXISTS (
+                   SELECT 1 FROM pg_stat_activity a
+                   WHERE a.pid = runs.owner_pid AND a.backend_start = runs.owner_started)""",
+            study_id,
+        )
+
+
+async def started_since(conn: asyncpg.Connection, study_id: str, since: dt.datetime) -> bool:
+    """True when a run of the study started at or after ``since``."""
+    with db_errors(WHAT):
+        # started_since: has the scheduled run already happened?
+        return await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM runs WHERE study_id = $1 AND started_at >= $2)",
+            study_id, since,
+        )
+
+
+async def insert_run(
+    conn: asyncpg.Connection, study_id: str, trigger: str, requested_by: str, policy: str
+) -> asyncpg.Record:
+    """A new running run owned by this session's backend."""
+    with db_errors(WHAT):
+        # insert_run: the owner is this connection's backend (see fail_orphaned_runs).
+        return await conn.fetchrow(
+            f"""INSERT INTO runs (run_id, study_id, status, trigger, requested_by, policy_version,
+                                  owner_pid, owner_started)
+                SELECT $1, $2, 'running', $3, $4, $5, pid, backend_start
+                FROM pg_stat_activity WHERE pid = pg_backend_pid()
+                RETURNING {_RUN_COLUMNS}""",
+            uuid.uuid4(), study_id, trigger, requested_by, policy,
+        )
+
+
+async def finish_run(
+    conn: asyncpg.Connection, run_id: uuid.UUID, counts: dict[str, int], k_anonymity: dict[str, Any]
+) -> asyncpg.Record:
+    """Mark the run succeeded (inside the transaction that wrote its records)."""
+    with db_errors(WHAT):
+        # finish_run: records, watermarks and this commit together.
+        return await conn.fetchrow(
+            f"""UPDATE runs SET status = 'succeeded', finished_at = clock_timestamp(),
+                       counts = $2, k_anonymity = $3
+                WHERE run_id = $1 RETURNING {_RUN_COLUMNS}""",
+            run_id, counts, k_anonymity,
+        )
+
+
+async def fail_run(db: asyncpg.Pool | asyncpg.Connection, run_id: uuid.UUID, error: str) -> None:
+    with db_errors(WHAT):
+        # fail_run: only a run still running (never undo a success).
+        await db.execute(
+            """UPDATE runs SET status = 'failed', finished_at = clock_timestamp(), error = $2
+               WHERE run_id = $1 AND status = 'running'""",
+            run_id, error,
+        )
+
+
+async def get_run(pool: asyncpg.Pool, study_id: str, run_id: uuid.UUID) -> asyncpg.Record | None:
+    with db_errors(WHAT):
+        # get_run: by primary key, scoped to the study.
+        return await pool.fetchrow(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = $1 AND study_id = $2", run_id, study_id
+        )
+
+
+async def runs_page(
+    pool: asyncpg.Pool, study_id: str, after: tuple[dt.datetime, uuid.UUID] | None, limit: int
+) -> list[asyncpg.Record]:
+    """The study's runs, newest first, after a keyset position."""
+    with db_errors(WHAT):
+        # runs_page: keyset page on (started_at, run_id) descending.
+        return await pool.fetch(
+            f"""SELECT {_RUN_COLUMNS} FROM runs
+                WHERE study_id = $1
+                  AND ($2::timestamptz IS NULL OR (started_at, run_id) < ($2, $3::uuid))
+                ORDER BY started_at DESC, run_id DESC LIMIT $4""",
+            study_id, after[0] if after else None, after[1] if after else None, limit,
+        )
+
+
+async def last_runs(pool: asyncpg.Pool, study_id: str) -> tuple[asyncpg.Record | None, Any]:
+    """The study's latest run and the finish time of its latest successful one."""
+    with db_errors(WHAT):
+        # last_runs: newest run; newest success.
+        last = await pool.fetchrow(
+            f"""SELECT {_RUN_COLUMNS} FROM runs WHERE study_id = $1
+                ORDER BY started_at DESC, run_id DESC LIMIT 1""",
+            study_id,
+        )
+        success = await pool.fetchval(
+            "SELECT max(finished_at) FROM runs WHERE study_id = $1 AND status = 'succeeded'",
+            study_id,
+        )
+    return last, success
+
+
+async def last_successes(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """Each study's latest successful run's finish time (for the metrics)."""
+    with db_errors(WHAT):
+        # last_successes: one row per study that has succeeded once.
+        return await pool.fetch(
+            """SELECT study_id, max(finished_at) AS finished_at FROM runs
+               WHERE status = 'succeeded' GROUP BY study_id"""
+        )
+
+
+# -- watermarks, participants and records (inside the run's transaction) ----------------------
+
+async def watermarks(conn: asyncpg.Connection, study_id: str) -> dict[int, str]:
+    """Shard id → the snapshot the study's last successful run read it at."""
+    with db_errors(WHAT):
+        # watermarks: per shard.
+        rows = await conn.fetch(
+            "SELECT shard_id, snapshot FROM study_watermarks WHERE study_id = $1", study_id
+        )
+    return {r["shard_id"]: r["snapshot"] for r in rows}
+
+
+async def save_watermarks(
+    conn: asyncpg.Connection, study_id: str, snapshots: dict[int, str], run_id: uuid.UUID
+) -> None:
+    with db_errors(WHAT):
+        # save_watermarks: upsert one row per shard read.
+        await conn.executemany(
+            """INSERT INTO study_watermarks (study_id, shard_id, snapshot, run_id)
+               VALUES ($1, $2, $3, $4)
+               ON CONFLICT (study_id, shard_id) DO UPDATE
+               SET snapshot = EXCLUDED.snapshot, run_id = EXCLUDED.run_id""",
+            [(study_id, shard, snap, run_id) for shard, snap in snapshots.items()],
+        )
+
+
+async def participants(conn: asyncpg.Connection, study_id: str) -> dict[str, asyncpg.Record]:
+    """pid → (shard_id, record, released) of the participants as of the last success."""
+    with db_errors(WHAT):
+        # participants: the whole study (k-anonymity needs everyone).
+        rows = await conn.fetch(
+            "SELECT pid, shard_id, record, released FROM study_participants WHERE study_id = $1",
+            study_id,
+        )
+    return {r["pid"]: r for r in rows}
+
+
+async def save_participants(
+    conn: asyncpg.Connection, study_id: str,
+    upserts: Sequence[tuple[str, int, dict[str, Any], dict[str, Any]]], removed: Sequence[str],
+) -> None:
+    """Write (pid, shard, record, released) rows; drop the ``removed`` pids."""
+    with db_errors(WHAT):
+        if removed:
+            # drop_participants: withdrawn since the last run.
+            await conn.execute(
+                "DELETE FROM study_participants WHERE study_id = $1 AND pid = ANY($2::text[])",
+                study_id, list(removed),
+            )
+        if upserts:
+            # upsert_participants: new or changed.
+            await conn.executemany(
+                """INSERT INTO study_participants (study_id, pid, shard_id, record, released)
+                   VALUES ($1, $2, $3, $4, $5)
+                   ON CONFLICT (study_id, pid) DO UPDATE
+                   SET shard_id = EXCLUDED.shard_id, record = EXCLUDED.record,
+                       released = EXCLUDED.released""",
+                [(study_id, *u) for u in upserts],
+            )
+
+
+async def copy_records(conn: asyncpg.Connection, run_id: uuid.UUID, rows: Sequence[RecordRow]) -> None:
+    """Add a batch of the run's records (COPY: the cheapest way in)."""
+    with db_errors(WHAT):
+        await conn.copy_records_to_table(
+            "run_records", records=[(run_id, *r) for r in rows],
+            columns=["run_id", "kind", "pid", "vid", "body"],
+        )
+
+
+async def record_bodies(
+    pool: asyncpg.Pool, run_id: uuid.UUID, batch: int = 2000
+) -> AsyncIterator[list[str]]:
+    """The run's records (JSON text), in (kind, pid, vid) order, a batch at a time."""
+    with db_errors(WHAT):
+        async with pool.acquire() as conn, conn.transaction(readonly=True):
+            # record_bodies: the primary key's order.
+            cursor = conn.cursor(
+                "SELECT body FROM run_records WHERE run_id = $1 ORDER BY kind, pid, vid",
+                run_id, prefetch=batch,
+            )
+            out: list[str] = []
+            async for row in cursor:
+                out.append(row["body"])
+                if len(out) >= batch:
+                    yield out
+                    out = []
+            if out:
+                yield out

@@ -1,0 +1,266 @@
+"""The workloads: shard-independent ones (the base) and one shard's (generated per overlay).
+
+Ports, names and labels come from :mod:`deploy.k8s.manifests`; the shard map written next to
+the overlay names the same Services (``pg-shard-N``, ``redis-shard-N``, ``fe-shard-N``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from deploy.k8s.manifests import (
+    JOB_RESOURCES, MONITORING_NAMESPACE, PG_USER, NGINX_CONFIG, NGINX_IMAGE, NGINX_RESOURCES, NGINX_UID,
+    PORT, SCRAPE, TLS_SECRET, TMP_MOUNT, TMP_VOLUME, Obj, container_security, deployment,
+    http_probes, netpol, pdb, peer, pod_security, pods_of, postgres, python_pod, redis, rule,
+    secret_env, selector, service, spread, template,
+)
+
+FE_SERVICES = "user,visit"
+AUDIT_DATABASE = "audit"
+ANONYMIZER_DATABASE = "anonymizer"
+ANONYMIZER_COMPONENTS = ["anonymizer", "anonymizer-job"]
+# The CronJob's tick: every minute, one pass of the anonymizer's scheduler over the studies
+# whose own cron schedules have come due (anonymizer/scheduler.py), then exit. It is the
+# loop of `python -m anonymizer schedule` (the local scheduler) run once. Several passes at
+# once are safe: a study's run lock lets one in.
+ANONYMIZER_SCHEDULE = "* * * * *"
+ANONYMIZER_TICK = """\
+import uvloop
+from anonymizer.app import extractor_scope
+from anonymizer.scheduler import tick
+from anonymizer.settings import AnonymizerSettings
+from shared.logs import setup_logging
+from shared.settings import load
+from shared.shardmap import load_shard_map
+
+
+async def one_pass() -> None:
+    settings = load(AnonymizerSettings)
+    setup_logging("anonymizer-cronjob", settings.log_level)
+    async with extractor_scope(settings, load_shard_map(settings.shard_map)) as ex:
+        await tick(ex)
+
+
+uvloop.run(one_pass())
+"""
+
+
+@dataclass(frozen=True)
+class ShardSizing:
+    """What one shard gets in an environment."""
+
+    fe_replicas: int = 2
+    pg_storage: str = "10Gi"
+    pg_resources: Obj = field(default_factory=lambda: {
+        "requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}})
+    redis_resources: Obj = field(default_factory=lambda: {
+        "requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "320Mi"}})
+    # Below the container's memory limit, leaving room for Redis's own overhead.
+    redis_maxmemory: str = "256mb"
+
+
+def service_urls(name: str) -> str:
+    return f"http://{name}:{PORT}"
+
+
+def dsn(host: str, database: str) -> str:
+    """A DSN without a password (the processes get it from MEDSVC_PG_PASSWORD)."""
+    return f"postgresql://{PG_USER}@{host}:5432/{database}"
+
+
+def shard_names(shard: int) -> dict[str, str]:
+    """The Service names of a shard's database, cache and FE cluster."""
+    return {"postgres": f"pg-shard-{shard}", "redis": f"redis-shard-{shard}",
+            "fe": f"fe-shard-{shard}"}
+
+
+# -- one shard ---------------------------------------------------------------------------
+
+
+def shard_objects(shard: int, sizing: ShardSizing) -> list[Obj]:
+    """A shard: its PostgreSQL, its Redis, its FE cluster, and who may reach them."""
+    names = shard_names(shard)
+    fe_env = [{"name": "MEDSVC_SHARD", "value": str(shard)},
+              {"name": "MEDSVC_SERVICES", "value": FE_SERVICES},
+              # The outbox relay ships this shard's audit events there.
+              {"name": "MEDSVC_AUDIT_URLS", "value": service_urls("audit")},
+              secret_env("MEDSVC_JWT_SECRET", "jwt-secret"),
+              secret_env("MEDSVC_PG_PASSWORD", "pg-password")]
+    fe_pod = python_pod("fe", ["python", "-m", "shared.fe_server"], env=fe_env, shard=shard,
+                        shard_map=True)
+    objs = [
+        *postgres(names["postgres"], "postgres", "medsvc", "pg-password", sizing.pg_storage,
+                  sizing.pg_resources, shard),
+        *redis(names["redis"], shard, sizing.redis_resources, sizing.redis_maxmemory),
+        deployment(names["fe"], "fe", sizing.fe_replicas, fe_pod, shard),
+        service(names["fe"], "fe", [("http", PORT, PORT)], shard),
+        pdb(names["fe"], "fe", shard),
+        # Only the gateway calls an FE server; it reaches its own shard's data and audit.
+        netpol(names["fe"], pods_of("fe", shard),
+               ingress=[rule([peer("gateway")], [PORT], "in")],
+               egress=[rule([peer("postgres", shard)], [5432], "out"),
+                       rule([peer("redis", shard)], [6379], "out"),
+                       rule([peer("audit")], [PORT], "out")]),
+        # Only this shard's FE servers (and the anonymizer's extraction) reach its database.
+        netpol(names["postgres"], pods_of("postgres", shard),
+               ingress=[rule([peer("fe", shard), peer(ANONYMIZER_COMPONENTS)], [5432], "in")],
+               egress=[]),
+        # Only this shard's FE servers reach its cache.
+        netpol(names["redis"], pods_of("redis", shard),
+               ingress=[rule([peer("fe", shard)], [6379], "in")], egress=[]),
+    ]
+    return objs
+
+
+# -- the base ----------------------------------------------------------------------------
+
+
+def nginx_objects() -> list[Obj]:
+    """nginx with the local stack's config (``deploy/nginx/nginx.conf.j2``) in a ConfigMap."""
+    run = "/tmp/nginx"
+    container: Obj = {
+        "name": "nginx", "image": NGINX_IMAGE,
+        # The temp folders live under /tmp (an emptyDir): the root filesystem is read-only.
+        "command": ["sh", "-c", f"mkdir -p {run}/tmp && exec nginx -p {run} "
+                    "-c /etc/nginx/medsvc/nginx.conf -e stderr -g 'daemon off;'"],
+        "ports": [{"name": "http", "containerPort": 8080},
+                  {"name": "https", "containerPort": 8443}],
+        **http_probes(8080, ready_path="/healthz"),
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},
+        "resources": NGINX_RESOURCES, "securityContext": container_security(),
+        "volumeMounts": [TMP_MOUNT,
+                         {"name": "conf", "mountPath": "/etc/nginx/medsvc", "readOnly": True},
+                         {"name": "tls", "mountPath": "/etc/nginx/tls", "readOnly": True}],
+    }
+    spec = {"automountServiceAccountToken": False, "securityContext": pod_security(NGINX_UID),
+            "terminationGracePeriodSeconds": 30, "topologySpreadConstraints": spread("nginx"),
+            "containers": [container],
+            "volumes": [TMP_VOLUME, {"name": "conf", "configMap": {"name": NGINX_CONFIG}},
+                        {"name": "tls", "secret": {"secretName": TLS_SECRET}}]}
+    return [
+        deployment("nginx", "nginx", 2, spec, scrape=False),
+        service("nginx", "nginx", [("http", 80, 8080), ("https", 443, 8443)]),
+        pdb("nginx", "nginx"),
+    ]
+
+
+def gateway_objects() -> list[Obj]:
+    pod = python_pod("gateway", ["python", "-m", "gateway"],
+                     env=[{"name": "MEDSVC_AUDIT_URLS", "value": service_urls("audit")},
+                          {"name": "MEDSVC_ANONYMIZER_URLS", "value": service_urls("anonymizer")},
+                          secret_env("MEDSVC_JWT_SECRET", "jwt-secret")], shard_map=True)
+    return [deployment("gateway", "gateway", 2, pod),
+            service("gateway", "gateway", [("http", PORT, PORT)]), pdb("gateway", "gateway")]
+
+
+def audit_objects() -> list[Obj]:
+    env = [{"name": "MEDSVC_AUDIT_DSN", "value": dsn("pg-audit", AUDIT_DATABASE)},
+           # The image's entry point created the database (POSTGRES_DB).
+           {"name": "MEDSVC_AUDIT_CREATE_DATABASE", "value": "false"},
+           secret_env("MEDSVC_JWT_SECRET", "jwt-secret"),
+           secret_env("MEDSVC_PG_PASSWORD", "audit-pg-password"),
+           secret_env("MEDSVC_AUDIT_WRITER_PASSWORD", "audit-writer-password")]
+    pod = python_pod("audit", ["python", "-m", "audit_service"], env=env)
+    # The append-only role the service's pool logs in as, with its password (the service's
+    # migration grants it exactly SELECT and INSERT).
+    init = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "pg-audit-init", "labels": selector("audit-postgres")},
+        "data": {"10-audit-writer.sh": (
+            # Sourced by the image's entry point on the first start (an empty volume).
+            "#!/bin/sh\n"
+            "psql -v ON_ERROR_STOP=1 -v pw=\"$AUDIT_WRITER_PASSWORD\" "
+            "--username \"$POSTGRES_USER\" --dbname \"$POSTGRES_DB\" <<'SQL'\n"
+            "CREATE ROLE audit_writer LOGIN PASSWORD :'pw';\n"
+            "SQL\n")},
+    }
+    return [
+        deployment("audit", "audit", 2, pod),
+        service("audit", "audit", [("http", PORT, PORT)]),
+        pdb("audit", "audit"),
+        init,
+        *postgres("pg-audit", "audit-postgres", AUDIT_DATABASE, "audit-pg-password", "20Gi",
+                  {"requests": {"cpu": "250m", "memory": "512Mi"},
+                   "limits": {"cpu": "2", "memory": "1Gi"}},
+                  init_config="pg-audit-init",
+                  extra_env=[secret_env("AUDIT_WRITER_PASSWORD", "audit-writer-password")]),
+        netpol("audit", pods_of("audit"),
+               ingress=[rule([peer("gateway"), peer("fe")], [PORT], "in")],
+               egress=[rule([peer("audit-postgres")], [5432], "out")]),
+        netpol("pg-audit", pods_of("audit-postgres"),
+               ingress=[rule([peer("audit")], [5432], "in")], egress=[]),
+    ]
+
+
+def anonymizer_objects() -> list[Obj]:
+    env = [{"name": "MEDSVC_ANONYMIZER_DSN", "value": dsn("pg-anonymizer", ANONYMIZER_DATABASE)},
+           # The image's entry point created the database (POSTGRES_DB).
+           {"name": "MEDSVC_ANONYMIZER_CREATE_DATABASE", "value": "false"},
+           secret_env("MEDSVC_JWT_SECRET", "jwt-secret"),
+           secret_env("MEDSVC_PG_PASSWORD", "pg-password"),
+           secret_env("MEDSVC_PSEUDONYM_KEY", "pseudonym-key")]
+    api = python_pod("anonymizer", ["python", "-m", "anonymizer", "serve"], env=env,
+                     shard_map=True)
+    job_pod = python_pod("anonymizer-job", ["python", "-c", ANONYMIZER_TICK], env=env,
+                         shard_map=True, probes=False, resources=JOB_RESOURCES)
+    job_pod["restartPolicy"] = "Never"
+    cron = {
+        "apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": "anonymizer-schedule", "labels": selector("anonymizer-job")},
+        "spec": {
+            "schedule": ANONYMIZER_SCHEDULE,
+            # A pass still running when the next tick comes is left to finish: runs resume
+            # and are idempotent, so a skipped tick only delays them.
+            "concurrencyPolicy": "Forbid", "startingDeadlineSeconds": 120,
+            "successfulJobsHistoryLimit": 3, "failedJobsHistoryLimit": 3,
+            "jobTemplate": {"spec": {
+                "backoffLimit": 2, "activeDeadlineSeconds": 6 * 3600,
+                "ttlSecondsAfterFinished": 3600,
+                "template": template("anonymizer-job", None, job_pod, scrape=False),
+            }},
+        },
+    }
+    return [
+        deployment("anonymizer", "anonymizer", 2, api),
+        service("anonymizer", "anonymizer", [("http", PORT, PORT)]),
+        pdb("anonymizer", "anonymizer"),
+        cron,
+        *postgres("pg-anonymizer", "anonymizer-postgres", ANONYMIZER_DATABASE, "pg-password",
+                  "20Gi", {"requests": {"cpu": "250m", "memory": "512Mi"},
+                           "limits": {"cpu": "2", "memory": "1Gi"}}),
+        netpol("anonymizer", pods_of(ANONYMIZER_COMPONENTS),
+               ingress=[rule([peer("gateway")], [PORT], "in")],
+               egress=[rule([peer("anonymizer-postgres")], [5432], "out"),
+                       rule([peer("postgres")], [5432], "out")]),
+        netpol("pg-anonymizer", pods_of("anonymizer-postgres"),
+               ingress=[rule([peer(ANONYMIZER_COMPONENTS)], [5432], "in")], egress=[]),
+    ]
+
+
+def common_policies() -> list[Obj]:
+    """Deny by default; DNS for everyone; nginx open to clients; the gateway's paths."""
+    dns = [{"namespaceSelector": {},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
+    return [
+        netpol("default-deny", {}, ingress=[], egress=[]),
+        netpol("allow-dns", {}, egress=[{"to": dns, "ports": [
+            {"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}]),
+        netpol("nginx", pods_of("nginx"),
+               ingress=[rule([], [8080, 8443], "in")],
+               egress=[rule([peer("gateway")], [PORT], "out")]),
+        netpol("gateway", pods_of("gateway"),
+               ingress=[rule([peer("nginx")], [PORT], "in")],
+               egress=[rule([peer("fe"), peer("audit"), peer(ANONYMIZER_COMPONENTS)], [PORT],
+                            "out")]),
+        # Prometheus, in its own namespace, scrapes /metrics of the project's processes.
+        netpol("allow-metrics-scrape", {"matchLabels": {SCRAPE: "true"}},
+               ingress=[rule([{"namespaceSelector": {"matchLabels": {
+                   "kubernetes.io/metadata.name": MONITORING_NAMESPACE}}}], [PORT], "in")]),
+    ]
+
+
+def base_files() -> dict[str, list[Obj]]:
+    """The base's resource files and their objects."""
+    return {"nginx.yaml": nginx_objects(), "gateway.yaml": gateway_objects(),
+            "audit.yaml": audit_objects(), "anonymizer.yaml": anonymizer_objects(),
+            "network-policies.yaml": common_policies()}

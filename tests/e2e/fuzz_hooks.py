@@ -1,0 +1,186 @@
+"""Schemathesis hooks for the fuzz run (``SCHEMATHESIS_HOOKS=tests.e2e.fuzz_hooks``).
+
+The OpenAPI document says everything JSON Schema can say; a few rules of the API it cannot:
+
+- ranges of dates relative to today or to another field (``birthDate`` not before 1900 nor in
+  the future; a visit not before 1900, ``endedAt`` not before ``startedAt``);
+- values only the server issues (a page ``cursor``), and uniqueness (a new ``userName``);
+- refusals that depend on stored state: a visit only for a user whose role is ``patient``, an
+  ``If-Match`` that names another version (412).
+
+For positive cases (data the schema says is valid) :func:`before_call` adjusts the first two
+kinds so that the server should accept them, and :func:`filter_failure` excuses exactly the
+third kind and nothing else. Negative cases are never touched.
+
+:func:`other_roles_may_not_read` is an extra check: whatever the admin could read, a role that
+may not read it (researcher, auditor, another patient) gets 403.
+
+The fuzz test passes bearer tokens for those roles as JSON in ``MEDSVC_FUZZ_TOKENS``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import uuid
+from typing import Any
+
+import requests
+import schemathesis
+
+from shared.httpio import encode_cursor
+
+TOKENS: dict[str, str] = json.loads(os.environ.get("MEDSVC_FUZZ_TOKENS", "{}"))
+
+USERS = "/v1/users"
+USER = "/v1/users/{userName}"
+VISITS = "/v1/users/{userName}/visits"
+VISIT = "/v1/users/{userName}/visits/{visitId}"
+# The reads of a user's data, and the roles that may never read it (API.md's role table).
+PROTECTED_READS = (USER, VISITS, VISIT)
+OUTSIDERS = ("researcher", "auditor", "patient")
+ROLES = (*OUTSIDERS, "clinician")
+
+
+def _positive(case: Any) -> bool:
+    meta = case.meta
+    return meta is not None and meta.generation.mode.is_positive
+
+
+def _op(case: Any) -> tuple[str, str]:
+    return case.method.upper(), case.operation.path
+
+
+# -- positive data: what JSON Schema cannot say ---------------------------------------------
+
+
+def _date_in_range(raw: Any) -> Any:
+    """A ``YYYY-MM-DD`` moved into 1900..1999 (same month and day), else unchanged."""
+    try:
+        day = dt.date.fromisoformat(raw)
+    except (TypeError, ValueError):
+        return raw
+    if dt.date(1900, 1, 1) <= day <= dt.date.today():
+        return raw
+    return dt.date(1900 + day.year % 100, day.month, min(day.day, 28)).isoformat()
+
+
+def _instant(raw: Any) -> dt.datetime | None:
+    try:
+        value = dt.datetime.fromisoformat(raw.upper()) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    return value if value is not None and value.tzinfo is not None else None
+
+
+def _timestamp_in_range(raw: Any) -> Any:
+    """An RFC 3339 timestamp moved into 2000..2099 when it is before 1901 or in 9999."""
+    value = _instant(raw)
+    if value is None or 1901 <= value.year < 9999:
+        return raw
+    return value.replace(year=2000 + value.year % 100, day=min(value.day, 28)).isoformat()
+
+
+def _visit_times(body: dict[str, Any], patch: bool) -> None:
+    for key in ("startedAt", "endedAt"):
+        if key in body:
+            body[key] = _timestamp_in_range(body[key])
+    started, ended = _instant(body.get("startedAt")), _instant(body.get("endedAt"))
+    if started is not None and ended is not None and ended < started:
+        body["startedAt"], body["endedAt"] = body["endedAt"], body["startedAt"]
+    elif patch and ended is not None and "startedAt" not in body:
+        body["startedAt"] = body["endedAt"]  # the stored startedAt may be later
+    elif patch and started is not None and "endedAt" not in body:
+        body["endedAt"] = None  # the stored endedAt may be earlier: remove it
+
+
+def _valid_cursor(path: str, raw: str) -> str:
+    seed = raw.replace("\x00", "")
+    if path == USERS:
+        return encode_cursor([seed, seed, seed])
+    return encode_cursor(["2026-01-01T00:00:00+00:00", str(uuid.uuid5(uuid.NAMESPACE_URL, seed))])
+
+
+@schemathesis.hook
+def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
+    """Make positive data satisfy the rules the schema cannot express."""
+    if not _positive(case):
+        return
+    method, path = _op(case)
+    body = case.body if isinstance(case.body, dict) else None
+    if (
+        body is not None
+        and (method, path) == ("POST", USERS)
+        and isinstance(body.get("userName"), str)
+    ):
+        # Generators favour a few small names ("000"); a fresh suffix makes most creates
+        # succeed, so that the stateful phase has users (and so visits) to walk to.
+        body["userName"] = f"{body['userName'][:52]}-{uuid.uuid4().hex[:10]}"
+    if body is not None and path in (USERS, USER) and "birthDate" in body:
+        body["birthDate"] = _date_in_range(body["birthDate"])
+    if body is not None and path in (VISITS, VISIT) and method in ("POST", "PATCH"):
+        _visit_times(body, patch=method == "PATCH")
+    if (
+        method == "GET"
+        and isinstance(case.query, dict)
+        and isinstance(case.query.get("cursor"), str)
+    ):
+        case.query["cursor"] = _valid_cursor(path, case.query["cursor"])
+
+
+# -- refusals that depend on stored state ---------------------------------------------------
+
+
+def _problem(response: Any) -> dict[str, Any]:
+    try:
+        body = json.loads(response.content)
+    except (ValueError, TypeError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+@schemathesis.hook
+def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool:
+    """Keep every failure but a positive case's refusal that only stored state explains."""
+    if not _positive(case) or getattr(failure, "code", None) != "ST202":
+        return True
+    method, path = _op(case)
+    if response.status_code == 412 and method == "PATCH":
+        return False  # If-Match named a version the resource is not at
+    errors = _problem(response).get("errors") or []
+    not_a_patient = [{"field": "userName", "message": "visits are recorded for patients only"}]
+    if (
+        response.status_code == 422
+        and (method, path) == ("POST", VISITS)
+        and errors == not_a_patient
+    ):
+        return False
+    return True
+
+
+# -- roles -----------------------------------------------------------------------------------
+
+
+@schemathesis.check
+def other_roles_may_not_read(ctx: Any, response: Any, case: Any) -> bool | None:
+    """What the admin just read, no outsider role may read (403)."""
+    method, path = _op(case)
+    if method != "GET" or path not in PROTECTED_READS or response.status_code != 200 or not TOKENS:
+        return None
+    url = response.request.url
+    target = (case.path_parameters or {}).get("userName")
+    outsiders = list(OUTSIDERS)
+    if path == USER and _problem(response).get("role") != "patient":
+        outsiders.append("clinician")  # a clinician reads patients only
+    for role in outsiders:
+        # A patient may read their own records; the token's sub is never a fuzzed userName.
+        sub = f"fuzz-outsider-{role}"
+        if target == sub:
+            continue
+        reply = requests.get(url, headers={"Authorization": f"Bearer {TOKENS[role]}"}, timeout=10)
+        if reply.status_code != 403:
+            raise AssertionError(
+                f"a {role} ({sub}) read {method} {url} with {reply.status_code}, expected 403"
+            )
+    return None

@@ -1,0 +1,303 @@
+"""Watching the running stack as an operator does: metrics from every process, one request
+followed through every hop's log by its id, and no patient data in any log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from deploy.localstack import Stack
+from deploy.localstack.service import ServiceProcess
+from tests.e2e.api import Api, unique
+
+pytestmark = pytest.mark.timeout(120)
+
+OPS_ROUTES = ("/healthz", "/readyz", "/metrics")
+HTTP_FAMILIES = {"medsvc_http_requests_total", "medsvc_http_request_duration_seconds"}
+POOL_FAMILIES = {"medsvc_db_pool_connections", "medsvc_db_pool_max_connections"}
+# The families each kind of process must export (API.md "Operations", issue 6).
+FAMILIES = {
+    "fe": HTTP_FAMILIES | POOL_FAMILIES | {
+        "medsvc_cache_events_total", "medsvc_audit_outbox_backlog",
+        "medsvc_audit_outbox_oldest_age_seconds"},
+    "gateway": HTTP_FAMILIES | {
+        "medsvc_gateway_upstream_requests_total", "medsvc_gateway_upstream_duration_seconds"},
+    "audit": HTTP_FAMILIES | POOL_FAMILIES | {"medsvc_audit_events_appended_total"},
+    "anonymizer": HTTP_FAMILIES | POOL_FAMILIES | {
+        "medsvc_anonymizer_rows_extracted_total",
+        "medsvc_anonymizer_last_success_timestamp_seconds"},
+}
+
+
+def auth(token: str, rid: str | None = None) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {token}"}
+    if rid:
+        headers["X-Request-ID"] = rid
+    return headers
+
+
+async def scrape(http: aiohttp.ClientSession, proc: ServiceProcess) -> str:
+    async with http.get(f"{proc.url}/metrics") as resp:
+        assert resp.status == 200, proc.name
+        assert resp.headers["Content-Type"].startswith("text/plain"), proc.name
+        return await resp.text()
+
+
+def families(text: str) -> set[str]:
+    """The metric families a scrape declares (``# TYPE name kind``), counters with ``_total``."""
+    out = set()
+    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE):
+        out.add(name + "_total" if kind == "counter" and not name.endswith("_total") else name)
+    return out
+
+
+def samples(text: str, name: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(name + "{") or line.startswith(name + " ")]
+
+
+def kind_of(name: str) -> str:
+    """The FAMILIES key of a central service (``audit``, ``anonymizer-scheduler``)."""
+    return "anonymizer" if name.startswith("anonymizer") else name
+
+
+async def test_every_process_exports_its_metric_families(
+    stack: Stack, http: aiohttp.ClientSession, admin_token: str
+) -> None:
+    # Given traffic through nginx, and directly through each gateway
+    api = Api(http, stack.base_url, admin_token)
+    patient = await api.create_patient(unique("metrics"))
+    name = patient["userName"]
+    shard = stack.shard_map.shard_id_for(name)
+    for _ in range(3):
+        assert (await api.call("GET", f"/v1/users/{name}")).status == 200
+    for gw in stack.gateways:
+        async with http.get(f"{gw.url}/v1/users/{name}", headers=auth(admin_token)) as resp:
+            assert resp.status == 200
+
+    # When I scrape every process of the stack
+    processes: list[tuple[str, ServiceProcess]] = [("gateway", g) for g in stack.gateways]
+    processes += [("fe", fe) for fes in stack.fe.values() for fe in fes]
+    for svc, procs in stack.services.items():
+        assert kind_of(svc) in FAMILIES, f"no expected metric families for {svc}"
+        processes += [(kind_of(svc), p) for p in procs]
+    # The components the issue names are all in the stack: none may be skipped.
+    assert {kind for kind, _ in processes} == set(FAMILIES)
+    scraped = {p.name: (kind, await scrape(http, p)) for kind, p in processes}
+
+    # Then each finds its families, with labels that are bounded (no userName anywhere)
+    for proc_name, (kind, text) in scraped.items():
+        missing = FAMILIES[kind] - families(text)
+        assert not missing, f"{proc_name} lacks {sorted(missing)}"
+        assert name not in text, f"{proc_name} puts a userName in a label"
+        assert samples(text, "medsvc_http_requests_total"), proc_name
+        assert not re.search(r'route="/v1/users/[^{]', text), f"{proc_name}: raw path as label"
+    for i, fes in stack.fe.items():
+        for fe in fes:
+            text = scraped[fe.name][1]
+            pool = [s for s in samples(text, "medsvc_db_pool_max_connections") if f'pool="shard-{i}"' in s]
+            assert pool, f"{fe.name} reports no pool use for shard {i}"
+            assert samples(text, "medsvc_audit_outbox_backlog"), fe.name
+    # The requests for the user show in the owning shard's figures at every gateway...
+    for gw in stack.gateways:
+        text = scraped[gw.name][1]
+        assert any(f'shard="{shard}"' in s for s in samples(text, "medsvc_gateway_upstream_requests_total")), gw.name
+        assert samples(text, "medsvc_gateway_upstream_duration_seconds_bucket"), gw.name
+    # ...and its reads in that shard's cache figures.
+    cache = [s for fe in stack.fe[shard]
+             for s in samples(scraped[fe.name][1], "medsvc_cache_events_total")]
+    assert any('event="hit"' in s for s in cache) and any('event="miss"' in s for s in cache)
+
+
+# -- logs --------------------------------------------------------------------------------
+
+
+def json_lines(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+async def lines_with_id(stack: Stack, rid: str, want: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
+    """Per log file, the JSON lines carrying ``rid``; waits for nginx's buffered access log."""
+    deadline = time.monotonic() + 10
+    while True:
+        found: dict[str, list[dict[str, Any]]] = {}
+        for path in sorted(stack.logs_dir.glob("*.log")):
+            if path.name.startswith(("postgres-", "redis-")):
+                continue
+            hits = [r for r in json_lines(path) if r.get("requestId") == rid]
+            if hits:
+                found[path.name] = hits
+        counts = {prefix: sum(len(v) for k, v in found.items() if k.startswith(prefix))
+                  for prefix in want}
+        if all(counts[p] >= n for p, n in want.items()) or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.25)
+
+
+async def test_one_request_is_followed_through_nginx_gateway_and_fe_server_logs(
+    stack: Stack, http: aiohttp.ClientSession, admin_token: str
+) -> None:
+    # Given a patient, and a request id of my own
+    api = Api(http, stack.base_url, admin_token)
+    name = (await api.create_patient(unique("trace")))["userName"]
+    shard = stack.shard_map.shard_id_for(name)
+    rid = f"trace-{uuid.uuid4().hex}"
+
+    # When I read the patient through nginx with that id
+    async with http.get(f"{stack.base_url}/v1/users/{name}", headers=auth(admin_token, rid)) as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Request-ID"] == rid
+
+    # Then nginx, one gateway and one FE server of the owning shard each log it once
+    found = await lines_with_id(stack, rid, {"nginx": 1, "gateway-": 1, f"fe-shard-{shard}-": 1})
+    nginx = [r for k, v in found.items() if k.startswith("nginx") for r in v]
+    gateways = [r for k, v in found.items() if k.startswith("gateway-") for r in v]
+    fes = [r for k, v in found.items() if k.startswith("fe-shard-") for r in v]
+    assert set(found) <= {*(k for k in found if k.startswith(("nginx", "gateway-", f"fe-shard-{shard}-")))}, found.keys()
+    assert len(nginx) == 1, found
+    assert nginx[0]["method"] == "GET" and nginx[0]["status"] == 200
+    assert nginx[0]["uri"] == f"/v1/users/{name}"
+    for hop, lines in (("gateway", gateways), ("FE server", fes)):
+        access = [r for r in lines if r.get("action") == "http.request"]
+        assert len(access) == 1, (hop, lines)
+        line = access[0]
+        assert line["method"] == "GET" and line["status"] == 200, line
+        assert line["route"] == "/v1/users/{userName}", line
+        assert line["shard"] == shard, line
+        assert isinstance(line["durationMs"], float | int), line
+        assert line["level"] and line["ts"] and line["process"], line
+    # The FE server that answered is one of the owning shard's.
+    fe_files = [k for k in found if k.startswith("fe-shard-")]
+    assert fe_files and all(k.startswith(f"fe-shard-{shard}-") for k in fe_files)
+
+
+async def test_no_patient_data_reaches_any_log(
+    stack: Stack, http: aiohttp.ClientSession, admin_token: str
+) -> None:
+    # Given a patient whose every personal field is a string found nowhere else
+    mark = uuid.uuid4().hex[:10]
+    phi = {
+        "givenName": f"Zelphine{mark}",
+        "familyName": f"Quarrington{mark}",
+        "birthDate": "1917-03-29",
+        "street": f"742 Evergreen{mark} Terrace",
+        "city": f"Springfield{mark}",
+        "newStreet": f"1 Moved{mark} Lane",
+        "notes": f"Complains of recurring {mark} migraine",
+        "reason": f"Headache{mark}",
+    }
+    api = Api(http, stack.base_url, admin_token)
+    name = unique("phi")
+    await api.create_patient(
+        name, givenName=phi["givenName"], familyName=phi["familyName"],
+        birthDate=phi["birthDate"], email=f"z{mark}@example.org",
+        address={"line": phi["street"], "city": phi["city"], "country": "US"},
+    )
+    # When it is read, searched by name, changed, visited, and sent back wrong
+    assert (await api.call("GET", f"/v1/users/{name}")).status == 200
+    search = await api.call("GET", "/v1/users", params={"familyName": phi["familyName"]})
+    assert search.status == 200 and search.body["items"], search.body
+    patch = await api.call("PATCH", f"/v1/users/{name}",
+                           {"address": {"line": phi["newStreet"]}},
+                           headers={"Content-Type": "application/merge-patch+json"})
+    assert patch.status == 200, patch.body
+    visit = await api.create_visit(name, notes=phi["notes"], reason=phi["reason"])
+    assert (await api.call("GET", f"/v1/users/{name}/visits/{visit['visitId']}")).status == 200
+    bad = await api.call("POST", "/v1/users", {
+        "userName": unique("phi"), "role": "patient", "givenName": phi["givenName"],
+        "familyName": phi["familyName"], "birthDate": f"not-a-date-{mark}"})
+    assert bad.status == 422
+    dup = await api.call("POST", "/v1/users", {
+        "userName": name, "role": "patient", "givenName": phi["givenName"],
+        "familyName": phi["familyName"], "birthDate": phi["birthDate"]})
+    assert dup.status == 409
+    # (nginx flushes its access log each second; the audit relay ships within a few)
+    await asyncio.sleep(2.5)
+
+    # Then no line of any process's log holds any of it
+    leaks = []
+    files = sorted(p for p in stack.logs_dir.rglob("*") if p.is_file())
+    assert any(p.name.startswith("nginx") for p in files) and len(files) > 5, files
+    needles = [v for k, v in phi.items() if k != "birthDate"] + [mark, phi["birthDate"]]
+    for path in files:
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            for needle in needles:
+                if needle in line:
+                    leaks.append(f"{path.name}:{n}: {needle!r} in {line[:300]}")
+    assert not leaks, "\n".join(leaks[:20])
+
+
+# -- the operator's bucket freeze (deploy/README.md, "Adding a shard") -------------------
+
+
+def readme_freeze_sql(lo: int, hi: int) -> str:
+    """The README's step-3 SQL, for buckets ``lo..hi`` instead of its example range."""
+    text = (Path(__file__).resolve().parents[2] / "deploy" / "README.md").read_text()
+    blocks = re.findall(r"```sql\n(.*?)```", text, re.DOTALL)
+    (block,) = [b for b in blocks if "medsvc_move_freeze" in b]
+    assert "BETWEEN 0 AND 63" in block
+    return block.replace("BETWEEN 0 AND 63", f"BETWEEN {lo} AND {hi}")
+
+
+async def test_a_bucket_freeze_turns_its_writes_away_and_keeps_its_reads(
+    stack: Stack, http: aiohttp.ClientSession, admin_token: str
+) -> None:
+    import asyncpg
+
+    from shared.shardmap import bucket_of
+
+    # Given two patients of one shard in different buckets
+    api = Api(http, stack.base_url, admin_token)
+    moving = (await api.create_patient(unique("moving")))["userName"]
+    shard = stack.shard_map.shard_id_for(moving)
+    bucket = bucket_of(moving, stack.shard_map.buckets)
+    staying = None
+    while staying is None:
+        candidate = unique("staying")
+        if (stack.shard_map.shard_id_for(candidate) == shard
+                and bucket_of(candidate, stack.shard_map.buckets) != bucket):
+            staying = (await api.create_patient(candidate))["userName"]
+    conn = await asyncpg.connect(stack.postgres[shard].dsn)
+    try:
+        # When the operator freezes the moving user's bucket with the README's SQL
+        await conn.execute(readme_freeze_sql(bucket, bucket))
+        # Then its bucket function is the routing hash
+        for user_name in (moving, staying, "alice.smith", "Zoë-ü.1"):
+            got = await conn.fetchval("SELECT medsvc_bucket($1)", user_name)
+            assert got == bucket_of(user_name, stack.shard_map.buckets), user_name
+        # and the moving user's writes answer 503 with Retry-After, nothing changed,
+        frozen = await api.call("PATCH", f"/v1/users/{moving}", {"phone": "+15550100"})
+        assert frozen.status == 503, frozen.body
+        assert frozen.headers.get("Retry-After") and frozen.problem
+        visit = await api.call("POST", f"/v1/users/{moving}/visits",
+                               {"type": "outpatient", "startedAt": "2026-11-20T09:00:00Z"})
+        assert visit.status == 503, visit.body
+        # while its reads, and the writes of other buckets, go on
+        read = await api.call("GET", f"/v1/users/{moving}")
+        assert read.status == 200 and read.body["version"] == 1
+        assert (await api.call("PATCH", f"/v1/users/{staying}", {"phone": "+15550101"})).status == 200
+    finally:
+        await conn.execute("""
+            DROP TRIGGER IF EXISTS move_freeze ON users;
+            DROP TRIGGER IF EXISTS move_freeze ON visits;
+            DROP TRIGGER IF EXISTS move_freeze ON study_consents;
+            DROP FUNCTION IF EXISTS medsvc_move_freeze();
+            DROP FUNCTION IF EXISTS medsvc_bucket(text);""")
+        await conn.close()
+    # And once the freeze is dropped, the write succeeds
+    assert (await api.call("PATCH", f"/v1/users/{moving}", {"phone": "+15550100"})).status == 200

@@ -1,0 +1,176 @@
+"""The de-identification policy (HIPAA Safe Harbor) and the pseudonyms, without a server."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from anonymizer import deidentify, kanon
+from anonymizer.deidentify import RESTRICTED_ZIP3, StudyKeys
+
+KEY = b"test-master-key-of-some-length-0123456789"
+UTC = dt.UTC
+
+
+def test_pseudonyms_are_stable_within_a_study_and_differ_across_studies() -> None:
+    a1, a2, b = StudyKeys(KEY, "study-a"), StudyKeys(KEY, "study-a"), StudyKeys(KEY, "study-b")
+    assert a1.pid("alice.smith") == a2.pid("alice.smith")
+    assert a1.pid("alice.smith") != b.pid("alice.smith")
+    assert a1.pid("alice.smith") != a1.pid("alice.smyth")
+    assert a1.vid("v-1") == a2.vid("v-1") != b.vid("v-1")
+    # A pid and a vid of the same string never coincide (domain-separated inputs).
+    assert a1.pid("x-1") != a1.vid("x-1")
+    assert len(a1.pid("alice.smith")) == 32 and int(a1.pid("alice.smith"), 16) >= 0
+
+
+def test_pseudonyms_depend_on_the_master_key() -> None:
+    assert StudyKeys(KEY, "s").pid("alice.smith") != StudyKeys(KEY + b"!", "s").pid("alice.smith")
+
+
+def test_the_pseudonym_is_hmac_sha256_of_the_study_key() -> None:
+    import hashlib
+    import hmac
+
+    study_key = hmac.new(KEY, b"study:s", hashlib.sha256).digest()
+    expected = hmac.new(study_key, b"pid:alice.smith", hashlib.sha256).hexdigest()[:32]
+    assert StudyKeys(KEY, "s").pid("alice.smith") == expected
+
+
+@pytest.mark.parametrize(
+    ("born", "today", "expected"),
+    [
+        (dt.date(1980, 4, 2), dt.date(2026, 11, 24), 1980),
+        (dt.date(1937, 1, 1), dt.date(2026, 11, 24), 1937),  # 89
+        (dt.date(1936, 12, 31), dt.date(2026, 11, 24), "<=1936"),  # may be 90 at year end
+        (dt.date(1920, 5, 5), dt.date(2026, 11, 24), "<=1936"),
+        (dt.date(1937, 6, 1), dt.date(2027, 1, 1), "<=1937"),
+    ],
+)
+def test_ages_over_89_are_one_group(born, today, expected) -> None:
+    assert deidentify.birth_year(born, deidentify.ninety_plus_cutoff(today)) == expected
+
+
+def test_an_earlier_birth_year_joins_the_90_plus_group_when_its_time_comes() -> None:
+    assert deidentify.regroup_birth_year(1937, 1937) == "<=1937"
+    assert deidentify.regroup_birth_year(1938, 1937) == 1938
+    assert deidentify.regroup_birth_year("<=1936", 1937) == "<=1936"
+
+
+@pytest.mark.parametrize(
+    ("code", "country", "expected"),
+    [
+        ("62701", "US", "627"), ("62701-1234", "US", "627"), ("627011234", None, "627"),
+        ("03601", "US", "000"), ("89301", "US", "000"), ("05901", None, "000"),
+        ("SW1A 1AA", "GB", None), ("62701", "DE", None), ("6270", "US", None), (None, "US", None),
+        ("abcde", "US", None),
+    ],
+)
+def test_zip3(code, country, expected) -> None:
+    assert deidentify.zip3(code, country) == expected
+
+
+def test_the_restricted_areas_are_the_seventeen_of_safe_harbor() -> None:
+    assert len(RESTRICTED_ZIP3) == 17
+    for area in RESTRICTED_ZIP3:
+        assert deidentify.zip3(area + "12", "US") == "000"
+
+
+PLANTED = {
+    "givenName": "Zebediah", "familyName": "Quackenbush", "userName": "zeb.quackenbush",
+    "email": "zeb@quack.example", "phone": "+1-555-0199", "line": "742 Evergreen Terrace",
+    "city": "Shelbyville", "postalCode": "62704", "notes": "lives with his cat Mr Whiskers",
+    "clinician": "dr.hibbert", "visitId": "3f2b8e9c-1111-4a4a-9b9b-abcdefabcdef",
+    "display": "Type 2 diabetes mellitus", "reason": "annual check of Zebediah",
+}
+
+
+def test_records_keep_only_what_the_policy_allows() -> None:
+    keys = StudyKeys(KEY, "s")
+    p = deidentify.participant(
+        keys, PLANTED["userName"], dt.date(1980, 4, 2), "female",
+        {"line": PLANTED["line"], "city": PLANTED["city"], "region": "IL",
+         "postalCode": PLANTED["postalCode"], "country": "US"},
+        1936,
+    )  # fmt: skip
+    assert p == {"kind": "participant", "pid": keys.pid(PLANTED["userName"]), "birthYear": 1980,
+                 "sex": "female", "zip3": "627", "country": "US"}
+    v = deidentify.visit(
+        keys, p["pid"], PLANTED["visitId"], "outpatient",
+        dt.datetime(2026, 11, 20, 9, 0, tzinfo=UTC), dt.datetime(2026, 11, 20, 9, 31, 40, tzinfo=UTC),
+        [{"system": "ICD-10", "code": "E11.9", "display": PLANTED["display"]}],
+        {"heightCm": 168.0, "heartRate": 70, "colour": "blue"},
+        [{"name": "metformin", "dose": "500 mg", "frequency": "twice daily"}],
+    )  # fmt: skip
+    assert v == {"kind": "visit", "pid": p["pid"], "vid": keys.vid(PLANTED["visitId"]), "year": 2026,
+                 "type": "outpatient", "durationMinutes": 32,
+                 "diagnoses": [{"system": "ICD-10", "code": "E11.9"}],
+                 "vitals": {"heightCm": 168.0, "heartRate": 70}, "medications": ["metformin"]}
+    text = repr([p, v])
+    for value in PLANTED.values():
+        assert value not in text
+    assert "2026-11-20" not in text and "1980-04-02" not in text
+
+
+def test_visit_year_is_the_utc_year_and_an_open_visit_has_no_duration() -> None:
+    keys = StudyKeys(KEY, "s")
+    start = dt.datetime(2026, 12, 31, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-2)))
+    v = deidentify.visit(keys, "p", "v", "inpatient", start, None, None, None, None)
+    assert v["year"] == 2027 and v["durationMinutes"] is None
+    assert v["diagnoses"] == [] and v["vitals"] is None and v["medications"] == []
+
+
+def person(pid: str, year, sex="female", zip3="627") -> dict:
+    return {"kind": "participant", "pid": pid, "birthYear": year, "sex": sex, "zip3": zip3, "country": "US"}
+
+
+def test_k_anonymity_reports_the_smallest_group_and_generalises_nothing_without_k() -> None:
+    people = {"a": person("a", 1980), "b": person("b", 1980), "c": person("c", 1983)}
+    released, report = kanon.release(people, None)
+    assert released == people
+    assert report["smallestGroup"] == 1 and report["smallestReleasedGroup"] == 1
+    assert report["generalised"] == 0 and report["participants"] == 3
+
+
+def test_small_groups_get_the_birth_decade_and_zip3_000() -> None:
+    people = {
+        "a": person("a", 1980), "b": person("b", 1980),            # a group of 2: kept
+        "c": person("c", 1983, zip3="606"), "d": person("d", 1987, zip3="100"),  # → 1980s/000
+        "e": person("e", 1955, sex="male"),                         # alone even as 1950s/000
+    }
+    released, report = kanon.release(people, 2)
+    assert released["a"]["birthYear"] == 1980 and released["a"]["zip3"] == "627"
+    assert released["c"]["birthYear"] == released["d"]["birthYear"] == "1980-1989"
+    assert released["c"]["zip3"] == released["d"]["zip3"] == "000"
+    assert (released["e"]["birthYear"], released["e"]["sex"], released["e"]["zip3"]) == (None, None, None)
+    assert released["e"]["pid"] == "e" and released["e"]["country"] == "US"
+    assert report["smallestGroup"] == 1 and report["generalised"] == 3
+    # e stays alone: fewer than k participants cannot be helped, and the report says so.
+    assert report["smallestReleasedGroup"] == 1
+
+
+def test_every_group_reaches_k_when_enough_people_share_the_coarse_values() -> None:
+    people = {str(i): person(str(i), 1970 + i, zip3=f"{600 + i}") for i in range(6)}
+    released, report = kanon.release(people, 3)
+    assert report["smallestGroup"] == 1 and report["smallestReleasedGroup"] >= 3
+    assert {r["birthYear"] for r in released.values()} == {"1970-1979"}
+
+
+def test_the_90_plus_group_is_not_split_into_decades() -> None:
+    assert kanon.decade("<=1936") == "<=1936" and kanon.decade(1941) == "1940-1949"
+
+
+def test_production_refuses_the_local_or_a_short_master_key() -> None:
+    from pydantic import ValidationError
+
+    from anonymizer.settings import AnonymizerSettings
+
+    base = {"central_dsn": "postgresql://u@h:5432/medsvc", "env": "production",
+            "jwt_secret": "j" * 40}  # fmt: skip
+    with pytest.raises(ValidationError, match="MEDSVC_PSEUDONYM_KEY"):
+        AnonymizerSettings(**base)
+    with pytest.raises(ValidationError, match="MEDSVC_PSEUDONYM_KEY"):
+        AnonymizerSettings(**base, pseudonym_key="too-short")
+    ok = AnonymizerSettings(**base, pseudonym_key="k" * 32)
+    assert ok.anonymizer_dsn == "postgresql://u@h:5432/anonymizer"
+    assert AnonymizerSettings(central_dsn="postgresql://u@h/x").master_key  # local default

@@ -1,0 +1,85 @@
+"""Defects the fuzzer found, each pinned where it was fixed (see tests/e2e/test_fuzz.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import orjson
+import pytest
+from aiohttp.test_utils import make_mocked_request
+from multidict import MultiDict
+from pydantic import TypeAdapter, ValidationError
+
+from shared.errors import BadRequest
+from shared.httpio import decode_cursor, encode_cursor, if_match_version, limit_param
+from user_service.models import Email, UserPatch
+from visit_service.models import VisitIn, VisitPatch, Vitals
+from visit_service.routes import _instant
+
+
+@pytest.mark.parametrize("raw", ["²", "١٢", "0", "201", "-1", "1.0", ""])
+def test_a_limit_that_is_not_1_to_200_in_ascii_digits_is_400_not_500(raw: str) -> None:
+    with pytest.raises(BadRequest):
+        limit_param(MultiDict(limit=raw))
+
+
+@pytest.mark.parametrize(
+    ("header", "version"), [('"²"', -1), ('"7"', 7), ('W/"3"', 3), ("*", None)]
+)
+def test_an_if_match_of_non_ascii_digits_never_matches(header: str, version: int | None) -> None:
+    assert (
+        if_match_version(make_mocked_request("PATCH", "/", headers={"If-Match": header})) == version
+    )
+
+
+def test_a_cursor_holding_a_nul_is_400_before_it_reaches_postgresql() -> None:
+    with pytest.raises(BadRequest):
+        decode_cursor(encode_cursor(["\x00", "a", "b"]), 3)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2026-11-20T09:00:00Z", dt.datetime(2026, 11, 20, 9, tzinfo=dt.UTC)),
+        ("2026-11-20t10:00:00.5+01:00", dt.datetime(2026, 11, 20, 9, 0, 0, 500000, tzinfo=dt.UTC)),
+        # Valid RFC 3339 whose UTC instant Python cannot hold: clamped, not a 500.
+        ("0001-01-01T00:00:00+23:59", dt.datetime.min.replace(tzinfo=dt.UTC)),
+        ("9999-12-31T23:59:59-23:59", dt.datetime.max.replace(tzinfo=dt.UTC)),
+    ],
+)
+def test_visit_query_timestamps_are_rfc_3339_in_utc(raw: str, expected: dt.datetime) -> None:
+    assert _instant(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw", ["20260101T000000Z", "2026-01-01", "2026-01-01T00:00:00", "2026-01-01 00:00:00Z"]
+)
+def test_what_is_not_rfc_3339_is_refused(raw: str) -> None:
+    with pytest.raises(ValueError):
+        _instant(raw)
+
+
+def test_a_visit_time_past_what_can_be_stored_is_422_not_500() -> None:
+    body = {"type": "outpatient", "startedAt": "9999-12-31T23:59:59-23:59"}
+    with pytest.raises(ValidationError):
+        VisitIn.model_validate_json(orjson.dumps(body))
+
+
+def test_an_integral_json_number_is_an_integer_vital_but_a_string_is_not() -> None:
+    assert Vitals.model_validate_json(b'{"heartRate": 70.0}').heartRate == 70
+    for bad in (b'{"heartRate": 70.5}', b'{"heartRate": "70"}', b'{"heartRate": true}'):
+        with pytest.raises(ValidationError):
+            Vitals.model_validate_json(bad)
+
+
+@pytest.mark.parametrize("char", ["\x85", "\ufeff", "\u3000", "\xa0", "\x1c", " "])
+def test_an_email_with_whitespace_of_any_regex_engine_is_refused(char: str) -> None:
+    with pytest.raises(ValidationError):
+        TypeAdapter(Email).validate_python(f"a{char}b@example.org")
+
+
+def test_patch_bodies_are_typed_as_deeply_as_what_is_stored() -> None:
+    with pytest.raises(ValidationError):
+        UserPatch.model_validate_json(b'{"address": {"planet": "Mars"}}')
+    with pytest.raises(ValidationError):
+        VisitPatch.model_validate_json(b'{"vitals": {"heartRate": 1000}}')

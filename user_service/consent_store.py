@@ -1,0 +1,69 @@
+"""SQL for study consents on the patient's shard. Driver errors are translated here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from shared.db import db_errors
+from shared.errors import NotFound
+
+_COLUMNS = "user_name, study_id, consented_at, withdrawn_at, updated_at, version"
+
+
+def row_to_consent(row: asyncpg.Record) -> dict[str, Any]:
+    """A study_consents row as the API's JSON object."""
+    return {
+        "userName": row["user_name"],
+        "studyId": row["study_id"],
+        "status": "consented" if row["withdrawn_at"] is None else "withdrawn",
+        "consentedAt": row["consented_at"],
+        "withdrawnAt": row["withdrawn_at"],
+        "version": row["version"],
+    }
+
+
+async def patient_role(conn: asyncpg.Connection, user_name: str) -> str:
+    """The user's role, the row share-locked for the transaction; NotFound when absent."""
+    with db_errors("the shard database"):
+        # patient_role: FOR SHARE keeps the user in place under the consent row.
+        row = await conn.fetchrow("SELECT role FROM users WHERE user_name = $1 FOR SHARE", user_name)
+    if row is None:
+        raise NotFound(f"user {user_name} does not exist")
+    return row["role"]
+
+
+async def give_consent(conn: asyncpg.Connection, user_name: str, study_id: str) -> asyncpg.Record:
+    """Record consent; a consent already in force is left as it is (no write, no audit event)."""
+    with db_errors("the shard database"):
+        # give_consent: insert, or renew a withdrawn consent; a consent in force returns no row.
+        row = await conn.fetchrow(
+            f"""INSERT INTO study_consents AS c (user_name, study_id) VALUES ($1, $2)
+                ON CONFLICT (user_name, study_id) DO UPDATE
+                SET consented_at = now(), withdrawn_at = NULL, updated_at = now(),
+                    version = c.version + 1
+                WHERE c.withdrawn_at IS NOT NULL
+                RETURNING {_COLUMNS}""",
+            user_name, study_id,
+        )
+        if row is None:
+            # consent_in_force: what the idempotent PUT answers with.
+            row = await conn.fetchrow(
+                f"SELECT {_COLUMNS} FROM study_consents WHERE user_name = $1 AND study_id = $2",
+                user_name, study_id,
+            )
+    return row
+
+
+async def withdraw_consent(conn: asyncpg.Connection, user_name: str, study_id: str) -> bool:
+    """Withdraw a consent in force; False when there was none (nothing to do)."""
+    with db_errors("the shard database"):
+        # withdraw_consent: only a consent in force changes.
+        status = await conn.execute(
+            """UPDATE study_consents SET withdrawn_at = now(), updated_at = now(),
+                      version = version + 1
+               WHERE user_name = $1 AND study_id = $2 AND withdrawn_at IS NULL""",
+            user_name, study_id,
+        )
+    return status != "UPDATE 0"
