@@ -70,23 +70,19 @@ async def begin_run(
         raise NotFound(f"study {study_id} does not exist")
     with db_errors(store.WHAT):
         conn = await ex.registry.acquire()
+    row = None
     try:
         if not await store.try_lock_study(conn, study_id):
             raise Conflict(f"a run of study {study_id} is in progress")
-        try:
-            # Any run still marked running now is an orphan: we hold the lock.
-            await store.fail_orphaned_runs(conn, study_id)
-            if due is not None and await store.started_since(conn, study_id, due):
-                await store.unlock_study(conn, study_id)
-                await ex.registry.release(conn)
-                return None
+        # Any run still marked running now is an orphan: we hold the lock.
+        await store.fail_orphaned_runs(conn, study_id)
+        if due is None or not await store.started_since(conn, study_id, due):
             row = await store.insert_run(conn, study_id, trigger, requested_by, deidentify.POLICY_VERSION)
-        except BaseException:
-            await store.unlock_study(conn, study_id)
-            raise
-    except BaseException:
-        await ex.registry.release(conn)
-        raise
+    finally:
+        if row is None:  # refused, skipped or failed: give the lock and the connection back
+            await _give_back(ex, conn, study_id)
+    if row is None:
+        return None
     log.info("run started", extra={"action": "run.started", "study": study_id,
                                    "run": str(row["run_id"]), "trigger": trigger})
     return RunHandle(ex, study, conn, row)
@@ -134,13 +130,18 @@ async def _mark_failed(ex: Extractor, run_id: Any, error: str) -> None:
 
 
 async def _release(handle: RunHandle) -> None:
+    await _give_back(handle.extractor, handle.conn, handle.study_id)
+
+
+async def _give_back(ex: Extractor, conn: Any, study_id: str) -> None:
+    """Unlock the study (if this session holds it) and return the connection to the pool."""
     try:
-        if not handle.conn.is_closed():
-            await store.unlock_study(handle.conn, handle.study_id)
+        if not conn.is_closed():
+            await store.unlock_study(conn, study_id)
     except Exception:  # noqa: BLE001 - the pool's reset unlocks, or the connection is gone
         pass
     finally:
-        await handle.extractor.registry.release(handle.conn)
+        await ex.registry.release(conn)
 
 
 async def _final_row(ex: Extractor, study_id: str, run_id: Any) -> asyncpg.Record | None:
@@ -157,32 +158,36 @@ async def _extract(handle: RunHandle) -> asyncpg.Record:
     async with conn.transaction():
         marks = await store.watermarks(conn, study_id)
         known = await store.participants(conn, study_id)
-        write_lock = asyncio.Lock()
-
-        async def emit(batch: list[store.RecordRow]) -> None:
-            # One COPY at a time on the run's connection; a reader waits (back-pressure).
-            async with write_lock:
-                await store.copy_records(conn, run_id, batch)
-
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tasks = [
-                    tg.create_task(_read(ex, shard, study_id, keys, marks.get(shard.id), known, cutoff, emit))
-                    for shard in ex.shard_pools.shard_map.shards
-                ]
-        except* Exception as group:
-            # One shard failing fails the run (the others were cancelled): say which.
-            errors = group.exceptions
-            raise next((e for e in errors if isinstance(e, ServiceError)), errors[0]) from None
-        results = [t.result() for t in tasks]
-        counts, report = await _participants(conn, study_id, run_id, study_k(handle), known, results, cutoff)
+        results = await _read_all(ex, conn, run_id, study_id, keys, marks, known, cutoff)
+        counts, report = await _participants(conn, study_id, run_id, handle.study["k"], known, results, cutoff)
         counts["visit"] = sum(r.visits for r in results)
         await store.save_watermarks(conn, study_id, {r.shard_id: r.snapshot for r in results}, run_id)
         return await store.finish_run(conn, run_id, counts, report)
 
 
-def study_k(handle: RunHandle) -> int | None:
-    return handle.study["k"]
+async def _read_all(
+    ex: Extractor, conn: asyncpg.Connection, run_id: Any, study_id: str, keys: StudyKeys,
+    marks: dict[int, str], known: dict[str, Any], cutoff: int,
+) -> list[ShardResult]:
+    """Read every shard in parallel, each passing its record batches to the run's connection."""
+    write_lock = asyncio.Lock()
+
+    async def emit(batch: list[store.RecordRow]) -> None:
+        # One COPY at a time on the run's connection; a reader waits (back-pressure).
+        async with write_lock:
+            await store.copy_records(conn, run_id, batch)
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [
+                tg.create_task(_read(ex, shard, study_id, keys, marks.get(shard.id), known, cutoff, emit))
+                for shard in ex.shard_pools.shard_map.shards
+            ]
+    except* Exception as group:
+        # One shard failing fails the run (the others were cancelled): say which.
+        errors = group.exceptions
+        raise next((e for e in errors if isinstance(e, ServiceError)), errors[0]) from None
+    return [t.result() for t in tasks]
 
 
 async def _read(

@@ -8,10 +8,12 @@ import aiohttp
 from aiohttp import web
 
 from gateway.balancer import Cluster, Member
+from gateway.fastpath import CACHES
 from gateway.central import CENTRAL, central_clusters
 from gateway.routes import setup_routes
 from gateway.state import CLUSTERS, SHARD_MAP, VERIFIER
 from shared.auth import TokenVerifier
+from shared.cache import ReadCache
 from shared.httpio import MAX_BODY
 from shared.ops import setup_ops
 from shared.problems import error_middleware, observe_middleware
@@ -52,7 +54,21 @@ def create_app(settings: GatewaySettings, shard_map: ShardMap) -> web.Applicatio
             for cluster in [*clusters.values(), *central.values()]:
                 await cluster.close()
 
+    async def caches_context(app: web.Application) -> AsyncIterator[None]:
+        caches = {
+            shard.id: ReadCache(shard.redis, shard.id)
+            for shard in shard_map.shards
+            if settings.cache and shard.redis
+        }
+        app[CACHES] = caches
+        try:
+            yield
+        finally:
+            for cache in caches.values():
+                await cache.close()
+
     app.cleanup_ctx.append(clusters_context)
+    app.cleanup_ctx.append(caches_context)
     setup_ops(app, [])
     setup_routes(app)
     return app

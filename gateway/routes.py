@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 
 from gateway.central import audit
+from gateway.fastpath import cached_response
 from gateway.docs import only, setup_docs
 from gateway.proxy import Upstream, forward
 from gateway.studies import studies
@@ -47,6 +48,10 @@ async def user_scoped(request: web.Request) -> web.Response:
         raise NotFound(f"user {user_name[:64]} does not exist")
     shard_id = request.app[SHARD_MAP].shard_id_for(user_name)
     request["shard"] = shard_id
+    if request.method == "GET":
+        cached = await cached_response(request, principal, shard_id, user_name, tail)
+        if cached is not None:
+            return cached
     cluster = cluster_for(request.app, shard_id, service)
     up = await forward(cluster, request.method, request.raw_path, dict(request.headers), await _body(request))
     return up.response()

@@ -18,6 +18,7 @@ made while Redis was away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -35,7 +36,8 @@ log = logging.getLogger("medsvc.cache")
 CACHE_EVENTS = Counter(
     "medsvc_cache_events_total",
     "Read-cache outcomes by shard and entity: hit, miss (a lease: one database load), fill,"
-    " wait (for another reader's fill), timeout (waited in vain, loaded), error, bypass",
+    " wait (for another reader's fill), timeout (waited in vain, loaded), error, bypass,"
+    " pass (the gateway found nothing and passed the read on)",
     ["shard", "entity", "event"],
 )
 
@@ -101,6 +103,7 @@ class ReadCache:
         # group -> field -> the load in flight in this process (single flight).
         self._inflight: dict[str, dict[str, asyncio.Future[bytes | None]]] = {}
         self.redis: aioredis.Redis | None = None
+        self._recovery: asyncio.Task[None] | None = None
         if redis_url:
             self.redis = aioredis.Redis.from_url(
                 redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
@@ -119,6 +122,10 @@ class ReadCache:
             await self.redis.ping()
 
     async def close(self) -> None:
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -183,6 +190,21 @@ class ReadCache:
                     CACHE_EVENTS.labels(self.shard, entity, "fill").inc()
         return value
 
+    async def peek(self, entity: str, group: str, field: str) -> bytes | None:
+        """The cached value or None; never loads, never fills (the gateway's fast path).
+
+        A None sends the request on to an FE server, whose :meth:`get` takes the lease.
+        """
+        if self.redis is None or not await self._usable():
+            return None
+        try:
+            value = await self.redis.hget(_keys(group)[0], field)
+        except RedisError as exc:
+            self._failed(exc, entity)
+            return None
+        CACHE_EVENTS.labels(self.shard, entity, "hit" if value is not None else "pass").inc()
+        return value
+
     async def invalidate(self, entity: str, group: str) -> None:
         """Drop a group and its outstanding leases; call after the write's commit."""
         if self.redis is None:
@@ -218,6 +240,19 @@ class ReadCache:
                 extra={"action": "cache.breaker_open", "shard": self.shard, "error": type(exc).__name__},
             )
         self.breaker.trip()
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        """Probe until Redis answers, then flush: whether or not requests come to find out.
+
+        Until then, a value cached before the outage could be served by a process that did
+        not see it (the gateway's fast path, another FE server).
+        """
+        while self.breaker.needs_flush:
+            await asyncio.sleep(self.breaker.cooldown)
+            if self.breaker.allows():
+                await self._usable()
 
 
 def _keys(group: str) -> list[str]:

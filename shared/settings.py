@@ -66,6 +66,8 @@ class FESettings(CommonSettings):
 class GatewaySettings(CommonSettings):
     """The gateway: routing and balancing over FE clusters."""
 
+    # Answer cached GETs from the shards' Redis without the FE hop (MEDSVC_CACHE=false: never).
+    cache: bool = True
     # Seconds a member that failed a connection stays out of rotation.
     member_cooldown: float = Field(default=5.0, gt=0)
     upstream_timeout: float = Field(default=15.0, gt=0)

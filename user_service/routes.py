@@ -16,14 +16,10 @@ from shared.httpio import (
 )
 from shared.writes import begin_write
 from shared.cache import pack_entry, unpack_entry
+from shared.cachekeys import USER_FIELD, user_group
 from shared.service import cache, path_user_name, pool, principal, require_owned
 from user_service import store
 from user_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, UserIn
-
-
-def user_group(user_name: str) -> str:
-    """The cache group a user write invalidates."""
-    return f"u:{user_name}"
 
 
 def user_response(row: Any, status: int = 200) -> web.Response:
@@ -66,7 +62,7 @@ async def get_user(request: web.Request) -> web.Response:
             return None
         return pack_entry(row["role"], row["version"], orjson.dumps(store.row_to_user(row), option=orjson.OPT_UTC_Z))
 
-    entry = await cache(request).get("user", user_group(user_name), "u", load)
+    entry = await cache(request).get("user", user_group(user_name), USER_FIELD, load)
     if entry is None:
         raise NotFound(f"user {user_name} does not exist")
     role, version, body = unpack_entry(entry)

@@ -19,14 +19,10 @@ from shared.httpio import (
 )
 from shared.writes import begin_write
 from shared.cache import pack_entry, unpack_entry
+from shared.cachekeys import VISIT_LIST_PARAMS, visit_field, visit_list_field, visits_group
 from shared.service import cache, path_user_name, pool, principal, require_owned
 from visit_service import store
 from visit_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, VisitIn
-
-
-def visits_group(user_name: str) -> str:
-    """The cache group a visit write invalidates: all of the patient's visits and lists."""
-    return f"v:{user_name}"
 
 
 def _encode(data: Any) -> bytes:
@@ -121,7 +117,7 @@ async def get_visit(request: web.Request) -> web.Response:
             return pack_entry(role, None, b"")
         return pack_entry(role, row["version"], _encode(store.row_to_visit(row)))
 
-    entry = await cache(request).get("visit", visits_group(user_name), f"v:{visit_id}", load)
+    entry = await cache(request).get("visit", visits_group(user_name), visit_field(str(visit_id)), load)
     role, version, body = unpack_entry(entry or b"")
     policy.may_read_visits(caller, user_name, role)
     if version is None:
@@ -134,9 +130,10 @@ async def list_visits(request: web.Request) -> web.Response:
     user_name = path_user_name(request)
     policy.may_use_users_api(caller, user_name)
     require_owned(request, user_name)
-    unknown = set(request.query) - {"since", "until", "limit", "cursor"}
-    if unknown:
-        raise ValidationFailed(errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)])
+    errors = [FieldError(k, "is not a query parameter") for k in sorted(set(request.query) - set(VISIT_LIST_PARAMS))]
+    errors += [FieldError(k, "is given more than once") for k in VISIT_LIST_PARAMS if len(request.query.getall(k, [])) > 1]
+    if errors:
+        raise ValidationFailed(errors=errors)
     limit = limit_param(request.query)
     since, until = _timestamp(request.query, "since"), _timestamp(request.query, "until")
     after = None
@@ -157,7 +154,8 @@ async def list_visits(request: web.Request) -> web.Response:
             next_cursor = encode_cursor([last["started_at"].isoformat(), str(last["visit_id"])])
         return pack_entry(role, None, _encode({"items": items, "nextCursor": next_cursor}))
 
-    page_key = "l:" + "|".join(request.query.get(k, "") for k in ("since", "until", "cursor", "limit"))
+    page_key = visit_list_field(request.query)
+    assert page_key is not None  # the query's names were checked above
     entry = await cache(request).get("visits", visits_group(user_name), page_key, load)
     assert entry is not None
     role, _, body = unpack_entry(entry)

@@ -32,12 +32,18 @@ class ProblemPage:
     detail: str
     triggers: tuple[int, ...] = ()
     retry_after: int | None = None
+    allow: str | None = None
 
 
 # 494 (header too large) and 497 (plain HTTP to the TLS port) are nginx's internal codes.
 PROBLEM_PAGES = (
     ProblemPage(400, "Bad Request", "malformed request", (400, 497)),
     ProblemPage(413, "Content Too Large", "request body over 1 MiB", (413,)),
+    # nginx itself refuses TRACE (and unknown methods) before any location: answer with a
+    # problem and an Allow header, like the gateway's 405s.
+    ProblemPage(
+        405, "Method Not Allowed", "method not allowed", (405,), allow="GET, POST, PUT, PATCH, DELETE"
+    ),
     ProblemPage(414, "URI Too Long", "request URI too long", (414,)),
     ProblemPage(429, "Too Many Requests", "rate limit exceeded", (429,), retry_after=1),
     ProblemPage(431, "Request Header Fields Too Large", "request headers too large", (494,)),

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.cache import ReadCache, pack_entry, unpack_entry
 from tests.e2e.api import Api, unique
-from user_service.routes import user_group
+from shared.cachekeys import user_group
 
 
 @pytest.fixture
@@ -28,10 +28,10 @@ async def patient_on_shard(admin: Api, stack, shard: int) -> dict:
 
 
 async def cache_events(http, stack, shard: int, entity: str) -> dict[str, float]:
-    """Sum of the cache counters of every FE server of ``shard``, by event."""
+    """Sum of the cache counters for ``shard`` of its FE servers and of the gateways, by event."""
     totals: dict[str, float] = {}
-    for fe in stack.fe[shard]:
-        async with http.get(f"{fe.url}/metrics") as resp:
+    for proc in [*stack.fe[shard], *stack.gateways]:
+        async with http.get(f"{proc.url}/metrics") as resp:
             text = await resp.text()
         for family in text_string_to_metric_families(text):
             if family.name != "medsvc_cache_events":
@@ -180,3 +180,26 @@ async def test_redis_stopped_and_restarted_fails_no_request_and_serves_nothing_s
     assert failures == []
     for name, version in latest.items():
         assert (await admin.call("GET", f"/v1/users/{name}")).body["version"] == version
+
+
+async def test_cached_entries_are_served_only_to_those_allowed(admin: Api, stack, http, token) -> None:
+    """The gateway answers cached reads itself: it must apply the same role rules."""
+    patient = await admin.create_patient(unique("priv"))
+    visit = await admin.create_visit(patient["userName"])
+    staff = unique("staff")
+    assert (await admin.call("POST", "/v1/users", {"userName": staff, "role": "clinician", "givenName": "S",
+                                                   "familyName": "T", "birthDate": "1980-01-01"})).status == 201
+    paths = [f"/v1/users/{patient['userName']}", f"/v1/users/{patient['userName']}/visits",
+             f"/v1/users/{patient['userName']}/visits/{visit['visitId']}"]
+    for path in [*paths, f"/v1/users/{staff}"]:  # fill the cache
+        assert (await admin.call("GET", path)).status == 200
+        assert (await admin.call("GET", path)).status == 200
+    intruder = Api(http, stack.base_url, token(unique("other"), "patient"))
+    for path in paths:
+        assert (await intruder.call("GET", path)).status == 403, path
+    for role in ("researcher", "auditor"):
+        assert (await Api(http, stack.base_url, token("x", role)).call("GET", paths[0])).status == 403
+    doc = Api(http, stack.base_url, token("dr.other", "clinician"))
+    assert (await doc.call("GET", f"/v1/users/{staff}")).status == 403
+    assert (await doc.call("GET", paths[2])).status == 200
+    assert (await Api(http, stack.base_url, None).call("GET", paths[0])).status == 401
