@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from prometheus_client import Counter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 log = logging.getLogger("medsvc.cache")
@@ -107,7 +108,11 @@ class ReadCache:
         if redis_url:
             self.redis = aioredis.Redis.from_url(
                 redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0), max_connections=64,
+                # One retry on a *connection* error only: after a Redis restart a pooled
+                # connection fails once; an invalidation lost that way would let a slow
+                # reader put an old value back. A timeout is not retried (the breaker acts).
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                max_connections=64,
             )
             self._get_or_lease = self.redis.register_script(_GET_OR_LEASE)
             self._fill = self.redis.register_script(_FILL)

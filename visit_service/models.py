@@ -14,6 +14,8 @@ from shared.types import UserName, text
 
 VisitType = Literal["outpatient", "inpatient", "emergency", "telehealth"]
 
+# A merge patch may not remove these (``null``): a stored visit always has them.
+REQUIRED_FIELDS = frozenset({"clinician", "type", "startedAt"})
 MUTABLE_FIELDS = frozenset(
     {"clinician", "type", "startedAt", "endedAt", "reason", "diagnoses", "vitals", "medications", "notes"}
 )
@@ -107,12 +109,12 @@ class VisitIn(BaseModel):
 class VisitPatch(BaseModel):
     """The shape of a PATCH body (RFC 7396): any mutable field, ``null`` to remove an optional one.
 
-    ``type`` and ``startedAt`` cannot be removed, so their schema admits no ``null``.
+    ``clinician``, ``type`` and ``startedAt`` cannot be removed, so their schema admits no ``null``.
     """
 
     model_config = _STRICT
 
-    clinician: UserName | None = None
+    clinician: UserName | SkipJsonSchema[None] = None
     type: VisitType | SkipJsonSchema[None] = None
     startedAt: AwareDatetime | SkipJsonSchema[None] = None
     endedAt: AwareDatetime | None = None

@@ -22,7 +22,7 @@ from shared.cache import pack_entry, unpack_entry
 from shared.cachekeys import VISIT_LIST_PARAMS, visit_field, visit_list_field, visits_group
 from shared.service import cache, path_user_name, pool, principal, require_owned
 from visit_service import store
-from visit_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, VisitIn
+from visit_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, REQUIRED_FIELDS, VisitIn
 
 
 def _encode(data: Any) -> bytes:
@@ -175,6 +175,7 @@ async def patch_visit(request: web.Request) -> web.Response:
         for k in body
         if k not in MUTABLE_FIELDS
     ]
+    errors += [FieldError(k, "cannot be removed") for k in sorted(REQUIRED_FIELDS) if k in body and body[k] is None]
     if errors:
         raise ValidationFailed(errors=errors)
     expected = if_match_version(request)

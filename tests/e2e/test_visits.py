@@ -115,3 +115,14 @@ async def test_visits_are_recorded_for_patients_only(admin: Api) -> None:
     reply = await admin.call("POST", f"/v1/users/{staff}/visits",
                              {"type": "outpatient", "startedAt": "2026-11-20T09:00:00Z"})
     assert reply.status == 422
+
+
+@pytest.mark.parametrize("field", ["clinician", "type", "startedAt"])
+async def test_patch_cannot_remove_a_required_field(clinician: Api, field) -> None:
+    patient = await clinician.create_patient()
+    visit = await clinician.create_visit(patient["userName"])
+    path = f"/v1/users/{patient['userName']}/visits/{visit['visitId']}"
+    reply = await clinician.call("PATCH", path, {field: None})
+    assert reply.status == 422 and reply.problem
+    assert [e["field"] for e in reply.body["errors"]] == [field]
+    assert (await clinician.call("GET", path)).body == visit
