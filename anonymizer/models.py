@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, field_validator
 
 from shared.types import UserName, text
 
@@ -61,8 +61,8 @@ class Run(BaseModel):
     error: str | None = None
 
 
-class Study(BaseModel):
-    """A study with its participant count (consents in force now) and its last run."""
+class StudySummary(BaseModel):
+    """A study as the list of studies shows it."""
 
     studyId: str
     title: str
@@ -70,6 +70,11 @@ class Study(BaseModel):
     k: int | None
     createdBy: str
     createdAt: dt.datetime
+
+
+class Study(StudySummary):
+    """A study with its participant count (consents in force now) and its last run."""
+
     participantCount: int
     lastRun: Run | None
     lastSuccessfulRunAt: dt.datetime | None
@@ -78,3 +83,58 @@ class Study(BaseModel):
 class RunPage(BaseModel):
     items: list[Run]
     nextCursor: str | None
+
+
+class StudyPage(BaseModel):
+    items: list[StudySummary]
+    nextCursor: str | None
+
+
+# -- records (one JSON object a line of a run's NDJSON download; see anonymizer.deidentify) ----
+
+Pseudonym = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+
+
+class ParticipantRecord(BaseModel):
+    """A participant's de-identified quasi-identifiers (generalised for k-anonymity if need be)."""
+
+    kind: Literal["participant"]
+    pid: Pseudonym
+    birthYear: int | Annotated[str, StringConstraints(pattern=r"^(<=[0-9]{4}|[0-9]{4}-[0-9]{4})$")] | None = Field(
+        description="the year; `\"<=YYYY\"` for the 90+ group; `\"YYYY-YYYY\"` a decade (k-anonymity)"
+    )
+    sex: Literal["female", "male", "other", "unknown"] | None
+    zip3: Annotated[str, StringConstraints(pattern=r"^[0-9]{3}$")] | None
+    country: str | None
+
+
+class VisitDiagnosis(BaseModel):
+    system: str
+    code: str
+
+
+class VisitRecord(BaseModel):
+    """A visit with no date finer than its year, no free text and no clinician."""
+
+    kind: Literal["visit"]
+    pid: Pseudonym
+    vid: Pseudonym
+    year: int
+    type: str
+    durationMinutes: int | None
+    diagnoses: list[VisitDiagnosis]
+    vitals: dict[str, float] | None
+    medications: list[str]
+
+
+class WithdrawalRecord(BaseModel):
+    """The participant withdrew: the consumer drops everything of ``pid``."""
+
+    kind: Literal["withdrawal"]
+    pid: Pseudonym
+
+
+class Record(RootModel[Annotated[
+    ParticipantRecord | VisitRecord | WithdrawalRecord, Field(discriminator="kind")
+]]):
+    """One line of a run's records (``application/x-ndjson``)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Annotated, Any
 
@@ -63,3 +64,44 @@ class NewEvent(BaseModel):
     changes: list[text(128)] = Field(default_factory=list, max_length=256)
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
+
+
+# -- responses --------------------------------------------------------------------------------
+
+Hash = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class Event(BaseModel):
+    """A stored event as the API returns it: its canonical body plus ``hash`` and ``prevHash``."""
+
+    eventId: uuid.UUID
+    seq: int = Field(ge=1)
+    entityType: str
+    entityId: str
+    action: str
+    actor: str
+    occurredAt: dt.datetime
+    source: str
+    requestId: str | None
+    changes: list[str]
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    hash: Hash
+    prevHash: Hash = Field(description="the previous event's hash (64 zeros for seq 1)")
+
+
+class EventPage(BaseModel):
+    """One page of events, oldest first."""
+
+    items: list[Event]
+    nextCursor: str | None
+
+
+class ChainVerdict(BaseModel):
+    """What ``GET /v1/audit/verify`` found (``audit_service.chain.Verdict.as_json``)."""
+
+    ok: bool
+    checked: int = Field(ge=0, description="events verified")
+    lastSeq: int = Field(ge=0, description="the last verified event's seq")
+    firstBadSeq: int | None = Field(default=None, description="when not ok: the first bad event")
+    reason: str | None = Field(default=None, description="when not ok: what is wrong")

@@ -161,20 +161,24 @@ def _parameters(op: Operation) -> list[dict[str, Any]]:
     return params
 
 
+_DESCRIPTIONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content"}
+
+
 def _success(op: Operation, schemas: _Schemas) -> dict[str, Any]:
     single = op.response is not None and op.response.__name__ in {"User", "Visit"}
     names = ("ETag",) if single else ()
-    if op.success == 201:
+    if op.success in (201, 202) and op.response is not None:
         names = (*names, "Location")
-    if op.response is not None:
-        body = schemas.ref(op.response, "serialization")
-    else:
-        body = op.response_schema or {}
     response: dict[str, Any] = {
-        "description": "Created" if op.success == 201 else "OK",
+        "description": _DESCRIPTIONS[op.success],
         "headers": _headers(*names),
-        "content": {"application/json": {"schema": body}},
     }
+    if op.success != 204:
+        if op.response is not None:
+            body = schemas.ref(op.response, "serialization")
+        else:
+            body = op.response_schema or {}
+        response["content"] = {op.media_type: {"schema": body}}
     if op.links:
         response["links"] = {
             link.name: {"operationId": link.operation_id, "parameters": dict(link.parameters)}
@@ -203,7 +207,10 @@ def _operation(op: Operation, schemas: _Schemas) -> dict[str, Any]:
             ["application/json", MERGE_PATCH_JSON] if op.method == "PATCH" else ["application/json"]
         )
         doc["requestBody"] = {"required": True, "content": {t: {"schema": body} for t in types}}
-    responses: dict[str, Any] = {str(op.success): _success(op, schemas)}
+    success = _success(op, schemas)
+    responses: dict[str, Any] = {str(op.success): success}
+    for status in op.also:
+        responses[str(status)] = {**success, "description": _DESCRIPTIONS[status]}
     statuses = set(op.errors) if op.public else set(op.errors) | set(COMMON_ERRORS)
     for status in sorted(statuses):
         responses[str(status)] = {"$ref": f"#/components/responses/{ERRORS[status][0]}"}
@@ -268,9 +275,9 @@ def build_document(
             "title": "MedicalService API",
             "version": version,
             "description": (
-                "Patients, staff and their medical visits, sharded by userName. Every `/v1` "
-                "request carries `Authorization: Bearer <JWT>`; errors are RFC 9457 problem "
-                "documents."
+                "Patients, staff and their medical visits, sharded by userName; their audit "
+                "trail; research studies and their de-identified extracts. Every `/v1` request "
+                "carries `Authorization: Bearer <JWT>`; errors are RFC 9457 problem documents."
             ),
         },
         "servers": [{"url": "/"}],

@@ -16,8 +16,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from anonymizer.models import Record, Run, RunPage, Study, StudyIn, StudyPage
+from audit_service.models import ChainVerdict, Event, EventPage, NewEvent
 from shared.types import USER_NAME_PATTERN
-from user_service.models import User, UserIn, UserPage, UserPatch
+from user_service.models import Consent, User, UserIn, UserPage, UserPatch
 from visit_service.models import Visit, VisitIn, VisitPage, VisitPatch
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -31,7 +33,22 @@ PATH_PARAMS: dict[str, dict[str, Any]] = {
         "description": "The visit's server-generated id.",
         "schema": {"type": "string", "format": "uuid"},
     },
+    "studyId": {
+        "description": "The study's id (the same pattern as a userName).",
+        "schema": {"type": "string", "pattern": USER_NAME_PATTERN},
+    },
+    "runId": {
+        "description": "The run's server-generated id.",
+        "schema": {"type": "string", "format": "uuid"},
+    },
+    "eventId": {
+        "description": "The audit event's id.",
+        "schema": {"type": "string", "format": "uuid"},
+    },
 }
+
+# A query string PostgreSQL text can hold: anything but NUL.
+_NO_NUL = r"^[^\x00]*$"
 
 QUERY: dict[str, dict[str, Any]] = {
     "limit": {
@@ -47,12 +64,27 @@ QUERY: dict[str, dict[str, Any]] = {
         "schema": {"type": "string", "maxLength": 100, "pattern": r"^[^\x00]*$"},
     },
     "since": {
-        "description": "Only visits that started at or after this instant (RFC 3339, offset).",
+        "description": "Only what happened at or after this instant (RFC 3339, offset): a visit's "
+        "`startedAt`, an audit event's `occurredAt`.",
         "schema": {"type": "string", "format": "date-time"},
     },
     "until": {
-        "description": "Only visits that started before this instant (RFC 3339, offset).",
+        "description": "Only what happened before this instant (RFC 3339, offset): a visit's "
+        "`startedAt`, an audit event's `occurredAt`.",
         "schema": {"type": "string", "format": "date-time"},
+    },
+    "entityType": {
+        "description": "Only events about this type of entity (`user`, `visit`, ...).",
+        "schema": {"type": "string", "pattern": _NO_NUL},
+    },
+    "entityId": {
+        "description": "Only events about this entity (a userName; `{userName}/{visitId}` for a "
+        "visit).",
+        "schema": {"type": "string", "pattern": _NO_NUL},
+    },
+    "actor": {
+        "description": "Only events caused by this caller (a token's `sub`).",
+        "schema": {"type": "string", "pattern": _NO_NUL},
     },
 }
 
@@ -83,6 +115,10 @@ class Operation:
     query: tuple[str, ...] = ()
     errors: tuple[int, ...] = ()
     links: tuple[Link, ...] = ()
+    # Other success statuses, answered with the same body and headers (an idempotent repeat).
+    also: tuple[int, ...] = ()
+    # The success body's media type.
+    media_type: str = "application/json"
     description: str = ""
     # Served without a token.
     public: bool = False
@@ -103,12 +139,30 @@ def _to_visit(name: str, operation_id: str) -> Link:
     return Link(name, operation_id, expressions)
 
 
+def _to_study(name: str, operation_id: str) -> Link:
+    return Link(name, operation_id, {"studyId": "$response.body#/studyId"})
+
+
+def _to_run(name: str, operation_id: str) -> Link:
+    expressions = {"studyId": "$response.body#/studyId", "runId": "$response.body#/runId"}
+    return Link(name, operation_id, expressions)
+
+
 _WRITE = (400, 413, 415, 422)
 _PATCH = (
     "A JSON merge patch (RFC 7396): the fields sent replace the stored ones, `null` removes an "
     "optional one. Optional `If-Match`."
 )
 _USER, _VISIT = "/v1/users/{userName}", "/v1/users/{userName}/visits/{visitId}"
+_CONSENT = "/v1/users/{userName}/studies/{studyId}"
+_STUDY, _RUNS = "/v1/studies/{studyId}", "/v1/studies/{studyId}/runs"
+_RUN = "/v1/studies/{studyId}/runs/{runId}"
+_RESEARCH = ("admin", "researcher")
+_AUDIT_READERS = ("admin", "auditor", "clinician")
+_CLINICIAN_SCOPE = (
+    "A clinician sees only the events of patients (entityType `user` or `visit` of a user whose "
+    "role is `patient`)."
+)
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation(
@@ -160,6 +214,89 @@ OPERATIONS: tuple[Operation, ...] = (
         "patchVisit", "PATCH", _VISIT, "Update a visit", "visits",
         roles=("admin", "clinician"), success=200, response=Visit, request=VisitPatch,
         errors=(*_WRITE, 403, 404, 412), description=_PATCH,
+    ),
+    Operation(
+        "giveConsent", "PUT", _CONSENT, "Take part in a study", "studies",
+        roles=("admin", "clinician", "patient"), success=200, response=Consent,
+        errors=(403, 404, 422),
+        description="The patient consents to the study (idempotent: a consent in force is "
+        "answered as it is). No body. For a user whose role is `patient` (422 otherwise); a "
+        "patient only for themself.",
+    ),
+    Operation(
+        "withdrawConsent", "DELETE", _CONSENT, "Withdraw from a study", "studies",
+        roles=("admin", "clinician", "patient"), success=204, response=None,
+        errors=(403, 404, 422),
+        description="Idempotent. From then on nothing of the patient's is extracted for the "
+        "study, and its next run emits a `withdrawal` record for them.",
+    ),
+    Operation(
+        "createStudy", "POST", "/v1/studies", "Register a study", "studies",
+        roles=_RESEARCH, success=201, response=Study, request=StudyIn,
+        errors=(*_WRITE, 403, 409),
+        links=(
+            _to_study("GetStudy", "getStudy"), _to_study("StartRun", "startRun"),
+            _to_study("ListRuns", "listRuns"),
+        ),
+        description="`schedule`: a five-field cron expression (UTC); none means manual runs only.",
+    ),
+    Operation(
+        "listStudies", "GET", "/v1/studies", "List studies", "studies",
+        roles=_RESEARCH, success=200, response=StudyPage, query=("limit", "cursor"),
+        errors=(400, 403, 422), description="In studyId order.",
+    ),
+    Operation(
+        "getStudy", "GET", _STUDY, "Read a study", "studies",
+        roles=_RESEARCH, success=200, response=Study, errors=(403, 404),
+        description="With its participant count (consents in force now) and its last run.",
+    ),
+    Operation(
+        "startRun", "POST", _RUNS, "Start an extraction run", "studies",
+        roles=_RESEARCH, success=202, response=Run, errors=(403, 404, 409, 422),
+        links=(_to_run("GetRun", "getRun"), _to_run("GetRunRecords", "getRunRecords")),
+        description="No body. The run goes on in the background: poll its `Location` until "
+        "`status` is `succeeded` or `failed`. 409 while a run of the study is in progress.",
+    ),
+    Operation(
+        "listRuns", "GET", _RUNS, "List a study's runs", "studies",
+        roles=_RESEARCH, success=200, response=RunPage, query=("limit", "cursor"),
+        errors=(400, 403, 404, 422), description="Newest first.",
+    ),
+    Operation(
+        "getRun", "GET", _RUN, "Read a run", "studies",
+        roles=_RESEARCH, success=200, response=Run, errors=(403, 404),
+    ),
+    Operation(
+        "getRunRecords", "GET", f"{_RUN}/records", "Download a run's records", "studies",
+        roles=_RESEARCH, success=200, response=Record, media_type="application/x-ndjson",
+        errors=(403, 404, 409),
+        description="NDJSON: one de-identified record (the schema) a line. 409 until the run "
+        "has succeeded.",
+    ),
+    Operation(
+        "listAuditEvents", "GET", "/v1/audit/events", "List audit events", "audit",
+        roles=_AUDIT_READERS, success=200, response=EventPage,
+        query=("entityType", "entityId", "actor", "since", "until", "limit", "cursor"),
+        errors=(400, 403, 422), description=f"Oldest first. {_CLINICIAN_SCOPE}",
+    ),
+    Operation(
+        "recordAuditEvent", "POST", "/v1/audit/events", "Record an audit event", "audit",
+        roles=("admin",), success=201, response=Event, request=NewEvent, also=(200,),
+        errors=(*_WRITE, 403, 409),
+        links=(Link("GetAuditEvent", "getAuditEvent", {"eventId": "$response.body#/eventId"}),),
+        description="An event of any `entityType`. `actor` defaults to the caller and "
+        "`occurredAt` to now. Idempotent on `eventId`: the same event again answers 200 with "
+        "the stored one.",
+    ),
+    Operation(
+        "getAuditEvent", "GET", "/v1/audit/events/{eventId}", "Read an audit event", "audit",
+        roles=_AUDIT_READERS, success=200, response=Event, errors=(403, 404),
+        description=_CLINICIAN_SCOPE,
+    ),
+    Operation(
+        "verifyAuditChain", "GET", "/v1/audit/verify", "Verify the audit chain", "audit",
+        roles=("admin", "auditor"), success=200, response=ChainVerdict, errors=(403,),
+        description="Re-hashes the whole chain and compares it with the chain head.",
     ),
     Operation(
         "getOpenApiDocument", "GET", "/v1/openapi.json", "This document", "meta",

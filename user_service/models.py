@@ -101,3 +101,14 @@ class UserPage(BaseModel):
 
     items: list[User]
     nextCursor: str | None
+
+
+class Consent(BaseModel):
+    """A patient's consent to take part in a study, as ``PUT .../studies/{studyId}`` returns it."""
+
+    userName: UserName
+    studyId: UserName
+    status: Literal["consented", "withdrawn"]
+    consentedAt: dt.datetime
+    withdrawnAt: dt.datetime | None
+    version: int

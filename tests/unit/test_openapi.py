@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import orjson
@@ -10,6 +11,14 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from openapi_spec_validator import validate
 
+from anonymizer import deidentify, kanon
+from anonymizer.app import create_app as create_anonymizer
+from anonymizer.models import Record, StudyIn
+from anonymizer.settings import AnonymizerSettings
+from audit_service.app import create_app as create_audit
+from audit_service import chain
+from audit_service.models import ChainVerdict, NewEvent
+from audit_service.settings import AuditSettings
 from gateway.app import create_app as create_gateway
 from gateway.routes import not_found
 from shared.fe_app import SERVICE_MODULES
@@ -23,19 +32,35 @@ from visit_service.models import VisitIn
 
 OPERATION_IDS = {
     "createUser", "searchUsers", "getUser", "patchUser",
-    "createVisit", "listVisits", "getVisit", "patchVisit", "getOpenApiDocument",
+    "createVisit", "listVisits", "getVisit", "patchVisit",
+    "giveConsent", "withdrawConsent",
+    "createStudy", "listStudies", "getStudy", "startRun", "listRuns", "getRun", "getRunRecords",
+    "listAuditEvents", "recordAuditEvent", "getAuditEvent", "verifyAuditChain",
+    "getOpenApiDocument",
 }  # fmt: skip
+# Values for every path parameter the document names.
+PATH_VALUES = {
+    "userName": "alice.smith", "visitId": "00000000-0000-4000-8000-000000000000",
+    "studyId": "diabetes-2026", "runId": "00000000-0000-4000-8000-000000000001",
+    "eventId": "00000000-0000-4000-8000-000000000002",
+}  # fmt: skip
+DSN = "postgresql://x@127.0.0.1:1/x"
 
 
 def shard_map() -> ShardMap:
-    return ShardMap(shards=[Shard(id=i, buckets=r, postgres="postgresql://x@127.0.0.1:1/x")
+    return ShardMap(shards=[Shard(id=i, buckets=r, postgres=DSN)
                             for i, r in enumerate(even_ranges(2))])  # fmt: skip
 
 
 def apps() -> list[web.Application]:
     """Every app that serves /v1, built by its factory (no I/O happens until startup)."""
     fe = create_fe(FESettings(shard=0, services=",".join(SERVICE_MODULES)), shard_map())
-    return [fe, create_gateway(GatewaySettings(), shard_map())]
+    return [
+        fe,
+        create_gateway(GatewaySettings(), shard_map()),
+        create_audit(AuditSettings(audit_dsn=DSN)),
+        create_anonymizer(AnonymizerSettings(anonymizer_dsn=DSN), shard_map(), role="api"),
+    ]
 
 
 def registered_routes() -> set[tuple[str, str]]:
@@ -79,7 +104,7 @@ def test_the_routes_the_code_registers_are_the_operations_the_document_lists(
 @pytest.mark.parametrize("op", OPERATIONS, ids=lambda op: op.operation_id)
 async def test_the_gateway_routes_every_operation_somewhere(op: Operation) -> None:
     gateway = create_gateway(GatewaySettings(), shard_map())
-    path = op.path.format(userName="alice.smith", visitId="00000000-0000-4000-8000-000000000000")
+    path = op.path.format(**PATH_VALUES)
     match = await gateway.router.resolve(make_mocked_request(op.method, path, app=gateway))
     assert match.http_exception is None
     assert match.handler is not not_found
@@ -87,7 +112,7 @@ async def test_the_gateway_routes_every_operation_somewhere(op: Operation) -> No
 
 def test_bodies_are_the_models_the_services_validate_with(document: dict) -> None:
     schemas = document["components"]["schemas"]
-    for model in (UserIn, VisitIn):
+    for model in (UserIn, VisitIn, StudyIn, NewEvent):
         own = model.model_json_schema(ref_template="#/components/schemas/{model}")
         own.pop("$defs", None)
         assert schemas[model.__name__] == own
@@ -154,17 +179,79 @@ def test_links_lead_from_created_resources_to_their_next_steps(document: dict) -
     by_id = {
         op["operationId"]: (path, op) for path, m in document["paths"].items() for op in m.values()
     }
-    user_links = by_id["createUser"][1]["responses"]["201"]["links"]
-    visit_links = by_id["createVisit"][1]["responses"]["201"]["links"]
-    assert {"getUser", "patchUser", "createVisit"} <= {
-        link["operationId"] for link in user_links.values()
+
+    def links(operation_id: str, status: str) -> dict:
+        return by_id[operation_id][1]["responses"][status]["links"]
+
+    expected = {
+        ("createUser", "201"): {"getUser", "patchUser", "createVisit"},
+        ("createVisit", "201"): {"getVisit", "patchVisit"},
+        ("createStudy", "201"): {"getStudy", "startRun", "listRuns"},
+        ("startRun", "202"): {"getRun", "getRunRecords"},
+        ("recordAuditEvent", "201"): {"getAuditEvent"},
     }
-    assert {"getVisit", "patchVisit"} <= {link["operationId"] for link in visit_links.values()}
-    for link in [*user_links.values(), *visit_links.values()]:
-        path, _ = by_id[link["operationId"]]
-        # Every path parameter of the target comes from the created resource's body.
-        assert set(link["parameters"]) == set(re.findall(r"{(\w+)}", path))
-        assert all(v.startswith("$response.body#/") for v in link["parameters"].values())
+    for (source, status), targets in expected.items():
+        found = links(source, status)
+        assert targets <= {link["operationId"] for link in found.values()}, source
+        for link in found.values():
+            path, _ = by_id[link["operationId"]]
+            # Every path parameter of the target comes from the created resource's body.
+            assert set(link["parameters"]) == set(re.findall(r"{(\w+)}", path))
+            assert all(v.startswith("$response.body#/") for v in link["parameters"].values())
+
+
+def test_a_started_run_is_accepted_with_its_location(document: dict) -> None:
+    started = document["paths"]["/v1/studies/{studyId}/runs"]["post"]
+    assert "requestBody" not in started
+    accepted = started["responses"]["202"]
+    assert {"Location", "X-Request-ID"} <= set(accepted["headers"])
+    assert accepted["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Run"}
+    assert "409" in started["responses"]
+
+
+def test_records_are_ndjson_lines_of_the_record_model(document: dict) -> None:
+    records = document["paths"]["/v1/studies/{studyId}/runs/{runId}/records"]["get"]
+    assert set(records["responses"]["200"]["content"]) == {"application/x-ndjson"}
+    schema = records["responses"]["200"]["content"]["application/x-ndjson"]["schema"]
+    assert schema == {"$ref": "#/components/schemas/Record"}
+    kinds = document["components"]["schemas"]["Record"]["discriminator"]["mapping"]
+    assert set(kinds) == {"participant", "visit", "withdrawal"}
+
+
+def test_what_the_anonymizer_emits_is_a_record() -> None:
+    keys = deidentify.StudyKeys(b"k" * 32, "diabetes-2026")
+    pid = keys.pid("alice.smith")
+    started = dt.datetime(2026, 11, 20, 9, tzinfo=dt.UTC)
+    emitted = [
+        deidentify.participant(keys, "alice.smith", dt.date(1930, 4, 2), "female",
+                               {"postalCode": "62701", "country": "US"}, 1936),
+        deidentify.visit(keys, pid, "00000000-0000-4000-8000-000000000000", "outpatient",
+                         started, started + dt.timedelta(minutes=30),
+                         [{"system": "ICD-10", "code": "E11.9", "display": "x"}],
+                         {"heartRate": 70, "temperatureC": 36.8}, [{"name": "metformin"}]),
+        deidentify.withdrawal(pid),
+    ]  # fmt: skip
+    released, _ = kanon.release({pid: emitted[0], "other": {**emitted[0], "pid": "1" * 32}}, 3)
+    for record in [*emitted, *released.values()]:
+        Record.model_validate(record)
+
+
+def test_consents_are_deleted_with_no_content(document: dict) -> None:
+    consent = document["paths"]["/v1/users/{userName}/studies/{studyId}"]
+    assert set(consent) == {"put", "delete"}
+    assert "content" not in consent["delete"]["responses"]["204"]
+    assert consent["put"]["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Consent"
+    }
+
+
+def test_a_repeated_audit_event_is_answered_like_the_first(document: dict) -> None:
+    record = document["paths"]["/v1/audit/events"]["post"]["responses"]
+    assert record["200"]["content"] == record["201"]["content"]
+    assert {"Location", "X-Request-ID"} <= set(record["200"]["headers"])
+    verdict = chain.Verdict(ok=False, checked=3, first_bad_seq=4, reason="altered", last_seq=3)
+    ChainVerdict.model_validate(verdict.as_json())
+    ChainVerdict.model_validate(chain.Verdict(ok=True, checked=0).as_json())
 
 
 def test_query_parameters_state_their_bounds(document: dict) -> None:
