@@ -93,6 +93,8 @@ class StudyPage(BaseModel):
 # -- records (one JSON object a line of a run's NDJSON download; see anonymizer.deidentify) ----
 
 Pseudonym = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+# "<=YYYY": the 90+ group; "YYYY-YYYY": a birth decade (k-anonymity, level 1).
+BirthYearGroup = Annotated[str, StringConstraints(pattern=r"^(<=[0-9]{4}|[0-9]{4}-[0-9]{4})$")]
 
 
 class ParticipantRecord(BaseModel):
@@ -100,8 +102,8 @@ class ParticipantRecord(BaseModel):
 
     kind: Literal["participant"]
     pid: Pseudonym
-    birthYear: int | Annotated[str, StringConstraints(pattern=r"^(<=[0-9]{4}|[0-9]{4}-[0-9]{4})$")] | None = Field(
-        description="the year; `\"<=YYYY\"` for the 90+ group; `\"YYYY-YYYY\"` a decade (k-anonymity)"
+    birthYear: int | BirthYearGroup | None = Field(
+        description='the year; `"<=YYYY"` for the 90+ group; `"YYYY-YYYY"` a decade (k-anonymity)'
     )
     sex: Literal["female", "male", "other", "unknown"] | None
     zip3: Annotated[str, StringConstraints(pattern=r"^[0-9]{3}$")] | None

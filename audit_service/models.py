@@ -1,4 +1,5 @@
-"""Request bodies of the audit API, validated strictly (JSON types as sent, unknown fields 422)."""
+"""Request bodies of the audit API, validated strictly (JSON types as sent, unknown fields 422),
+and the bodies of its responses."""
 
 from __future__ import annotations
 

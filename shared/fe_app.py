@@ -83,6 +83,8 @@ def create_app(settings: FESettings, shard_map: ShardMap) -> web.Application:
         async with pool_scope(
             shard.postgres, password=password, min_size=settings.pg_pool_min,
             max_size=settings.pg_pool_max, what=f"shard-{shard.id}",
+            # Handlers keep no session state (settings are transaction-local): no reset query.
+            reset_sessions=False,
         ) as pool:
             async with pool.acquire() as conn:
                 await apply_migrations(conn, migration_sets(settings.service_list))

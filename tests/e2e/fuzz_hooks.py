@@ -3,17 +3,23 @@
 The OpenAPI document says everything JSON Schema can say; a few rules of the API it cannot:
 
 - ranges of dates relative to today or to another field (``birthDate`` not before 1900 nor in
-  the future; a visit not before 1900, ``endedAt`` not before ``startedAt``);
-- values only the server issues (a page ``cursor``), and uniqueness (a new ``userName``);
-- refusals that depend on stored state: a visit only for a user whose role is ``patient``, an
-  ``If-Match`` that names another version (412).
+  the future; a visit not before 1900, ``endedAt`` not before ``startedAt``; an audit event's
+  ``occurredAt`` representable in UTC);
+- a study's ``schedule`` is a cron expression; an audit event's free-form ``before``/``after``
+  hold no integer beyond 64 bits (the canonical form of the hash chain cannot encode one);
+- values only the server issues (a page ``cursor``), and uniqueness (a new ``userName`` or
+  ``studyId``);
+- refusals that depend on stored state: a visit or a study consent only for a user whose role
+  is ``patient``, an ``If-Match`` that names another version (412).
 
 For positive cases (data the schema says is valid) :func:`before_call` adjusts the first two
 kinds so that the server should accept them, and :func:`filter_failure` excuses exactly the
 third kind and nothing else. Negative cases are never touched.
 
 :func:`other_roles_may_not_read` is an extra check: whatever the admin could read, a role that
-may not read it (researcher, auditor, another patient) gets 403.
+may not read it (API.md's role table: a researcher no user, a clinician no study, a patient no
+audit event...) gets 403. :func:`records_are_ndjson_records` holds a run's NDJSON download,
+line by line, to the ``Record`` model the document publishes for it.
 
 The fuzz test passes bearer tokens for those roles as JSON in ``MEDSVC_FUZZ_TOKENS``.
 """
@@ -28,7 +34,9 @@ from typing import Any
 
 import requests
 import schemathesis
+from pydantic import ValidationError
 
+from anonymizer.models import Record, check_cron
 from shared.httpio import encode_cursor
 
 TOKENS: dict[str, str] = json.loads(os.environ.get("MEDSVC_FUZZ_TOKENS", "{}"))
@@ -37,10 +45,29 @@ USERS = "/v1/users"
 USER = "/v1/users/{userName}"
 VISITS = "/v1/users/{userName}/visits"
 VISIT = "/v1/users/{userName}/visits/{visitId}"
-# The reads of a user's data, and the roles that may never read it (API.md's role table).
-PROTECTED_READS = (USER, VISITS, VISIT)
-OUTSIDERS = ("researcher", "auditor", "patient")
-ROLES = (*OUTSIDERS, "clinician")
+CONSENT = "/v1/users/{userName}/studies/{studyId}"
+STUDIES = "/v1/studies"
+STUDY = "/v1/studies/{studyId}"
+RUNS = "/v1/studies/{studyId}/runs"
+RUN = "/v1/studies/{studyId}/runs/{runId}"
+RECORDS = "/v1/studies/{studyId}/runs/{runId}/records"
+EVENTS = "/v1/audit/events"
+EVENT = "/v1/audit/events/{eventId}"
+VERIFY = "/v1/audit/verify"
+# The reads, and the roles that may never make them (API.md's role table). A clinician reads
+# the audit events of patients, so only the chain's verification is closed to them.
+_NO_USERS = ("researcher", "auditor", "patient")
+_NO_STUDIES = ("clinician", "auditor", "patient")
+PROTECTED_READS: dict[str, tuple[str, ...]] = {
+    USER: _NO_USERS, VISITS: _NO_USERS, VISIT: _NO_USERS,
+    STUDIES: _NO_STUDIES, STUDY: _NO_STUDIES, RUNS: _NO_STUDIES, RUN: _NO_STUDIES,
+    RECORDS: _NO_STUDIES,
+    EVENTS: ("researcher", "patient"), EVENT: ("researcher", "patient"),
+    VERIFY: ("researcher", "patient", "clinician"),
+}  # fmt: skip
+ROLES = ("researcher", "auditor", "patient", "clinician")
+# A valid schedule that is not due while the fuzzer runs (a scheduled run would race API runs).
+QUIET_SCHEDULE = "0 0 1 1 *"
 
 
 def _positive(case: Any) -> bool:
@@ -99,7 +126,37 @@ def _valid_cursor(path: str, raw: str) -> str:
     seed = raw.replace("\x00", "")
     if path == USERS:
         return encode_cursor([seed, seed, seed])
+    if path == STUDIES:
+        return encode_cursor([seed])
+    if path == EVENTS:
+        return encode_cursor([str(uuid.uuid5(uuid.NAMESPACE_URL, seed).int % 10**9)])
     return encode_cursor(["2026-01-01T00:00:00+00:00", str(uuid.uuid5(uuid.NAMESPACE_URL, seed))])
+
+
+def _fresh(name: Any) -> Any:
+    """A userName or studyId made unique: generators favour a few small ones ("000")."""
+    return f"{name[:52]}-{uuid.uuid4().hex[:10]}" if isinstance(name, str) else name
+
+
+def _cron(raw: Any) -> Any:
+    try:
+        check_cron(raw)
+    except (ValueError, TypeError, AttributeError):
+        return QUIET_SCHEDULE
+    return raw
+
+
+def _int64(value: Any) -> Any:
+    """``value`` with every integer clamped into 64 bits, at any depth."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return max(-(2**63), min(value, 2**63 - 1))
+    if isinstance(value, dict):
+        return {k: _int64(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_int64(v) for v in value]
+    return value
 
 
 @schemathesis.hook
@@ -109,14 +166,21 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         return
     method, path = _op(case)
     body = case.body if isinstance(case.body, dict) else None
-    if (
-        body is not None
-        and (method, path) == ("POST", USERS)
-        and isinstance(body.get("userName"), str)
-    ):
-        # Generators favour a few small names ("000"); a fresh suffix makes most creates
-        # succeed, so that the stateful phase has users (and so visits) to walk to.
-        body["userName"] = f"{body['userName'][:52]}-{uuid.uuid4().hex[:10]}"
+    if body is not None and (method, path) == ("POST", USERS) and "userName" in body:
+        # A fresh name makes most creates succeed, so that the stateful phase has users (and
+        # so visits) to walk to.
+        body["userName"] = _fresh(body["userName"])
+    if body is not None and (method, path) == ("POST", STUDIES):
+        if "studyId" in body:
+            body["studyId"] = _fresh(body["studyId"])
+        if body.get("schedule") is not None:
+            body["schedule"] = _cron(body["schedule"])
+    if body is not None and (method, path) == ("POST", EVENTS):
+        if "occurredAt" in body:
+            body["occurredAt"] = _timestamp_in_range(body["occurredAt"])
+        for key in ("before", "after"):
+            if key in body:
+                body[key] = _int64(body[key])
     if body is not None and path in (USERS, USER) and "birthDate" in body:
         body["birthDate"] = _date_in_range(body["birthDate"])
     if body is not None and path in (VISITS, VISIT) and method in ("POST", "PATCH"):
@@ -156,6 +220,13 @@ def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool
         and errors == not_a_patient
     ):
         return False
+    not_a_participant = [{"field": "userName", "message": "only patients take part in studies"}]
+    if (
+        response.status_code == 422
+        and (method, path) == ("PUT", CONSENT)
+        and errors == not_a_participant
+    ):
+        return False
     return True
 
 
@@ -170,7 +241,7 @@ def other_roles_may_not_read(ctx: Any, response: Any, case: Any) -> bool | None:
         return None
     url = response.request.url
     target = (case.path_parameters or {}).get("userName")
-    outsiders = list(OUTSIDERS)
+    outsiders = list(PROTECTED_READS[path])
     if path == USER and _problem(response).get("role") != "patient":
         outsiders.append("clinician")  # a clinician reads patients only
     for role in outsiders:
@@ -183,4 +254,24 @@ def other_roles_may_not_read(ctx: Any, response: Any, case: Any) -> bool | None:
             raise AssertionError(
                 f"a {role} ({sub}) read {method} {url} with {reply.status_code}, expected 403"
             )
+    return None
+
+
+@schemathesis.check
+def records_are_ndjson_records(ctx: Any, response: Any, case: Any) -> bool | None:
+    """A run's download: ``application/x-ndjson``, each line one ``Record``."""
+    if _op(case) != ("GET", RECORDS) or response.status_code != 200:
+        return None
+    content_type = response.headers.get("Content-Type", [""])
+    content_type = content_type[0] if isinstance(content_type, list) else content_type
+    if content_type.split(";")[0].strip() != "application/x-ndjson":
+        raise AssertionError(f"records answered as {content_type!r}, not application/x-ndjson")
+    text = response.content.decode()
+    if text and not text.endswith("\n"):
+        raise AssertionError("the last NDJSON line is not terminated")
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            Record.model_validate_json(line)
+        except ValidationError as exc:
+            raise AssertionError(f"line {number} is not a Record: {exc}") from exc
     return None

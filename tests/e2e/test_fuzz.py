@@ -5,8 +5,9 @@ with no token and no network beyond the stack; then schemathesis, reading that s
 throws generated requests at every operation: all its checks (no 5xx, status codes, content
 types, headers and bodies as documented, invalid data refused, valid data accepted, undeclared
 methods answered 405, no token or a bad token answered 401), the stateful phase that follows
-the document's links (a created user or visit is readable at once), and
-``tests/e2e/fuzz_hooks.py``'s check that no outsider role reads what the admin read.
+the document's links (a created user, visit, study, run or audit event is readable at once),
+and ``tests/e2e/fuzz_hooks.py``'s checks: no outsider role reads what the admin read, and a
+run's NDJSON download is made of the records the document describes.
 
 ``make test`` runs a bounded pass (few examples per operation, a fixed seed); ``make fuzz``
 sets ``MEDSVC_FUZZ_EXAMPLES`` (200) for the deep one.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import uuid
 
 import orjson
 import pytest
@@ -17,7 +18,9 @@ from anonymizer.models import Record, StudyIn
 from anonymizer.settings import AnonymizerSettings
 from audit_service.app import create_app as create_audit
 from audit_service import chain
-from audit_service.models import ChainVerdict, NewEvent
+from audit_service import routes as audit_routes
+from audit_service import store as audit_store
+from audit_service.models import ChainVerdict, Event, NewEvent
 from audit_service.settings import AuditSettings
 from gateway.app import create_app as create_gateway
 from gateway.routes import not_found
@@ -252,6 +255,18 @@ def test_a_repeated_audit_event_is_answered_like_the_first(document: dict) -> No
     verdict = chain.Verdict(ok=False, checked=3, first_bad_seq=4, reason="altered", last_seq=3)
     ChainVerdict.model_validate(verdict.as_json())
     ChainVerdict.model_validate(chain.Verdict(ok=True, checked=0).as_json())
+
+
+def test_a_stored_event_as_the_api_renders_it_is_an_event() -> None:
+    pending = audit_store.Pending(
+        event_id=uuid.uuid4(), entity_type="user", entity_id="alice.smith", action="create",
+        actor="admin", occurred_at=dt.datetime.now(dt.UTC), source="user_service/shard-0",
+        request_id=None, changes=["email"], before=None, after={"role": "patient"},
+    )  # fmt: skip
+    body = pending.body(1).decode()
+    hashed = chain.chain_hash(chain.GENESIS, body.encode())
+    stored = audit_store.Stored(1, body, chain.GENESIS, hashed)
+    Event.model_validate_json(audit_routes._event_json(stored))
 
 
 def test_query_parameters_state_their_bounds(document: dict) -> None:
