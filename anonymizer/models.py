@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, field_validator
 
-from shared.types import UserName, text
+from shared.types import UserName, json_int, text
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
@@ -31,8 +31,8 @@ class StudyIn(BaseModel):
     schedule: text(100) | None = Field(
         default=None, description="cron expression (UTC); none: manual runs only"
     )
-    k: int | None = Field(
-        default=None, ge=2, le=1000,
+    k: json_int(2, 1000) | None = Field(
+        default=None,
         description="k-anonymity threshold: smaller (birthYear, sex, zip3) groups are generalised",
     )
 

@@ -164,6 +164,22 @@ async def get_run(request: web.Request) -> web.Response:
     return json_response(run_json(row))
 
 
+def run_cursor(raw: str | None) -> tuple[dt.datetime, uuid.UUID] | None:
+    """The (startedAt, runId) a runs page ``cursor`` names; 400 unless one this server wrote."""
+    cursor = decode_cursor(raw, 2)
+    if cursor is None:
+        return None
+    try:
+        started = dt.datetime.fromisoformat(cursor[0])
+        if started.tzinfo is None:
+            raise ValueError("a cursor's instant has its offset")
+        # In UTC here: an instant Python cannot hold in UTC (year 1 at +05:00) is no cursor
+        # this server wrote, and would fail in the driver.
+        return started.astimezone(dt.UTC), uuid.UUID(cursor[1])
+    except (ValueError, OverflowError) as exc:
+        raise BadRequest("cursor is not valid") from exc
+
+
 async def list_runs(request: web.Request) -> web.Response:
     researcher(request)
     study_id = path_study_id(request)
@@ -171,12 +187,7 @@ async def list_runs(request: web.Request) -> web.Response:
     if unknown:
         raise ValidationFailed(errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)])
     limit = limit_param(request.query)
-    after = None
-    if (cursor := decode_cursor(request.query.get("cursor"), 2)) is not None:
-        try:
-            after = (dt.datetime.fromisoformat(cursor[0]), uuid.UUID(cursor[1]))
-        except ValueError as exc:
-            raise BadRequest("cursor is not valid") from exc
+    after = run_cursor(request.query.get("cursor"))
     ex = extractor(request)
     await _existing_study(ex, study_id)
     await store.fail_orphaned_runs(ex.registry, study_id)

@@ -14,7 +14,12 @@ from shared.types import text
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
 # An entity type or action: a short identifier ("user", "visit", "study", "create", ...).
-Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$")]
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+# The longest entityId and actor a filter of the event list takes: even percent-encoded
+# (12 bytes a character at worst) a full query stays within the 8 KiB request line that nginx
+# and aiohttp accept.
+FILTER_MAX_LENGTH = 256
 
 
 class EventIn(BaseModel):

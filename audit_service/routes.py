@@ -27,7 +27,7 @@ from multidict import MultiMapping
 
 from audit_service import store
 from audit_service.metrics import APPEND_SECONDS, CHAIN_LAST_SEQ, EVENTS_APPENDED, EVENTS_DUPLICATE
-from audit_service.models import EventBatch, EventIn, NewEvent
+from audit_service.models import FILTER_MAX_LENGTH, NAME_PATTERN, EventBatch, EventIn, NewEvent
 from audit_service.settings import AuditSettings
 from shared.appkeys import PG_POOL
 from shared.auth import Principal
@@ -40,6 +40,7 @@ from shared.service import principal
 
 SETTINGS = web.AppKey("audit_settings", AuditSettings)
 _QUERY = frozenset({"entityType", "entityId", "actor", "since", "until", "limit", "cursor"})
+_NAME = re.compile(NAME_PATTERN)
 
 
 # -- access -----------------------------------------------------------------------------------
@@ -131,6 +132,17 @@ def _timestamp(query: MultiMapping[str], name: str) -> dt.datetime | None:
         return (dt.datetime.min if value.year == 1 else dt.datetime.max).replace(tzinfo=dt.UTC)
 
 
+def after_seq(raw: str | None) -> int | None:
+    """The seq a page ``cursor`` names; 400 unless it is one this server wrote."""
+    cursor = decode_cursor(raw, 1)
+    if cursor is None:
+        return None
+    # ASCII digits ("²" is a digit to isdigit(), not to int()) that fit PostgreSQL's bigint.
+    if not (cursor[0].isascii() and cursor[0].isdigit() and len(cursor[0]) <= 18):
+        raise BadRequest("cursor is not valid")
+    return int(cursor[0])
+
+
 # -- handlers ---------------------------------------------------------------------------------
 
 
@@ -141,17 +153,21 @@ async def list_events(request: web.Request) -> web.Response:
     unknown = set(q) - _QUERY
     if unknown:
         raise ValidationFailed(errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)])
+    if "entityType" in q and not _NAME.fullmatch(q["entityType"]):
+        raise BadRequest("entityType must be an entity type such as user or visit")
+    for name in ("entityId", "actor"):
+        # PostgreSQL text cannot hold a NUL, so no stored event has one.
+        value = q.get(name, "")
+        if "\x00" in value or len(value) > FILTER_MAX_LENGTH:
+            raise BadRequest(f"{name} must be at most {FILTER_MAX_LENGTH} characters, without NUL")
     entity_type = q.get("entityType")
     if patients_only and entity_type not in (None, "user", "visit"):
         raise Forbidden("a clinician may read only the audit events of patients and their visits")
     limit = limit_param(q)
-    cursor = decode_cursor(q.get("cursor"), 1)
-    if cursor is not None and not cursor[0].isdigit():
-        raise BadRequest("cursor is not valid")
     f = store.EventFilter(
         entity_type=entity_type, entity_id=q.get("entityId"), actor=q.get("actor"),
         since=_timestamp(q, "since"), until=_timestamp(q, "until"),
-        after_seq=int(cursor[0]) if cursor else None, patients_only=patients_only,
+        after_seq=after_seq(q.get("cursor")), patients_only=patients_only,
     )  # fmt: skip
     rows = await store.events_page(request.app[PG_POOL], f, limit + 1)
     items = [store.Stored(r["seq"], r["body"], r["prev_hash"], r["hash"]) for r in rows[:limit]]

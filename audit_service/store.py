@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 
 from audit_service.chain import (
     ChainVerifier, StoredEvent, Verdict, canonical, chain_hash, subject_of,
@@ -198,7 +199,10 @@ async def append_one(pool: asyncpg.Pool, event: Pending) -> tuple[Stored, bool]:
         return stored[0], True
     row = await event_by_id(pool, event.event_id)
     assert row is not None
-    if (row["entity_type"], row["entity_id"], row["action"]) != (
+    # The action is only in the body, read here: PostgreSQL's jsonb cannot hold the \u0000
+    # that a stored JSON string may contain.
+    action = orjson.loads(row["body"])["action"]
+    if (row["entity_type"], row["entity_id"], action) != (
         event.entity_type, event.entity_id, event.action,
     ):
         raise Conflict(f"event {event.event_id} exists with other content")
@@ -213,8 +217,7 @@ async def event_by_id(pool: asyncpg.Pool, event_id: uuid.UUID) -> asyncpg.Record
     with db_errors(_WHAT):
         # event_by_id: unique index on event_id.
         return await pool.fetchrow(
-            """SELECT seq, entity_type, entity_id, subject, body::jsonb ->> 'action' AS action,
-                      body, prev_hash, hash,
+            """SELECT seq, entity_type, entity_id, subject, body, prev_hash, hash,
                       coalesce(subject IN (SELECT user_name FROM audit_patients), false)
                           AS of_patient
                FROM audit_events WHERE event_id = $1""",

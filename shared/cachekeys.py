@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import orjson
+
 # The query parameters of a visit list; a list page is cached per combination of their values.
 VISIT_LIST_PARAMS = ("since", "until", "cursor", "limit")
 USER_FIELD = "u"
@@ -25,7 +27,11 @@ def visit_field(visit_id: str) -> str:
 
 
 def visit_list_field(query: Mapping[str, str]) -> str | None:
-    """The field of a visit-list page, or None when the query is not one a page is cached for."""
+    """The field of a visit-list page, or None when the query is not one a page is cached for.
+
+    One query, one field: the gateway answers a hit without validating the query, so no other
+    query (an empty ``since=`` for none, a ``since`` holding the separator) may share it.
+    """
     if not set(query) <= set(VISIT_LIST_PARAMS) or len(query) != len(set(query)):
         return None
-    return "l:" + "|".join(query.get(k, "") for k in VISIT_LIST_PARAMS)
+    return "l:" + orjson.dumps([query.get(k) for k in VISIT_LIST_PARAMS]).decode()

@@ -17,7 +17,9 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from anonymizer.models import Record, Run, RunPage, Study, StudyIn, StudyPage
-from audit_service.models import ChainVerdict, Event, EventPage, NewEvent
+from audit_service.models import (
+    FILTER_MAX_LENGTH, NAME_PATTERN, ChainVerdict, Event, EventPage, NewEvent,
+)
 from shared.types import USER_NAME_PATTERN
 from user_service.models import Consent, User, UserIn, UserPage, UserPatch
 from visit_service.models import Visit, VisitIn, VisitPage, VisitPatch
@@ -75,16 +77,16 @@ QUERY: dict[str, dict[str, Any]] = {
     },
     "entityType": {
         "description": "Only events about this type of entity (`user`, `visit`, ...).",
-        "schema": {"type": "string", "pattern": _NO_NUL},
+        "schema": {"type": "string", "pattern": NAME_PATTERN},
     },
     "entityId": {
         "description": "Only events about this entity (a userName; `{userName}/{visitId}` for a "
         "visit).",
-        "schema": {"type": "string", "pattern": _NO_NUL},
+        "schema": {"type": "string", "maxLength": FILTER_MAX_LENGTH, "pattern": _NO_NUL},
     },
     "actor": {
         "description": "Only events caused by this caller (a token's `sub`).",
-        "schema": {"type": "string", "pattern": _NO_NUL},
+        "schema": {"type": "string", "maxLength": FILTER_MAX_LENGTH, "pattern": _NO_NUL},
     },
 }
 

@@ -44,6 +44,8 @@ PROBLEM_PAGES = (
     ProblemPage(
         405, "Method Not Allowed", "method not allowed", (405,), allow="GET, POST, PUT, PATCH, DELETE"
     ),
+    # Only nginx's own locations (the problem pages, asked for from outside) are its 404s.
+    ProblemPage(404, "Not Found", "no resource at this path", (404,)),
     ProblemPage(414, "URI Too Long", "request URI too long", (414,)),
     ProblemPage(429, "Too Many Requests", "rate limit exceeded", (429,), retry_after=1),
     ProblemPage(431, "Request Header Fields Too Large", "request headers too large", (494,)),

@@ -106,6 +106,30 @@ async def test_body_over_one_mib_is_413_problem_from_nginx(
         await problem_of(resp, 413)
 
 
+async def test_a_request_line_nginx_cannot_parse_is_a_problem_not_an_html_500(
+    stack: Stack, http: aiohttp.ClientSession, admin_token: str
+) -> None:
+    # Fuzzing found these: a request line too long (or malformed) has no URI, and nginx
+    # answered its redirect to a named error location with its own HTML 500.
+    long_query = "x" * 20_000
+    url = f"{stack.base_url}/v1/audit/events?entityType={long_query}"
+    async with http.get(url, headers=auth(admin_token)) as resp:
+        await problem_of(resp, 414)
+    async with http.get(f"{stack.base_url}/.problem/414") as resp:
+        await problem_of(resp, 404)
+    host, port = stack.base_url.removeprefix("http://").split(":")
+    for line in (b"GARBAGE", b"GET /a b c HTTP/1.1", b"GET /\x00 HTTP/1.1"):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(line + b"\r\nHost: localhost\r\n\r\n")
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), timeout=10)
+        writer.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), (line, raw[:200])
+        assert f"content-type: {PROBLEM}".encode() in head.lower(), (line, head)
+        assert json.loads(body)["status"] == 400
+
+
 async def test_hammered_low_rate_nginx_answers_429_problem(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:

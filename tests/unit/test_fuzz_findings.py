@@ -10,6 +10,10 @@ from aiohttp.test_utils import make_mocked_request
 from multidict import MultiDict
 from pydantic import TypeAdapter, ValidationError
 
+from anonymizer.models import StudyIn
+from anonymizer.routes import run_cursor
+from audit_service.routes import after_seq
+from shared.cachekeys import visit_list_field
 from shared.errors import BadRequest
 from shared.httpio import decode_cursor, encode_cursor, if_match_version, limit_param
 from user_service.models import Email, UserPatch
@@ -83,3 +87,56 @@ def test_patch_bodies_are_typed_as_deeply_as_what_is_stored() -> None:
         UserPatch.model_validate_json(b'{"address": {"planet": "Mars"}}')
     with pytest.raises(ValidationError):
         VisitPatch.model_validate_json(b'{"vitals": {"heartRate": 1000}}')
+
+
+def test_a_study_k_may_arrive_as_an_integral_json_number() -> None:
+    base = {"studyId": "diabetes-2026", "title": "t"}
+    assert StudyIn.model_validate_json(orjson.dumps(base | {"k": 1000.0})).k == 1000
+    for bad in (2.5, "3", True, 1.0):
+        with pytest.raises(ValidationError):
+            StudyIn.model_validate_json(orjson.dumps(base | {"k": bad}))
+
+
+@pytest.mark.parametrize("seq", ["²", "9" * 19, "-1", ""])
+def test_an_audit_cursor_that_is_no_bigint_seq_is_400_not_500(seq: str) -> None:
+    with pytest.raises(BadRequest):
+        after_seq(encode_cursor([seq]))
+
+
+def test_an_audit_cursor_names_its_seq() -> None:
+    assert after_seq(encode_cursor(["42"])) == 42
+    assert after_seq(None) is None
+
+
+RUN_ID = "00000000-0000-4000-8000-000000000000"
+
+
+@pytest.mark.parametrize(
+    "started",
+    ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00", "2026-01-01T00:00:00", "nope"],
+)
+def test_a_runs_cursor_the_server_never_wrote_is_400_not_500(started: str) -> None:
+    with pytest.raises(BadRequest):
+        run_cursor(encode_cursor([started, RUN_ID]))
+
+
+def test_a_runs_cursor_is_an_instant_in_utc_and_a_run_id() -> None:
+    after = run_cursor(encode_cursor(["2026-01-01T02:00:00+02:00", RUN_ID]))
+    assert after is not None
+    started, run_id = after
+    assert started == dt.datetime(2026, 1, 1, tzinfo=dt.UTC) and started.tzinfo == dt.UTC
+    assert str(run_id) == RUN_ID
+
+
+def test_no_two_visit_list_queries_share_a_cached_page() -> None:
+    # The gateway answers a cached page without validating the query: `?since=&until=` was
+    # served the unfiltered page, and a `since` holding the old separator another query's.
+    queries = [
+        {}, {"since": "", "until": ""}, {"since": ""},
+        {"since": "2026-01-01T00:00:00Z", "until": "2026-02-01T00:00:00Z"},
+        {"since": "2026-01-01T00:00:00Z|2026-02-01T00:00:00Z"},
+    ]  # fmt: skip
+    fields = [visit_list_field(MultiDict(q)) for q in queries]
+    assert None not in fields and len(set(fields)) == len(fields)
+    assert visit_list_field(MultiDict([("limit", "1"), ("limit", "2")])) is None
+    assert visit_list_field(MultiDict(colour="red")) is None

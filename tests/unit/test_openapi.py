@@ -14,7 +14,8 @@ from openapi_spec_validator import validate
 
 from anonymizer import deidentify, kanon
 from anonymizer.app import create_app as create_anonymizer
-from anonymizer.models import Record, StudyIn
+from anonymizer import routes as anonymizer_routes
+from anonymizer.models import Record, Run, Study, StudyIn
 from anonymizer.settings import AnonymizerSettings
 from audit_service.app import create_app as create_audit
 from audit_service import chain
@@ -25,12 +26,14 @@ from audit_service.settings import AuditSettings
 from gateway.app import create_app as create_gateway
 from gateway.routes import not_found
 from shared.fe_app import SERVICE_MODULES
+from shared.httpio import json_response
 from shared.fe_app import create_app as create_fe
 from shared.openapi import build_document
 from shared.operations import OPERATIONS, Operation
 from shared.settings import FESettings, GatewaySettings
 from shared.shardmap import Shard, ShardMap, even_ranges
-from user_service.models import UserIn
+from user_service import consent_store
+from user_service.models import Consent, UserIn
 from visit_service.models import VisitIn
 
 OPERATION_IDS = {
@@ -239,6 +242,24 @@ def test_what_the_anonymizer_emits_is_a_record() -> None:
         Record.model_validate(record)
 
 
+def test_what_the_studies_api_and_consents_answer_are_the_documented_models() -> None:
+    now = dt.datetime.now(dt.UTC)
+    run = {
+        "run_id": uuid.uuid4(), "study_id": "diabetes-2026", "status": "failed", "trigger": "api",
+        "requested_by": "rita", "started_at": now, "finished_at": now,
+        "policy_version": deidentify.POLICY_VERSION, "counts": {"visit": 7},
+        "k_anonymity": {"k": 5}, "error": "the run failed (OSError)",
+    }  # fmt: skip
+    study = {"study_id": "diabetes-2026", "title": "t", "schedule": None, "k": 5,
+             "created_by": "rita", "created_at": now}  # fmt: skip
+    Run.model_validate(orjson.loads(json_response(anonymizer_routes.run_json(run)).body))
+    body = anonymizer_routes.study_json(study, 2, run, now)
+    Study.model_validate(orjson.loads(json_response(body).body))
+    consent = {"user_name": "alice.smith", "study_id": "diabetes-2026", "consented_at": now,
+               "withdrawn_at": None, "version": 1}  # fmt: skip
+    Consent.model_validate(orjson.loads(json_response(consent_store.row_to_consent(consent)).body))
+
+
 def test_consents_are_deleted_with_no_content(document: dict) -> None:
     consent = document["paths"]["/v1/users/{userName}/studies/{studyId}"]
     assert set(consent) == {"put", "delete"}
@@ -280,3 +301,7 @@ def test_query_parameters_state_their_bounds(document: dict) -> None:
     assert params["visitId"]["schema"]["format"] == "uuid"
     assert params["userName"]["schema"]["pattern"] == r"^[a-z0-9][a-z0-9._-]{2,63}$"
     assert params["since"]["schema"]["format"] == "date-time"
+    # The audit filters fit nginx's 8 KiB request line even fully percent-encoded.
+    assert params["entityType"]["schema"]["pattern"] == r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$"
+    worst = sum(12 * params[p]["schema"]["maxLength"] for p in ("entityId", "actor"))
+    assert worst + 64 + 1024 < 8190
