@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from shared.dbsetup import ensure_database, migrate
 from anonymizer import metrics, store
 from anonymizer.extract import Extractor
 from anonymizer.routes import EXTRACTOR, RUN_TASKS, setup_routes
@@ -37,8 +38,8 @@ async def extractor_scope(settings: AnonymizerSettings, shard_map: ShardMap) -> 
     """The registry (created and migrated when needed) and the shard pools, for a block."""
     password = settings.pg_password.get_secret_value() if settings.pg_password else None
     if settings.anonymizer_create_database:
-        await store.ensure_database(settings.anonymizer_dsn, password)
-    await store.migrate(settings.anonymizer_dsn, password)
+        await ensure_database(settings.anonymizer_dsn, password)
+    await migrate(settings.anonymizer_dsn, password, "anonymizer", store.MIGRATIONS)
     shard_pools = ShardPools(shard_map, password, settings.anonymizer_shard_pool_max)
     try:
         async with pool_scope(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, model_validator
 
+from shared.dbsetup import dsn_with
 from shared.settings import CommonSettings
 
 LOCAL_PSEUDONYM_KEY = "local-dev-pseudonym-key"
@@ -51,9 +51,3 @@ class AnonymizerSettings(CommonSettings):
     @property
     def master_key(self) -> bytes:
         return self.pseudonym_key.get_secret_value().encode()
-
-
-def dsn_with(dsn: str, *, database: str) -> str:
-    """``dsn`` naming another database on the same server."""
-    parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))

@@ -5,7 +5,6 @@ The shard side (what a run reads) is :mod:`anonymizer.shards`.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import uuid
@@ -16,10 +15,8 @@ from typing import Any
 import asyncpg
 
 from anonymizer.models import StudyIn
-from anonymizer.settings import dsn_with
-from shared.db import db_errors, mask_dsn
+from shared.db import db_errors
 from shared.errors import Conflict
-from shared.migrate import apply_migrations
 
 log = logging.getLogger("medsvc.anonymizer.store")
 
@@ -32,50 +29,6 @@ _RUN_COLUMNS = (
 )
 # A record as COPY takes it: (kind code, pid, vid, body).
 RecordRow = tuple[int, str, str, str]
-
-
-# -- start-up ---------------------------------------------------------------------------------
-
-async def connect(dsn: str, password: str | None, attempts: int = 30) -> asyncpg.Connection:
-    """One connection, retried a bounded number of times with one warning per try."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return await asyncpg.connect(dsn, password=password, timeout=5)
-        except (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError) as exc:
-            if attempt == attempts:
-                raise
-            log.warning("connect failed; retrying", extra={
-                "action": "db.connect_retry", "dsn": mask_dsn(dsn), "error": type(exc).__name__,
-                "attempt": attempt})  # fmt: skip
-            await asyncio.sleep(min(0.2 * attempt, 2.0))
-    raise AssertionError("unreachable")
-
-
-async def ensure_database(dsn: str, password: str | None) -> None:
-    """Create the database ``dsn`` names if it does not exist (needs CREATEDB)."""
-    try:
-        conn = await connect(dsn, password)
-    except asyncpg.InvalidCatalogNameError:
-        name = dsn.rsplit("/", 1)[1].split("?", 1)[0]
-        admin = await connect(dsn_with(dsn, database="postgres"), password)
-        try:
-            await admin.execute('CREATE DATABASE "{}"'.format(name.replace('"', '""')))
-            log.info("database created", extra={"action": "db.created", "dsn": mask_dsn(dsn)})
-        except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
-            pass  # another anonymizer process made it first (or is making it now)
-        finally:
-            await admin.close()
-    else:
-        await conn.close()
-
-
-async def migrate(dsn: str, password: str | None) -> list[str]:
-    """Apply the registry's migrations."""
-    conn = await connect(dsn, password)
-    try:
-        return await apply_migrations(conn, [("anonymizer", MIGRATIONS)])
-    finally:
-        await conn.close()
 
 
 # -- studies ----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from shared.dbsetup import ensure_database, migrate
 from audit_service import store
 from audit_service.routes import SETTINGS, setup_routes
 from audit_service.settings import AuditSettings
@@ -36,8 +37,8 @@ def create_app(settings: AuditSettings) -> web.Application:
     async def pg_context(app: web.Application) -> AsyncIterator[None]:
         owner_password = settings.pg_password.get_secret_value() if settings.pg_password else None
         if settings.audit_create_database:
-            await store.ensure_database(settings.audit_dsn, owner_password)
-        await store.migrate(settings.audit_dsn, owner_password)
+            await ensure_database(settings.audit_dsn, owner_password)
+        await migrate(settings.audit_dsn, owner_password, "audit", store.MIGRATIONS)
         writer = settings.audit_writer_password
         async with pool_scope(
             settings.writer_dsn, password=writer.get_secret_value() if writer else None,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, model_validator
 
+from shared.dbsetup import dsn_with
 from shared.settings import CommonSettings
 
 # The role the service's pool logs in as: SELECT and INSERT on events, never UPDATE or
@@ -40,14 +40,3 @@ class AuditSettings(CommonSettings):
     def writer_dsn(self) -> str:
         """``audit_dsn`` with the user replaced by :data:`WRITER_ROLE` (and no password)."""
         return dsn_with(self.audit_dsn, user=WRITER_ROLE)
-
-
-def dsn_with(dsn: str, *, user: str | None = None, database: str | None = None) -> str:
-    """``dsn`` with another user (password dropped) and/or another database."""
-    parts = urlsplit(dsn)
-    netloc = parts.netloc
-    if user is not None:
-        host = netloc.rpartition("@")[2]
-        netloc = f"{user}@{host}"
-    path = f"/{database}" if database is not None else parts.path
-    return urlunsplit((parts.scheme, netloc, path, parts.query, parts.fragment))

@@ -7,7 +7,6 @@ each new event the next seq and its hash, and moves the head, all in one transac
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import uuid
@@ -22,17 +21,14 @@ import orjson
 from audit_service.chain import (
     ChainVerifier, StoredEvent, Verdict, canonical, chain_hash, subject_of,
 )
-from audit_service.settings import dsn_with
-from shared.db import db_errors, mask_dsn
+from shared.db import db_errors
 from shared.errors import Conflict
-from shared.migrate import apply_migrations
 
 log = logging.getLogger("medsvc.audit.store")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _WHAT = "the audit database"
 _VERIFY_PREFETCH = 2000
-_CREATE_DB_LOCK = 0x6D656473_61756474  # 'medsaudt'
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,55 +65,6 @@ class Stored:
     body: str
     prev_hash: str
     hash: str
-
-
-# -- start-up ---------------------------------------------------------------------------------
-
-_UNREACHABLE = (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError,
-                asyncpg.ConnectionDoesNotExistError)  # fmt: skip
-
-
-async def _connect(dsn: str, password: str | None, attempts: int = 30) -> asyncpg.Connection:
-    """One connection, retried a bounded number of times with one warning per try."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return await asyncpg.connect(dsn, password=password, timeout=5)
-        except _UNREACHABLE as exc:
-            if attempt == attempts:
-                raise
-            log.warning("connect failed; retrying", extra={
-                "action": "db.connect_retry", "dsn": mask_dsn(dsn), "error": type(exc).__name__,
-                "attempt": attempt})  # fmt: skip
-            await asyncio.sleep(min(0.2 * attempt, 2.0))
-    raise AssertionError("unreachable")
-
-
-async def ensure_database(dsn: str, password: str | None) -> None:
-    """Create the database ``dsn`` names if it does not exist (needs CREATEDB)."""
-    try:
-        conn = await _connect(dsn, password)
-    except asyncpg.InvalidCatalogNameError:
-        name = dsn.rsplit("/", 1)[1].split("?", 1)[0]
-        admin = await _connect(dsn_with(dsn, database="postgres"), password)
-        try:
-            # Several audit_service processes start at once: one creates, the others wait.
-            await admin.execute("SELECT pg_advisory_lock($1)", _CREATE_DB_LOCK)
-            if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-                await admin.execute('CREATE DATABASE "{}"'.format(name.replace('"', '""')))
-                log.info("database created", extra={"action": "db.created", "dsn": mask_dsn(dsn)})
-        finally:
-            await admin.close()  # frees the lock
-    else:
-        await conn.close()
-
-
-async def migrate(dsn: str, password: str | None) -> list[str]:
-    """Apply the audit store's migrations as the database owner."""
-    conn = await _connect(dsn, password)
-    try:
-        return await apply_migrations(conn, [("audit", MIGRATIONS)])
-    finally:
-        await conn.close()
 
 
 # -- appending --------------------------------------------------------------------------------

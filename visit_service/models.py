@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import (
-    AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator,
+    AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from shared.types import UserName, text
+from shared.types import UserName, json_int, text
 
 VisitType = Literal["outpatient", "inpatient", "emergency", "telehealth"]
 
@@ -31,17 +31,6 @@ class Diagnosis(BaseModel):
     system: text(32, 1)
     code: text(32, 1)
     display: text(200) | None = None
-
-
-def _integral(value: object) -> object:
-    # JSON has one number type: 70.0 is the integer 70 (as JSON Schema's "integer" says), while
-    # strict mode would refuse it; 70.5 and "70" stay refused.
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-def json_int(ge: int, le: int) -> type[int]:
-    """An integer in ``ge..le`` that may arrive as an integral JSON number such as ``70.0``."""
-    return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_integral)]  # type: ignore[return-value]
 
 
 class Vitals(BaseModel):
