@@ -35,20 +35,25 @@ def may_create_user(p: Principal, new_role: str) -> None:
     raise Forbidden("only an admin may create users with a role other than patient")
 
 
+def _cares_for(p: Principal, role: str) -> bool:
+    """Admins care for everyone; clinicians for users with role ``patient``."""
+    return p.has("admin") or p.has("clinician") and role == "patient"
+
+
+def _is_patient_self(p: Principal, user_name: str) -> bool:
+    return p.has("patient") and p.sub == user_name
+
+
 def may_read_user(p: Principal, user_name: str, role: str) -> None:
-    if p.has("admin") or p.sub == user_name and p.has(*USER_ROLES):
-        return
-    if p.has("clinician") and role == "patient":
+    if _cares_for(p, role) or p.sub == user_name and p.has(*USER_ROLES):
         return
     raise Forbidden("your role may not read this user")
 
 
 def may_update_user(p: Principal, user_name: str, role: str, fields: set[str]) -> None:
-    if p.has("admin"):
+    if _cares_for(p, role):
         return
-    if p.has("clinician") and role == "patient":
-        return
-    if p.has("patient") and p.sub == user_name:
+    if _is_patient_self(p, user_name):
         extra = fields - PATIENT_MUTABLE
         if not extra:
             return
@@ -57,32 +62,20 @@ def may_update_user(p: Principal, user_name: str, role: str, fields: set[str]) -
 
 
 def may_read_visits(p: Principal, user_name: str, role: str) -> None:
-    if p.has("admin"):
-        return
-    if p.has("clinician") and role == "patient":
-        return
-    if p.has("patient") and p.sub == user_name:
+    if _cares_for(p, role) or _is_patient_self(p, user_name):
         return
     raise Forbidden("your role may not read this patient's visits")
 
 
 def may_write_visits(p: Principal, role: str) -> None:
-    if p.has("admin"):
-        return
-    if p.has("clinician") and role == "patient":
-        return
-    raise Forbidden("only admins and clinicians may record or change visits")
+    if not _cares_for(p, role):
+        raise Forbidden("only admins and clinicians may record or change visits")
 
 
 def may_change_consent(p: Principal, user_name: str, role: str) -> None:
     """Study consent: the patient themself, a clinician for a patient, an admin."""
-    if p.has("admin"):
-        return
-    if p.has("clinician") and role == "patient":
-        return
-    if p.has("patient") and p.sub == user_name:
-        return
-    raise Forbidden("your role may not change this patient's study consent")
+    if not (_cares_for(p, role) or _is_patient_self(p, user_name)):
+        raise Forbidden("your role may not change this patient's study consent")
 
 
 def may_use_studies_api(p: Principal) -> None:
