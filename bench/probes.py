@@ -214,7 +214,9 @@ class PromMax(_Base):
 
 
 def _urls(ctx: BenchContext, kind: str) -> list[str]:
-    return [p.url for p in ctx.python_processes() if kind_of(p.name) == kind]
+    """The processes of ``kind``; several kinds joined by ``+`` (``fe+gateway``)."""
+    kinds = set(kind.split("+"))
+    return [p.url for p in ctx.python_processes() if kind_of(p.name) in kinds]
 
 
 def mean_ms(histogram: str, label: str) -> Show:
@@ -238,7 +240,11 @@ def per_second(counter: str, label: str) -> Show:
 
 
 def cache_hit_ratio(delta: Samples, seconds: float) -> dict[str, Any]:
-    """Reads answered from Redis over reads that asked it (shared/cache.py's events)."""
+    """Reads answered from Redis over reads that asked it (shared/cache.py's events).
+
+    Scraped from the gateways and the FE servers together: a gateway answers a hit itself
+    and passes a miss on to an FE server, which counts the miss (or a hit, if filled since).
+    """
     name = "medsvc_cache_events_total"
     hit = delta.total(name, event="hit")
     asked = hit + delta.total(name, event="miss") + delta.total(name, event="timeout")
@@ -258,8 +264,8 @@ def default_probes() -> list[Probe]:
         SqlRate("visits committed/s", "SELECT count(*) FROM visits", shard_dsns, writes_only=True),
         # Where the time of a request goes: inside the FE handler, the gateway's wait for the
         # FE (upstream), the whole gateway; wrk's mean is the end-to-end figure.
-        PromDelta("fe", "fe", cache_hit_ratio,
-                  mean_ms("medsvc_http_request_duration_seconds", "FE handler mean ms")),
+        PromDelta("cache", "fe+gateway", cache_hit_ratio),
+        PromDelta("fe", "fe", mean_ms("medsvc_http_request_duration_seconds", "FE handler mean ms")),
         PromDelta("gateway", "gateway",
                   mean_ms("medsvc_http_request_duration_seconds", "gateway mean ms"),
                   mean_ms("medsvc_gateway_upstream_duration_seconds", "gateway→FE mean ms")),
