@@ -17,8 +17,12 @@ from anonymizer.extract import Extractor, begin_run, execute
 from anonymizer.models import StudyIn
 from shared import policy
 from shared.auth import Principal
-from shared.errors import BadRequest, Conflict, FieldError, NotFound, ValidationFailed
-from shared.httpio import decode_cursor, encode_cursor, json_response, limit_param, read_json_object
+from shared.errors import Conflict, FieldError, NotFound, ValidationFailed
+from shared.httpio import (
+    decode_cursor, decode_instant_cursor, encode_cursor, encode_instant_cursor, json_response,
+    limit_param,
+    read_json_object,
+)
 from shared.service import principal
 from shared.types import USER_NAME_PATTERN
 
@@ -164,22 +168,6 @@ async def get_run(request: web.Request) -> web.Response:
     return json_response(run_json(row))
 
 
-def run_cursor(raw: str | None) -> tuple[dt.datetime, uuid.UUID] | None:
-    """The (startedAt, runId) a runs page ``cursor`` names; 400 unless one this server wrote."""
-    cursor = decode_cursor(raw, 2)
-    if cursor is None:
-        return None
-    try:
-        started = dt.datetime.fromisoformat(cursor[0])
-        if started.tzinfo is None:
-            raise ValueError("a cursor's instant has its offset")
-        # In UTC here: an instant Python cannot hold in UTC (year 1 at +05:00) is no cursor
-        # this server wrote, and would fail in the driver.
-        return started.astimezone(dt.UTC), uuid.UUID(cursor[1])
-    except (ValueError, OverflowError) as exc:
-        raise BadRequest("cursor is not valid") from exc
-
-
 async def list_runs(request: web.Request) -> web.Response:
     researcher(request)
     study_id = path_study_id(request)
@@ -187,7 +175,7 @@ async def list_runs(request: web.Request) -> web.Response:
     if unknown:
         raise ValidationFailed(errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)])
     limit = limit_param(request.query)
-    after = run_cursor(request.query.get("cursor"))
+    after = decode_instant_cursor(request.query.get("cursor"))
     ex = extractor(request)
     await _existing_study(ex, study_id)
     await store.fail_orphaned_runs(ex.registry, study_id)
@@ -195,7 +183,7 @@ async def list_runs(request: web.Request) -> web.Response:
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
-        next_cursor = encode_cursor([last["started_at"].isoformat(), str(last["run_id"])])
+        next_cursor = encode_instant_cursor(last["started_at"], last["run_id"])
     return json_response({"items": [run_json(r) for r in rows[:limit]], "nextCursor": next_cursor})
 
 

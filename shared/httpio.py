@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
+import re
+import uuid
 from typing import Any
 
 import orjson
@@ -103,3 +106,43 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
+
+
+# RFC 3339 date-time, offset required (fromisoformat alone also takes "20260101T00", no offset...).
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+_EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC)
+_LATEST = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
+def parse_instant(raw: str) -> dt.datetime:
+    """An RFC 3339 timestamp in UTC (ValueError when it is not one).
+
+    A valid timestamp whose UTC instant Python cannot hold (year 1 at +23:59, year 9999 at
+    -23:59) is clamped to the first or last representable instant, where it sorts anyway.
+    """
+    if not _RFC3339.fullmatch(raw):
+        raise ValueError(f"{raw!r} is not an RFC 3339 timestamp")
+    value = dt.datetime.fromisoformat(raw.upper())
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:
+        return _EARLIEST if value.year == 1 else _LATEST
+
+
+def encode_instant_cursor(instant: dt.datetime, key: uuid.UUID) -> str:
+    """The cursor of a page ordered by (an instant, an id), e.g. (startedAt, visitId)."""
+    return encode_cursor([instant.isoformat(), str(key)])
+
+
+def decode_instant_cursor(raw: str | None) -> tuple[dt.datetime, uuid.UUID] | None:
+    """The (instant in UTC, id) of a cursor :func:`encode_instant_cursor` wrote; 400 otherwise."""
+    cursor = decode_cursor(raw, 2)
+    if cursor is None:
+        return None
+    try:
+        instant = parse_instant(cursor[0])
+        if instant in (_EARLIEST, _LATEST):
+            raise ValueError("no cursor this server wrote lies at the end of time")
+        return instant, uuid.UUID(cursor[1])
+    except ValueError as exc:
+        raise BadRequest("cursor is not valid") from exc

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 import uuid
 from typing import Any
 
@@ -14,7 +13,8 @@ from shared import policy
 from shared.db import transaction
 from shared.errors import BadRequest, FieldError, NotFound, ValidationFailed
 from shared.httpio import (
-    decode_cursor, encode_cursor, etag, if_match_version, json_response, limit_param,
+    decode_instant_cursor, encode_instant_cursor, etag, if_match_version, json_response,
+    limit_param, parse_instant,
     merge_patch, read_json_object,
 )
 from shared.writes import begin_write
@@ -45,33 +45,12 @@ def _visit_id(request: web.Request) -> uuid.UUID:
         raise NotFound(f"visit {raw[:64]} does not exist") from exc
 
 
-# RFC 3339 date-time, offset required (fromisoformat alone also takes "20260101T00", no offset...).
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
-_EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC)
-_LATEST = dt.datetime.max.replace(tzinfo=dt.UTC)
-
-
-def _instant(raw: str) -> dt.datetime:
-    """An RFC 3339 timestamp in UTC (ValueError when it is not one).
-
-    A valid timestamp whose UTC instant Python cannot hold (year 1 at +23:59, year 9999 at
-    -23:59) is clamped to the first or last representable instant, where it sorts anyway.
-    """
-    if not _RFC3339.fullmatch(raw):
-        raise ValueError(f"{raw!r} is not an RFC 3339 timestamp")
-    value = dt.datetime.fromisoformat(raw.upper())
-    try:
-        return value.astimezone(dt.UTC)
-    except OverflowError:
-        return _EARLIEST if value.year == 1 else _LATEST
-
-
 def _timestamp(query: Any, name: str) -> dt.datetime | None:
     raw = query.get(name)
     if raw is None:
         return None
     try:
-        return _instant(raw)
+        return parse_instant(raw)
     except ValueError as exc:
         raise BadRequest(f"{name} must be an RFC 3339 timestamp with a UTC offset") from exc
 
@@ -136,12 +115,7 @@ async def list_visits(request: web.Request) -> web.Response:
         raise ValidationFailed(errors=errors)
     limit = limit_param(request.query)
     since, until = _timestamp(request.query, "since"), _timestamp(request.query, "until")
-    after = None
-    if (cursor := decode_cursor(request.query.get("cursor"), 2)) is not None:
-        try:
-            after = (_instant(cursor[0]), uuid.UUID(cursor[1]))
-        except ValueError as exc:
-            raise BadRequest("cursor is not valid") from exc
+    after = decode_instant_cursor(request.query.get("cursor"))
     db = pool(request)
 
     async def load() -> bytes:
@@ -151,7 +125,7 @@ async def list_visits(request: web.Request) -> web.Response:
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
-            next_cursor = encode_cursor([last["started_at"].isoformat(), str(last["visit_id"])])
+            next_cursor = encode_instant_cursor(last["started_at"], last["visit_id"])
         return pack_entry(role, None, _encode({"items": items, "nextCursor": next_cursor}))
 
     page_key = visit_list_field(request.query)

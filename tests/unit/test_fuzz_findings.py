@@ -11,14 +11,15 @@ from multidict import MultiDict
 from pydantic import TypeAdapter, ValidationError
 
 from anonymizer.models import StudyIn
-from anonymizer.routes import run_cursor
 from audit_service.routes import after_seq
 from shared.cachekeys import visit_list_field
 from shared.errors import BadRequest
-from shared.httpio import decode_cursor, encode_cursor, if_match_version, limit_param
+from shared.httpio import (
+    decode_cursor, decode_instant_cursor, encode_cursor, if_match_version, limit_param,
+    parse_instant,
+)
 from user_service.models import Email, UserPatch
 from visit_service.models import VisitIn, VisitPatch, Vitals
-from visit_service.routes import _instant
 
 
 @pytest.mark.parametrize("raw", ["²", "١٢", "0", "201", "-1", "1.0", ""])
@@ -52,7 +53,7 @@ def test_a_cursor_holding_a_nul_is_400_before_it_reaches_postgresql() -> None:
     ],
 )
 def test_visit_query_timestamps_are_rfc_3339_in_utc(raw: str, expected: dt.datetime) -> None:
-    assert _instant(raw) == expected
+    assert parse_instant(raw) == expected
 
 
 @pytest.mark.parametrize(
@@ -60,7 +61,7 @@ def test_visit_query_timestamps_are_rfc_3339_in_utc(raw: str, expected: dt.datet
 )
 def test_what_is_not_rfc_3339_is_refused(raw: str) -> None:
     with pytest.raises(ValueError):
-        _instant(raw)
+        parse_instant(raw)
 
 
 def test_a_visit_time_past_what_can_be_stored_is_422_not_500() -> None:
@@ -117,11 +118,11 @@ RUN_ID = "00000000-0000-4000-8000-000000000000"
 )
 def test_a_runs_cursor_the_server_never_wrote_is_400_not_500(started: str) -> None:
     with pytest.raises(BadRequest):
-        run_cursor(encode_cursor([started, RUN_ID]))
+        decode_instant_cursor(encode_cursor([started, RUN_ID]))
 
 
 def test_a_runs_cursor_is_an_instant_in_utc_and_a_run_id() -> None:
-    after = run_cursor(encode_cursor(["2026-01-01T02:00:00+02:00", RUN_ID]))
+    after = decode_instant_cursor(encode_cursor(["2026-01-01T02:00:00+02:00", RUN_ID]))
     assert after is not None
     started, run_id = after
     assert started == dt.datetime(2026, 1, 1, tzinfo=dt.UTC) and started.tzinfo == dt.UTC
