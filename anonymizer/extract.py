@@ -31,6 +31,8 @@ from shared.db import db_errors
 from shared.errors import Conflict, NotFound, ServiceError
 
 log = logging.getLogger("medsvc.anonymizer.run")
+# Record batches read but not yet written, at most (then the readers wait for the writer).
+_QUEUED_BATCHES = 8
 
 
 @dataclass
@@ -169,20 +171,46 @@ async def _read_all(
     ex: Extractor, conn: asyncpg.Connection, run_id: Any, study_id: str, keys: StudyKeys,
     marks: dict[int, str], known: dict[str, Any], cutoff: int,
 ) -> list[ShardResult]:
-    """Read every shard in parallel, each passing its record batches to the run's connection."""
-    write_lock = asyncio.Lock()
+    """Read every shard in parallel, each passing its record batches to the run's connection.
+
+    One writer task COPYs the batches into the run's transaction while the readers go on
+    fetching and de-identifying (a bounded queue: a reader far ahead waits, back-pressure).
+    Anything failing (a reader, the writer) cancels the rest and fails the run.
+    """
+    queue: asyncio.Queue[list[store.RecordRow] | None] = asyncio.Queue(maxsize=_QUEUED_BATCHES)
+    shard_list = ex.shard_pools.shard_map.shards
+    remaining = len(shard_list)
 
     async def emit(batch: list[store.RecordRow]) -> None:
-        # One COPY at a time on the run's connection; a reader waits (back-pressure).
-        async with write_lock:
-            await store.copy_records(conn, run_id, batch)
+        await queue.put(batch)
+
+    async def write() -> None:
+        # One COPY at a time on the run's connection, of every batch waiting (fewer, larger COPYs).
+        done = remaining == 0
+        while not done:
+            rows = await queue.get()
+            if rows is None:
+                break
+            while not queue.empty():
+                more = queue.get_nowait()
+                if more is None:
+                    done = True
+                    break
+                rows += more
+            await store.copy_records(conn, run_id, rows)
+
+    async def read(shard: Any) -> ShardResult:
+        nonlocal remaining
+        result = await _read(ex, shard, study_id, keys, marks.get(shard.id), known, cutoff, emit)
+        remaining -= 1
+        if remaining == 0:
+            await queue.put(None)  # the last reader done: the writer stops after the last batch
+        return result
 
     try:
         async with asyncio.TaskGroup() as tg:
-            tasks = [
-                tg.create_task(_read(ex, shard, study_id, keys, marks.get(shard.id), known, cutoff, emit))
-                for shard in ex.shard_pools.shard_map.shards
-            ]
+            tasks = [tg.create_task(read(shard)) for shard in shard_list]
+            tg.create_task(write())
     except* Exception as group:
         # One shard failing fails the run (the others were cancelled): say which.
         errors = group.exceptions

@@ -115,10 +115,10 @@ async def test_unknown_user_is_404_problem(admin: Api) -> None:
 async def test_search_merges_shards_in_order_and_pages_with_a_cursor(admin: Api, stack) -> None:
     family = "Zq" + unique("fam").replace(".", "")
     made = []
-    for given in ("Ann", "Bob", "Cat", "Dan", "Eve", "Fay", "Gus"):
-        made.append(await admin.create_patient(familyName=family, givenName=given))
-    shards = {stack.shard_map.shard_id_for(u["userName"]) for u in made}
-    assert shards == {0, 1}, "the test wants users on both shards"
+    givens = iter(("Ann", "Bob", "Cat", "Dan", "Eve", "Fay", "Gus", "Hal", "Ida", "Jon", "Kim", "Lou"))
+    # At least 7 users, and on both shards (userNames are random: keep going until they are).
+    while len(made) < 7 or {stack.shard_map.shard_id_for(u["userName"]) for u in made} != {0, 1}:
+        made.append(await admin.create_patient(familyName=family, givenName=next(givens)))
     seen, cursor = [], None
     while True:
         params = {"familyName": family.lower()[:5], "limit": "3"} | ({"cursor": cursor} if cursor else {})
