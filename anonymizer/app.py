@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -29,6 +28,7 @@ from shared.db import pool_scope
 from shared.ops import setup_ops
 from shared.problems import error_middleware, observe_middleware
 from shared.shardmap import ShardMap
+from shared.tasks import background_context
 
 log = logging.getLogger("medsvc.anonymizer")
 
@@ -49,23 +49,6 @@ async def extractor_scope(settings: AnonymizerSettings, shard_map: ShardMap) -> 
             yield Extractor(pool, shard_pools, settings.master_key, settings.anonymizer_batch_rows)
     finally:
         await shard_pools.close()
-
-
-def _background(
-    name: str, make: Callable[[web.Application], Coroutine[Any, Any, None]]
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup context running ``make(app)`` as a task, cancelled and awaited on exit."""
-
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(make(app), name=name)
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    return context
 
 
 async def refresh_last_success(ex: Extractor, interval: float) -> None:
@@ -103,12 +86,12 @@ def create_app(settings: AnonymizerSettings, shard_map: ShardMap, *, role: str =
             await conn.execute("SELECT 1")
 
     app.cleanup_ctx.append(registry_context)
-    app.cleanup_ctx.append(_background(
+    app.cleanup_ctx.append(background_context(
         "last-success-metrics",
         lambda app: refresh_last_success(app[EXTRACTOR], settings.anonymizer_metrics_interval),
     ))  # fmt: skip
     if role == "scheduler":
-        app.cleanup_ctx.append(_background(
+        app.cleanup_ctx.append(background_context(
             "scheduler", lambda app: run_forever(app[EXTRACTOR], settings.anonymizer_schedule_interval)
         ))  # fmt: skip
     setup_ops(app, [database_ready])

@@ -157,7 +157,8 @@ async def _existing_study(ex: Extractor, study_id: str) -> None:
         raise NotFound(f"study {study_id} does not exist")
 
 
-async def get_run(request: web.Request) -> web.Response:
+async def _path_run(request: web.Request) -> asyncpg.Record:
+    """The run the path names, as it stands (an orphaned run shows as failed); 404 if none."""
     researcher(request)
     study_id, run_id = path_study_id(request), path_run_id(request)
     ex = extractor(request)
@@ -165,7 +166,11 @@ async def get_run(request: web.Request) -> web.Response:
     row = await store.get_run(ex.registry, study_id, run_id)
     if row is None:
         raise NotFound(f"run {run_id} of study {study_id} does not exist")
-    return json_response(run_json(row))
+    return row
+
+
+async def get_run(request: web.Request) -> web.Response:
+    return json_response(run_json(await _path_run(request)))
 
 
 async def list_runs(request: web.Request) -> web.Response:
@@ -189,17 +194,12 @@ async def list_runs(request: web.Request) -> web.Response:
 
 async def run_records(request: web.Request) -> web.StreamResponse:
     """The run's records as NDJSON, streamed from the registry a batch at a time."""
-    researcher(request)
-    study_id, run_id = path_study_id(request), path_run_id(request)
-    ex = extractor(request)
-    await store.fail_orphaned_runs(ex.registry, study_id)
-    row = await store.get_run(ex.registry, study_id, run_id)
-    if row is None:
-        raise NotFound(f"run {run_id} of study {study_id} does not exist")
+    row = await _path_run(request)
+    run_id = row["run_id"]
     if row["status"] != "succeeded":
         raise Conflict(f"run {run_id} is {row['status']}: only a succeeded run has records")
     resp = web.StreamResponse(headers={"Content-Type": NDJSON})
-    async for bodies in store.record_bodies(ex.registry, run_id):
+    async for bodies in store.record_bodies(extractor(request).registry, run_id):
         if not resp.prepared:
             await resp.prepare(request)
         await resp.write(("\n".join(bodies) + "\n").encode())

@@ -27,7 +27,6 @@ exponentially (0.1 s doubling to 5 s) and the events wait in the outbox.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -42,6 +41,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from shared.audit_client import AuditClient, AuditError, AuditRejected
 from shared.db import mask_dsn
+from shared.tasks import background
 
 log = logging.getLogger("medsvc.outbox")
 
@@ -290,14 +290,9 @@ def relay_context(
         timeout = aiohttp.ClientTimeout(total=30, sock_connect=2)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             client = AuditClient(audit_urls, session, jwt_secret, f"outbox-relay.shard-{cfg.shard_id}")
-            task = asyncio.create_task(OutboxRelay(cfg, client).run(), name=f"outbox-relay-{cfg.shard_id}")
-            log.info("relay started", extra={
-                "action": "outbox.started", "shard": cfg.shard_id, "audit": audit_urls})  # fmt: skip
-            try:
+            async with background(OutboxRelay(cfg, client).run(), f"outbox-relay-{cfg.shard_id}"):
+                log.info("relay started", extra={
+                    "action": "outbox.started", "shard": cfg.shard_id, "audit": audit_urls})  # fmt: skip
                 yield
-            finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
     return context

@@ -26,6 +26,7 @@ from shared.service import path_user_name, pool, principal, require_owned
 from shared.types import USER_NAME_PATTERN
 from shared.writes import begin_write
 from user_service import consent_store
+from user_service.store import user_role
 
 log = logging.getLogger("medsvc.consent")
 _STUDY_ID = re.compile(USER_NAME_PATTERN)
@@ -104,7 +105,7 @@ async def put_consent(request: web.Request) -> web.Response:
     caller = principal(request)
     async with transaction(pool(request)) as conn:
         await begin_write(conn, request, caller, "user_service")
-        role = await consent_store.patient_role(conn, user_name)
+        role = await user_role(conn, user_name, lock=True)
         policy.may_change_consent(caller, user_name, role)
         if role != "patient":
             raise ValidationFailed(errors=[FieldError("userName", "only patients take part in studies")])
@@ -118,7 +119,7 @@ async def delete_consent(request: web.Request) -> web.Response:
     caller = principal(request)
     async with transaction(pool(request)) as conn:
         await begin_write(conn, request, caller, "user_service")
-        role = await consent_store.patient_role(conn, user_name)
+        role = await user_role(conn, user_name, lock=True)
         policy.may_change_consent(caller, user_name, role)
         await consent_store.withdraw_consent(conn, user_name, study_id)
     return web.Response(status=204)

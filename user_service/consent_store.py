@@ -7,7 +7,6 @@ from typing import Any
 import asyncpg
 
 from shared.db import db_errors
-from shared.errors import NotFound
 
 _COLUMNS = "user_name, study_id, consented_at, withdrawn_at, updated_at, version"
 
@@ -22,16 +21,6 @@ def row_to_consent(row: asyncpg.Record) -> dict[str, Any]:
         "withdrawnAt": row["withdrawn_at"],
         "version": row["version"],
     }
-
-
-async def patient_role(conn: asyncpg.Connection, user_name: str) -> str:
-    """The user's role, the row share-locked for the transaction; NotFound when absent."""
-    with db_errors("the shard database"):
-        # patient_role: FOR SHARE keeps the user in place under the consent row.
-        row = await conn.fetchrow("SELECT role FROM users WHERE user_name = $1 FOR SHARE", user_name)
-    if row is None:
-        raise NotFound(f"user {user_name} does not exist")
-    return row["role"]
 
 
 async def give_consent(conn: asyncpg.Connection, user_name: str, study_id: str) -> asyncpg.Record:

@@ -21,6 +21,7 @@ from shared.writes import begin_write
 from shared.cache import pack_entry, unpack_entry
 from shared.cachekeys import VISIT_LIST_PARAMS, visit_field, visit_list_field, visits_group
 from shared.service import cache, path_user_name, pool, principal, require_owned
+from user_service.store import user_role
 from visit_service import store
 from visit_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, REQUIRED_FIELDS, VisitIn
 
@@ -72,7 +73,7 @@ async def create_visit(request: web.Request) -> web.Response:
         visit = visit.model_copy(update={"clinician": caller.sub})
     async with transaction(pool(request)) as conn:
         await begin_write(conn, request, caller, "visit_service")
-        role = await store.patient_role(conn, user_name, lock=True)
+        role = await user_role(conn, user_name, lock=True)
         policy.may_write_visits(caller, role)
         if role != "patient":
             raise ValidationFailed(errors=[FieldError("userName", "visits are recorded for patients only")])
@@ -90,7 +91,7 @@ async def get_visit(request: web.Request) -> web.Response:
     db = pool(request)
 
     async def load() -> bytes:
-        role = await store.patient_role(db, user_name)
+        role = await user_role(db, user_name)
         row = await store.get_visit(db, user_name, visit_id)
         if row is None:
             return pack_entry(role, None, b"")
@@ -119,7 +120,7 @@ async def list_visits(request: web.Request) -> web.Response:
     db = pool(request)
 
     async def load() -> bytes:
-        role = await store.patient_role(db, user_name)
+        role = await user_role(db, user_name)
         rows = await store.visits_page(db, user_name, since, until, after, limit + 1)
         items = [store.row_to_visit(r) for r in rows[:limit]]
         next_cursor = None
@@ -155,7 +156,7 @@ async def patch_visit(request: web.Request) -> web.Response:
     expected = if_match_version(request)
     async with transaction(pool(request)) as conn:
         await begin_write(conn, request, caller, "visit_service")
-        role = await store.patient_role(conn, user_name)
+        role = await user_role(conn, user_name)
         policy.may_write_visits(caller, role)
         current = await store.lock_visit(conn, user_name, visit_id)
         merged = merge_patch(_client_state(store.row_to_visit(current)), body)

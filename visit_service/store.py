@@ -46,18 +46,6 @@ def _values(visit: VisitIn) -> tuple[Any, ...]:
     )
 
 
-async def patient_role(conn: asyncpg.Connection | asyncpg.Pool, user_name: str, *, lock: bool = False) -> str:
-    """The role of the visit's patient; NotFound when the user does not exist."""
-    with db_errors("the shard database"):
-        # patient_role: FOR SHARE keeps the user from disappearing under a new visit.
-        row = await conn.fetchrow(
-            "SELECT role FROM users WHERE user_name = $1" + (" FOR SHARE" if lock else ""), user_name
-        )
-    if row is None:
-        raise NotFound(f"user {user_name} does not exist")
-    return row["role"]
-
-
 async def insert_visit(conn: asyncpg.Connection, user_name: str, visit: VisitIn) -> asyncpg.Record:
     """Insert a visit with a new server-generated id."""
     with db_errors("the shard database"):
