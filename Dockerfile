@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # One image for every role of MedicalService; the role is the command (deploy/k8s/):
 #   python -m gateway                      the gateway
-#   python -m shared.fe_server             an FE server (MEDSVC_SHARD, MEDSVC_SERVICES)
+#   python -m fe_server                    an FE server (MEDSVC_SHARD, MEDSVC_SERVICES)
 #   python -m audit_service                audit_service
 #   python -m anonymizer serve             the anonymizer API
 #   python -m anonymizer schedule          one scheduler pass (the CronJob)
@@ -27,6 +27,7 @@ PY
 # The code runs from /app (python -m finds the packages in the working directory), with its
 # SQL migrations beside it. Compiled now: the root filesystem is read-only at run time.
 COPY shared ./shared
+COPY fe_server ./fe_server
 COPY gateway ./gateway
 COPY user_service ./user_service
 COPY visit_service ./visit_service

@@ -19,7 +19,7 @@ SKIP_APT_UPDATE ?=
 SUB ?= admin
 ROLE ?= admin
 
-.PHONY: help venv deps run test token bench lint
+.PHONY: help venv deps run test token bench lint openapi
 
 help:
 	@echo "MedicalService — make targets:"
@@ -28,6 +28,7 @@ help:
 	@echo "  make bench    run the load benchmarks (results in bench/results/)"
 	@echo "  make token SUB=alice ROLE=clinician   print a bearer token (ROLE may be a,b)"
 	@echo "  make lint     ruff check"
+	@echo "  make openapi  regenerate gateway/openapi.json from the services' models (committed)"
 	@echo "  make fuzz     fuzz the whole API against its OpenAPI document (schemathesis, 200 examples/operation)"
 	@echo "  make deps     install the missing system packages (nginx, redis, PostgreSQL 15, openssl, wrk)"
 	@echo "  make venv     create .venv and install the project into it"
@@ -79,6 +80,10 @@ token: venv
 bench: deps venv
 	@echo "==> bench: load benchmarks"
 	$(PY) -m bench
+
+openapi: venv
+	@echo "==> openapi: writing the document the gateway serves"
+	$(PY) -m apidoc
 
 lint: venv
 	@echo "==> lint: ruff check"

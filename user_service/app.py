@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from shared.fe_app import HostedService
+from shared.hosting import HostedService
 from user_service.consent_routes import setup_consent_routes
 from user_service.routes import setup_routes
 

@@ -26,7 +26,7 @@ from shared.service import path_user_name, pool, principal, require_owned
 from shared.types import USER_NAME_PATTERN
 from shared.writes import begin_write
 from user_service import consent_store
-from user_service.store import user_role
+from shared.shard_users import user_role
 
 log = logging.getLogger("medsvc.consent")
 _STUDY_ID = re.compile(USER_NAME_PATTERN)

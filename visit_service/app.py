@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.fe_app import HostedService
+from shared.hosting import HostedService
 from visit_service.routes import setup_routes
 
 SERVICE = HostedService(

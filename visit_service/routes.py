@@ -21,7 +21,7 @@ from shared.writes import begin_write
 from shared.cache import pack_entry, unpack_entry
 from shared.cachekeys import VISIT_LIST_PARAMS, visit_field, visit_list_field, visits_group
 from shared.service import cache, path_user_name, pool, principal, require_owned
-from user_service.store import user_role
+from shared.shard_users import user_role
 from visit_service import store
 from visit_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, REQUIRED_FIELDS, VisitIn
 

@@ -86,7 +86,7 @@ def shard_objects(shard: int, sizing: ShardSizing) -> list[Obj]:
               {"name": "MEDSVC_AUDIT_URLS", "value": service_urls("audit")},
               secret_env("MEDSVC_JWT_SECRET", "jwt-secret"),
               secret_env("MEDSVC_PG_PASSWORD", "pg-password")]
-    fe_pod = python_pod("fe", ["python", "-m", "shared.fe_server"], env=fe_env, shard=shard,
+    fe_pod = python_pod("fe", ["python", "-m", "fe_server"], env=fe_env, shard=shard,
                         shard_map=True)
     objs = [
         *postgres(names["postgres"], "postgres", "medsvc", "pg-password", sizing.pg_storage,

@@ -141,7 +141,7 @@ class Stack:
             i: [
                 py(
                     f"fe-shard-{i}-{m}",
-                    "shared.fe_server",
+                    "fe_server",
                     ["--shard", str(i), "--services", cfg.fe_services],
                 )
                 for m in range(cfg.fe_per_shard)

@@ -27,8 +27,8 @@ import aiohttp
 import pytest
 
 from deploy.localstack import Stack
-from shared.openapi import build_document
-from shared.operations import OPERATIONS
+from apidoc.openapi import build_document
+from apidoc.operations import OPERATIONS
 from tests.e2e.fuzz_hooks import ROLES
 
 EXAMPLES = int(os.environ.get("MEDSVC_FUZZ_EXAMPLES", "20"))

@@ -7,7 +7,7 @@ import uuid
 
 import asyncpg
 
-from shared.fe_app import migration_sets
+from fe_server.app import migration_sets
 from shared.migrate import apply_migrations, migration_files
 
 

@@ -571,5 +571,7 @@ def test_the_image_holds_every_package_the_manifests_run(rendered: dict[str, lis
                     if (REPO / package / "__init__.py").exists():  # the project's own
                         assert package in copied and package not in ignored, (name, package)
     # Every package of the project the FE servers load (the services they host).
-    for package in ("shared", "gateway", "user_service", "visit_service", "audit_service"):
+    for package in (
+        "shared", "fe_server", "gateway", "user_service", "visit_service", "audit_service"
+    ):
         assert package in copied, package

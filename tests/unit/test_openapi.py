@@ -25,11 +25,11 @@ from audit_service.models import ChainVerdict, Event, NewEvent
 from audit_service.settings import AuditSettings
 from gateway.app import create_app as create_gateway
 from gateway.routes import not_found
-from shared.fe_app import SERVICE_MODULES
+from fe_server.app import SERVICES
 from shared.httpio import json_response
-from shared.fe_app import create_app as create_fe
-from shared.openapi import build_document
-from shared.operations import OPERATIONS, Operation
+from fe_server.app import create_app as create_fe
+from apidoc.openapi import build_document
+from apidoc.operations import OPERATIONS, Operation
 from shared.settings import FESettings, GatewaySettings
 from shared.shardmap import Shard, ShardMap, even_ranges
 from user_service import consent_store
@@ -60,7 +60,7 @@ def shard_map() -> ShardMap:
 
 def apps() -> list[web.Application]:
     """Every app that serves /v1, built by its factory (no I/O happens until startup)."""
-    fe = create_fe(FESettings(shard=0, services=",".join(SERVICE_MODULES)), shard_map())
+    fe = create_fe(FESettings(shard=0, services=",".join(SERVICES)), shard_map())
     return [
         fe,
         create_gateway(GatewaySettings(), shard_map()),

@@ -6,10 +6,8 @@ is a cleanup context that opens it, applies the hosted services' migrations, and
 
 from __future__ import annotations
 
-import importlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
@@ -18,6 +16,7 @@ from shared.appkeys import CACHE, FE_SETTINGS, PG_POOL, SHARD_ID, SHARD_MAP, VER
 from shared.auth import TokenVerifier
 from shared.cache import ReadCache
 from shared.db import pool_scope
+from shared.hosting import HostedService
 from shared.httpio import MAX_BODY
 from shared.migrate import apply_migrations
 from shared.ops import setup_ops
@@ -25,28 +24,21 @@ from shared.outbox import RelayConfig, outbox_migration_sets, relay_context
 from shared.problems import error_middleware, observe_middleware
 from shared.settings import FESettings
 from shared.shardmap import ShardMap
+from user_service import app as user_app
+from visit_service import app as visit_app
 
 log = logging.getLogger("medsvc.fe")
 
 
-@dataclass(frozen=True)
-class HostedService:
-    """What a service package gives the FE server: routes, migrations, schema dependencies."""
-
-    name: str
-    migrations: Path
-    setup_routes: Callable[[web.Application], None]
-    requires: tuple[str, ...] = ()
-
-
-SERVICE_MODULES = {"user": "user_service.app", "visit": "visit_service.app"}
+# The services an FE server can host, by the name its settings use.
+SERVICES: dict[str, HostedService] = {"user": user_app.SERVICE, "visit": visit_app.SERVICE}
 
 
 def hosted_service(name: str) -> HostedService:
     """The service called ``name`` (ValueError for an unknown one)."""
-    if name not in SERVICE_MODULES:
-        raise ValueError(f"unknown service {name!r}; known: {sorted(SERVICE_MODULES)}")
-    return importlib.import_module(SERVICE_MODULES[name]).SERVICE
+    if name not in SERVICES:
+        raise ValueError(f"unknown service {name!r}; known: {sorted(SERVICES)}")
+    return SERVICES[name]
 
 
 def migration_sets(names: list[str]) -> list[tuple[str, Path]]:

@@ -3,7 +3,7 @@
 One :class:`Operation` a public endpoint: its id, method and path, the pydantic models of its
 request and response bodies (the ones the services validate with), the roles that may call it,
 the error statuses it can answer and the links a client can follow from its response.
-:func:`shared.openapi.build_document` turns the table into the document; the unit tests hold
+:func:`apidoc.openapi.build_document` turns the table into the document; the unit tests hold
 the routes the code registers to it. A later endpoint (audit, studies, ops) is one more row,
 plus its query parameters in :data:`QUERY` when it has new ones.
 """

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of the public API, built from the models the services validate with.
 
-:func:`build_document` turns the table of operations (:mod:`shared.operations`, the single
+:func:`build_document` turns the table of operations (:mod:`apidoc.operations`, the single
 source) into the document the gateway serves at ``/v1/openapi.json``. Schemas come from
 pydantic (``model_json_schema``) and are never written out by hand; their ``$defs`` become
 ``components/schemas``. Errors are RFC 9457 problem documents (:class:`Problem`), as
@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.operations import OPERATIONS, PATH_PARAMS, QUERY, Operation
+from apidoc.operations import OPERATIONS, PATH_PARAMS, QUERY, Operation
 
 OPENAPI_VERSION = "3.1.0"
 PROBLEM_JSON = "application/problem+json"

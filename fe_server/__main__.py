@@ -1,11 +1,11 @@
-"""Run an FE server: ``python -m shared.fe_server --shard 1 --services user,visit --port 9101``."""
+"""Run an FE server: ``python -m fe_server --shard 1 --services user,visit --port 9101``."""
 
 from __future__ import annotations
 
 import argparse
 
 
-from shared.fe_app import create_app
+from fe_server.app import create_app
 from shared.logs import setup_logging
 from shared.runner import run_app
 from shared.settings import FESettings, load
