@@ -1,0 +1,109 @@
+"""One service's app in process, against a real PostgreSQL: a fresh database per test.
+
+A throwaway PostgreSQL cluster is started once per session (as the local stack starts its
+own: initdb as an unprivileged account when we are root, a free port, fsync off). The FE
+server's migrations run once into a template database; each test gets
+``CREATE DATABASE … TEMPLATE …`` (a file copy, as procrastinate's tests do) and its own app,
+built by the same ``create_app`` and settings parser as production, served by aiohttp's
+test server on a real socket. No nginx, no gateway, no Redis (the cache is off): these tests
+are about the handlers; the topology, cache and fault tests stay in ``tests/e2e``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+
+from deploy.localstack.ports import free_port
+from deploy.localstack.postgres import PostgresServer, server_account
+from fe_server.app import create_app, migration_sets
+from shared.auth import make_token
+from shared.migrate import apply_migrations
+from shared.settings import FESettings
+from shared.shardmap import DEFAULT_BUCKETS, Shard, ShardMap
+from tests.e2e.api import Api
+
+SECRET = "inproc-test-secret-of-at-least-32-bytes"
+TEMPLATE = "fe_template"
+_names = itertools.count()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def pg() -> AsyncIterator[PostgresServer]:
+    """A PostgreSQL cluster for this session, stopped and removed at the end."""
+    base = Path(tempfile.mkdtemp(prefix="medsvc-inproc-"))
+    base.chmod(0o755)  # PostgreSQL may run as another account and must get in
+    server = PostgresServer(
+        "pg-inproc", base / "data", free_port(), base / "postgres.log",
+        fast=True, account=server_account(),
+    )  # fmt: skip
+    try:
+        await server.start()
+        conn = await asyncpg.connect(server.dsn)
+        try:
+            await conn.execute(f'CREATE DATABASE "{TEMPLATE}"')
+        finally:
+            await conn.close()
+        conn = await asyncpg.connect(server.dsn_for(TEMPLATE))
+        try:
+            await apply_migrations(conn, migration_sets(["user", "visit"]))
+        finally:
+            await conn.close()
+        yield server
+    finally:
+        await server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def shard_db(pg: PostgresServer) -> AsyncIterator[str]:
+    """The DSN of a fresh, migrated shard database, dropped after the test."""
+    name = f"t_{next(_names)}"
+    admin = await asyncpg.connect(pg.dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
+        yield pg.dsn_for(name)
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def fe(shard_db: str) -> AsyncIterator[TestClient]:
+    """The FE server of shard 0 (user and visit services) in process, its cache off."""
+    shard_map = ShardMap(
+        buckets=DEFAULT_BUCKETS,
+        shards=[Shard(id=0, buckets=[(0, DEFAULT_BUCKETS - 1)], postgres=shard_db)],
+    )
+    settings = FESettings(shard=0, services="user,visit", cache=False, jwt_secret=SECRET,
+                          pg_pool_min=1, pg_pool_max=4)
+    client = TestClient(TestServer(create_app(settings, shard_map)))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def as_role(fe: TestClient) -> Callable[[str, str], Api]:
+    """``as_role(sub, role)``: a client of the in-process app calling with that one role."""
+
+    def make(sub: str, role: str) -> Api:
+        base = str(fe.make_url("")).rstrip("/")
+        return Api(fe.session, base, make_token(SECRET, sub, [role]))
+
+    return make
+
+
+@pytest.fixture
+def admin(as_role: Callable[[str, str], Api]) -> Api:
+    return as_role("admin", "admin")
