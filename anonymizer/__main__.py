@@ -21,8 +21,8 @@ import uvloop
 
 from anonymizer.app import create_app, extractor_scope
 from anonymizer.extract import begin_run, execute
-from anonymizer.scheduler import tick
 from anonymizer.routes import run_json
+from anonymizer.scheduler import tick
 from anonymizer.settings import AnonymizerSettings
 from shared.errors import Conflict, NotFound
 from shared.logs import setup_logging

@@ -18,7 +18,12 @@ from pydantic import BaseModel
 
 from anonymizer.models import Record, Run, RunPage, Study, StudyIn, StudyPage
 from audit_service.models import (
-    FILTER_MAX_LENGTH, NAME_PATTERN, ChainVerdict, Event, EventPage, NewEvent,
+    FILTER_MAX_LENGTH,
+    NAME_PATTERN,
+    ChainVerdict,
+    Event,
+    EventPage,
+    NewEvent,
 )
 from shared.types import USER_NAME_PATTERN
 from user_service.models import Consent, User, UserIn, UserPage, UserPatch

@@ -141,7 +141,10 @@ class SqlMax(_Base):
 
 
 class Samples(dict[tuple[str, frozenset[tuple[str, str]]], float]):
-    """Prometheus samples by (sample name, labels): sums over labels, differences between scrapes."""
+    """Prometheus samples by (sample name, labels).
+
+    Sums over labels, and differences between two scrapes.
+    """
 
     def total(self, name: str, **labels: str) -> float:
         """The sum of the samples called ``name`` whose labels include ``labels``."""
@@ -265,7 +268,9 @@ def default_probes() -> list[Probe]:
         # Where the time of a request goes: inside the FE handler, the gateway's wait for the
         # FE (upstream), the whole gateway; wrk's mean is the end-to-end figure.
         PromDelta("cache", "fe+gateway", cache_hit_ratio),
-        PromDelta("fe", "fe", mean_ms("medsvc_http_request_duration_seconds", "FE handler mean ms")),
+        PromDelta(
+            "fe", "fe", mean_ms("medsvc_http_request_duration_seconds", "FE handler mean ms")
+        ),
         PromDelta("gateway", "gateway",
                   mean_ms("medsvc_http_request_duration_seconds", "gateway mean ms"),
                   mean_ms("medsvc_gateway_upstream_duration_seconds", "gateway→FE mean ms")),

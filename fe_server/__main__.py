@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-
 from fe_server.app import create_app
 from shared.logs import setup_logging
 from shared.runner import run_app
@@ -19,7 +18,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, help="listen port (MEDSVC_PORT)")
     parser.add_argument("--host", help="listen address (MEDSVC_HOST)")
     args = parser.parse_args(argv)
-    settings = load(FESettings, shard=args.shard, services=args.services, port=args.port, host=args.host)
+    settings = load(
+        FESettings, shard=args.shard, services=args.services, port=args.port, host=args.host
+    )
     setup_logging(f"fe-shard-{settings.shard}", settings.log_level)
     app = create_app(settings, load_shard_map(settings.shard_map))
     run_app(app, settings.host, settings.port)

@@ -64,7 +64,9 @@ def create_app(settings: FESettings, shard_map: ShardMap) -> web.Application:
     """Build the FE server for ``settings.shard`` hosting ``settings.service_list``."""
     shard = shard_map.shard(settings.shard)
     services = [hosted_service(n) for n in settings.service_list]
-    app = web.Application(middlewares=[observe_middleware, error_middleware], client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[observe_middleware, error_middleware], client_max_size=MAX_BODY
+    )
     app[SHARD_MAP] = shard_map
     app[SHARD_ID] = shard.id
     app[VERIFIER] = TokenVerifier(settings.jwt_secret.get_secret_value())
@@ -73,8 +75,11 @@ def create_app(settings: FESettings, shard_map: ShardMap) -> web.Application:
     async def pg_context(app: web.Application) -> AsyncIterator[None]:
         password = settings.pg_password.get_secret_value() if settings.pg_password else None
         async with pool_scope(
-            shard.postgres, password=password, min_size=settings.pg_pool_min,
-            max_size=settings.pg_pool_max, what=f"shard-{shard.id}",
+            shard.postgres,
+            password=password,
+            min_size=settings.pg_pool_min,
+            max_size=settings.pg_pool_max,
+            what=f"shard-{shard.id}",
             # Handlers keep no session state (settings are transaction-local): no reset query.
             reset_sessions=False,
         ) as pool:
@@ -87,11 +92,15 @@ def create_app(settings: FESettings, shard_map: ShardMap) -> web.Application:
         cache = ReadCache(shard.redis if settings.cache else None, shard.id, ttl=settings.cache_ttl)
         try:
             await cache.ping()
-            log.info("cache connected", extra={"action": "cache.connected", "shard": shard.id,
-                                               "enabled": cache.enabled})
+            log.info(
+                "cache connected",
+                extra={"action": "cache.connected", "shard": shard.id, "enabled": cache.enabled},
+            )
         except Exception as exc:  # noqa: BLE001 - a dead cache degrades reads, it does not stop us
-            log.warning("cache unreachable at start", extra={"action": "cache.unreachable",
-                                                             "error": type(exc).__name__})
+            log.warning(
+                "cache unreachable at start",
+                extra={"action": "cache.unreachable", "error": type(exc).__name__},
+            )
             cache.breaker.trip()
         app[CACHE] = cache
         try:

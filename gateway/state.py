@@ -1,4 +1,4 @@
-"""What the gateway keeps: the shard map, the token verifier and one cluster per shard and service."""
+"""What the gateway keeps: the shard map, the token verifier, a cluster per shard and service."""
 
 from __future__ import annotations
 

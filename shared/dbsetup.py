@@ -31,7 +31,9 @@ def dsn_with(dsn: str, *, user: str | None = None, database: str | None = None) 
     return urlunsplit((parts.scheme, netloc, path, parts.query, parts.fragment))
 
 
-async def connect_with_retry(dsn: str, password: str | None, attempts: int = 30) -> asyncpg.Connection:
+async def connect_with_retry(
+    dsn: str, password: str | None, attempts: int = 30
+) -> asyncpg.Connection:
     """One connection, retried a bounded number of times with one warning per try."""
     for attempt in range(1, attempts + 1):
         try:

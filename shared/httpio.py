@@ -13,7 +13,13 @@ import orjson
 from aiohttp import web
 from multidict import MultiMapping
 
-from shared.errors import BadRequest, FieldError, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from shared.errors import (
+    BadRequest,
+    FieldError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 
 MAX_BODY = 1024 * 1024
 JSON_TYPES = ("application/json", "application/merge-patch+json")
@@ -38,10 +44,16 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return data
 
 
-def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    data: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     """A JSON response encoded once with orjson."""
-    return web.Response(body=orjson.dumps(data, option=orjson.OPT_UTC_Z), status=status, headers=headers,
-                        content_type="application/json")
+    return web.Response(
+        body=orjson.dumps(data, option=orjson.OPT_UTC_Z),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+    )
 
 
 def etag(version: int) -> str:
@@ -88,8 +100,10 @@ def decode_cursor(raw: str | None, arity: int) -> list[Any] | None:
     except (binascii.Error, ValueError, orjson.JSONDecodeError) as exc:
         raise BadRequest("cursor is not valid") from exc
     # A NUL could never have come from a stored key, and PostgreSQL text refuses it.
-    if not isinstance(key, list) or len(key) != arity or not all(
-        isinstance(k, str) and "\x00" not in k for k in key
+    if (
+        not isinstance(key, list)
+        or len(key) != arity
+        or not all(isinstance(k, str) and "\x00" not in k for k in key)
     ):
         raise BadRequest("cursor is not valid")
     return key

@@ -14,7 +14,7 @@ PATIENT_MUTABLE = frozenset({"email", "phone", "address"})
 
 
 def may_use_users_api(p: Principal, target: str | None) -> None:
-    """Coarse gate for ``/v1/users...``: researchers and auditors never; patients only themselves."""
+    """Coarse gate for ``/v1/users...``: never researchers or auditors; patients only themselves."""
     if p.has("admin", "clinician"):
         return
     if p.has("patient") and target is not None and target == p.sub:

@@ -11,7 +11,9 @@ from aiohttp import web
 
 
 @contextlib.asynccontextmanager
-async def background(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterator[asyncio.Task[None]]:
+async def background(
+    coro: Coroutine[Any, Any, None], name: str
+) -> AsyncIterator[asyncio.Task[None]]:
     """Run ``coro`` as a task for the duration of the block; cancel and await it on the way out."""
     task = asyncio.create_task(coro, name=name)
     try:

@@ -15,12 +15,16 @@ from shared.db import db_errors
 from shared.logs import request_id_var
 
 
-async def begin_write(conn: asyncpg.Connection, request: web.Request, actor: Principal, service: str) -> None:
+async def begin_write(
+    conn: asyncpg.Connection, request: web.Request, actor: Principal, service: str
+) -> None:
     """Tag the current transaction with the actor, the source and the request id."""
     with db_errors("the shard database"):
         # set_config(..., true) is transaction-local: it vanishes at COMMIT or ROLLBACK.
         await conn.execute(
             """SELECT set_config('medsvc.actor', $1, true), set_config('medsvc.source', $2, true),
                       set_config('medsvc.request_id', $3, true)""",
-            actor.sub, f"{service}/shard-{request.app[SHARD_ID]}", request_id_var.get(),
+            actor.sub,
+            f"{service}/shard-{request.app[SHARD_ID]}",
+            request_id_var.get(),
         )

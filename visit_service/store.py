@@ -41,8 +41,15 @@ def row_to_visit(row: asyncpg.Record) -> dict[str, Any]:
 def _values(visit: VisitIn) -> tuple[Any, ...]:
     dump = visit.model_dump(exclude_none=True)
     return (
-        visit.clinician, visit.type, visit.startedAt, visit.endedAt, visit.reason,
-        dump.get("diagnoses", []), dump.get("vitals"), dump.get("medications", []), visit.notes,
+        visit.clinician,
+        visit.type,
+        visit.startedAt,
+        visit.endedAt,
+        visit.reason,
+        dump.get("diagnoses", []),
+        dump.get("vitals"),
+        dump.get("medications", []),
+        visit.notes,
     )
 
 
@@ -54,26 +61,35 @@ async def insert_visit(conn: asyncpg.Connection, user_name: str, visit: VisitIn)
             f"""INSERT INTO visits (visit_id, user_name, clinician, type, started_at, ended_at,
                                     reason, diagnoses, vitals, medications, notes)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {_COLUMNS}""",
-            uuid.uuid4(), user_name, *_values(visit),
+            uuid.uuid4(),
+            user_name,
+            *_values(visit),
         )
 
 
-async def get_visit(conn: asyncpg.Connection | asyncpg.Pool, user_name: str, visit_id: uuid.UUID) -> asyncpg.Record | None:
+async def get_visit(
+    conn: asyncpg.Connection | asyncpg.Pool, user_name: str, visit_id: uuid.UUID
+) -> asyncpg.Record | None:
     """The visit of this patient with this id, or None."""
     with db_errors("the shard database"):
         # get_visit: by primary key, scoped to the patient.
         return await conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM visits WHERE visit_id = $1 AND user_name = $2", visit_id, user_name
+            f"SELECT {_COLUMNS} FROM visits WHERE visit_id = $1 AND user_name = $2",
+            visit_id,
+            user_name,
         )
 
 
-async def lock_visit(conn: asyncpg.Connection, user_name: str, visit_id: uuid.UUID) -> asyncpg.Record:
+async def lock_visit(
+    conn: asyncpg.Connection, user_name: str, visit_id: uuid.UUID
+) -> asyncpg.Record:
     """The visit locked for update in the caller's transaction; NotFound if absent."""
     with db_errors("the shard database"):
         # lock_visit: serialises concurrent updates of one visit.
         row = await conn.fetchrow(
             f"SELECT {_COLUMNS} FROM visits WHERE visit_id = $1 AND user_name = $2 FOR UPDATE",
-            visit_id, user_name,
+            visit_id,
+            user_name,
         )
     if row is None:
         raise NotFound(f"visit {visit_id} of {user_name} does not exist")
@@ -81,7 +97,11 @@ async def lock_visit(conn: asyncpg.Connection, user_name: str, visit_id: uuid.UU
 
 
 async def update_visit(
-    conn: asyncpg.Connection, visit_id: uuid.UUID, visit: VisitIn, expected: int | None, current: int
+    conn: asyncpg.Connection,
+    visit_id: uuid.UUID,
+    visit: VisitIn,
+    expected: int | None,
+    current: int,
 ) -> asyncpg.Record:
     """Write the mutable fields of a locked visit and bump its version."""
     if expected is not None and expected != current:
@@ -93,13 +113,18 @@ async def update_visit(
                        reason = $6, diagnoses = $7, vitals = $8, medications = $9, notes = $10,
                        updated_at = now(), version = version + 1
                 WHERE visit_id = $1 RETURNING {_COLUMNS}""",
-            visit_id, *_values(visit),
+            visit_id,
+            *_values(visit),
         )
 
 
 async def visits_page(
-    conn: asyncpg.Pool, user_name: str, since: dt.datetime | None, until: dt.datetime | None,
-    after: tuple[dt.datetime, uuid.UUID] | None, limit: int,
+    conn: asyncpg.Pool,
+    user_name: str,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    after: tuple[dt.datetime, uuid.UUID] | None,
+    limit: int,
 ) -> list[asyncpg.Record]:
     """A patient's visits in [since, until), newest startedAt first, after a keyset position."""
     with db_errors("the shard database"):
@@ -112,5 +137,10 @@ async def visits_page(
                   AND ($4::timestamptz IS NULL OR (started_at, visit_id) < ($4, $5::uuid))
                 ORDER BY started_at DESC, visit_id DESC
                 LIMIT $6""",
-            user_name, since, until, after[0] if after else None, after[1] if after else None, limit,
+            user_name,
+            since,
+            until,
+            after[0] if after else None,
+            after[1] if after else None,
+            limit,
         )

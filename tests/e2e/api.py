@@ -34,23 +34,41 @@ class Api:
     def __init__(self, http: aiohttp.ClientSession, base_url: str, token: str | None) -> None:
         self.http, self.base_url, self.token = http, base_url, token
 
-    async def call(self, method: str, path: str, body: Any = None, *, headers: dict | None = None,
-                   raw: bytes | None = None, params: dict | None = None) -> Reply:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        headers: dict | None = None,
+        raw: bytes | None = None,
+        params: dict | None = None,
+    ) -> Reply:
         hdrs = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         data = raw
         if body is not None:
             data = orjson.dumps(body)
             hdrs["Content-Type"] = "application/json"
         hdrs.update(headers or {})
-        async with self.http.request(method, self.base_url + path, data=data, headers=hdrs,
-                                     params=params) as resp:
+        async with self.http.request(
+            method, self.base_url + path, data=data, headers=hdrs, params=params
+        ) as resp:
             payload = await resp.read()
-            parsed = orjson.loads(payload) if payload and "json" in resp.headers.get("Content-Type", "") else payload
+            parsed = (
+                orjson.loads(payload)
+                if payload and "json" in resp.headers.get("Content-Type", "")
+                else payload
+            )
             return Reply(resp.status, resp.headers, parsed)
 
     async def create_patient(self, user_name: str | None = None, **fields: Any) -> dict:
-        body = {"userName": user_name or unique("pat"), "role": "patient", "givenName": "Pat",
-                "familyName": "Ient", "birthDate": "1980-04-02"} | fields
+        body = {
+            "userName": user_name or unique("pat"),
+            "role": "patient",
+            "givenName": "Pat",
+            "familyName": "Ient",
+            "birthDate": "1980-04-02",
+        } | fields
         reply = await self.call("POST", "/v1/users", body)
         assert reply.status == 201, reply.body
         return reply.body

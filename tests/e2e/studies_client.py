@@ -31,7 +31,9 @@ class Researcher:
 
     async def create_study(self, **fields: Any) -> str:
         sid = fields.pop("studyId", None) or study_id()
-        reply = await self.api.call("POST", "/v1/studies", {"studyId": sid, "title": "A study"} | fields)
+        reply = await self.api.call(
+            "POST", "/v1/studies", {"studyId": sid, "title": "A study"} | fields
+        )
         assert reply.status == 201, reply.body
         return sid
 

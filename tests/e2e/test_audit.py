@@ -45,7 +45,9 @@ async def all_events(api: Api, **params: str) -> list[dict[str, Any]]:
             return items
 
 
-async def wait_for_events(api: Api, count: int, timeout: float = 20, **params: str) -> list[dict[str, Any]]:
+async def wait_for_events(
+    api: Api, count: int, timeout: float = 20, **params: str
+) -> list[dict[str, Any]]:
     """Poll until at least ``count`` events match; return them all."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -61,18 +63,36 @@ async def test_a_user_created_and_updated_twice_has_exactly_three_events_in_orde
     clinician = Api(http, stack.base_url, token("dr.audit", "clinician"))
     name = unique("aud.user")
     created = await clinician.create_patient(name, email="first@example.org")
-    first = await clinician.call("PATCH", f"/v1/users/{name}", {"phone": "+1-555-0101"},
-                                 headers={"X-Request-ID": f"req-{name}"})
+    first = await clinician.call(
+        "PATCH",
+        f"/v1/users/{name}",
+        {"phone": "+1-555-0101"},
+        headers={"X-Request-ID": f"req-{name}"},
+    )
     patient = Api(http, stack.base_url, token(name, "patient"))
-    second = await patient.call("PATCH", f"/v1/users/{name}",
-                                {"email": "second@example.org", "address": {"city": "Springfield"}})
+    second = await patient.call(
+        "PATCH",
+        f"/v1/users/{name}",
+        {"email": "second@example.org", "address": {"city": "Springfield"}},
+    )
     assert first.status == 200 and second.status == 200
 
     events = await wait_for_events(auditor, 3, entityType="user", entityId=name)
     assert [e["action"] for e in events] == ["create", "update", "update"]
     assert [e["actor"] for e in events] == ["dr.audit", "dr.audit", name]
-    assert events[0]["before"] is None and events[0]["after"] == created | {"address": None, "phone": None}
-    assert events[0]["changes"] == ["userName", "role", "givenName", "familyName", "birthDate", "sex", "email"]
+    assert events[0]["before"] is None and events[0]["after"] == created | {
+        "address": None,
+        "phone": None,
+    }
+    assert events[0]["changes"] == [
+        "userName",
+        "role",
+        "givenName",
+        "familyName",
+        "birthDate",
+        "sex",
+        "email",
+    ]
     assert events[1]["changes"] == ["phone"] and events[1]["requestId"] == f"req-{name}"
     assert events[2]["changes"] == ["email", "address"]
     assert events[1]["before"] == events[0]["after"] and events[2]["before"] == events[1]["after"]
@@ -93,14 +113,29 @@ async def test_a_visit_created_and_updated_twice_has_exactly_three_events_in_ord
     visit = await admin.create_visit(patient["userName"], reason="check-up")
     path = f"/v1/users/{patient['userName']}/visits/{visit['visitId']}"
     one = await admin.call("PATCH", path, {"notes": "seen"})
-    two = await admin.call("PATCH", path, {"endedAt": "2026-11-20T09:45:00Z", "notes": None},
-                           headers={"If-Match": '"2"'})
+    two = await admin.call(
+        "PATCH",
+        path,
+        {"endedAt": "2026-11-20T09:45:00Z", "notes": None},
+        headers={"If-Match": '"2"'},
+    )
     assert one.status == 200 and two.status == 200, (one.body, two.body)
     entity_id = f"{patient['userName']}/{visit['visitId']}"
     events = await wait_for_events(auditor, 3, entityType="visit", entityId=entity_id)
     assert [(e["action"], e["changes"]) for e in events] == [
-        ("create", ["visitId", "userName", "clinician", "type", "startedAt", "reason",
-                    "diagnoses", "medications"]),
+        (
+            "create",
+            [
+                "visitId",
+                "userName",
+                "clinician",
+                "type",
+                "startedAt",
+                "reason",
+                "diagnoses",
+                "medications",
+            ],
+        ),
         ("update", ["notes"]),
         ("update", ["endedAt", "notes"]),
     ]
@@ -119,7 +154,9 @@ async def test_who_may_read_the_audit_trail(admin: Api, http, stack, token) -> N
     visit = await admin.create_visit(patient["userName"])
     auditor = Api(http, stack.base_url, token("audrey", "auditor"))
     await wait_for_events(auditor, 1, entityType="user", entityId=staff)
-    await wait_for_events(auditor, 1, entityType="visit", entityId=f"{patient['userName']}/{visit['visitId']}")
+    await wait_for_events(
+        auditor, 1, entityType="visit", entityId=f"{patient['userName']}/{visit['visitId']}"
+    )
 
     clinician = Api(http, stack.base_url, token("dr.reader", "clinician"))
     mine = await all_events(clinician, entityType="user", entityId=patient["userName"])
@@ -127,21 +164,33 @@ async def test_who_may_read_the_audit_trail(admin: Api, http, stack, token) -> N
     visits = await all_events(clinician, entityId=f"{patient['userName']}/{visit['visitId']}")
     assert [e["entityType"] for e in visits] == ["visit"]
     assert await all_events(clinician, entityType="user", entityId=staff) == [], "not a patient"
-    assert (await clinician.call("GET", "/v1/audit/events", params={"entityType": "study"})).status == 403
+    assert (
+        await clinician.call("GET", "/v1/audit/events", params={"entityType": "study"})
+    ).status == 403
     assert (await clinician.call("GET", "/v1/audit/verify")).status == 403
     for role in ("patient", "researcher"):
         other = Api(http, stack.base_url, token(patient["userName"], role))
-        reply = await other.call("GET", "/v1/audit/events", params={"entityId": patient["userName"]})
+        reply = await other.call(
+            "GET", "/v1/audit/events", params={"entityId": patient["userName"]}
+        )
         assert reply.status == 403 and reply.problem
     assert (await Api(http, stack.base_url, None).call("GET", "/v1/audit/events")).status == 401
     assert (await auditor.call("POST", "/v1/audit/events", {
         "entityType": "study", "entityId": "x", "action": "run"})).status == 403  # fmt: skip
 
 
-async def test_any_entity_type_can_be_recorded_once_per_event_id(admin: Api, auditor: Api, http, stack, token) -> None:
+async def test_any_entity_type_can_be_recorded_once_per_event_id(
+    admin: Api, auditor: Api, http, stack, token
+) -> None:
     event_id = str(uuid.uuid4())
-    body = {"eventId": event_id, "entityType": "study", "entityId": "diabetes-2026", "action": "run",
-            "changes": ["status"], "after": {"status": "succeeded", "counts": {"visit": 7}}}
+    body = {
+        "eventId": event_id,
+        "entityType": "study",
+        "entityId": "diabetes-2026",
+        "action": "run",
+        "changes": ["status"],
+        "after": {"status": "succeeded", "counts": {"visit": 7}},
+    }
     created = await admin.call("POST", "/v1/audit/events", body)
     assert created.status == 201, created.body
     assert created.headers["Location"] == f"/v1/audit/events/{event_id}"
@@ -155,12 +204,20 @@ async def test_any_entity_type_can_be_recorded_once_per_event_id(admin: Api, aud
     clinician = Api(http, stack.base_url, token("dr.nosy", "clinician"))
     assert (await clinician.call("GET", created.headers["Location"])).status == 403
 
-    bad = await admin.call("POST", "/v1/audit/events", {"entityType": "study", "entityId": "x",
-                                                        "action": "run", "colour": "red"})
+    bad = await admin.call(
+        "POST",
+        "/v1/audit/events",
+        {"entityType": "study", "entityId": "x", "action": "run", "colour": "red"},
+    )
     assert bad.status == 422 and bad.problem and bad.body["errors"][0]["field"] == "colour"
-    assert (await admin.call("POST", "/v1/audit/events", raw=b"{nope",
-                             headers={"Content-Type": "application/json"})).status == 400
-    assert (await admin.call("GET", "/v1/audit/events", params={"since": "yesterday"})).status == 400
+    assert (
+        await admin.call(
+            "POST", "/v1/audit/events", raw=b"{nope", headers={"Content-Type": "application/json"}
+        )
+    ).status == 400
+    assert (
+        await admin.call("GET", "/v1/audit/events", params={"since": "yesterday"})
+    ).status == 400
     assert (await admin.call("GET", "/v1/audit/events", params={"colour": "red"})).status == 422
     assert (await auditor.call("GET", f"/v1/audit/events/{uuid.uuid4()}")).status == 404
 
@@ -183,10 +240,16 @@ async def test_an_event_holding_nul_characters_is_stored_repeated_and_read(
         reply = await auditor.call("GET", "/v1/audit/events", params={name: "a\x00b"})
         assert reply.status == 400 and reply.problem, name
     # Filters are bounded so that any query the document allows fits nginx's 8 KiB request line.
-    for name, value in (("entityType", "no such type"), ("entityId", "x" * 257), ("actor", "x" * 257)):
+    for name, value in (
+        ("entityType", "no such type"),
+        ("entityId", "x" * 257),
+        ("actor", "x" * 257),
+    ):
         reply = await auditor.call("GET", "/v1/audit/events", params={name: value})
         assert reply.status == 400 and reply.problem, name
-    assert (await auditor.call("GET", "/v1/audit/events", params={"entityId": "x" * 256})).status == 200
+    assert (
+        await auditor.call("GET", "/v1/audit/events", params={"entityId": "x" * 256})
+    ).status == 200
 
 
 async def test_paging_and_filters(admin: Api, auditor: Api) -> None:
@@ -199,18 +262,27 @@ async def test_paging_and_filters(admin: Api, auditor: Api) -> None:
     page = await auditor.call("GET", "/v1/audit/events", params={"entityId": entity, "limit": "2"})
     assert len(page.body["items"]) == 2 and page.body["nextCursor"]
     everything = await all_events(auditor, entityId=entity)
-    assert [e["occurredAt"] for e in everything] == [f"2026-01-0{i + 1}T08:00:00Z" for i in range(5)]
+    assert [e["occurredAt"] for e in everything] == [
+        f"2026-01-0{i + 1}T08:00:00Z" for i in range(5)
+    ]
     assert len(await all_events(auditor, entityId=entity, actor="clerk1")) == 2
-    window = await all_events(auditor, entityId=entity, since="2026-01-02T08:00:00Z", until="2026-01-04T08:00:00Z")
+    window = await all_events(
+        auditor, entityId=entity, since="2026-01-02T08:00:00Z", until="2026-01-04T08:00:00Z"
+    )
     assert [e["occurredAt"][:10] for e in window] == ["2026-01-02", "2026-01-03"]
 
 
 async def test_the_service_may_not_rewrite_history(stack) -> None:
-    writer = await asyncpg.connect(stack.central_postgres.dsn_for("audit").replace("medsvc@", "audit_writer@"))
+    writer = await asyncpg.connect(
+        stack.central_postgres.dsn_for("audit").replace("medsvc@", "audit_writer@")
+    )
     try:
-        for sql in ("UPDATE audit_events SET actor = 'x' WHERE seq = 1",
-                    "DELETE FROM audit_events WHERE seq = 1", "TRUNCATE audit_events",
-                    "UPDATE audit_chain_head SET last_seq = 0"):
+        for sql in (
+            "UPDATE audit_events SET actor = 'x' WHERE seq = 1",
+            "DELETE FROM audit_events WHERE seq = 1",
+            "TRUNCATE audit_events",
+            "UPDATE audit_chain_head SET last_seq = 0",
+        ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await writer.execute(sql)
     finally:
@@ -229,12 +301,22 @@ async def _verdict(api: Api) -> dict[str, Any]:
     return reply.body
 
 
-async def test_an_altered_or_deleted_event_is_named_by_verify(admin: Api, auditor: Api, stack) -> None:
+async def test_an_altered_or_deleted_event_is_named_by_verify(
+    admin: Api, auditor: Api, stack
+) -> None:
     entity = unique("aud.tamper")
     seqs = []
     for i in range(3):
-        reply = await admin.call("POST", "/v1/audit/events", {
-            "entityType": "prescription", "entityId": entity, "action": "sign", "after": {"dose": i}})
+        reply = await admin.call(
+            "POST",
+            "/v1/audit/events",
+            {
+                "entityType": "prescription",
+                "entityId": entity,
+                "action": "sign",
+                "after": {"dose": i},
+            },
+        )
         seqs.append(reply.body["seq"])
     assert (await _verdict(auditor))["ok"] is True
     victim = seqs[1]
@@ -244,13 +326,19 @@ async def test_an_altered_or_deleted_event_is_named_by_verify(admin: Api, audito
         await conn.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only")
         try:
             # When an event's content is altered...
-            await conn.execute("UPDATE audit_events SET body = replace(body, '\"dose\":1', '\"dose\":9') "
-                               "WHERE seq = $1", victim)
+            await conn.execute(
+                "UPDATE audit_events SET body = replace(body, '\"dose\":1', '\"dose\":9') "
+                "WHERE seq = $1",
+                victim,
+            )
             verdict = await _verdict(auditor)
             assert verdict["ok"] is False and verdict["firstBadSeq"] == victim, verdict
             # ...or its stored hash...
-            await conn.execute("UPDATE audit_events SET body = $2, hash = repeat('a', 64) WHERE seq = $1",
-                               victim, row["body"])
+            await conn.execute(
+                "UPDATE audit_events SET body = $2, hash = repeat('a', 64) WHERE seq = $1",
+                victim,
+                row["body"],
+            )
             verdict = await _verdict(auditor)
             assert verdict["ok"] is False and verdict["firstBadSeq"] == victim, verdict
             # ...or it is deleted outright, verify names it.
@@ -261,7 +349,9 @@ async def test_an_altered_or_deleted_event_is_named_by_verify(admin: Api, audito
             await conn.execute("DELETE FROM audit_events WHERE seq = $1", victim)
             await conn.execute(
                 f"INSERT INTO audit_events ({', '.join(row.keys())}) "
-                f"VALUES ({', '.join(f'${i + 1}' for i in range(len(row)))})", *row.values())
+                f"VALUES ({', '.join(f'${i + 1}' for i in range(len(row)))})",
+                *row.values(),
+            )
             await conn.execute("ALTER TABLE audit_events ENABLE TRIGGER audit_events_append_only")
     finally:
         await conn.close()
@@ -269,15 +359,20 @@ async def test_an_altered_or_deleted_event_is_named_by_verify(admin: Api, audito
     assert verdict["ok"] is True and verdict["checked"] >= seqs[-1], verdict
 
 
-async def test_several_audit_processes_append_to_one_chain(http, stack, admin_token, auditor: Api) -> None:
+async def test_several_audit_processes_append_to_one_chain(
+    http, stack, admin_token, auditor: Api
+) -> None:
     processes = stack.services["audit"]
     assert len(processes) >= 2
     entity = unique("aud.fork")
     direct = [Api(http, p.url, admin_token) for p in processes]
 
     async def record(i: int) -> int:
-        reply = await direct[i % len(direct)].call("POST", "/v1/audit/events", {
-            "entityType": "note", "entityId": entity, "action": "write", "after": {"i": i}})
+        reply = await direct[i % len(direct)].call(
+            "POST",
+            "/v1/audit/events",
+            {"entityType": "note", "entityId": entity, "action": "write", "after": {"i": i}},
+        )
         assert reply.status == 201, reply.body
         return reply.body["seq"]
 

@@ -62,7 +62,9 @@ async def drained(stack, timeout: float = 30) -> None:
     assert await outbox_size(stack) == 0, "the outbox did not drain"
 
 
-async def test_events_wait_while_audit_service_is_down_and_arrive_once(admin: Api, http, stack) -> None:
+async def test_events_wait_while_audit_service_is_down_and_arrive_once(
+    admin: Api, http, stack
+) -> None:
     user_name = unique("aud.down")
     shard = stack.shard_map.shard_id_for(user_name)
     audit = stack.services["audit"]
@@ -72,13 +74,17 @@ async def test_events_wait_while_audit_service_is_down_and_arrive_once(admin: Ap
     try:
         await admin.create_patient(user_name)
         for i in range(99):
-            reply = await admin.call("PATCH", f"/v1/users/{user_name}", {"phone": f"+1-555-{i:04d}"})
+            reply = await admin.call(
+                "PATCH", f"/v1/users/{user_name}", {"phone": f"+1-555-{i:04d}"}
+            )
             assert reply.status == 200, reply.body
         reply = await auditor.call("GET", "/v1/audit/events", params={"entityId": user_name})
         assert reply.status == 503 and reply.problem and reply.headers.get("Retry-After")
         conn = await asyncpg.connect(stack.postgres[shard].dsn)
         try:
-            waiting = await conn.fetchval("SELECT count(*) FROM audit_outbox WHERE entity_id = $1", user_name)
+            waiting = await conn.fetchval(
+                "SELECT count(*) FROM audit_outbox WHERE entity_id = $1", user_name
+            )
         finally:
             await conn.close()
         assert waiting == 100
@@ -107,7 +113,9 @@ def names_on_shard(stack, shard: int, prefix: str) -> Iterator[str]:
     return (n for n in fresh if stack.shard_map.shard_id_for(n) == shard)
 
 
-async def test_an_fe_server_killed_mid_burst_loses_no_event_and_invents_none(admin: Api, http, stack) -> None:
+async def test_an_fe_server_killed_mid_burst_loses_no_event_and_invents_none(
+    admin: Api, http, stack
+) -> None:
     shard = 0
     leaders = await relay_leaders(http, stack, shard)
     assert len(leaders) == 1, "exactly one relay ships per shard"
@@ -135,12 +143,17 @@ async def test_an_fe_server_killed_mid_burst_loses_no_event_and_invents_none(adm
                     if reply.status == 201:
                         acked_users.append(name)
                 elif kind == 1:
-                    reply = await admin.call("POST", f"/v1/users/{patient}/visits",
-                                             {"type": "emergency", "startedAt": "2026-11-20T09:00:00Z"})
+                    reply = await admin.call(
+                        "POST",
+                        f"/v1/users/{patient}/visits",
+                        {"type": "emergency", "startedAt": "2026-11-20T09:00:00Z"},
+                    )
                     if reply.status == 201:
                         acked_visits.append((patient, reply.body["visitId"]))
                 else:
-                    reply = await admin.call("PATCH", f"/v1/users/{patient}", {"email": f"{i}@example.org"})
+                    reply = await admin.call(
+                        "PATCH", f"/v1/users/{patient}", {"email": f"{i}@example.org"}
+                    )
                     if reply.status == 200:
                         acked_patches.append((patient, reply.body["version"]))
             except aiohttp.ClientError:
@@ -157,31 +170,54 @@ async def test_an_fe_server_killed_mid_burst_loses_no_event_and_invents_none(adm
         await victim.start()
     assert acked_users and acked_visits and acked_patches
     await drained(stack)
-    print(f"\nburst: {len(attempted)} creates tried, {len(acked_users)} acknowledged; "
-          f"{len(acked_visits)} visits and {len(acked_patches)} updates acknowledged")
+    print(
+        f"\nburst: {len(attempted)} creates tried, {len(acked_users)} acknowledged; "
+        f"{len(acked_visits)} visits and {len(acked_patches)} updates acknowledged"
+    )
 
     shard_db = await asyncpg.connect(stack.postgres[shard].dsn)
     store = await asyncpg.connect(audit_dsn(stack))
     try:
-        committed_users = {r["user_name"] for r in await shard_db.fetch(
-            "SELECT user_name FROM users WHERE user_name LIKE $1", prefix + "%")}
+        committed_users = {
+            r["user_name"]
+            for r in await shard_db.fetch(
+                "SELECT user_name FROM users WHERE user_name LIKE $1", prefix + "%"
+            )
+        }
         user_ids = [p["userName"] for p in patients]
-        committed_visits = {f"{r['user_name']}/{r['visit_id']}" for r in await shard_db.fetch(
-            "SELECT user_name, visit_id FROM visits WHERE user_name = ANY($1)", user_ids)}
-        versions = dict(await shard_db.fetch(
-            "SELECT user_name, version FROM users WHERE user_name = ANY($1)", user_ids))
-        events = [orjson.loads(r["body"]) for r in await store.fetch(
-            "SELECT body FROM audit_events WHERE subject LIKE $1 ORDER BY seq", prefix + "%")]
+        committed_visits = {
+            f"{r['user_name']}/{r['visit_id']}"
+            for r in await shard_db.fetch(
+                "SELECT user_name, visit_id FROM visits WHERE user_name = ANY($1)", user_ids
+            )
+        }
+        versions = dict(
+            await shard_db.fetch(
+                "SELECT user_name, version FROM users WHERE user_name = ANY($1)", user_ids
+            )
+        )
+        events = [
+            orjson.loads(r["body"])
+            for r in await store.fetch(
+                "SELECT body FROM audit_events WHERE subject LIKE $1 ORDER BY seq", prefix + "%"
+            )
+        ]
     finally:
         await shard_db.close()
         await store.close()
 
     assert set(acked_users) <= committed_users, "every acknowledged create committed"
     assert committed_users <= set(attempted)
-    creates = [e["entityId"] for e in events if e["entityType"] == "user" and e["action"] == "create"]
-    assert sorted(creates) == sorted(committed_users), "one create event per committed user, no other"
+    creates = [
+        e["entityId"] for e in events if e["entityType"] == "user" and e["action"] == "create"
+    ]
+    assert sorted(creates) == sorted(committed_users), (
+        "one create event per committed user, no other"
+    )
     visit_events = [e["entityId"] for e in events if e["entityType"] == "visit"]
-    assert sorted(visit_events) == sorted(committed_visits), "one event per committed visit, no other"
+    assert sorted(visit_events) == sorted(committed_visits), (
+        "one event per committed visit, no other"
+    )
     assert {f"{u}/{v}" for u, v in acked_visits} <= committed_visits
     for user_name, version in versions.items():
         history = [e["after"]["version"] for e in events if e["entityId"] == user_name]

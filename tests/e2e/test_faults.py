@@ -32,7 +32,9 @@ async def test_a_user_is_stored_on_the_shard_the_map_names(admin: Api, stack) ->
         for other in stack.shard_map.shards:
             conn = await asyncpg.connect(other.postgres)
             try:
-                count = await conn.fetchval("SELECT count(*) FROM users WHERE user_name = $1", user_name)
+                count = await conn.fetchval(
+                    "SELECT count(*) FROM users WHERE user_name = $1", user_name
+                )
             finally:
                 await conn.close()
             assert count == (1 if other.id == shard_id else 0), (user_name, other.id)
@@ -48,9 +50,13 @@ async def test_when_a_shards_database_stops_only_its_users_get_503(admin: Api, s
         write = await admin.call("PATCH", f"/v1/users/{down}", {"email": "down@example.org"})
         assert write.status == 503 and write.problem
         assert (await admin.call("GET", f"/v1/users/{up}/visits")).status == 200
-        assert (await admin.call("PATCH", f"/v1/users/{up}", {"email": "up@example.org"})).status == 200
+        assert (
+            await admin.call("PATCH", f"/v1/users/{up}", {"email": "up@example.org"})
+        ).status == 200
         search = await admin.call("GET", "/v1/users", params={"familyName": "Ient"})
-        assert search.status == 503 and search.headers.get("Retry-After"), "never a silently partial list"
+        assert search.status == 503 and search.headers.get("Retry-After"), (
+            "never a silently partial list"
+        )
     finally:
         await stack.postgres[0].start()
     for _ in range(50):
@@ -62,7 +68,9 @@ async def test_when_a_shards_database_stops_only_its_users_get_503(admin: Api, s
     assert (await admin.call("GET", "/v1/users", params={"familyName": "Ient"})).status == 200
 
 
-async def test_killing_an_fe_server_fails_no_read_and_loses_no_acknowledged_write(admin: Api, stack) -> None:
+async def test_killing_an_fe_server_fails_no_read_and_loses_no_acknowledged_write(
+    admin: Api, stack
+) -> None:
     patients = list((await users_on_each_shard(admin, stack)).values())
     victim = stack.fe[0][0]
     acknowledged: list[tuple[str, str]] = []
@@ -77,8 +85,11 @@ async def test_killing_an_fe_server_fails_no_read_and_loses_no_acknowledged_writ
 
     async def writer(user_name: str) -> None:
         while not stop.is_set():
-            reply = await admin.call("POST", f"/v1/users/{user_name}/visits",
-                                     {"type": "emergency", "startedAt": "2026-11-22T01:00:00Z"})
+            reply = await admin.call(
+                "POST",
+                f"/v1/users/{user_name}/visits",
+                {"type": "emergency", "startedAt": "2026-11-22T01:00:00Z"},
+            )
             if reply.status == 201:
                 acknowledged.append((user_name, reply.body["visitId"]))
             else:
@@ -104,7 +115,9 @@ async def test_killing_a_gateway_fails_no_read(admin: Api, stack) -> None:
     victim = stack.gateways[0]
     await victim.kill()
     try:
-        replies = await asyncio.gather(*(admin.call("GET", f"/v1/users/{user['userName']}") for _ in range(40)))
+        replies = await asyncio.gather(
+            *(admin.call("GET", f"/v1/users/{user['userName']}") for _ in range(40))
+        )
         assert [r.status for r in replies] == [200] * 40
     finally:
         await victim.start()

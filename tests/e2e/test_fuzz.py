@@ -26,9 +26,9 @@ from urllib.parse import urljoin, urlparse
 import aiohttp
 import pytest
 
-from deploy.localstack import Stack
 from apidoc.openapi import build_document
 from apidoc.operations import OPERATIONS
+from deploy.localstack import Stack
 from tests.e2e.fuzz_hooks import ROLES
 
 EXAMPLES = int(os.environ.get("MEDSVC_FUZZ_EXAMPLES", "20"))

@@ -44,7 +44,9 @@ async def test_processes_starting_at_once_apply_each_migration_once(stack) -> No
         results = await asyncio.gather(*(apply_migrations(c, sets) for c in conns))
         applied = [name for result in results for name in result]
         assert sorted(applied) == sorted(set(applied))
-        rows = await conns[0].fetch("SELECT component, version FROM schema_migrations ORDER BY 1, 2")
+        rows = await conns[0].fetch(
+            "SELECT component, version FROM schema_migrations ORDER BY 1, 2"
+        )
         assert len(rows) == len(applied)
         assert {r["component"] for r in rows} >= {"user", "visit"}
     finally:

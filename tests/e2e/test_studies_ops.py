@@ -30,8 +30,12 @@ def researcher(http, stack, token) -> Researcher:
 
 
 async def cli(stack, *args: str) -> tuple[int, bytes]:
-    env = dict(os.environ, MEDSVC_CENTRAL_DSN=stack.central_dsn,
-               MEDSVC_SHARD_MAP=str(stack.shard_map_path), MEDSVC_LOG_LEVEL="WARNING")
+    env = dict(
+        os.environ,
+        MEDSVC_CENTRAL_DSN=stack.central_dsn,
+        MEDSVC_SHARD_MAP=str(stack.shard_map_path),
+        MEDSVC_LOG_LEVEL="WARNING",
+    )
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "anonymizer", *args, env=env, cwd=REPO_ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
@@ -40,7 +44,9 @@ async def cli(stack, *args: str) -> tuple[int, bytes]:
     return proc.returncode, out
 
 
-async def test_python_m_anonymizer_run_runs_a_study_now(clinician: Api, researcher: Researcher, stack) -> None:
+async def test_python_m_anonymizer_run_runs_a_study_now(
+    clinician: Api, researcher: Researcher, stack
+) -> None:
     study = await researcher.create_study()
     p = await patient_on_shard(clinician, stack, 1)
     await clinician.create_visit(p["userName"])
@@ -63,7 +69,9 @@ async def test_a_scheduled_study_runs_when_its_cron_time_comes(
     study = await researcher.create_study(schedule="0 0 1 1 *")
     p = await patient_on_shard(clinician, stack, 0)
     await consent(clinician, p["userName"], study)
-    settings = AnonymizerSettings(central_dsn=stack.central_dsn, shard_map=str(stack.shard_map_path))
+    settings = AnonymizerSettings(
+        central_dsn=stack.central_dsn, shard_map=str(stack.shard_map_path)
+    )
     later = dt.datetime(dt.date.today().year + 1, 1, 1, 0, 1, tzinfo=dt.UTC)
     async with extractor_scope(settings, load_shard_map(settings.shard_map)) as ex:
         assert await tick(ex, now=later - dt.timedelta(minutes=2)) == []
@@ -98,12 +106,12 @@ async def test_studies_are_listed_in_id_order(researcher: Researcher) -> None:
     ids = sorted([await researcher.create_study(studyId=study_id("list")) for _ in range(3)])
     seen, cursor = [], None
     while True:
-        page = await researcher.api.call("GET", "/v1/studies",
-                                         params={"limit": "2"} | ({"cursor": cursor} if cursor else {}))
+        page = await researcher.api.call(
+            "GET", "/v1/studies", params={"limit": "2"} | ({"cursor": cursor} if cursor else {})
+        )
         assert page.status == 200
         seen += [s["studyId"] for s in page.body["items"]]
         cursor = page.body["nextCursor"]
         if not cursor:
             break
     assert [s for s in seen if s in ids] == ids and seen == sorted(seen)
-

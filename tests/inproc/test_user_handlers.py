@@ -6,10 +6,20 @@ import pytest
 
 from tests.e2e.api import Api, unique
 
-ALICE = {"role": "patient", "givenName": "Alice", "familyName": "Smith",
-         "birthDate": "1980-04-02", "sex": "female",
-         "address": {"line": "1 Main St", "city": "Springfield", "region": "IL",
-                     "postalCode": "62701", "country": "US"}}
+ALICE = {
+    "role": "patient",
+    "givenName": "Alice",
+    "familyName": "Smith",
+    "birthDate": "1980-04-02",
+    "sex": "female",
+    "address": {
+        "line": "1 Main St",
+        "city": "Springfield",
+        "region": "IL",
+        "postalCode": "62701",
+        "country": "US",
+    },
+}
 
 
 async def test_create_read_and_patch_with_versions(admin: Api) -> None:
@@ -21,8 +31,9 @@ async def test_create_read_and_patch_with_versions(admin: Api) -> None:
     read = await admin.call("GET", f"/v1/users/{name}")
     assert (read.status, read.body) == (200, created.body)
 
-    patched = await admin.call("PATCH", f"/v1/users/{name}", {"email": "a@example.org"},
-                               headers={"If-Match": '"1"'})
+    patched = await admin.call(
+        "PATCH", f"/v1/users/{name}", {"email": "a@example.org"}, headers={"If-Match": '"1"'}
+    )
     assert patched.status == 200, patched.body
     assert (patched.body["version"], patched.body["email"]) == (2, "a@example.org")
     assert patched.headers["ETag"] == '"2"'
@@ -65,7 +76,9 @@ async def test_invalid_bodies_are_422_naming_the_field_and_store_nothing(
 
 
 async def test_malformed_json_and_other_media_types_are_refused(admin: Api) -> None:
-    broken = await admin.call("POST", "/v1/users", raw=b"{", headers={"Content-Type": "application/json"})
+    broken = await admin.call(
+        "POST", "/v1/users", raw=b"{", headers={"Content-Type": "application/json"}
+    )
     assert broken.status == 400 and broken.problem
     text = await admin.call("POST", "/v1/users", raw=b"x", headers={"Content-Type": "text/plain"})
     assert text.status == 415 and text.problem
@@ -94,8 +107,9 @@ async def test_roles_are_checked_by_the_service_itself(admin: Api, as_role) -> N
     clinician = as_role("dr.jones", "clinician")
     made = await clinician.call("POST", "/v1/users", {"userName": unique("new"), **ALICE})
     assert made.status == 201
-    staff = await clinician.call("POST", "/v1/users",
-                                 {"userName": unique("staff"), **ALICE, "role": "clinician"})
+    staff = await clinician.call(
+        "POST", "/v1/users", {"userName": unique("staff"), **ALICE, "role": "clinician"}
+    )
     assert staff.status == 403 and staff.problem
     assert (await as_role("r", "researcher").call("GET", path)).status == 403
 

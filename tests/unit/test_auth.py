@@ -20,12 +20,18 @@ def test_a_signed_token_yields_its_principal() -> None:
 @pytest.mark.parametrize(
     "token",
     [
-        jwt.encode({"sub": "a", "roles": ["admin"], "exp": int(time.time()) + 60}, "another-secret"),
+        jwt.encode(
+            {"sub": "a", "roles": ["admin"], "exp": int(time.time()) + 60}, "another-secret"
+        ),
         jwt.encode({"sub": "a", "roles": ["admin"], "exp": int(time.time()) - 1}, SECRET),
         jwt.encode({"sub": "a", "roles": ["admin"]}, SECRET),
         jwt.encode({"roles": ["admin"], "exp": int(time.time()) + 60}, SECRET),
         jwt.encode({"sub": "a", "roles": "admin", "exp": int(time.time()) + 60}, SECRET),
-        jwt.encode({"sub": "a", "roles": ["admin"], "exp": int(time.time()) + 60}, SECRET, algorithm="HS512"),
+        jwt.encode(
+            {"sub": "a", "roles": ["admin"], "exp": int(time.time()) + 60},
+            SECRET,
+            algorithm="HS512",
+        ),
         "garbage",
     ],
 )

@@ -15,7 +15,11 @@ from audit_service.routes import after_seq
 from shared.cachekeys import visit_list_field
 from shared.errors import BadRequest
 from shared.httpio import (
-    decode_cursor, decode_instant_cursor, encode_cursor, if_match_version, limit_param,
+    decode_cursor,
+    decode_instant_cursor,
+    encode_cursor,
+    if_match_version,
+    limit_param,
     parse_instant,
 )
 from user_service.models import Email, UserPatch

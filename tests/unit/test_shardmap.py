@@ -10,12 +10,20 @@ from shared.shardmap import Shard, ShardMap, bucket_of, even_ranges, load_shard_
 
 
 def two_shards() -> ShardMap:
-    return ShardMap(shards=[Shard(id=i, buckets=r, postgres="x") for i, r in enumerate(even_ranges(2))])
+    return ShardMap(
+        shards=[Shard(id=i, buckets=r, postgres="x") for i, r in enumerate(even_ranges(2))]
+    )
 
 
 @pytest.mark.parametrize(
     ("user_name", "bucket", "shard"),
-    [("alice.smith", 992, 1), ("bob", 730, 1), ("dr.jones", 960, 1), ("carol-99", 76, 0), ("zed", 1022, 1)],
+    [
+        ("alice.smith", 992, 1),
+        ("bob", 730, 1),
+        ("dr.jones", 960, 1),
+        ("carol-99", 76, 0),
+        ("zed", 1022, 1),
+    ],
 )
 def test_golden_bucket_and_shard(user_name: str, bucket: int, shard: int) -> None:
     assert bucket_of(user_name) == bucket
@@ -25,7 +33,9 @@ def test_golden_bucket_and_shard(user_name: str, bucket: int, shard: int) -> Non
 def test_hash_is_sha256_prefix() -> None:
     # The definition other languages implement: first 8 bytes of SHA-256, big-endian.
     assert stable_hash("alice.smith") == 0x6342582757B1FFE0
-    assert stable_hash("alice.smith") == int.from_bytes(hashlib.sha256(b"alice.smith").digest()[:8], "big")
+    assert stable_hash("alice.smith") == int.from_bytes(
+        hashlib.sha256(b"alice.smith").digest()[:8], "big"
+    )
 
 
 def test_even_ranges_cover_all_buckets() -> None:
@@ -37,8 +47,12 @@ def test_map_rejects_gaps_and_overlaps() -> None:
     with pytest.raises(ValidationError, match="no shard"):
         ShardMap(shards=[Shard(id=0, buckets=[(0, 100)], postgres="x")])
     with pytest.raises(ValidationError, match="assigned to shards"):
-        ShardMap(shards=[Shard(id=0, buckets=[(0, 1023)], postgres="x"),
-                         Shard(id=1, buckets=[(5, 5)], postgres="x")])
+        ShardMap(
+            shards=[
+                Shard(id=0, buckets=[(0, 1023)], postgres="x"),
+                Shard(id=1, buckets=[(5, 5)], postgres="x"),
+            ]
+        )
 
 
 def test_load_from_file(tmp_path) -> None:

@@ -11,8 +11,13 @@ from shared.problems import field_errors
 from user_service.models import UserIn
 from visit_service.models import VisitIn
 
-USER = {"userName": "alice.smith", "role": "patient", "givenName": "Alice", "familyName": "Smith",
-        "birthDate": "1980-04-02"}
+USER = {
+    "userName": "alice.smith",
+    "role": "patient",
+    "givenName": "Alice",
+    "familyName": "Smith",
+    "birthDate": "1980-04-02",
+}
 VISIT = {"type": "outpatient", "startedAt": "2026-11-20T09:00:00Z"}
 
 
@@ -50,7 +55,9 @@ def test_user_field_errors(change, field) -> None:
 
 
 def test_missing_required_user_fields_are_each_named() -> None:
-    assert {"role", "givenName", "familyName", "birthDate"} <= set(errors_of(UserIn, {"userName": "bob.b"}))
+    assert {"role", "givenName", "familyName", "birthDate"} <= set(
+        errors_of(UserIn, {"userName": "bob.b"})
+    )
 
 
 def test_numbers_are_not_coerced_from_strings() -> None:
@@ -75,11 +82,22 @@ def test_visit_field_errors(change, field) -> None:
 
 
 def test_visit_within_bounds_is_valid() -> None:
-    visit = VisitIn.model_validate_json(orjson.dumps(VISIT | {
-        "endedAt": "2026-11-20T09:30:00Z",
-        "vitals": {"heightCm": 168, "weightKg": 72.5, "systolic": 128, "diastolic": 82,
-                   "heartRate": 70, "temperatureC": 36.8},
-    }))
+    visit = VisitIn.model_validate_json(
+        orjson.dumps(
+            VISIT
+            | {
+                "endedAt": "2026-11-20T09:30:00Z",
+                "vitals": {
+                    "heightCm": 168,
+                    "weightKg": 72.5,
+                    "systolic": 128,
+                    "diastolic": 82,
+                    "heartRate": 70,
+                    "temperatureC": 36.8,
+                },
+            }
+        )
+    )
     assert visit.vitals is not None and visit.vitals.heightCm == 168.0
 
 
@@ -93,8 +111,13 @@ def test_merge_patch_rfc7396_examples() -> None:
 
 
 def test_cursor_round_trip_and_garbage() -> None:
-    assert decode_cursor(encode_cursor(["Smith", "Alice", "alice.smith"]), 3) == ["Smith", "Alice", "alice.smith"]
+    assert decode_cursor(encode_cursor(["Smith", "Alice", "alice.smith"]), 3) == [
+        "Smith",
+        "Alice",
+        "alice.smith",
+    ]
     from shared.errors import BadRequest
+
     for bad in ("!!!", encode_cursor(["only-one"]), encode_cursor([1, 2, 3])):
         with pytest.raises(BadRequest):
             decode_cursor(bad, 3)
