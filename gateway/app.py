@@ -10,7 +10,7 @@ from aiohttp import web
 from gateway.balancer import Cluster, Member
 from gateway.fastpath import CACHES
 from gateway.central import CENTRAL, central_clusters
-from gateway.routes import setup_routes
+from gateway.routes import plain_path_middleware, setup_routes
 from gateway.state import CLUSTERS, SHARD_MAP, VERIFIER
 from shared.auth import TokenVerifier
 from shared.cache import ReadCache
@@ -23,7 +23,10 @@ from shared.shardmap import ShardMap
 
 def create_app(settings: GatewaySettings, shard_map: ShardMap) -> web.Application:
     """Build the gateway for ``shard_map``; connection pools open in a cleanup context."""
-    app = web.Application(middlewares=[observe_middleware, error_middleware], client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[observe_middleware, error_middleware, plain_path_middleware],
+        client_max_size=MAX_BODY,
+    )
     app[SHARD_MAP] = shard_map
     app[VERIFIER] = TokenVerifier(settings.jwt_secret.get_secret_value())
     timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout, sock_connect=2)

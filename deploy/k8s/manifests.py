@@ -15,6 +15,10 @@ from typing import Any
 Obj = dict[str, Any]
 
 PORT = 8000
+# nginx in its pod: the door (HTTP redirects only, HTTPS) and its own /healthz for probes.
+NGINX_HTTP_PORT = 8080
+NGINX_HTTPS_PORT = 8443
+NGINX_OPS_PORT = 8081
 # The project's image; each overlay pins its name and tag with kustomize's ``images:``.
 IMAGE = "medsvc"
 POSTGRES_IMAGE = "postgres:15.10"

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from deploy.k8s.manifests import (
-    JOB_RESOURCES, MONITORING_NAMESPACE, PG_USER, NGINX_CONFIG, NGINX_IMAGE, NGINX_RESOURCES, NGINX_UID,
+    JOB_RESOURCES, MONITORING_NAMESPACE, NGINX_CONFIG, NGINX_HTTP_PORT, NGINX_HTTPS_PORT,
+    NGINX_IMAGE, NGINX_OPS_PORT, NGINX_RESOURCES, NGINX_UID, PG_USER,
     PORT, SCRAPE, TLS_SECRET, TMP_MOUNT, TMP_VOLUME, Obj, container_security, deployment,
     http_probes, netpol, pdb, peer, pod_security, pods_of, postgres, python_pod, redis, rule,
     secret_env, selector, service, spread, template,
@@ -123,9 +124,11 @@ def nginx_objects() -> list[Obj]:
         # The temp folders live under /tmp (an emptyDir): the root filesystem is read-only.
         "command": ["sh", "-c", f"mkdir -p {run}/tmp && exec nginx -p {run} "
                     "-c /etc/nginx/medsvc/nginx.conf -e stderr -g 'daemon off;'"],
-        "ports": [{"name": "http", "containerPort": 8080},
-                  {"name": "https", "containerPort": 8443}],
-        **http_probes(8080, ready_path="/healthz"),
+        "ports": [{"name": "http", "containerPort": NGINX_HTTP_PORT},
+                  {"name": "https", "containerPort": NGINX_HTTPS_PORT},
+                  {"name": "ops", "containerPort": NGINX_OPS_PORT}],
+        # nginx's /healthz is on its own port: the door (8080, 8443) passes only the API.
+        **http_probes(NGINX_OPS_PORT, ready_path="/healthz"),
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},
         "resources": NGINX_RESOURCES, "securityContext": container_security(),
         "volumeMounts": [TMP_MOUNT,
@@ -139,7 +142,8 @@ def nginx_objects() -> list[Obj]:
                         {"name": "tls", "secret": {"secretName": TLS_SECRET}}]}
     return [
         deployment("nginx", "nginx", 2, spec, scrape=False),
-        service("nginx", "nginx", [("http", 80, 8080), ("https", 443, 8443)]),
+        service("nginx", "nginx", [("http", 80, NGINX_HTTP_PORT),
+                                   ("https", 443, NGINX_HTTPS_PORT)]),
         pdb("nginx", "nginx"),
     ]
 
@@ -246,7 +250,7 @@ def common_policies() -> list[Obj]:
         netpol("allow-dns", {}, egress=[{"to": dns, "ports": [
             {"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}]),
         netpol("nginx", pods_of("nginx"),
-               ingress=[rule([], [8080, 8443], "in")],
+               ingress=[rule([], [NGINX_HTTP_PORT, NGINX_HTTPS_PORT], "in")],
                egress=[rule([peer("gateway")], [PORT], "out")]),
         netpol("gateway", pods_of("gateway"),
                ingress=[rule([peer("nginx")], [PORT], "in")],

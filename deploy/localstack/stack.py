@@ -66,6 +66,8 @@ class StackConfig:
     fe_services: str = "user,visit"
     http_port: int = 8080
     https_port: int = 8443
+    # nginx's own /healthz (0: any free port, or the next of internal_port_base).
+    nginx_ops_port: int = 0
     # None: every internal port is a free one; a number: consecutive ports from there.
     internal_port_base: int | None = None
     # fsync=off and friends for PostgreSQL: for tests.
@@ -160,6 +162,7 @@ class Stack:
                 name="nginx",
                 http_port=ports.take(cfg.http_port),
                 https_port=ports.take(cfg.https_port),
+                ops_port=ports.take(cfg.nginx_ops_port),
                 cert=self.cert_path,
                 key=self.key_path,
                 gateways=[f"127.0.0.1:{g.port}" for g in self.gateways],
