@@ -17,7 +17,7 @@ from shared.cache import ReadCache
 from shared.httpio import MAX_BODY
 from shared.ops import setup_ops
 from shared.problems import error_middleware, observe_middleware
-from shared.settings import GatewaySettings
+from shared.settings import GatewaySettings, redis_credentials
 from shared.shardmap import ShardMap
 
 
@@ -59,7 +59,7 @@ def create_app(settings: GatewaySettings, shard_map: ShardMap) -> web.Applicatio
 
     async def caches_context(app: web.Application) -> AsyncIterator[None]:
         caches = {
-            shard.id: ReadCache(shard.redis, shard.id)
+            shard.id: ReadCache(shard.redis, shard.id, **redis_credentials(settings))
             for shard in shard_map.shards
             if settings.cache and shard.redis
         }

@@ -65,6 +65,7 @@ DEV_SECRETS = {
     "pg-password": "dev-only-placeholder-pg-password",
     "audit-pg-password": "dev-only-placeholder-audit-pg-password",
     "audit-writer-password": "dev-only-placeholder-audit-writer-password",
+    "redis-password": "dev-only-placeholder-redis-password",
 }
 
 LOAD_BALANCER_PATCH = """apiVersion: v1

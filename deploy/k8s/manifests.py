@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from deploy.localstack.redis_server import ACL_USER, MAXMEMORY_POLICY, acl_line
+
 Obj = dict[str, Any]
 
 PORT = 8000
@@ -35,7 +37,7 @@ MONITORING_NAMESPACE = "monitoring"
 SECRET = "medsvc-secrets"
 # Secret keys; each pod gets only the ones it needs.
 SECRET_KEYS = ("jwt-secret", "pseudonym-key", "pg-password", "audit-pg-password",
-               "audit-writer-password")
+               "audit-writer-password", "redis-password")
 ENV_CONFIG = "medsvc-env"
 SHARDMAP_CONFIG = "shardmap"
 NGINX_CONFIG = "nginx-conf"
@@ -286,14 +288,22 @@ def redis(name: str, shard: int, resources: Obj, maxmemory: str) -> list[Obj]:
     serve a value older than a successful write. A restarted Redis starts empty.
     """
     component = "redis"
+    # The ACL file is written at start from the Secret (the password never appears in the
+    # process's arguments); the default user is off.
+    script = (
+        "umask 077\n"
+        f"printf 'user default off\\n%s\\n' \"{acl_line('$REDIS_PASSWORD')}\" > /data/users.acl\n"
+        "exec redis-server --save '' --appendonly no --dir /data"
+        f" --maxmemory {maxmemory} --maxmemory-policy {MAXMEMORY_POLICY}"
+        " --aclfile /data/users.acl --protected-mode no\n"
+    )
     container: Obj = {
         "name": "redis", "image": REDIS_IMAGE,
-        "command": ["redis-server", "--save", "", "--appendonly", "no", "--dir", "/data",
-                    "--maxmemory", maxmemory, "--maxmemory-policy", "allkeys-lru",
-                    # No password: the NetworkPolicy admits only this shard's FE servers.
-                    "--protected-mode", "no"],
+        "command": ["sh", "-c", script],
+        "env": [secret_env("REDIS_PASSWORD", "redis-password")],
         "ports": [{"name": "redis", "containerPort": 6379}],
-        **exec_probes(["redis-cli", "ping"]),
+        **exec_probes(["sh", "-c", f'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli --no-auth-warning'
+                       f" --user {ACL_USER} ping | grep -qx PONG"]),
         "resources": resources, "securityContext": container_security(),
         "volumeMounts": [{"name": "data", "mountPath": "/data"}],
     }

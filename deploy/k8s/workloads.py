@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from deploy.localstack.redis_server import ACL_USER
 from deploy.k8s.manifests import (
     JOB_RESOURCES, MONITORING_NAMESPACE, NGINX_CONFIG, NGINX_HTTP_PORT, NGINX_HTTPS_PORT,
     NGINX_IMAGE, NGINX_OPS_PORT, NGINX_RESOURCES, NGINX_UID, PG_USER,
@@ -17,6 +18,9 @@ from deploy.k8s.manifests import (
 )
 
 FE_SERVICES = "user,visit"
+# The shards' Redis ACL user and its password (FE servers and gateways).
+REDIS_CREDENTIALS = [{"name": "MEDSVC_REDIS_USERNAME", "value": ACL_USER},
+                     secret_env("MEDSVC_REDIS_PASSWORD", "redis-password")]
 AUDIT_DATABASE = "audit"
 ANONYMIZER_DATABASE = "anonymizer"
 ANONYMIZER_COMPONENTS = ["anonymizer", "anonymizer-job"]
@@ -85,8 +89,10 @@ def shard_objects(shard: int, sizing: ShardSizing) -> list[Obj]:
               {"name": "MEDSVC_SERVICES", "value": FE_SERVICES},
               # The outbox relay ships this shard's audit events there.
               {"name": "MEDSVC_AUDIT_URLS", "value": service_urls("audit")},
+              # A study consent checks that the study exists in the anonymizer's registry.
+              {"name": "MEDSVC_ANONYMIZER_URLS", "value": service_urls("anonymizer")},
               secret_env("MEDSVC_JWT_SECRET", "jwt-secret"),
-              secret_env("MEDSVC_PG_PASSWORD", "pg-password")]
+              secret_env("MEDSVC_PG_PASSWORD", "pg-password"), *REDIS_CREDENTIALS]
     fe_pod = python_pod("fe", ["python", "-m", "shared.fe_server"], env=fe_env, shard=shard,
                         shard_map=True)
     objs = [
@@ -96,19 +102,21 @@ def shard_objects(shard: int, sizing: ShardSizing) -> list[Obj]:
         deployment(names["fe"], "fe", sizing.fe_replicas, fe_pod, shard),
         service(names["fe"], "fe", [("http", PORT, PORT)], shard),
         pdb(names["fe"], "fe", shard),
-        # Only the gateway calls an FE server; it reaches its own shard's data and audit.
+        # Only the gateway calls an FE server; it reaches its own shard's data, audit_service
+        # (the outbox relay) and the anonymizer API (does a study exist?).
         netpol(names["fe"], pods_of("fe", shard),
                ingress=[rule([peer("gateway")], [PORT], "in")],
                egress=[rule([peer("postgres", shard)], [5432], "out"),
                        rule([peer("redis", shard)], [6379], "out"),
-                       rule([peer("audit")], [PORT], "out")]),
+                       rule([peer("audit"), peer("anonymizer")], [PORT], "out")]),
         # Only this shard's FE servers (and the anonymizer's extraction) reach its database.
         netpol(names["postgres"], pods_of("postgres", shard),
                ingress=[rule([peer("fe", shard), peer(ANONYMIZER_COMPONENTS)], [5432], "in")],
                egress=[]),
-        # Only this shard's FE servers reach its cache.
+        # This shard's FE servers reach its cache, and the gateways (which answer cached
+        # reads themselves, gateway/fastpath.py).
         netpol(names["redis"], pods_of("redis", shard),
-               ingress=[rule([peer("fe", shard)], [6379], "in")], egress=[]),
+               ingress=[rule([peer("fe", shard), peer("gateway")], [6379], "in")], egress=[]),
     ]
     return objs
 
@@ -152,7 +160,8 @@ def gateway_objects() -> list[Obj]:
     pod = python_pod("gateway", ["python", "-m", "gateway"],
                      env=[{"name": "MEDSVC_AUDIT_URLS", "value": service_urls("audit")},
                           {"name": "MEDSVC_ANONYMIZER_URLS", "value": service_urls("anonymizer")},
-                          secret_env("MEDSVC_JWT_SECRET", "jwt-secret")], shard_map=True)
+                          secret_env("MEDSVC_JWT_SECRET", "jwt-secret"), *REDIS_CREDENTIALS],
+                     shard_map=True)
     return [deployment("gateway", "gateway", 2, pod),
             service("gateway", "gateway", [("http", PORT, PORT)]), pdb("gateway", "gateway")]
 
@@ -233,7 +242,7 @@ def anonymizer_objects() -> list[Obj]:
                   "20Gi", {"requests": {"cpu": "250m", "memory": "512Mi"},
                            "limits": {"cpu": "2", "memory": "1Gi"}}),
         netpol("anonymizer", pods_of(ANONYMIZER_COMPONENTS),
-               ingress=[rule([peer("gateway")], [PORT], "in")],
+               ingress=[rule([peer("gateway"), peer("fe")], [PORT], "in")],
                egress=[rule([peer("anonymizer-postgres")], [5432], "out"),
                        rule([peer("postgres")], [5432], "out")]),
         netpol("pg-anonymizer", pods_of("anonymizer-postgres"),
@@ -255,7 +264,9 @@ def common_policies() -> list[Obj]:
         netpol("gateway", pods_of("gateway"),
                ingress=[rule([peer("nginx")], [PORT], "in")],
                egress=[rule([peer("fe"), peer("audit"), peer(ANONYMIZER_COMPONENTS)], [PORT],
-                            "out")]),
+                            "out"),
+                       # Every shard's cache: the gateway answers cached reads itself.
+                       rule([peer("redis")], [6379], "out")]),
         # Prometheus, in its own namespace, scrapes /metrics of the project's processes.
         netpol("allow-metrics-scrape", {"matchLabels": {SCRAPE: "true"}},
                ingress=[rule([{"namespaceSelector": {"matchLabels": {
