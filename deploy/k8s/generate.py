@@ -66,6 +66,8 @@ DEV_SECRETS = {
     "audit-pg-password": "dev-only-placeholder-audit-pg-password",
     "audit-writer-password": "dev-only-placeholder-audit-writer-password",
     "redis-password": "dev-only-placeholder-redis-password",
+    "anonymizer-pg-password": "dev-only-placeholder-anonymizer-pg-password",
+    "shard-reader-password": "dev-only-placeholder-shard-reader-password",
 }
 
 LOAD_BALANCER_PATCH = """apiVersion: v1

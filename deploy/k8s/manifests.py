@@ -36,8 +36,12 @@ MONITORING_NAMESPACE = "monitoring"
 
 SECRET = "medsvc-secrets"
 # Secret keys; each pod gets only the ones it needs.
+# Each PostgreSQL role its own password: pg-password (the shards' owner, the FE servers),
+# shard-reader-password (the anonymizer's read-only role on the shards), audit-pg-password and
+# audit-writer-password (audit_service), anonymizer-pg-password (the study registry).
 SECRET_KEYS = ("jwt-secret", "pseudonym-key", "pg-password", "audit-pg-password",
-               "audit-writer-password", "redis-password")
+               "audit-writer-password", "redis-password", "anonymizer-pg-password",
+               "shard-reader-password")
 ENV_CONFIG = "medsvc-env"
 SHARDMAP_CONFIG = "shardmap"
 NGINX_CONFIG = "nginx-conf"

@@ -18,7 +18,30 @@ from deploy.k8s.manifests import (
 )
 
 FE_SERVICES = "user,visit"
+PG_DATABASE = "medsvc"
 # The shards' Redis ACL user and its password (FE servers and gateways).
+# The anonymizer's read-only role on every shard's database, created at the database's first
+# start (the FE servers' migrations then create the tables as PG_USER, which grants it SELECT).
+SHARD_READER = "anonymizer_reader"
+SHARD_INIT = "pg-shard-init"
+
+
+def shard_reader_init() -> str:
+    """The shard database's init script (sourced by the postgres image's entry point)."""
+    return (
+        "#!/bin/sh\n"
+        "psql -v ON_ERROR_STOP=1 -v pw=\"$SHARD_READER_PASSWORD\" "
+        "--username \"$POSTGRES_USER\" --dbname \"$POSTGRES_DB\" <<'SQL'\n"
+        f"CREATE ROLE {SHARD_READER} LOGIN PASSWORD :'pw';\n"
+        f"GRANT CONNECT ON DATABASE {PG_DATABASE} TO {SHARD_READER};\n"
+        f"GRANT USAGE ON SCHEMA public TO {SHARD_READER};\n"
+        f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {SHARD_READER};\n"
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE {PG_USER} IN SCHEMA public\n"
+        f"    GRANT SELECT ON TABLES TO {SHARD_READER};\n"
+        "SQL\n"
+    )
+
+
 REDIS_CREDENTIALS = [{"name": "MEDSVC_REDIS_USERNAME", "value": ACL_USER},
                      secret_env("MEDSVC_REDIS_PASSWORD", "redis-password")]
 AUDIT_DATABASE = "audit"
@@ -96,8 +119,9 @@ def shard_objects(shard: int, sizing: ShardSizing) -> list[Obj]:
     fe_pod = python_pod("fe", ["python", "-m", "shared.fe_server"], env=fe_env, shard=shard,
                         shard_map=True)
     objs = [
-        *postgres(names["postgres"], "postgres", "medsvc", "pg-password", sizing.pg_storage,
-                  sizing.pg_resources, shard),
+        *postgres(names["postgres"], "postgres", PG_DATABASE, "pg-password", sizing.pg_storage,
+                  sizing.pg_resources, shard, init_config=SHARD_INIT,
+                  extra_env=[secret_env("SHARD_READER_PASSWORD", "shard-reader-password")]),
         *redis(names["redis"], shard, sizing.redis_resources, sizing.redis_maxmemory),
         deployment(names["fe"], "fe", sizing.fe_replicas, fe_pod, shard),
         service(names["fe"], "fe", [("http", PORT, PORT)], shard),
@@ -210,7 +234,10 @@ def anonymizer_objects() -> list[Obj]:
            # The image's entry point created the database (POSTGRES_DB).
            {"name": "MEDSVC_ANONYMIZER_CREATE_DATABASE", "value": "false"},
            secret_env("MEDSVC_JWT_SECRET", "jwt-secret"),
-           secret_env("MEDSVC_PG_PASSWORD", "pg-password"),
+           secret_env("MEDSVC_PG_PASSWORD", "anonymizer-pg-password"),
+           # The shards are read as a read-only role of their own.
+           {"name": "MEDSVC_ANONYMIZER_SHARD_USER", "value": SHARD_READER},
+           secret_env("MEDSVC_ANONYMIZER_SHARD_PASSWORD", "shard-reader-password"),
            secret_env("MEDSVC_PSEUDONYM_KEY", "pseudonym-key")]
     api = python_pod("anonymizer", ["python", "-m", "anonymizer", "serve"], env=env,
                      shard_map=True)
@@ -233,12 +260,19 @@ def anonymizer_objects() -> list[Obj]:
             }},
         },
     }
+    shard_init = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": SHARD_INIT, "labels": selector("postgres")},
+        "data": {"10-shard-reader.sh": shard_reader_init()},
+    }
     return [
+        shard_init,
         deployment("anonymizer", "anonymizer", 2, api),
         service("anonymizer", "anonymizer", [("http", PORT, PORT)]),
         pdb("anonymizer", "anonymizer"),
         cron,
-        *postgres("pg-anonymizer", "anonymizer-postgres", ANONYMIZER_DATABASE, "pg-password",
+        *postgres("pg-anonymizer", "anonymizer-postgres", ANONYMIZER_DATABASE,
+                  "anonymizer-pg-password",
                   "20Gi", {"requests": {"cpu": "250m", "memory": "512Mi"},
                            "limits": {"cpu": "2", "memory": "1Gi"}}),
         netpol("anonymizer", pods_of(ANONYMIZER_COMPONENTS),
