@@ -68,6 +68,7 @@ DEV_SECRETS = {
     "redis-password": "dev-only-placeholder-redis-password",
     "anonymizer-pg-password": "dev-only-placeholder-anonymizer-pg-password",
     "shard-reader-password": "dev-only-placeholder-shard-reader-password",
+    "pg-admin-password": "dev-only-placeholder-pg-admin-password",
 }
 
 LOAD_BALANCER_PATCH = """apiVersion: v1

@@ -35,13 +35,15 @@ PG_USER = "medsvc"
 MONITORING_NAMESPACE = "monitoring"
 
 SECRET = "medsvc-secrets"
-# Secret keys; each pod gets only the ones it needs.
+# Secret keys; each pod gets only the ones it needs. A shard database's superuser
+# ("postgres", pg-admin-password) is used by no process: the FE servers log in as PG_USER,
+# the database's owner, and the anonymizer as a read-only role.
 # Each PostgreSQL role its own password: pg-password (the shards' owner, the FE servers),
 # shard-reader-password (the anonymizer's read-only role on the shards), audit-pg-password and
 # audit-writer-password (audit_service), anonymizer-pg-password (the study registry).
 SECRET_KEYS = ("jwt-secret", "pseudonym-key", "pg-password", "audit-pg-password",
                "audit-writer-password", "redis-password", "anonymizer-pg-password",
-               "shard-reader-password")
+               "shard-reader-password", "pg-admin-password")
 ENV_CONFIG = "medsvc-env"
 SHARDMAP_CONFIG = "shardmap"
 NGINX_CONFIG = "nginx-conf"
@@ -234,7 +236,7 @@ def pods_of(component: str | list[str], shard: int | None = None) -> Obj:
 
 def postgres(name: str, component: str, database: str, password_key: str, storage: str,
              resources: Obj, shard: int | None = None, init_config: str | None = None,
-             extra_env: list[Obj] | None = None) -> list[Obj]:
+             extra_env: list[Obj] | None = None, admin_user: str = PG_USER) -> list[Obj]:
     """A single-instance PostgreSQL 15 StatefulSet with its volume, headless Service and PDB."""
     mounts = [{"name": "data", "mountPath": "/var/lib/postgresql/data"},
               {"name": "run", "mountPath": "/var/run/postgresql"}, TMP_MOUNT,
@@ -251,7 +253,7 @@ def postgres(name: str, component: str, database: str, password_key: str, storag
         # (...)", "Key (...)=(...)"), and failing statements are not logged.
         "args": ["-c", "max_connections=200", "-c", "shared_buffers=256MB",
                  "-c", "log_error_verbosity=terse", "-c", "log_min_error_statement=panic"],
-        "env": [{"name": "POSTGRES_USER", "value": PG_USER},
+        "env": [{"name": "POSTGRES_USER", "value": admin_user},
                 {"name": "POSTGRES_DB", "value": database},
                 secret_env("POSTGRES_PASSWORD", password_key),
                 # A subfolder: the volume's root may hold lost+found.

@@ -20,24 +20,31 @@ from deploy.k8s.manifests import (
 FE_SERVICES = "user,visit"
 PG_DATABASE = "medsvc"
 # The shards' Redis ACL user and its password (FE servers and gateways).
-# The anonymizer's read-only role on every shard's database, created at the database's first
-# start (the FE servers' migrations then create the tables as PG_USER, which grants it SELECT).
+# A shard database's roles, made at its first start by its superuser (PG_ADMIN, whose
+# password no process gets): the owner the FE servers log in as (PG_USER, not a superuser;
+# its migrations create the tables) and the anonymizer's read-only role, which may SELECT
+# every table the owner creates.
+PG_ADMIN = "postgres"
 SHARD_READER = "anonymizer_reader"
 SHARD_INIT = "pg-shard-init"
 
 
-def shard_reader_init() -> str:
+def shard_roles_init(
+    owner: str = PG_USER, reader: str = SHARD_READER, database: str = PG_DATABASE
+) -> str:
     """The shard database's init script (sourced by the postgres image's entry point)."""
     return (
         "#!/bin/sh\n"
-        "psql -v ON_ERROR_STOP=1 -v pw=\"$SHARD_READER_PASSWORD\" "
+        "psql -v ON_ERROR_STOP=1 -v owner_pw=\"$SHARD_OWNER_PASSWORD\" "
+        "-v reader_pw=\"$SHARD_READER_PASSWORD\" "
         "--username \"$POSTGRES_USER\" --dbname \"$POSTGRES_DB\" <<'SQL'\n"
-        f"CREATE ROLE {SHARD_READER} LOGIN PASSWORD :'pw';\n"
-        f"GRANT CONNECT ON DATABASE {PG_DATABASE} TO {SHARD_READER};\n"
-        f"GRANT USAGE ON SCHEMA public TO {SHARD_READER};\n"
-        f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {SHARD_READER};\n"
-        f"ALTER DEFAULT PRIVILEGES FOR ROLE {PG_USER} IN SCHEMA public\n"
-        f"    GRANT SELECT ON TABLES TO {SHARD_READER};\n"
+        f"CREATE ROLE {owner} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'owner_pw';\n"
+        f"ALTER DATABASE {database} OWNER TO {owner};\n"
+        f"CREATE ROLE {reader} LOGIN PASSWORD :'reader_pw';\n"
+        f"GRANT CONNECT ON DATABASE {database} TO {reader};\n"
+        f"GRANT USAGE ON SCHEMA public TO {reader};\n"
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public\n"
+        f"    GRANT SELECT ON TABLES TO {reader};\n"
         "SQL\n"
     )
 
@@ -119,9 +126,11 @@ def shard_objects(shard: int, sizing: ShardSizing) -> list[Obj]:
     fe_pod = python_pod("fe", ["python", "-m", "shared.fe_server"], env=fe_env, shard=shard,
                         shard_map=True)
     objs = [
-        *postgres(names["postgres"], "postgres", PG_DATABASE, "pg-password", sizing.pg_storage,
-                  sizing.pg_resources, shard, init_config=SHARD_INIT,
-                  extra_env=[secret_env("SHARD_READER_PASSWORD", "shard-reader-password")]),
+        *postgres(names["postgres"], "postgres", PG_DATABASE, "pg-admin-password",
+                  sizing.pg_storage, sizing.pg_resources, shard, init_config=SHARD_INIT,
+                  admin_user=PG_ADMIN,
+                  extra_env=[secret_env("SHARD_OWNER_PASSWORD", "pg-password"),
+                             secret_env("SHARD_READER_PASSWORD", "shard-reader-password")]),
         *redis(names["redis"], shard, sizing.redis_resources, sizing.redis_maxmemory),
         deployment(names["fe"], "fe", sizing.fe_replicas, fe_pod, shard),
         service(names["fe"], "fe", [("http", PORT, PORT)], shard),
@@ -263,7 +272,7 @@ def anonymizer_objects() -> list[Obj]:
     shard_init = {
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": SHARD_INIT, "labels": selector("postgres")},
-        "data": {"10-shard-reader.sh": shard_reader_init()},
+        "data": {"10-shard-roles.sh": shard_roles_init()},
     }
     return [
         shard_init,

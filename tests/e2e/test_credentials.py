@@ -118,59 +118,74 @@ async def test_every_cache_is_bounded_with_an_eviction_policy(stack: Stack) -> N
     assert f"--maxmemory-policy {MAXMEMORY_POLICY}" in script and "--maxmemory " in script
 
 
-async def test_the_anonymizer_reads_a_shard_as_its_read_only_role(stack: Stack) -> None:
-    """The shard database's init script from the manifests creates the anonymizer's role;
-    the anonymizer's shard pools, configured as in production, read with it and can write
-    nothing."""
+async def test_a_shard_database_has_an_owner_and_a_read_only_role_of_its_own(
+    stack: Stack,
+) -> None:
+    """The shard database's init script from the manifests, run by a superuser on a fresh
+    database: the FE servers' migrations run as the owner it makes (not a superuser), the
+    anonymizer's shard pools, configured as in production, read as the read-only role it
+    makes, and that role can write nothing."""
     import asyncpg
 
     from anonymizer.settings import AnonymizerSettings
     from anonymizer.shards import ShardPools
-    from deploy.k8s.workloads import SHARD_READER, shard_reader_init
+    from deploy.k8s.workloads import shard_roles_init
     from deploy.localstack.binaries import pg_bin
+    from shared.dbsetup import dsn_with
+    from shared.fe_app import migration_sets
+    from shared.migrate import apply_migrations
+    from shared.shardmap import ShardMap
 
-    shard = stack.shard_map.shard(0)
+    tag = secrets.token_hex(4)
+    owner, reader, database = f"fe_{tag}", f"reader_{tag}", f"shard_{tag}"
     server = stack.postgres[0]
-    owner = await asyncpg.connect(shard.postgres)
+    admin = await asyncpg.connect(server.dsn)  # the local clusters' superuser
     try:
-        exists = await owner.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", SHARD_READER)
-        if not exists:  # (the session's stack may have run this test before)
-            script = shard_reader_init()
-            env = {**os.environ, "PATH": f"{Path(pg_bin('postgres')).parent}:{os.environ['PATH']}",
-                   "PGHOST": "127.0.0.1", "PGPORT": str(server.port),
-                   "POSTGRES_USER": "medsvc", "POSTGRES_DB": "medsvc",
-                   "SHARD_READER_PASSWORD": secrets.token_urlsafe(16)}
-            run = await asyncio.create_subprocess_exec(
-                "sh", "-c", script, env=env, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT)
-            out, _ = await run.communicate()
-            assert run.returncode == 0, out.decode()
-        # A table the owner creates later is readable too (default privileges).
-        await owner.execute("CREATE TABLE IF NOT EXISTS reader_probe (x int)")
-    finally:
-        await owner.close()
+        await admin.execute(f"CREATE DATABASE {database}")  # what POSTGRES_DB does
+        env = {**os.environ, "PATH": f"{Path(pg_bin('postgres')).parent}:{os.environ['PATH']}",
+               "PGHOST": "127.0.0.1", "PGPORT": str(server.port),
+               "POSTGRES_USER": "medsvc", "POSTGRES_DB": database,
+               "SHARD_OWNER_PASSWORD": secrets.token_hex(16),
+               "SHARD_READER_PASSWORD": secrets.token_hex(16)}
+        run = await asyncio.create_subprocess_exec(
+            "sh", "-c", shard_roles_init(owner, reader, database), env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await run.communicate()
+        assert run.returncode == 0, out.decode()
 
-    settings = AnonymizerSettings(central_dsn=stack.central_dsn,
-                                  anonymizer_shard_user=SHARD_READER,
-                                  anonymizer_shard_password="unused-with-trust-auth")
-    password = settings.anonymizer_shard_password.get_secret_value()
-    pools = ShardPools(stack.shard_map, password, 2, user=settings.anonymizer_shard_user)
-    try:
-        pool = await pools.get(shard)
-        async with pool.acquire() as conn:
-            assert await conn.fetchval("SELECT current_user") == SHARD_READER
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                assert await conn.fetchval("SELECT pg_current_snapshot()::text")
-                for table in ("users", "visits", "study_consents", "reader_probe"):
-                    assert await conn.fetchval(f"SELECT count(*) FROM {table}") >= 0
-            for statement in ("DELETE FROM users", "UPDATE visits SET type = type",
-                              "INSERT INTO reader_probe VALUES (1)", "CREATE TABLE nope (x int)"):
-                with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                    await conn.execute(statement)
-    finally:
-        await pools.close()
-        owner = await asyncpg.connect(shard.postgres)
+        # The FE servers' migrations, as the owner, as an FE server applies them.
+        dsn = dsn_with(server.dsn, user=owner, database=database)
+        conn = await asyncpg.connect(dsn)
         try:
-            await owner.execute("DROP TABLE IF EXISTS reader_probe")
+            assert await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user") is False
+            assert await apply_migrations(conn, migration_sets(["user", "visit"]))
         finally:
-            await owner.close()
+            await conn.close()
+
+        settings = AnonymizerSettings(central_dsn=stack.central_dsn, anonymizer_shard_user=reader,
+                                      anonymizer_shard_password="unused-with-trust-auth")
+        shard_map = ShardMap.model_validate({"buckets": 1, "shards": [
+            {"id": 0, "buckets": [[0, 0]], "postgres": dsn, "redis": None,
+             "members": {"user": ["http://127.0.0.1:1"]}}]})
+        password = settings.anonymizer_shard_password.get_secret_value()
+        pools = ShardPools(shard_map, password, 2, user=settings.anonymizer_shard_user)
+        try:
+            pool = await pools.get(shard_map.shard(0))
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SELECT current_user") == reader
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    assert await conn.fetchval("SELECT pg_current_snapshot()::text")
+                    for table in ("users", "visits", "study_consents"):
+                        assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0
+                for statement in ("DELETE FROM users", "UPDATE visits SET type = type",
+                                  "INSERT INTO study_consents DEFAULT VALUES",
+                                  "CREATE TABLE nope (x int)"):
+                    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                        await conn.execute(statement)
+        finally:
+            await pools.close()
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        for role in (reader, owner):
+            await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.close()
