@@ -30,7 +30,7 @@ help:
 	@echo "  make lint     ruff check"
 	@echo "  make openapi  regenerate gateway/openapi.json from the services' models (committed)"
 	@echo "  make fuzz     fuzz the whole API against its OpenAPI document (schemathesis, 200 examples/operation)"
-	@echo "  make deps     install the missing system packages (nginx, redis, PostgreSQL 15, openssl, wrk)"
+	@echo "  make deps     install the missing system packages (nginx, redis, PostgreSQL 15, openssl, wrk, prometheus)"
 	@echo "  make venv     create .venv and install the project into it"
 
 venv: $(STAMP)
@@ -59,6 +59,7 @@ deps:
 	[ -x $(PG_BIN)/postgres ] || missing="$$missing postgresql-15"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } || missing="$$missing prometheus"; \
 	if [ -z "$$missing" ]; then echo "==> deps: all present"; exit 0; fi; \
 	echo "==> deps: installing$$missing"; \
 	if [ -z "$(SKIP_APT_UPDATE)" ]; then $(APT) update; fi; \

@@ -40,7 +40,10 @@ async def extractor_scope(settings: AnonymizerSettings, shard_map: ShardMap) -> 
     if settings.anonymizer_create_database:
         await ensure_database(settings.anonymizer_dsn, password)
     await migrate(settings.anonymizer_dsn, password, "anonymizer", store.MIGRATIONS)
-    shard_pools = ShardPools(shard_map, password, settings.anonymizer_shard_pool_max)
+    shard_password = (settings.anonymizer_shard_password.get_secret_value()
+                      if settings.anonymizer_shard_password else password)
+    shard_pools = ShardPools(shard_map, shard_password, settings.anonymizer_shard_pool_max,
+                             user=settings.anonymizer_shard_user)
     try:
         async with pool_scope(
             settings.anonymizer_dsn, password=password, min_size=settings.pg_pool_min,

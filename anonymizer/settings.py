@@ -25,6 +25,10 @@ class AnonymizerSettings(CommonSettings):
     pseudonym_key: SecretStr = SecretStr(LOCAL_PSEUDONYM_KEY)
     # Rows fetched from a shard per round trip during a run.
     anonymizer_batch_rows: int = Field(default=2000, ge=1)
+    # The read-only role the anonymizer reads the shards as, and its password (production:
+    # anonymizer_reader, deploy/k8s). Unset: the shard map DSN's user with MEDSVC_PG_PASSWORD.
+    anonymizer_shard_user: str | None = None
+    anonymizer_shard_password: SecretStr | None = None
     # Connections per shard pool (a run uses one per shard; GET study counts use one).
     anonymizer_shard_pool_max: int = Field(default=4, ge=1)
     # Seconds between the scheduler's looks at the studies' cron schedules.

@@ -29,6 +29,7 @@ import orjson
 from anonymizer import deidentify
 from anonymizer.deidentify import StudyKeys
 from anonymizer.store import KIND_CODES, RecordRow
+from shared.dbsetup import dsn_with
 from shared.db import create_pool, db_errors
 from shared.errors import Unavailable
 from shared.shardmap import Shard, ShardMap
@@ -69,9 +70,12 @@ WHERE v.updated_xid >= pg_snapshot_xmin($2::text::pg_snapshot)
 class ShardPools:
     """One small pool per shard, opened on first use (a shard that is down fails its use only)."""
 
-    def __init__(self, shard_map: ShardMap, password: str | None, max_size: int) -> None:
+    def __init__(
+        self, shard_map: ShardMap, password: str | None, max_size: int, user: str | None = None
+    ) -> None:
         self.shard_map = shard_map
         self._password = password
+        self._user = user
         self._max_size = max_size
         self._pools: dict[int, asyncpg.Pool] = {}
         self._lock = asyncio.Lock()
@@ -84,8 +88,9 @@ class ShardPools:
         async with self._lock:
             if shard.id not in self._pools:
                 with db_errors(f"shard {shard.id}"):
+                    dsn = dsn_with(shard.postgres, user=self._user) if self._user else shard.postgres
                     self._pools[shard.id] = await create_pool(
-                        shard.postgres, password=self._password, min_size=0,
+                        dsn, password=self._password, min_size=0,
                         max_size=self._max_size, attempts=1, what=f"shard-{shard.id}",
                     )  # fmt: skip
             return self._pools[shard.id]

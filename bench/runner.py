@@ -41,6 +41,7 @@ from bench.scenarios import (
 )  # fmt: skip
 from bench.seed import Dataset, load_dataset, make_dataset
 from deploy.localstack import Stack, StackConfig, binaries
+from deploy.localstack.nginx import UNTHROTTLED_BURST, UNTHROTTLED_RATE
 from deploy.localstack.ports import is_free
 from deploy.localstack.procs import ManagedProcess
 from deploy.localstack.service import ServiceProcess
@@ -417,6 +418,7 @@ def _make_stack(opts: Options, base: Path) -> Stack:
                 base_dir=base, shards=opts.shards, fe_per_shard=opts.fe_per_shard,
                 gateways=opts.gateways, http_port=0, https_port=0, internal_port_base=port_base,
                 fast=False, nginx_workers=opts.nginx_workers, jwt_secret=opts.jwt_secret,
+                rate=UNTHROTTLED_RATE, burst=UNTHROTTLED_BURST,  # wrk is one client address
             ))  # fmt: skip
         except OSError as exc:
             log.info("ports from %d: %s; trying others", port_base, exc)

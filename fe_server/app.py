@@ -22,7 +22,7 @@ from shared.migrate import apply_migrations
 from shared.ops import setup_ops
 from shared.outbox import RelayConfig, outbox_migration_sets, relay_context
 from shared.problems import error_middleware, observe_middleware
-from shared.settings import FESettings
+from shared.settings import FESettings, redis_credentials
 from shared.shardmap import ShardMap
 from user_service import app as user_app
 from visit_service import app as visit_app
@@ -89,7 +89,8 @@ def create_app(settings: FESettings, shard_map: ShardMap) -> web.Application:
             yield
 
     async def cache_context(app: web.Application) -> AsyncIterator[None]:
-        cache = ReadCache(shard.redis if settings.cache else None, shard.id, ttl=settings.cache_ttl)
+        cache = ReadCache(shard.redis if settings.cache else None, shard.id, ttl=settings.cache_ttl,
+                          **redis_credentials(settings))
         try:
             await cache.ping()
             log.info(

@@ -10,20 +10,23 @@ from aiohttp import web
 from gateway.balancer import Cluster, Member
 from gateway.fastpath import CACHES
 from gateway.central import CENTRAL, central_clusters
-from gateway.routes import setup_routes
+from gateway.routes import plain_path_middleware, setup_routes
 from gateway.state import CLUSTERS, SHARD_MAP, VERIFIER
 from shared.auth import TokenVerifier
 from shared.cache import ReadCache
 from shared.httpio import MAX_BODY
 from shared.ops import setup_ops
 from shared.problems import error_middleware, observe_middleware
-from shared.settings import GatewaySettings
+from shared.settings import GatewaySettings, redis_credentials
 from shared.shardmap import ShardMap
 
 
 def create_app(settings: GatewaySettings, shard_map: ShardMap) -> web.Application:
     """Build the gateway for ``shard_map``; connection pools open in a cleanup context."""
-    app = web.Application(middlewares=[observe_middleware, error_middleware], client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[observe_middleware, error_middleware, plain_path_middleware],
+        client_max_size=MAX_BODY,
+    )
     app[SHARD_MAP] = shard_map
     app[VERIFIER] = TokenVerifier(settings.jwt_secret.get_secret_value())
     timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout, sock_connect=2)
@@ -56,7 +59,7 @@ def create_app(settings: GatewaySettings, shard_map: ShardMap) -> web.Applicatio
 
     async def caches_context(app: web.Application) -> AsyncIterator[None]:
         caches = {
-            shard.id: ReadCache(shard.redis, shard.id)
+            shard.id: ReadCache(shard.redis, shard.id, **redis_credentials(settings))
             for shard in shard_map.shards
             if settings.cache and shard.redis
         }

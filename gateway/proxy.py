@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from gateway.balancer import Cluster
 from gateway.metrics import MEMBERS_DOWN, UPSTREAM_LATENCY, UPSTREAM_REQUESTS
@@ -50,8 +51,10 @@ async def forward(
     for member in cluster.candidates():
         started = time.perf_counter()
         try:
+            # encoded=True: the member gets exactly the path the routes checked; a plain URL
+            # string would be normalised again by yarl (dot-segments collapsed).
             async with member.session.request(
-                method, member.url + path_qs, headers=out_headers, data=body
+                method, URL(member.url + path_qs, encoded=True), headers=out_headers, data=body
             ) as resp:
                 payload = await resp.read()
         except aiohttp.ClientConnectorError as exc:

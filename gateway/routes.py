@@ -18,11 +18,27 @@ from shared import policy
 from shared.auth import Principal
 from shared.errors import NotFound, Unavailable
 from shared.httpio import encode_cursor, json_response, limit_param
+from shared.paths import is_plain_path
+from shared.problems import Handler
 from shared.types import USER_NAME_PATTERN
 
 _USER_NAME = re.compile(USER_NAME_PATTERN)
 # Sub-resources of a user and the service that owns each.
 _SUBRESOURCE_SERVICE = {"visits": "visit", "studies": "user"}
+
+
+@web.middleware
+async def plain_path_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """404 for a path with dot-segments, encoded dots or slashes, or empty segments.
+
+    The gateway forwards the raw path it matched its routes against; a path another parser
+    could read differently (aiohttp's router sees ``/v1/audit/../..`` as an audit path, an
+    HTTP client collapses it to something else) is refused before any route sees it. nginx
+    refuses the same paths with the same rule (shared/paths.py); this is the second line.
+    """
+    if not is_plain_path(request.raw_path):
+        raise NotFound("no resource at this path")
+    return await handler(request)
 
 
 def caller(request: web.Request) -> Principal:

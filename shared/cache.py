@@ -95,6 +95,7 @@ class ReadCache:
     def __init__(
         self, redis_url: str | None, shard: int, *, ttl: float = 300.0, lease: float = 2.0,
         wait: float = 0.25, timeout: float = 0.25, cooldown: float = 1.0,
+        username: str | None = None, password: str | None = None,
     ) -> None:
         self.shard = str(shard)
         self.ttl_ms = int(ttl * 1000)
@@ -108,6 +109,8 @@ class ReadCache:
         if redis_url:
             self.redis = aioredis.Redis.from_url(
                 redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                # The ACL user from the settings (the URL in the shard map carries none).
+                username=username, password=password,
                 # One retry on a *connection* error only: after a Redis restart a pooled
                 # connection fails once; an invalidation lost that way would let a slow
                 # reader put an old value back. A timeout is not retried (the breaker acts).

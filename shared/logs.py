@@ -8,12 +8,29 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
 import time
+import uuid
 
 import orjson
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+# One rule for a client's X-Request-ID at every hop (nginx renders the same pattern into its
+# map): up to REQUEST_ID_MAX_LENGTH characters a log line can hold as they are. Anything else
+# (too long, empty, spaces, quotes, control characters) is replaced by a new id rather than
+# cut, so that every hop logs the same id for one request.
+REQUEST_ID_MAX_LENGTH = 128
+REQUEST_ID_PATTERN = rf"[A-Za-z0-9._:-]{{1,{REQUEST_ID_MAX_LENGTH}}}"
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
+
+
+def request_id_from(header: str | None) -> str:
+    """The client's request id when it follows the rule, else a new one (32 hex digits)."""
+    if header and _REQUEST_ID.fullmatch(header):
+        return header
+    return uuid.uuid4().hex
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 

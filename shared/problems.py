@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
 
 import orjson
@@ -20,7 +19,7 @@ from pydantic import ValidationError
 
 from shared.appkeys import SHARD_ID
 from shared.errors import FieldError, MethodNotAllowed, ServiceError, Unavailable, ValidationFailed
-from shared.logs import request_id_var
+from shared.logs import request_id_from, request_id_var
 from shared.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 log = logging.getLogger("medsvc.http")
@@ -117,9 +116,7 @@ def route_template(request: web.Request) -> str:
 @web.middleware
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id in, request id out; one access log line and metrics per request."""
-    rid = request.headers.get("X-Request-ID") or uuid.uuid4().hex
-    if len(rid) > 200:
-        rid = rid[:200]
+    rid = request_id_from(request.headers.get("X-Request-ID"))
     request_id_var.set(rid)
     started = time.perf_counter()
     status = 500

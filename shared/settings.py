@@ -29,6 +29,10 @@ class CommonSettings(BaseSettings):
     # Password for the PostgreSQL roles named in DSNs; DSNs themselves carry none.
     pg_password: SecretStr | None = None
     pg_pool_min: int = Field(default=2, ge=0)
+    # The Redis ACL user and password of the shards' caches (FE servers, gateways); the
+    # shard map's Redis URLs carry none. None: Redis's default user, no password (local).
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
     pg_pool_max: int = Field(default=10, ge=1)
 
     @model_validator(mode="after")
@@ -74,6 +78,12 @@ class GatewaySettings(CommonSettings):
     # Comma-separated base URLs of the audit_service and anonymizer processes.
     audit_urls: str = ""
     anonymizer_urls: str = ""
+
+
+def redis_credentials(settings: CommonSettings) -> dict[str, str | None]:
+    """``username`` and ``password`` for a Redis client, from the settings."""
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    return {"username": settings.redis_username, "password": password}
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -12,9 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from deploy.localstack.redis_server import ACL_USER, MAXMEMORY_POLICY, acl_line
+
 Obj = dict[str, Any]
 
 PORT = 8000
+# nginx in its pod: the door (HTTP redirects only, HTTPS) and its own /healthz for probes.
+NGINX_HTTP_PORT = 8080
+NGINX_HTTPS_PORT = 8443
+NGINX_OPS_PORT = 8081
 # The project's image; each overlay pins its name and tag with kustomize's ``images:``.
 IMAGE = "medsvc"
 POSTGRES_IMAGE = "postgres:15.10"
@@ -29,9 +35,15 @@ PG_USER = "medsvc"
 MONITORING_NAMESPACE = "monitoring"
 
 SECRET = "medsvc-secrets"
-# Secret keys; each pod gets only the ones it needs.
+# Secret keys; each pod gets only the ones it needs. A shard database's superuser
+# ("postgres", pg-admin-password) is used by no process: the FE servers log in as PG_USER,
+# the database's owner, and the anonymizer as a read-only role.
+# Each PostgreSQL role its own password: pg-password (the shards' owner, the FE servers),
+# shard-reader-password (the anonymizer's read-only role on the shards), audit-pg-password and
+# audit-writer-password (audit_service), anonymizer-pg-password (the study registry).
 SECRET_KEYS = ("jwt-secret", "pseudonym-key", "pg-password", "audit-pg-password",
-               "audit-writer-password")
+               "audit-writer-password", "redis-password", "anonymizer-pg-password",
+               "shard-reader-password", "pg-admin-password")
 ENV_CONFIG = "medsvc-env"
 SHARDMAP_CONFIG = "shardmap"
 NGINX_CONFIG = "nginx-conf"
@@ -224,7 +236,7 @@ def pods_of(component: str | list[str], shard: int | None = None) -> Obj:
 
 def postgres(name: str, component: str, database: str, password_key: str, storage: str,
              resources: Obj, shard: int | None = None, init_config: str | None = None,
-             extra_env: list[Obj] | None = None) -> list[Obj]:
+             extra_env: list[Obj] | None = None, admin_user: str = PG_USER) -> list[Obj]:
     """A single-instance PostgreSQL 15 StatefulSet with its volume, headless Service and PDB."""
     mounts = [{"name": "data", "mountPath": "/var/lib/postgresql/data"},
               {"name": "run", "mountPath": "/var/run/postgresql"}, TMP_MOUNT,
@@ -241,7 +253,7 @@ def postgres(name: str, component: str, database: str, password_key: str, storag
         # (...)", "Key (...)=(...)"), and failing statements are not logged.
         "args": ["-c", "max_connections=200", "-c", "shared_buffers=256MB",
                  "-c", "log_error_verbosity=terse", "-c", "log_min_error_statement=panic"],
-        "env": [{"name": "POSTGRES_USER", "value": PG_USER},
+        "env": [{"name": "POSTGRES_USER", "value": admin_user},
                 {"name": "POSTGRES_DB", "value": database},
                 secret_env("POSTGRES_PASSWORD", password_key),
                 # A subfolder: the volume's root may hold lost+found.
@@ -282,14 +294,22 @@ def redis(name: str, shard: int, resources: Obj, maxmemory: str) -> list[Obj]:
     serve a value older than a successful write. A restarted Redis starts empty.
     """
     component = "redis"
+    # The ACL file is written at start from the Secret (the password never appears in the
+    # process's arguments); the default user is off.
+    script = (
+        "umask 077\n"
+        f"printf 'user default off\\n%s\\n' \"{acl_line('$REDIS_PASSWORD')}\" > /data/users.acl\n"
+        "exec redis-server --save '' --appendonly no --dir /data"
+        f" --maxmemory {maxmemory} --maxmemory-policy {MAXMEMORY_POLICY}"
+        " --aclfile /data/users.acl --protected-mode no\n"
+    )
     container: Obj = {
         "name": "redis", "image": REDIS_IMAGE,
-        "command": ["redis-server", "--save", "", "--appendonly", "no", "--dir", "/data",
-                    "--maxmemory", maxmemory, "--maxmemory-policy", "allkeys-lru",
-                    # No password: the NetworkPolicy admits only this shard's FE servers.
-                    "--protected-mode", "no"],
+        "command": ["sh", "-c", script],
+        "env": [secret_env("REDIS_PASSWORD", "redis-password")],
         "ports": [{"name": "redis", "containerPort": 6379}],
-        **exec_probes(["redis-cli", "ping"]),
+        **exec_probes(["sh", "-c", f'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli --no-auth-warning'
+                       f" --user {ACL_USER} ping | grep -qx PONG"]),
         "resources": resources, "securityContext": container_security(),
         "volumeMounts": [{"name": "data", "mountPath": "/data"}],
     }

@@ -8,14 +8,49 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from deploy.localstack.redis_server import ACL_USER
 from deploy.k8s.manifests import (
-    JOB_RESOURCES, MONITORING_NAMESPACE, PG_USER, NGINX_CONFIG, NGINX_IMAGE, NGINX_RESOURCES, NGINX_UID,
+    JOB_RESOURCES, MONITORING_NAMESPACE, NGINX_CONFIG, NGINX_HTTP_PORT, NGINX_HTTPS_PORT,
+    NGINX_IMAGE, NGINX_OPS_PORT, NGINX_RESOURCES, NGINX_UID, PG_USER,
     PORT, SCRAPE, TLS_SECRET, TMP_MOUNT, TMP_VOLUME, Obj, container_security, deployment,
     http_probes, netpol, pdb, peer, pod_security, pods_of, postgres, python_pod, redis, rule,
     secret_env, selector, service, spread, template,
 )
 
 FE_SERVICES = "user,visit"
+PG_DATABASE = "medsvc"
+# The shards' Redis ACL user and its password (FE servers and gateways).
+# A shard database's roles, made at its first start by its superuser (PG_ADMIN, whose
+# password no process gets): the owner the FE servers log in as (PG_USER, not a superuser;
+# its migrations create the tables) and the anonymizer's read-only role, which may SELECT
+# every table the owner creates.
+PG_ADMIN = "postgres"
+SHARD_READER = "anonymizer_reader"
+SHARD_INIT = "pg-shard-init"
+
+
+def shard_roles_init(
+    owner: str = PG_USER, reader: str = SHARD_READER, database: str = PG_DATABASE
+) -> str:
+    """The shard database's init script (sourced by the postgres image's entry point)."""
+    return (
+        "#!/bin/sh\n"
+        "psql -v ON_ERROR_STOP=1 -v owner_pw=\"$SHARD_OWNER_PASSWORD\" "
+        "-v reader_pw=\"$SHARD_READER_PASSWORD\" "
+        "--username \"$POSTGRES_USER\" --dbname \"$POSTGRES_DB\" <<'SQL'\n"
+        f"CREATE ROLE {owner} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'owner_pw';\n"
+        f"ALTER DATABASE {database} OWNER TO {owner};\n"
+        f"CREATE ROLE {reader} LOGIN PASSWORD :'reader_pw';\n"
+        f"GRANT CONNECT ON DATABASE {database} TO {reader};\n"
+        f"GRANT USAGE ON SCHEMA public TO {reader};\n"
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public\n"
+        f"    GRANT SELECT ON TABLES TO {reader};\n"
+        "SQL\n"
+    )
+
+
+REDIS_CREDENTIALS = [{"name": "MEDSVC_REDIS_USERNAME", "value": ACL_USER},
+                     secret_env("MEDSVC_REDIS_PASSWORD", "redis-password")]
 AUDIT_DATABASE = "audit"
 ANONYMIZER_DATABASE = "anonymizer"
 ANONYMIZER_COMPONENTS = ["anonymizer", "anonymizer-job"]
@@ -84,30 +119,37 @@ def shard_objects(shard: int, sizing: ShardSizing) -> list[Obj]:
               {"name": "MEDSVC_SERVICES", "value": FE_SERVICES},
               # The outbox relay ships this shard's audit events there.
               {"name": "MEDSVC_AUDIT_URLS", "value": service_urls("audit")},
+              # A study consent checks that the study exists in the anonymizer's registry.
+              {"name": "MEDSVC_ANONYMIZER_URLS", "value": service_urls("anonymizer")},
               secret_env("MEDSVC_JWT_SECRET", "jwt-secret"),
-              secret_env("MEDSVC_PG_PASSWORD", "pg-password")]
+              secret_env("MEDSVC_PG_PASSWORD", "pg-password"), *REDIS_CREDENTIALS]
     fe_pod = python_pod("fe", ["python", "-m", "fe_server"], env=fe_env, shard=shard,
                         shard_map=True)
     objs = [
-        *postgres(names["postgres"], "postgres", "medsvc", "pg-password", sizing.pg_storage,
-                  sizing.pg_resources, shard),
+        *postgres(names["postgres"], "postgres", PG_DATABASE, "pg-admin-password",
+                  sizing.pg_storage, sizing.pg_resources, shard, init_config=SHARD_INIT,
+                  admin_user=PG_ADMIN,
+                  extra_env=[secret_env("SHARD_OWNER_PASSWORD", "pg-password"),
+                             secret_env("SHARD_READER_PASSWORD", "shard-reader-password")]),
         *redis(names["redis"], shard, sizing.redis_resources, sizing.redis_maxmemory),
         deployment(names["fe"], "fe", sizing.fe_replicas, fe_pod, shard),
         service(names["fe"], "fe", [("http", PORT, PORT)], shard),
         pdb(names["fe"], "fe", shard),
-        # Only the gateway calls an FE server; it reaches its own shard's data and audit.
+        # Only the gateway calls an FE server; it reaches its own shard's data, audit_service
+        # (the outbox relay) and the anonymizer API (does a study exist?).
         netpol(names["fe"], pods_of("fe", shard),
                ingress=[rule([peer("gateway")], [PORT], "in")],
                egress=[rule([peer("postgres", shard)], [5432], "out"),
                        rule([peer("redis", shard)], [6379], "out"),
-                       rule([peer("audit")], [PORT], "out")]),
+                       rule([peer("audit"), peer("anonymizer")], [PORT], "out")]),
         # Only this shard's FE servers (and the anonymizer's extraction) reach its database.
         netpol(names["postgres"], pods_of("postgres", shard),
                ingress=[rule([peer("fe", shard), peer(ANONYMIZER_COMPONENTS)], [5432], "in")],
                egress=[]),
-        # Only this shard's FE servers reach its cache.
+        # This shard's FE servers reach its cache, and the gateways (which answer cached
+        # reads themselves, gateway/fastpath.py).
         netpol(names["redis"], pods_of("redis", shard),
-               ingress=[rule([peer("fe", shard)], [6379], "in")], egress=[]),
+               ingress=[rule([peer("fe", shard), peer("gateway")], [6379], "in")], egress=[]),
     ]
     return objs
 
@@ -123,9 +165,11 @@ def nginx_objects() -> list[Obj]:
         # The temp folders live under /tmp (an emptyDir): the root filesystem is read-only.
         "command": ["sh", "-c", f"mkdir -p {run}/tmp && exec nginx -p {run} "
                     "-c /etc/nginx/medsvc/nginx.conf -e stderr -g 'daemon off;'"],
-        "ports": [{"name": "http", "containerPort": 8080},
-                  {"name": "https", "containerPort": 8443}],
-        **http_probes(8080, ready_path="/healthz"),
+        "ports": [{"name": "http", "containerPort": NGINX_HTTP_PORT},
+                  {"name": "https", "containerPort": NGINX_HTTPS_PORT},
+                  {"name": "ops", "containerPort": NGINX_OPS_PORT}],
+        # nginx's /healthz is on its own port: the door (8080, 8443) passes only the API.
+        **http_probes(NGINX_OPS_PORT, ready_path="/healthz"),
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},
         "resources": NGINX_RESOURCES, "securityContext": container_security(),
         "volumeMounts": [TMP_MOUNT,
@@ -139,7 +183,8 @@ def nginx_objects() -> list[Obj]:
                         {"name": "tls", "secret": {"secretName": TLS_SECRET}}]}
     return [
         deployment("nginx", "nginx", 2, spec, scrape=False),
-        service("nginx", "nginx", [("http", 80, 8080), ("https", 443, 8443)]),
+        service("nginx", "nginx", [("http", 80, NGINX_HTTP_PORT),
+                                   ("https", 443, NGINX_HTTPS_PORT)]),
         pdb("nginx", "nginx"),
     ]
 
@@ -148,7 +193,8 @@ def gateway_objects() -> list[Obj]:
     pod = python_pod("gateway", ["python", "-m", "gateway"],
                      env=[{"name": "MEDSVC_AUDIT_URLS", "value": service_urls("audit")},
                           {"name": "MEDSVC_ANONYMIZER_URLS", "value": service_urls("anonymizer")},
-                          secret_env("MEDSVC_JWT_SECRET", "jwt-secret")], shard_map=True)
+                          secret_env("MEDSVC_JWT_SECRET", "jwt-secret"), *REDIS_CREDENTIALS],
+                     shard_map=True)
     return [deployment("gateway", "gateway", 2, pod),
             service("gateway", "gateway", [("http", PORT, PORT)]), pdb("gateway", "gateway")]
 
@@ -197,7 +243,10 @@ def anonymizer_objects() -> list[Obj]:
            # The image's entry point created the database (POSTGRES_DB).
            {"name": "MEDSVC_ANONYMIZER_CREATE_DATABASE", "value": "false"},
            secret_env("MEDSVC_JWT_SECRET", "jwt-secret"),
-           secret_env("MEDSVC_PG_PASSWORD", "pg-password"),
+           secret_env("MEDSVC_PG_PASSWORD", "anonymizer-pg-password"),
+           # The shards are read as a read-only role of their own.
+           {"name": "MEDSVC_ANONYMIZER_SHARD_USER", "value": SHARD_READER},
+           secret_env("MEDSVC_ANONYMIZER_SHARD_PASSWORD", "shard-reader-password"),
            secret_env("MEDSVC_PSEUDONYM_KEY", "pseudonym-key")]
     api = python_pod("anonymizer", ["python", "-m", "anonymizer", "serve"], env=env,
                      shard_map=True)
@@ -220,16 +269,23 @@ def anonymizer_objects() -> list[Obj]:
             }},
         },
     }
+    shard_init = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": SHARD_INIT, "labels": selector("postgres")},
+        "data": {"10-shard-roles.sh": shard_roles_init()},
+    }
     return [
+        shard_init,
         deployment("anonymizer", "anonymizer", 2, api),
         service("anonymizer", "anonymizer", [("http", PORT, PORT)]),
         pdb("anonymizer", "anonymizer"),
         cron,
-        *postgres("pg-anonymizer", "anonymizer-postgres", ANONYMIZER_DATABASE, "pg-password",
+        *postgres("pg-anonymizer", "anonymizer-postgres", ANONYMIZER_DATABASE,
+                  "anonymizer-pg-password",
                   "20Gi", {"requests": {"cpu": "250m", "memory": "512Mi"},
                            "limits": {"cpu": "2", "memory": "1Gi"}}),
         netpol("anonymizer", pods_of(ANONYMIZER_COMPONENTS),
-               ingress=[rule([peer("gateway")], [PORT], "in")],
+               ingress=[rule([peer("gateway"), peer("fe")], [PORT], "in")],
                egress=[rule([peer("anonymizer-postgres")], [5432], "out"),
                        rule([peer("postgres")], [5432], "out")]),
         netpol("pg-anonymizer", pods_of("anonymizer-postgres"),
@@ -246,12 +302,14 @@ def common_policies() -> list[Obj]:
         netpol("allow-dns", {}, egress=[{"to": dns, "ports": [
             {"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}]),
         netpol("nginx", pods_of("nginx"),
-               ingress=[rule([], [8080, 8443], "in")],
+               ingress=[rule([], [NGINX_HTTP_PORT, NGINX_HTTPS_PORT], "in")],
                egress=[rule([peer("gateway")], [PORT], "out")]),
         netpol("gateway", pods_of("gateway"),
                ingress=[rule([peer("nginx")], [PORT], "in")],
                egress=[rule([peer("fe"), peer("audit"), peer(ANONYMIZER_COMPONENTS)], [PORT],
-                            "out")]),
+                            "out"),
+                       # Every shard's cache: the gateway answers cached reads itself.
+                       rule([peer("redis")], [6379], "out")]),
         # Prometheus, in its own namespace, scrapes /metrics of the project's processes.
         netpol("allow-metrics-scrape", {"matchLabels": {SCRAPE: "true"}},
                ingress=[rule([{"namespaceSelector": {"matchLabels": {

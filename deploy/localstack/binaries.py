@@ -44,3 +44,13 @@ def redis_server() -> str:
 def openssl() -> str:
     """Path of the ``openssl`` command-line tool."""
     return _find("openssl", "/usr/bin")
+
+
+def prometheus() -> str:
+    """Path of the ``prometheus`` server (Debian's package)."""
+    return _find("prometheus", "/usr/bin")
+
+
+def promtool() -> str:
+    """Path of ``promtool`` (checks configurations, unit-tests alert rules)."""
+    return _find("promtool", "/usr/bin")

@@ -29,6 +29,8 @@ def _banner(stack: Stack) -> str:
         f"  HTTP   {stack.base_url}",
         f"  HTTPS  {stack.https_url}   (self-signed: --cacert {stack.cert_path})",
         f"  logs   {stack.logs_dir}",
+        *([f"  Prometheus {stack.prometheus.url}  (targets: {stack.prometheus.url}/targets,"
+           f" alerts: {stack.prometheus.url}/alerts)"] if stack.prometheus else []),
         f"  shard map {stack.shard_map_path}",
     ]
     for i, pg in stack.postgres.items():
@@ -92,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     run.add_argument("--nginx-workers", default="1", help="nginx worker_processes (1, or auto)")
     run.add_argument("--jwt-secret", default=DEFAULT_JWT_SECRET)
+    run.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
 
     tok = sub.add_parser("token", help="print a bearer token")
     tok.add_argument("--sub", default="admin", help="the caller's userName")
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         base_dir=args.base_dir, shards=args.shards, fe_per_shard=args.fe_per_shard,
         gateways=args.gateways, http_port=args.http_port, https_port=args.https_port,
         internal_port_base=args.port_base or None, nginx_workers=workers,
-        jwt_secret=args.jwt_secret,
+        jwt_secret=args.jwt_secret, prometheus=not args.no_prometheus,
     )  # fmt: skip
     try:
         return asyncio.run(_run(cfg))

@@ -12,15 +12,29 @@ from pathlib import Path
 import aiohttp
 import jinja2
 
+from shared.logs import REQUEST_ID_PATTERN
+from shared.paths import public_regex, refused_regex
+
 from . import binaries
 from .procs import ManagedProcess, ProcessError, poll
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "nginx"
 TEMPLATE_NAME = "nginx.conf.j2"
 
-# High enough that `make bench` is never throttled; tests render a low one.
-DEFAULT_RATE = 20000
-DEFAULT_BURST = 20000
+# The rate limit per client address (requests a second, and the burst answered at once):
+# a real one, the same as in the Kubernetes manifests. Every client of `make run` on one
+# machine is one address.
+DEFAULT_RATE = 100
+DEFAULT_BURST = 200
+# For load that comes from one address on purpose: `make bench` and the e2e test stack.
+UNTHROTTLED_RATE = 20000
+UNTHROTTLED_BURST = 20000
+# TLS 1.2 suites: ECDHE key exchange and AEAD ciphers only (Mozilla's "intermediate" list).
+CIPHERS = ":".join((
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+))
 
 
 @dataclass(frozen=True)
@@ -65,6 +79,8 @@ class NginxConfig:
     run_dir: Path
     http_port: int
     https_port: int
+    # nginx's own /healthz (never on the door's ports).
+    ops_port: int
     cert: Path
     key: Path
     gateways: Sequence[str]
@@ -77,6 +93,18 @@ class NginxConfig:
     # nginx only takes "user" when it starts as root; the workers then stay root so that
     # they can use the run folder, which belongs to whoever runs the stack.
     user: str | None = field(default_factory=lambda: "root" if os.geteuid() == 0 else None)
+    # "127.0.0.1:" locally; "" (every address) in a pod.
+    listen_host: str = "127.0.0.1:"
+    # Production: plain HTTP answers only 308 to HTTPS, on this port (None: 443, the default).
+    redirect_http: bool = False
+    https_redirect_port: int | None = None
+    # Log targets; default <logs_dir>/<name>.error.log and <name>.access.log (buffered).
+    error_log: str | None = None
+    access_log: str | None = None
+
+    @property
+    def logs(self) -> Path:
+        return self.logs_dir or self.run_dir / "logs"
 
     def render(self) -> str:
         """Return the nginx.conf text."""
@@ -88,14 +116,24 @@ class NginxConfig:
             keep_trailing_newline=True,
             autoescape=False,  # noqa: S701 - nginx config, not HTML
         )
+        suffix = f":{self.https_redirect_port}" if self.https_redirect_port else ""
         return env.get_template(TEMPLATE_NAME).render(
             run_dir=self.run_dir,
-            logs_dir=self.logs_dir or self.run_dir / "logs",
-            name=self.name,
+            error_log=self.error_log or f"{self.logs}/{self.name}.error.log",
+            access_log=self.access_log
+            or f"{self.logs}/{self.name}.access.log json buffer=64k flush=1s",
+            listen_host=self.listen_host,
             http_port=self.http_port,
             https_port=self.https_port,
+            ops_port=self.ops_port,
+            redirect_http=self.redirect_http,
+            https_redirect_suffix=suffix,
             cert=self.cert,
             key=self.key,
+            ciphers=CIPHERS,
+            request_id_pattern=REQUEST_ID_PATTERN,
+            refused_path_regex=_nginx_string(refused_regex(r"\?|$")),
+            public_path_regex=_nginx_string(public_regex(r"\?|$")),
             gateways=list(self.gateways),
             rate=self.rate,
             burst=self.burst,
@@ -103,6 +141,11 @@ class NginxConfig:
             user=self.user,
             errors=PROBLEM_PAGES,
         )
+
+
+def _nginx_string(regex: str) -> str:
+    """``regex`` for a quoted nginx string: nginx reads a doubled backslash there as one."""
+    return regex.replace("\\\\", "\\\\\\\\")
 
 
 class NginxServer(ManagedProcess):
@@ -135,6 +178,11 @@ class NginxServer(ManagedProcess):
         """``https://127.0.0.1:<https_port>``."""
         return f"https://127.0.0.1:{self.config.https_port}"
 
+    @property
+    def ops_url(self) -> str:
+        """``http://127.0.0.1:<ops_port>``: nginx's own /healthz."""
+        return f"http://127.0.0.1:{self.config.ops_port}"
+
     async def prepare(self) -> None:
         """Write nginx.conf and make its folders, then let ``nginx -t`` check it."""
         self.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -157,7 +205,7 @@ class NginxServer(ManagedProcess):
         async def healthy() -> bool:
             timeout = aiohttp.ClientTimeout(total=2)
             async with aiohttp.ClientSession(timeout=timeout) as session:
-                async with session.get(f"{self.base_url}/healthz") as resp:
+                async with session.get(f"{self.ops_url}/healthz") as resp:
                     return resp.status == 200
 
         await poll(f"{self.name} (nginx :{self.config.http_port})", healthy, proc=self)

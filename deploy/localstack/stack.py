@@ -8,6 +8,7 @@ Start order, one tier at a time, each tier healthy before the next::
     FE servers     fe_per_shard per shard, each hosting ``fe_services``
     gateways       ``gateways`` processes
     nginx          HTTP and HTTPS in front of the gateways
+    prometheus     (``prometheus=True``) scraping every Python process, with the alert rules
 
 :meth:`Stack.stop` goes back down in reverse. Within a tier the processes start and stop
 concurrently. Handles to every process let a test kill and restart any of them.
@@ -25,6 +26,7 @@ from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy.prometheus.config import Target
 from shared.shardmap import DEFAULT_BUCKETS, Shard, ShardMap, even_ranges
 
 from .certs import ensure_cert
@@ -32,6 +34,7 @@ from .nginx import DEFAULT_BURST, DEFAULT_RATE, NginxConfig, NginxServer
 from .ports import PortAllocator
 from .postgres import ClusterTemplate, PostgresServer, server_account
 from .procs import ManagedProcess
+from .prometheus import PrometheusServer
 from .redis_server import RedisServer
 from .service import ServiceProcess, ServiceSpec
 from .tokens import DEFAULT_TTL, make_token
@@ -66,6 +69,10 @@ class StackConfig:
     fe_services: str = "user,visit"
     http_port: int = 8080
     https_port: int = 8443
+    # nginx's own /healthz (0: any free port, or the next of internal_port_base).
+    nginx_ops_port: int = 0
+    # Run Prometheus over the stack (`make run` does; the tests start their own when needed).
+    prometheus: bool = False
     # None: every internal port is a free one; a number: consecutive ports from there.
     internal_port_base: int | None = None
     # fsync=off and friends for PostgreSQL: for tests.
@@ -160,6 +167,7 @@ class Stack:
                 name="nginx",
                 http_port=ports.take(cfg.http_port),
                 https_port=ports.take(cfg.https_port),
+                ops_port=ports.take(cfg.nginx_ops_port),
                 cert=self.cert_path,
                 key=self.key_path,
                 gateways=[f"127.0.0.1:{g.port}" for g in self.gateways],
@@ -169,6 +177,12 @@ class Stack:
             )
         )
         self.shard_map = self._build_shard_map()
+        self.prometheus: PrometheusServer | None = None
+        if cfg.prometheus:
+            self.prometheus = PrometheusServer(
+                "prometheus", base / "prometheus", ports.take(), self.logs_dir / "prometheus.log",
+                self.scrape_targets(),
+            )
 
     # -- what the tests and the CLI read --------------------------------------------------
 
@@ -192,15 +206,27 @@ class Stack:
         roles = [roles] if isinstance(roles, str) else list(roles)
         return make_token(self.config.jwt_secret, sub, roles, ttl)
 
+    def scrape_targets(self) -> list[Target]:
+        """Every Python process, labelled as its pod would be (deploy/prometheus/config.py)."""
+        out = [Target(f"127.0.0.1:{g.port}", g.name, "gateway") for g in self.gateways]
+        out += [Target(f"127.0.0.1:{fe.port}", fe.name, "fe", shard)
+                for shard, fes in self.fe.items() for fe in fes]
+        out += [Target(f"127.0.0.1:{p.port}", p.name, name)
+                for name, procs in self.services.items() for p in procs]
+        return out
+
     def tiers(self) -> list[list[ManagedProcess]]:
         """The processes, tier by tier, in start order."""
-        return [
+        tiers: list[list[ManagedProcess]] = [
             [*self.postgres.values(), self.central_postgres, *self.redis.values()],
             [p for procs in self.services.values() for p in procs],
             [p for procs in self.fe.values() for p in procs],
             list(self.gateways),
             [self.nginx],
         ]
+        if self.prometheus is not None:
+            tiers.append([self.prometheus])
+        return tiers
 
     def processes(self) -> Iterator[ManagedProcess]:
         """Every process, in start order."""
@@ -223,9 +249,10 @@ class Stack:
             await _all(p.start() for p in tiers[0])
             self.shard_map_path.write_text(self.shard_map.model_dump_json(indent=2) + "\n")
             env = self._python_env()
-            for tier in tiers[1:-1]:
+            for tier in tiers[1:]:
                 for proc in tier:
-                    proc.env = env
+                    if isinstance(proc, ServiceProcess):
+                        proc.env = env
             for tier in tiers[1:]:
                 await _all(p.start() for p in tier)
         except BaseException:

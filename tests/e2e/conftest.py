@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 
 from deploy.localstack import Stack, StackConfig
+from deploy.localstack.nginx import UNTHROTTLED_BURST, UNTHROTTLED_RATE
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -27,7 +28,10 @@ async def stack(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
     # mkdtemp makes the folder 0700; PostgreSQL may run as another user and must get in.
     base = Path(tempfile.mkdtemp(prefix="medsvc-e2e-"))
     base.chmod(0o755)
-    st = Stack(StackConfig(base_dir=base, http_port=0, https_port=0, fast=True))
+    # Every test's client is 127.0.0.1, so this stack's nginx does not rate-limit; the
+    # real limit (`make run`'s, production's) is tested on a second nginx (tests/e2e/edge.py).
+    st = Stack(StackConfig(base_dir=base, http_port=0, https_port=0, fast=True,
+                           rate=UNTHROTTLED_RATE, burst=UNTHROTTLED_BURST))
     try:
         await st.start()
         yield st

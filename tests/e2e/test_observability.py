@@ -13,11 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from deploy.localstack import Stack
 from deploy.localstack.service import ServiceProcess
+from deploy.localstack.nginx import DEFAULT_BURST
+from deploy.localstack.ports import free_port
 from tests.e2e.api import Api, unique
+from tests.e2e.edge import production_nginx, tls_context
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -226,12 +230,18 @@ async def test_no_patient_data_reaches_any_log(
         "userName": name, "role": "patient", "givenName": phi["givenName"],
         "familyName": phi["familyName"], "birthDate": phi["birthDate"]})
     assert dup.status == 409
+    # and on the paths where errors and warnings are logged: with the patient's name in the
+    # query string and the body, a request too large (413), through an nginx whose first
+    # gateway is down (an upstream failure) and hammered past its real rate limit (429),
+    # and a search while one FE server of a shard is down.
+    await provoke_errors_with(stack, http, admin_token, phi["familyName"], mark)
     # (nginx flushes its access log each second; the audit relay ships within a few)
     await asyncio.sleep(2.5)
 
-    # Then no line of any process's log holds any of it
+    # Then no line of any log under the stack's folder holds any of it
     leaks = []
-    files = sorted(p for p in stack.logs_dir.rglob("*") if p.is_file())
+    files = sorted({*(p for p in stack.logs_dir.rglob("*") if p.is_file()),
+                    *(p for p in stack.base_dir.rglob("*.log") if p.is_file())})
     assert any(p.name.startswith("nginx") for p in files) and len(files) > 5, files
     needles = [v for k, v in phi.items() if k != "birthDate"] + [mark, phi["birthDate"]]
     for path in files:
@@ -240,6 +250,48 @@ async def test_no_patient_data_reaches_any_log(
                 if needle in line:
                     leaks.append(f"{path.name}:{n}: {needle!r} in {line[:300]}")
     assert not leaks, "\n".join(leaks[:20])
+
+
+async def provoke_errors_with(
+    stack: Stack, http: aiohttp.ClientSession, admin_token: str, family_name: str, mark: str
+) -> None:
+    """Drive the error and warning paths of every hop with PHI in the query and the body."""
+    headers = {"Authorization": f"Bearer {admin_token}"}
+    query = {"familyName": family_name}
+    big = orjson.dumps({"userName": unique("phi"), "familyName": family_name,
+                        "notes": f"{mark} " * 200_000})
+    assert len(big) > 1024 * 1024
+    async with http.post(f"{stack.base_url}/v1/users", params=query, data=big,
+                         headers={**headers, "Content-Type": "application/json"}) as resp:
+        assert resp.status == 413
+    # An nginx with production's settings whose first gateway does not answer.
+    dead = f"127.0.0.1:{free_port()}"
+    async with production_nginx(stack, "nginx-phi", [dead, *stack.nginx.config.gateways]) as edge:
+        connector = aiohttp.TCPConnector(limit=50, ssl=tls_context(stack))
+        async with aiohttp.ClientSession(connector=connector) as client:
+            url = f"{edge.https_url}/v1/users"
+            async with client.get(url, params=query, headers=headers) as resp:
+                assert resp.status == 200, await resp.text()
+            async with client.post(url, params=query, data=big, headers=headers) as resp:
+                assert resp.status == 413
+
+            async def one() -> int:
+                async with client.get(url, params=query, headers=headers) as resp:
+                    await resp.read()
+                    return resp.status
+
+            statuses = await asyncio.gather(*(one() for _ in range(3 * DEFAULT_BURST)))
+            assert 429 in statuses and set(statuses) <= {200, 429}, sorted(set(statuses))
+    # One FE server of shard 0 down while its shard is searched: the gateway fails over.
+    victim = stack.fe[0][-1]
+    await victim.stop()
+    try:
+        for _ in range(3):
+            async with http.get(f"{stack.base_url}/v1/users", params=query,
+                                headers=headers) as resp:
+                assert resp.status == 200, await resp.text()
+    finally:
+        await victim.start()
 
 
 # -- the operator's bucket freeze (deploy/README.md, "Adding a shard") -------------------
