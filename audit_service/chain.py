@@ -70,11 +70,13 @@ class StoredEvent:
     event_id: str
     entity_type: str
     entity_id: str
+    subject: str | None
     actor: str
     occurred_at: dt.datetime
     body: str
     prev_hash: str
     hash: str
+    tree_nodes: bytes | None = None
 
 
 @dataclass
@@ -164,6 +166,9 @@ def _columns_problem(ev: StoredEvent) -> str | None:
     for key, value in expected.items():
         if body.get(key) != value:
             return f"column {key} does not match the hashed event"
+    # subject decides what a clinician may read: it must be the one the hashed event implies.
+    if ev.subject != subject_of(str(body.get("entityType")), str(body.get("entityId"))):
+        return "column subject does not match the hashed event"
     occurred = ev.occurred_at.astimezone(dt.UTC)
     if orjson.dumps(occurred, option=orjson.OPT_UTC_Z).decode().strip('"') != body.get("occurredAt"):
         return "column occurredAt does not match the hashed event"
