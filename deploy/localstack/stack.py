@@ -27,6 +27,7 @@ from pathlib import Path
 
 from shared.shardmap import DEFAULT_BUCKETS, Shard, ShardMap, even_ranges
 
+from .audit_keys import AuditKeyFiles
 from .certs import ensure_cert
 from .nginx import DEFAULT_BURST, DEFAULT_RATE, NginxConfig, NginxServer
 from .ports import PortAllocator
@@ -169,6 +170,8 @@ class Stack:
             )
         )
         self.shard_map = self._build_shard_map()
+        # The audit checkpoint signer's key and log, outside the databases (audit_keys.py).
+        self.audit_keys = AuditKeyFiles(base / "audit")
 
     # -- what the tests and the CLI read --------------------------------------------------
 
@@ -226,6 +229,9 @@ class Stack:
             for tier in tiers[1:-1]:
                 for proc in tier:
                     proc.env = env
+            self.audit_keys.ensure()
+            for proc in self.services.get("audit", []):
+                proc.env = {**env, **self.audit_keys.env(), **self.config.extra_env}
             for tier in tiers[1:]:
                 await _all(p.start() for p in tier)
         except BaseException:

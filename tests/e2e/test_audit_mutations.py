@@ -1,0 +1,376 @@
+"""A mutation test of the audit verifier: every single change a database superuser can make is
+caught, by the service (``GET /v1/audit/verify`` over HTTP) and by the offline tool.
+
+A log of a few thousand events is appended by the real store code (its COPY path computes
+the chain and the Merkle tree) into its own database on the stack's central PostgreSQL, with
+checkpoints signed by the real signer along the way. Each example then rewrites the table as
+the superuser would (triggers off), asks both verifiers, and puts the original rows back.
+
+"Strong" mutations re-hash the chain and rebuild the tree after the change, as an attacker
+holding the code (but not the signing key) would: only the signed checkpoints catch those, so
+they are placed at or below the last checkpoint. Events after it are protected only by the
+chain against a party that does not re-hash (README.md, threat model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from audit_service import offline, store
+from audit_service.app import create_app
+from audit_service.chain import GENESIS, canonical, chain_hash, subject_of
+from audit_service.checkpoints import CheckpointLog, load_private_key, new_private_pem, public_pem
+from audit_service.merkle import CompactRange, leaf_hash
+from audit_service.settings import AuditSettings
+from audit_service.verify import make_checkpoint
+from deploy.localstack.tokens import make_token
+from shared.db import pool_scope
+from shared.dbsetup import ensure_database, migrate
+
+EVENTS = 3000
+CHECKPOINT_EVERY = 700  # checkpoints at 700, 1400, 2100, 2800; 200 events after the last
+LAST_CHECKPOINT = (EVENTS // CHECKPOINT_EVERY) * CHECKPOINT_EVERY
+SECRET = "mutation-test-secret"
+COLUMNS = ["seq", "event_id", "entity_type", "entity_id", "subject", "actor", "occurred_at",
+           "body", "prev_hash", "hash", "tree_nodes"]  # fmt: skip
+
+
+class LoopThread:
+    """An event loop in a thread of its own, so hypothesis' synchronous examples can await."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=120)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def _pending(i: int) -> store.Pending:
+    user = f"patient.{i % 97}"
+    visit = i % 3 == 0
+    return store.Pending(
+        event_id=uuid.uuid4(), entity_type="visit" if visit else "user",
+        entity_id=f"{user}/{uuid.UUID(int=i)}" if visit else user, action="update",
+        actor=f"dr.{i % 11}", occurred_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=i),
+        source=f"user_service/shard-{i % 2}", request_id=None, changes=["phone"],
+        before={"phone": str(i)}, after={"phone": str(i + 1), "note": "ü"},
+    )  # fmt: skip
+
+
+class Log:
+    """The seeded audit database, its checkpoint files, and a server over it."""
+
+    def __init__(self, dsn: str, folder: Path) -> None:
+        self.dsn, self.folder = dsn, folder
+        self.key_file, self.public_file = folder / "key.pem", folder / "public.pem"
+        self.cp_log = CheckpointLog(folder / "checkpoints.jsonl")
+        self.rows: list[dict[str, Any]] = []
+        self.head: dict[str, Any] = {}
+        self.url = ""
+        self.http: aiohttp.ClientSession | None = None
+        self.runner: web.AppRunner | None = None
+
+    async def seed(self) -> None:
+        self.key_file.write_bytes(new_private_pem())
+        self.public_file.write_bytes(public_pem(load_private_key(self.key_file)))
+        await ensure_database(self.dsn, None)
+        await migrate(self.dsn, None, "audit", store.MIGRATIONS)
+        key = load_private_key(self.key_file)
+        async with pool_scope(self.dsn, password=None, min_size=1, max_size=2, what="audit") as pool:
+            for start in range(0, EVENTS, CHECKPOINT_EVERY):
+                batch = [_pending(i) for i in range(start, min(start + CHECKPOINT_EVERY, EVENTS))]
+                await store.append_events(pool, batch, trusted_source=True)
+                if start + len(batch) <= LAST_CHECKPOINT:
+                    assert await make_checkpoint(pool, self.cp_log, key) is not None
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            self.rows = [dict(r) for r in await conn.fetch(f"SELECT {', '.join(COLUMNS)} FROM audit_events ORDER BY seq")]
+            self.head = dict(await conn.fetchrow("SELECT * FROM audit_chain_head"))
+        finally:
+            await conn.close()
+        assert len(self.rows) == EVENTS
+        assert [cp.tree_size for cp in self.cp_log.read()] == list(range(CHECKPOINT_EVERY, EVENTS + 1, CHECKPOINT_EVERY))
+
+    async def serve(self) -> None:
+        settings = AuditSettings(
+            audit_dsn=self.dsn, jwt_secret=SECRET, audit_checkpoint_log=self.cp_log.path,
+            audit_public_keys_file=self.public_file, pg_pool_min=1, pg_pool_max=2,
+        )  # fmt: skip
+        self.runner = web.AppRunner(create_app(settings))
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+
+    async def stop(self) -> None:
+        if self.http:
+            await self.http.close()
+        if self.runner:
+            await self.runner.cleanup()
+
+    async def write(self, rows: list[dict[str, Any]], head: dict[str, Any]) -> None:
+        """Replace the table and the head as the superuser (every trigger off)."""
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            async with conn.transaction():
+                await conn.execute("SET LOCAL session_replication_role = replica")
+                await conn.execute("DELETE FROM audit_events")
+                await conn.copy_records_to_table(
+                    "audit_events", records=[tuple(r[c] for c in COLUMNS) for r in rows], columns=COLUMNS
+                )
+                await conn.execute(
+                    "UPDATE audit_chain_head SET last_seq = $1, last_hash = $2, tree_size = $3, tree_range = $4",
+                    head["last_seq"], head["last_hash"], head["tree_size"], head["tree_range"],
+                )  # fmt: skip
+        finally:
+            await conn.close()
+
+    async def service_verdict(self) -> dict[str, Any]:
+        assert self.http is not None
+        token = make_token(SECRET, "audrey.auditor", ["auditor"], 600)
+        async with self.http.get(self.url + "/v1/audit/verify",
+                                 headers={"Authorization": f"Bearer {token}"}) as resp:  # fmt: skip
+            assert resp.status == 200, await resp.text()
+            return await resp.json()
+
+    def offline_args(self) -> list[str]:
+        return ["--checkpoints", str(self.cp_log.path), "--public-key", str(self.public_file), "--dsn", self.dsn]
+
+    async def offline_verdict(self) -> dict[str, Any]:
+        return (await offline.run(self.offline_args())).as_json()
+
+
+@pytest.fixture(scope="module")
+def seeded(stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LoopThread, Log]]:
+    loop = LoopThread()
+    log = Log(stack.central_postgres.dsn_for(f"audit_mut_{uuid.uuid4().hex[:8]}"),
+              tmp_path_factory.mktemp("audit-mutations"))  # fmt: skip
+    try:
+        loop.run(log.seed())
+        loop.run(log.serve())
+        yield loop, log
+    finally:
+        loop.run(log.stop())
+        loop.close()
+
+
+# -- the superuser's changes ------------------------------------------------------------------
+
+Rows = list[dict[str, Any]]
+Mutation = Callable[[Rows, dict[str, Any], st.DataObject], tuple[Rows, dict[str, Any]]]
+
+
+def _copy(rows: Rows) -> Rows:
+    return [dict(r) for r in rows]
+
+
+def reforge(rows: Rows, head: dict[str, Any]) -> tuple[Rows, dict[str, Any]]:
+    """What an attacker with the code but not the key does after a change: renumber the bodies,
+    re-hash the whole chain, rebuild the tree nodes and move the head to match."""
+    prev, tree = GENESIS, CompactRange()
+    for seq, r in enumerate(rows, start=1):
+        event = orjson.loads(r["body"])
+        event["seq"] = seq
+        body = canonical(event)
+        r.update(seq=seq, body=body.decode(), prev_hash=prev, hash=chain_hash(prev, body),
+                 event_id=uuid.UUID(event["eventId"]), entity_type=event["entityType"],
+                 entity_id=event["entityId"], subject=subject_of(event["entityType"], event["entityId"]),
+                 actor=event["actor"], tree_nodes=b"".join(tree.append(leaf_hash(body))))  # fmt: skip
+        prev = r["hash"]
+    return rows, {**head, "last_seq": len(rows), "last_hash": prev, "tree_size": tree.size,
+                  "tree_range": tree.to_bytes()}  # fmt: skip
+
+
+def _any_seq(data: st.DataObject) -> int:
+    return data.draw(st.integers(1, EVENTS), label="seq")
+
+
+def _signed_seq(data: st.DataObject) -> int:
+    return data.draw(st.integers(1, LAST_CHECKPOINT), label="signed seq")
+
+
+def _altered(column: str, value: Any) -> Any:
+    if column == "event_id":
+        return uuid.uuid4()
+    if column == "occurred_at":
+        return value + dt.timedelta(seconds=1)
+    if column in ("prev_hash", "hash"):
+        return ("a" if value[0] != "a" else "b") + value[1:]
+    if column == "tree_nodes":
+        return bytes([value[0] ^ 1]) + value[1:]
+    if column == "body":
+        return value.replace('"phone":"', '"phone":"9', 1)
+    if column == "subject":
+        return "someone.else"
+    return value + "x"
+
+
+def alter_column(rows: Rows, head: dict[str, Any], data: st.DataObject) -> tuple[Rows, dict[str, Any]]:
+    seq = _any_seq(data)
+    column = data.draw(st.sampled_from([c for c in COLUMNS if c != "seq"]), label="column")
+    rows[seq - 1][column] = _altered(column, rows[seq - 1][column])
+    return rows, head
+
+
+def delete(rows: Rows, head: dict[str, Any], data: st.DataObject) -> tuple[Rows, dict[str, Any]]:
+    del rows[_any_seq(data) - 1]
+    return rows, head
+
+
+def delete_and_rehash(rows: Rows, head: dict[str, Any], data: st.DataObject) -> tuple[Rows, dict[str, Any]]:
+    del rows[_signed_seq(data) - 1]
+    return reforge(rows, head)
+
+
+def insert_forged(rows: Rows, head: dict[str, Any], data: st.DataObject) -> tuple[Rows, dict[str, Any]]:
+    """A forged event slipped in after a signed one, everything after renumbered and re-hashed."""
+    at = data.draw(st.integers(0, LAST_CHECKPOINT - 1), label="after seq")
+    forged = dict(rows[at])
+    event = orjson.loads(forged["body"]) | {"eventId": str(uuid.uuid4()), "actor": "forger"}
+    forged["body"] = canonical(event).decode()
+    rows.insert(at, forged)
+    return reforge(rows, head)
+
+
+def swap(rows: Rows, head: dict[str, Any], data: st.DataObject) -> tuple[Rows, dict[str, Any]]:
+    """Two events exchange places (their seq columns), nothing re-hashed."""
+    i, j = _any_seq(data) - 1, _any_seq(data) - 1
+    if i == j:
+        j = (i + 1) % EVENTS
+    rows[i]["seq"], rows[j]["seq"] = rows[j]["seq"], rows[i]["seq"]
+    return rows, head
+
+
+def swap_and_rehash(rows: Rows, head: dict[str, Any], data: st.DataObject) -> tuple[Rows, dict[str, Any]]:
+    i = _signed_seq(data) - 1
+    j = data.draw(st.integers(0, EVENTS - 1).filter(lambda k: k != i), label="other")
+    rows[i], rows[j] = rows[j], rows[i]
+    return reforge(rows, head)
+
+
+def renumber(rows: Rows, head: dict[str, Any], data: st.DataObject) -> tuple[Rows, dict[str, Any]]:
+    """The events from one seq on are shifted up (a gap), the head moved to the new last."""
+    seq = _any_seq(data)
+    shift = data.draw(st.integers(1, 5), label="shift")
+    for r in rows[seq - 1:]:
+        r["seq"] += shift
+    return rows, {**head, "last_seq": rows[-1]["seq"]}
+
+
+def cut_tail(rows: Rows, head: dict[str, Any], data: st.DataObject) -> tuple[Rows, dict[str, Any]]:
+    """Events cut from below the last checkpoint to the end; the head left as it was."""
+    keep = data.draw(st.integers(0, LAST_CHECKPOINT - 1), label="keep")
+    return rows[:keep], head
+
+
+def cut_tail_and_rewrite_head(rows: Rows, head: dict[str, Any], data: st.DataObject) -> tuple[Rows, dict[str, Any]]:
+    """As the issue found it: events deleted and the chain head moved back to match."""
+    keep = data.draw(st.integers(0, LAST_CHECKPOINT - 1), label="keep")
+    return reforge(rows[:keep], head)
+
+
+def rewrite_and_rehash(rows: Rows, head: dict[str, Any], data: st.DataObject) -> tuple[Rows, dict[str, Any]]:
+    """One signed event's content changed, then the whole chain after it re-hashed."""
+    seq = _signed_seq(data)
+    event = orjson.loads(rows[seq - 1]["body"])
+    event["after"] = {**(event["after"] or {}), "phone": "000"}
+    rows[seq - 1]["body"] = canonical(event).decode()
+    return reforge(rows, head)
+
+
+def change_subject(rows: Rows, head: dict[str, Any], data: st.DataObject) -> tuple[Rows, dict[str, Any]]:
+    """subject (what a clinician may read) pointed at another user; nothing else touched."""
+    seq = _any_seq(data)
+    rows[seq - 1]["subject"] = data.draw(st.sampled_from(["someone.else", None, "patient.1"])
+                                         .filter(lambda s: s != rows[seq - 1]["subject"]))  # fmt: skip
+    return rows, head
+
+
+MUTATIONS: dict[str, Mutation] = {
+    f.__name__: f for f in (
+        alter_column, delete, delete_and_rehash, insert_forged, swap, swap_and_rehash, renumber,
+        cut_tail, cut_tail_and_rewrite_head, rewrite_and_rehash, change_subject,
+    )
+}  # fmt: skip
+
+
+def test_the_untouched_log_verifies(seeded: tuple[LoopThread, Log]) -> None:
+    loop, log = seeded
+    for verdict in (loop.run(log.service_verdict()), loop.run(log.offline_verdict())):
+        assert verdict == {"ok": True, "checked": EVENTS, "lastSeq": EVENTS}, verdict
+    # The offline tool as an auditor runs it: its own process, exit status 0.
+    done = subprocess.run([sys.executable, "-m", "audit_service", "verify", *log.offline_args()],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0 and orjson.loads(done.stdout)["ok"] is True, done.stderr
+
+
+@pytest.mark.parametrize("kind", sorted(MUTATIONS))
+def test_every_single_superuser_change_is_flagged(seeded: tuple[LoopThread, Log], kind: str) -> None:
+    loop, log = seeded
+
+    @settings(max_examples=6, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+    @given(data=st.data())
+    def example(data: st.DataObject) -> None:
+        rows, head = MUTATIONS[kind](_copy(log.rows), dict(log.head), data)
+        loop.run(log.write(rows, head))
+        try:
+            for who, verdict in (("service", loop.run(log.service_verdict())),
+                                 ("offline", loop.run(log.offline_verdict()))):  # fmt: skip
+                assert verdict["ok"] is False, (who, verdict)
+                assert verdict["reason"], (who, verdict)
+        finally:
+            loop.run(log.write(log.rows, log.head))
+
+    example()
+    assert loop.run(log.service_verdict())["ok"] is True
+
+
+def test_the_offline_tool_fails_with_status_1_on_a_rewritten_log(seeded: tuple[LoopThread, Log]) -> None:
+    loop, log = seeded
+    rows, head = cut_tail_and_rewrite_head(_copy(log.rows), dict(log.head),
+                                           _Fixed(CHECKPOINT_EVERY + 5))  # type: ignore[arg-type]
+    loop.run(log.write(rows, head))
+    try:
+        done = subprocess.run([sys.executable, "-m", "audit_service", "verify", *log.offline_args()],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        verdict = orjson.loads(done.stdout)
+        assert done.returncode == 1 and verdict["ok"] is False
+        assert verdict["firstBadSeq"] == CHECKPOINT_EVERY + 6, verdict
+    finally:
+        loop.run(log.write(log.rows, log.head))
+
+
+class _Fixed:
+    """A stand-in for hypothesis' data that always draws ``value``."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def draw(self, strategy: Any, label: str | None = None) -> int:
+        return self.value
