@@ -35,7 +35,9 @@ from hypothesis import strategies as st
 from audit_service import offline, store
 from audit_service.app import create_app
 from audit_service.chain import GENESIS, canonical, chain_hash, subject_of
-from audit_service.checkpoints import CheckpointLog, load_private_key, new_private_pem, public_pem
+from audit_service.checkpoints import (
+    CheckpointLog, load_private_key, new_private_pem, public_pem, sign,
+)
 from audit_service.merkle import CompactRange, leaf_hash
 from audit_service.settings import AuditSettings
 from audit_service.verify import make_checkpoint
@@ -376,3 +378,58 @@ class _Fixed:
 
     def draw(self, strategy: Any, label: str | None = None) -> int:
         return self.value
+
+
+def test_a_client_holding_an_older_checkpoint_detects_a_rewritten_history(
+    seeded: tuple[LoopThread, Log],
+) -> None:
+    """The worst case: the superuser also holds the signing key. They cut the log below a
+    checkpoint a client kept, append other events, and sign the rewritten tree. Every signature
+    holds; the consistency proof from the client's checkpoint to the new one cannot."""
+    from tests.e2e.test_audit_proofs import consistent, signature_holds
+
+    loop, log = seeded
+    held = log.cp_log.read()[1].public_json()  # the client kept the checkpoint of 1400 events
+    public = log.public_file.read_bytes()
+    assert signature_holds(held, public)
+    rows, head = cut_tail_and_rewrite_head(_copy(log.rows), dict(log.head), _Fixed(1000))  # type: ignore[arg-type]
+    # 2500 other events after seq 1000: a tree larger than any the client has seen.
+    for i, extra in enumerate(_copy(log.rows[1000:] + log.rows[:500])):
+        event = orjson.loads(extra["body"]) | {"eventId": str(uuid.uuid4()), "actor": f"forger.{i}"}
+        rows.append(extra | {"body": canonical(event).decode()})
+    rows, head = reforge(rows, head)
+    original_log = log.cp_log.path.read_bytes()
+    loop.run(log.write(rows, head))
+    try:
+        # The honest signer refuses to sign over it: it extends only its last checkpoint.
+        async def sign_honestly() -> Any:
+            async with pool_scope(log.dsn, password=None, min_size=1, max_size=1, what="audit") as pool:
+                return await make_checkpoint(pool, log.cp_log, load_private_key(log.key_file))
+        assert loop.run(sign_honestly()) is None
+        # The key holder signs the rewritten tree anyway.
+        tree = CompactRange.from_bytes(head["tree_size"], head["tree_range"])
+        log.cp_log.append(sign(load_private_key(log.key_file), tree, []))
+        token = make_token(SECRET, "audrey.auditor", ["auditor"], 600)
+
+        async def client() -> tuple[dict[str, Any], dict[str, Any]]:
+            assert log.http is not None
+            hdrs = {"Authorization": f"Bearer {token}"}
+            async with log.http.get(log.url + "/v1/audit/checkpoints/latest", headers=hdrs) as r:
+                latest = await r.json()
+            params = {"from": str(held["treeSize"]), "to": str(latest["treeSize"])}
+            async with log.http.get(log.url + "/v1/audit/consistency", params=params, headers=hdrs) as r:
+                assert r.status == 200
+                return latest, await r.json()
+
+        latest, reply = loop.run(client())
+        assert latest["treeSize"] == 3500 and signature_holds(latest, public)  # a valid signature...
+        proof = [bytes.fromhex(h) for h in reply["proof"]]
+        assert not consistent(held["treeSize"], latest["treeSize"], bytes.fromhex(held["rootHash"]),
+                              bytes.fromhex(latest["rootHash"]), proof)  # ...but no consistency
+        # Both verifiers flag it too (the checkpoint log itself is no longer consistent).
+        for verdict in (loop.run(log.service_verdict()), loop.run(log.offline_verdict())):
+            assert verdict["ok"] is False and "consistent" in verdict["reason"], verdict
+    finally:
+        log.cp_log.path.write_bytes(original_log)
+        loop.run(log.write(log.rows, log.head))
+    assert loop.run(log.service_verdict())["ok"] is True
