@@ -30,6 +30,7 @@ from audit_service import store
 from audit_service.chain import ChainVerifier, StoredEvent, Verdict
 from audit_service.checkpoints import Checkpoint, CheckpointLog, checkpoint_problem, sign
 from audit_service.merkle import CompactRange, check_consistency, leaf_hash
+from audit_service.metrics import CHECKPOINT_REFUSED, CHECKPOINT_TREE_SIZE
 
 log = logging.getLogger("medsvc.audit.verify")
 
@@ -150,36 +151,37 @@ async def make_checkpoint(pool: asyncpg.Pool, cp_log: CheckpointLog,
     refused (logged) rather than signed.
     """
     lock = _LOCKS.setdefault(str(cp_log.path), asyncio.Lock())
-    async with lock, pool.acquire() as conn:
+    async with lock, pool.acquire() as conn, cp_log.locked_async():
+        # The head is read under the log's lock: another process may have signed meanwhile.
         head = await store.chain_head(conn)
         size = int(head["tree_size"])
-        async with cp_log.locked_async():
-            last = cp_log.last()
-            last_size = last.tree_size if last else 0
-            if size <= last_size:
-                if size < last_size:
-                    log.error("audit tree size %d is below the last checkpoint's %d: not signing",
-                              size, last_size)  # fmt: skip
-                return None
-            tree = last.range() if last else CompactRange()
-            if last and tree.root().hex() != last.root_hash:
-                log.error("the last checkpoint's compact range does not match its root: not signing")
-                return None
-            for seq, leaf in await store.leaves_between(conn, last_size, size):
-                if seq != tree.size + 1:
-                    log.error("audit event seq %d is missing: not signing", tree.size + 1)
-                    return None
-                tree.append(leaf)
-            recorded = CompactRange.from_bytes(size, head["tree_range"])
-            if tree.size != size or tree.root() != recorded.root():
-                log.error("the audit events do not extend the last checkpoint: not signing")
-                return None
-            proof = await store.consistency_proof(conn, last_size, size) if last_size else []
-            if last and not check_consistency(last_size, size, bytes.fromhex(last.root_hash),
-                                              tree.root(), proof):  # fmt: skip
-                log.error("the audit tree is not consistent with the last checkpoint: not signing")
-                return None
-            cp = sign(key, tree, proof)
-            cp_log.append(cp)
+        last = cp_log.last()
+        last_size = last.tree_size if last else 0
+        if size <= last_size:
+            if size < last_size:
+                return _refuse(f"audit tree size {size} is below the last checkpoint's {last_size}")
+            return None
+        tree = last.range() if last else CompactRange()
+        if last and tree.root().hex() != last.root_hash:
+            return _refuse("the last checkpoint's compact range does not match its root")
+        for seq, leaf in await store.leaves_between(conn, last_size, size):
+            if seq != tree.size + 1:
+                return _refuse(f"audit event seq {tree.size + 1} is missing")
+            tree.append(leaf)
+        recorded = CompactRange.from_bytes(size, head["tree_range"])
+        if tree.size != size or tree.root() != recorded.root():
+            return _refuse("the audit events do not extend the last checkpoint")
+        proof = await store.consistency_proof(conn, last_size, size) if last_size else []
+        if last and not check_consistency(last_size, size, bytes.fromhex(last.root_hash),
+                                          tree.root(), proof):  # fmt: skip
+            return _refuse("the audit tree is not consistent with the last checkpoint")
+        cp = sign(key, tree, proof)
+        cp_log.append(cp)
+    CHECKPOINT_TREE_SIZE.set(cp.tree_size)
     log.info("audit checkpoint signed: treeSize %d", cp.tree_size)
     return cp
+
+
+def _refuse(why: str) -> None:
+    CHECKPOINT_REFUSED.inc()
+    log.error("not signing an audit checkpoint: %s (the audit log was rewritten?)", why)
