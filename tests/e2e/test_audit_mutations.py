@@ -433,3 +433,22 @@ def test_a_client_holding_an_older_checkpoint_detects_a_rewritten_history(
         log.cp_log.path.write_bytes(original_log)
         loop.run(log.write(log.rows, log.head))
     assert loop.run(log.service_verdict())["ok"] is True
+
+
+def _export(rows: Rows, path: Path) -> None:
+    """Events as GET /v1/audit/events returns them, one a line."""
+    with path.open("w") as f:
+        for r in rows:
+            f.write(f'{r["body"][:-1]},"hash":"{r["hash"]}","prevHash":"{r["prev_hash"]}"}}\n')
+
+
+def test_the_offline_tool_checks_an_export_of_the_events(seeded: tuple[LoopThread, Log], tmp_path: Path) -> None:
+    loop, log = seeded
+    args = ["--checkpoints", str(log.cp_log.path), "--public-key", str(log.public_file), "--export"]
+    _export(log.rows, tmp_path / "events.jsonl")
+    verdict = loop.run(offline.run([*args, str(tmp_path / "events.jsonl")]))
+    assert verdict.ok and verdict.checked == EVENTS, verdict
+    rows, _ = rewrite_and_rehash(_copy(log.rows), dict(log.head), _Fixed(10))  # type: ignore[arg-type]
+    _export(rows, tmp_path / "rewritten.jsonl")
+    verdict = loop.run(offline.run([*args, str(tmp_path / "rewritten.jsonl")]))
+    assert not verdict.ok and verdict.first_bad_seq is not None and verdict.first_bad_seq <= 10, verdict
