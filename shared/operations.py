@@ -50,6 +50,8 @@ PATH_PARAMS: dict[str, dict[str, Any]] = {
     },
 }
 
+# The largest tree size a query takes (18 digits: within PostgreSQL's bigint).
+_MAX_TREE_SIZE = 10**18 - 1
 # A query string PostgreSQL text can hold: anything but NUL.
 _NO_NUL = r"^[^\x00]*$"
 
@@ -92,15 +94,15 @@ QUERY: dict[str, dict[str, Any]] = {
     "treeSize": {
         "description": "The tree (a checkpoint's `treeSize`) to prove the event in; default: the "
         "latest checkpoint's, or the current tree when the event is newer.",
-        "schema": {"type": "integer", "minimum": 1},
+        "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_TREE_SIZE},
     },
     "from": {
         "description": "The older tree size (a checkpoint the client holds).",
-        "schema": {"type": "integer", "minimum": 1}, "required": True,
+        "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_TREE_SIZE}, "required": True,
     },
     "to": {
         "description": "The newer tree size.",
-        "schema": {"type": "integer", "minimum": 1}, "required": True,
+        "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_TREE_SIZE}, "required": True,
     },
 }
 
