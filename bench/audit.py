@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import random
+import statistics
 import time
 import uuid
 from typing import TYPE_CHECKING
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
 EVENTS = 100_000
 BATCH = 500
+PROOFS = 200
 
 
 def _batch(start: int) -> bytes:
@@ -47,6 +50,30 @@ def _batch(start: int) -> bytes:
             "before": {**visit, "diagnosis": None, "version": 1}, "after": visit,
         })  # fmt: skip
     return orjson.dumps({"events": events})
+
+
+async def _proof_latency(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> tuple[float, float]:
+    """Median milliseconds of an inclusion and of a consistency proof, sequential calls."""
+    rng = random.Random(1)
+    async with http.get(url + "/v1/audit/events", params={"limit": "200"}, headers=headers) as r:
+        ids = [e["eventId"] for e in (await r.json())["items"]]
+    async with http.get(url + "/v1/audit/checkpoints/latest", headers=headers) as r:
+        size = (await r.json())["treeSize"]
+    inclusion, consistency = [], []
+    for _ in range(PROOFS):
+        started = time.perf_counter()
+        async with http.get(url + f"/v1/audit/events/{rng.choice(ids)}/proof", headers=headers) as r:
+            assert r.status == 200, await r.text()
+            await r.read()
+        inclusion.append(time.perf_counter() - started)
+        old = rng.randint(1, size)
+        started = time.perf_counter()
+        async with http.get(url + "/v1/audit/consistency", headers=headers,
+                            params={"from": str(old), "to": str(size)}) as r:  # fmt: skip
+            assert r.status == 200, await r.text()
+            await r.read()
+        consistency.append(time.perf_counter() - started)
+    return statistics.median(inclusion) * 1000, statistics.median(consistency) * 1000
 
 
 async def audit_log(ctx: BenchContext) -> list[Row | Measurement]:
@@ -73,6 +100,7 @@ async def audit_log(ctx: BenchContext) -> list[Row | Measurement]:
         signed = len(cp_log.read()) - signed_before
         async with http.post(urls[0] + "/internal/checkpoints", headers=admin) as r:
             assert r.status == 200, await r.text()
+        proof_ms = await _proof_latency(http, urls[0], auditor)
         await ctx.gate.wait(ctx.components())
         started = time.perf_counter()
         async with http.get(urls[0] + "/v1/audit/verify", headers=auditor) as r:
@@ -97,6 +125,10 @@ async def audit_log(ctx: BenchContext) -> list[Row | Measurement]:
         ingest,
         Measurement("audit checkpoints signed during ingest", signed, "checkpoints",
                     f"in {ingest_seconds:.1f} s"),  # fmt: skip
+        Measurement("audit inclusion proof, median latency (one HTTP call, direct)", proof_ms[0], "ms",
+                    f"{PROOFS} proofs of random events in a tree of {checked:,}"),
+        Measurement("audit consistency proof, median latency (one HTTP call, direct)", proof_ms[1], "ms",
+                    f"{PROOFS} proofs between random sizes"),
         Measurement("audit verify (GET /v1/audit/verify) per 100,000 events",
                     verify_seconds * 100_000 / checked, "s", f"{checked:,} events in {verify_seconds:.1f} s"),
         Measurement("audit verify (offline tool, --dsn) per 100,000 events",
