@@ -199,6 +199,29 @@ class CheckpointLog:
         lines = data.split(b"\n")
         return [Checkpoint.parse(line) for line in lines[:-1] if line.strip()]
 
+    def read_checked(self, memo: dict[str, Any]) -> tuple[list[Checkpoint], int]:
+        """Every checkpoint, and how many of the first ones ``memo`` says were checked before:
+        the log is append-only, so a checked prefix whose bytes are unchanged (same SHA-256)
+        need not have its signatures and proofs checked again. Callers update ``memo`` with
+        :meth:`remember` once the log checked out."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        end = data.rfind(b"\n") + 1
+        lines = [ln for ln in data[:end].split(b"\n") if ln.strip()]
+        checkpoints = [Checkpoint.parse(ln) for ln in lines]
+        length, digest, count = memo.get("length", 0), memo.get("sha256"), memo.get("count", 0)
+        unchanged = 0 < length <= end and hashlib.sha256(data[:length]).hexdigest() == digest
+        memo["pending"] = (end, hashlib.sha256(data[:end]).hexdigest(), len(checkpoints))
+        return checkpoints, count if unchanged else 0
+
+    @staticmethod
+    def remember(memo: dict[str, Any]) -> None:
+        """Record the prefix :meth:`read_checked` last read as checked."""
+        if "pending" in memo:
+            memo["length"], memo["sha256"], memo["count"] = memo.pop("pending")
+
     def last(self) -> Checkpoint | None:
         """The newest checkpoint, reading only the end of the file."""
         try:

@@ -30,7 +30,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from audit_service import store
-from audit_service.checkpoints import Notary
+from audit_service.checkpoints import CheckpointLog, Notary
 from audit_service.verify import make_checkpoint, verify_database
 from audit_service.metrics import APPEND_SECONDS, CHAIN_LAST_SEQ, EVENTS_APPENDED, EVENTS_DUPLICATE
 from audit_service.models import FILTER_MAX_LENGTH, NAME_PATTERN, EventBatch, EventIn, NewEvent
@@ -47,6 +47,7 @@ from shared.service import principal
 
 SETTINGS = web.AppKey("audit_settings", AuditSettings)
 NOTARY = web.AppKey("audit_notary", Notary | None)
+LOG_MEMO = web.AppKey("audit_log_memo", dict)
 _QUERY = frozenset({"entityType", "entityId", "actor", "since", "until", "limit", "cursor"})
 _NAME = re.compile(NAME_PATTERN)
 
@@ -225,11 +226,15 @@ async def verify(request: web.Request) -> web.Response:
     """``GET /v1/audit/verify``: the whole log against the signed checkpoints (verify.py)."""
     _may_verify(principal(request))
     notary = request.app[NOTARY]
-    checkpoints = notary.log.read() if notary else []
+    # What an earlier call found of the checkpoint log (an append-only file, outside the
+    # database): its unchanged prefix is not re-checked. Every event is, on every call.
+    memo = request.app[LOG_MEMO]
+    checkpoints, checked = notary.log.read_checked(memo) if notary else ([], 0)
     keyring = notary.keyring if notary else {}
     with db_errors("the audit database"):
         async with request.app[PG_POOL].acquire() as conn:
-            verdict = await verify_database(conn, checkpoints, keyring)
+            verdict = await verify_database(conn, checkpoints, keyring, checked,
+                                            lambda: CheckpointLog.remember(memo))  # fmt: skip
     return _json(orjson.dumps(verdict.as_json()))
 
 
@@ -348,6 +353,7 @@ async def ingest_batch(request: web.Request) -> web.Response:
 
 def setup_routes(app: web.Application) -> None:
     """Mount the audit API and the internal ingest endpoint."""
+    app[LOG_MEMO] = {}
     app.router.add_get("/v1/audit/events", list_events, allow_head=False)
     app.router.add_post("/v1/audit/events", record_event)
     app.router.add_get("/v1/audit/events/{eventId}", get_event, allow_head=False)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -53,10 +53,11 @@ class LogVerifier:
         self.verdict.ok, self.verdict.first_bad_seq, self.verdict.reason = False, seq, reason
         return False
 
-    def check_log(self) -> bool:
-        """Signatures, compact ranges and consistency of the checkpoint log itself."""
-        prev = None
-        for cp in self.checkpoints:
+    def check_log(self, already_checked: int = 0) -> bool:
+        """Signatures, compact ranges and consistency of the checkpoint log itself (all but the
+        first ``already_checked`` checkpoints, which an earlier call checked unchanged)."""
+        prev = self.checkpoints[already_checked - 1] if already_checked else None
+        for cp in self.checkpoints[already_checked:]:
             problem = checkpoint_problem(cp, prev, self.keyring)
             if problem:
                 return self._fail(None, f"checkpoint log: {problem}")
@@ -121,12 +122,16 @@ def _peak_width(size: int, start: int) -> int:
 
 
 async def verify_database(conn: asyncpg.Connection, checkpoints: Sequence[Checkpoint],
-                          keyring: Mapping[str, Ed25519PublicKey]) -> Verdict:  # fmt: skip
+                          keyring: Mapping[str, Ed25519PublicKey],
+                          already_checked: int = 0,
+                          log_checked: Callable[[], None] | None = None) -> Verdict:  # fmt: skip
     """Verify the events of the audit database ``conn`` against ``checkpoints`` (read first:
     every checkpoint then covers only events committed before the snapshot taken here)."""
     verifier = LogVerifier(checkpoints, keyring)
-    if not verifier.check_log():
+    if not verifier.check_log(already_checked):
         return verifier.verdict
+    if log_checked is not None:
+        log_checked()
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         head = await store.chain_head(conn)
         async for ev in store.scan_events(conn):

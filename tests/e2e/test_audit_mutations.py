@@ -452,3 +452,37 @@ def test_the_offline_tool_checks_an_export_of_the_events(seeded: tuple[LoopThrea
     _export(rows, tmp_path / "rewritten.jsonl")
     verdict = loop.run(offline.run([*args, str(tmp_path / "rewritten.jsonl")]))
     assert not verdict.ok and verdict.first_bad_seq is not None and verdict.first_bad_seq <= 10, verdict
+
+
+def test_events_stored_before_the_tree_existed_get_their_nodes_at_start_up(
+    seeded: tuple[LoopThread, Log],
+) -> None:
+    """A database migrated from the chain-only schema: no tree nodes, an empty tree in the head.
+    backfill_tree (run by audit_service at start-up) builds exactly what appending would have."""
+    loop, log = seeded
+    legacy = [r | {"tree_nodes": None} for r in _copy(log.rows)]
+    loop.run(log.write(legacy, {**log.head, "tree_size": 0, "tree_range": b""}))
+
+    async def backfill() -> tuple[int, Rows, dict[str, Any]]:
+        conn = await asyncpg.connect(log.dsn)
+        try:
+            filled = await store.backfill_tree(conn)
+            rows = [dict(r) for r in await conn.fetch(f"SELECT {', '.join(COLUMNS)} FROM audit_events ORDER BY seq")]
+            head = dict(await conn.fetchrow("SELECT * FROM audit_chain_head"))
+            again = await store.backfill_tree(conn)  # nothing left to do
+            assert again == 0
+            # The append-only guard is back on.
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute("UPDATE audit_events SET actor = 'x' WHERE seq = 1")
+            return filled, rows, head
+        finally:
+            await conn.close()
+
+    try:
+        filled, rows, head = loop.run(backfill())
+        assert filled == EVENTS
+        assert [r["tree_nodes"] for r in rows] == [r["tree_nodes"] for r in log.rows]
+        assert (head["tree_size"], head["tree_range"]) == (log.head["tree_size"], log.head["tree_range"])
+        assert loop.run(log.service_verdict())["ok"] is True
+    finally:
+        loop.run(log.write(log.rows, log.head))

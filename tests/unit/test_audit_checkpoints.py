@@ -88,3 +88,21 @@ def test_a_notary_loads_the_key_files(tmp_path: Path) -> None:
     assert notary is not None and notary.key is not None
     assert list(notary.keyring) == [key_id(notary.key.public_key())]
     assert Notary.load(None, key_file, None) is None
+
+
+def test_a_checked_prefix_of_the_log_is_not_checked_again_unless_its_bytes_changed(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    log = CheckpointLog(tmp_path / "checkpoints.jsonl")
+    first, second = grown(5, 13, key)
+    log.append(first)
+    memo: dict = {}
+    assert log.read_checked(memo) == ([first], 0)
+    CheckpointLog.remember(memo)
+    log.append(second)
+    assert log.read_checked(memo) == ([first, second], 1)  # only the new line needs checking
+    # Not remembered (say the new line failed): the next call still starts after the first.
+    assert log.read_checked(memo) == ([first, second], 1)
+    # An earlier line rewritten: everything is checked again.
+    log.path.write_bytes(log.path.read_bytes().replace(b'"treeSize":5', b'"treeSize":6', 1))
+    checkpoints, checked = log.read_checked(memo)
+    assert checked == 0 and checkpoints[0].tree_size == 6
