@@ -62,6 +62,22 @@ def subject_of(entity_type: str, entity_id: str) -> str | None:
     return None
 
 
+# The source of an event posted to POST /v1/audit/events (``api/{caller}``): such an event never
+# registers a patient, whatever it says.
+API_SOURCE_PREFIX = "api/"
+
+
+def registers_patient(entity_type: str, action: str, after: Any, source: str) -> bool:
+    """Whether this event makes its user a patient whose events clinicians may read: a user's
+    create event, shipped from a shard (not posted to the API), whose ``after`` says
+    ``"role": "patient"``. The table ``audit_patients`` is derived from exactly these events,
+    so verify can rebuild it from the hashed bodies."""
+    return (
+        entity_type == "user" and action == "create" and isinstance(after, dict)
+        and after.get("role") == "patient" and not source.startswith(API_SOURCE_PREFIX)
+    )  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     """One row of the audit store as the verifier reads it."""

@@ -18,7 +18,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-from audit_service.chain import StoredEvent, canonical, chain_hash, subject_of
+from audit_service.chain import (
+    StoredEvent, canonical, chain_hash, registers_patient, subject_of,
+)
 from audit_service.merkle import (
     CompactRange, Node, consistency_ranges, hash_ranges, inclusion_ranges, leaf_hash,
     node_row, nodes_for, nodes_from_rows,
@@ -139,10 +141,7 @@ async def append_events(
 
 
 def _registers_patient(ev: Pending) -> bool:
-    return (
-        ev.entity_type == "user" and ev.action == "create" and ev.after is not None
-        and ev.after.get("role") == "patient"
-    )  # fmt: skip
+    return registers_patient(ev.entity_type, ev.action, ev.after, ev.source)
 
 
 async def append_one(pool: asyncpg.Pool, event: Pending) -> tuple[Stored, bool]:
@@ -255,6 +254,12 @@ async def chain_head(pool: asyncpg.Pool | asyncpg.Connection) -> asyncpg.Record:
         return await pool.fetchrow(
             "SELECT last_seq, last_hash, tree_size, tree_range FROM audit_chain_head WHERE id"
         )
+
+
+async def patients(conn: asyncpg.Connection) -> set[str]:
+    """The userNames audit_patients lists (clinicians read their events)."""
+    with db_errors(_WHAT):
+        return {r["user_name"] for r in await conn.fetch("SELECT user_name FROM audit_patients")}
 
 
 async def tree_head(pool: asyncpg.Pool) -> CompactRange:

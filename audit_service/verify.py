@@ -10,8 +10,10 @@ offline tool (``python -m audit_service verify``). It checks, in order:
    :class:`audit_service.chain.ChainVerifier`), the stored tree nodes against the ones
    recomputed from the bodies, and, at each checkpoint's treeSize, the recomputed root against
    the signed one;
-3. the end: every checkpoint was reached (no cut tail), and the chain head and the tree the
-   database records match what the events produce (the tail past the last checkpoint chains on).
+3. the end: every checkpoint was reached (no cut tail), the chain head and the tree the
+   database records match what the events produce (the tail past the last checkpoint chains
+   on), and ``audit_patients`` (whose events clinicians may read) is exactly the set the
+   hashed events register (:func:`audit_service.chain.registers_patient`).
 
 The database is the party not trusted here, so every call re-reads every event; only the
 checkpoint log (outside the database) is trusted as far as its signatures go.
@@ -24,10 +26,11 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 
 import asyncpg
+import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from audit_service import store
-from audit_service.chain import ChainVerifier, StoredEvent, Verdict
+from audit_service.chain import ChainVerifier, StoredEvent, Verdict, registers_patient
 from audit_service.checkpoints import Checkpoint, CheckpointLog, checkpoint_problem, sign
 from audit_service.merkle import CompactRange, check_consistency, leaf_hash
 from audit_service.metrics import CHECKPOINT_REFUSED, CHECKPOINT_TREE_SIZE
@@ -48,6 +51,7 @@ class LogVerifier:
         self.tree = CompactRange()
         self._next = 0  # the next checkpoint the events must reach
         self._verified_size = 0  # the last checkpoint's size the events reproduced
+        self.patients: set[str] = set()  # users the events register as patients
 
     def _fail(self, seq: int | None, reason: str) -> bool:
         self.verdict.ok, self.verdict.first_bad_seq, self.verdict.reason = False, seq, reason
@@ -70,6 +74,11 @@ class LogVerifier:
         """Check one event; False once something is wrong (feed no more)."""
         if not self.chain.feed(ev):
             return False
+        if ev.entity_type == "user" and '"create"' in ev.body:
+            event = orjson.loads(ev.body)
+            if registers_patient(ev.entity_type, event.get("action", ""), event.get("after"),
+                                 str(event.get("source", ""))):  # fmt: skip
+                self.patients.add(ev.entity_id)
         completed = self.tree.append(leaf_hash(ev.body.encode("utf-8")))
         if self.check_nodes and ev.tree_nodes != b"".join(completed):
             return self._fail(ev.seq, f"event seq {ev.seq}: its stored tree nodes were altered")
@@ -95,8 +104,9 @@ class LogVerifier:
             start += width
         return self._verified_size + 1, cp.tree_size
 
-    def finish(self, head: Mapping[str, object] | None) -> Verdict:
-        """After the last event: every checkpoint reached, and the head (if any) matches."""
+    def finish(self, head: Mapping[str, object] | None, patients: set[str] | None = None) -> Verdict:
+        """After the last event: every checkpoint reached, the head (if any) matches, and the
+        patients table (if given) is the one the events register."""
         if not self.verdict.ok:
             return self.verdict
         if self._next < len(self.checkpoints):
@@ -112,6 +122,14 @@ class LogVerifier:
                 head["tree_size"] != self.tree.size or head["tree_range"] != self.tree.to_bytes()
             ):
                 self._fail(self.tree.size, "the tree the chain head records does not match the events")
+        if self.verdict.ok and patients is not None and patients != self.patients:
+            extra, missing = sorted(patients - self.patients), sorted(self.patients - patients)
+            self._fail(None, (
+                f"audit_patients lists {len(extra)} user(s) no event registers as a patient"
+                f"{' (e.g. ' + extra[0] + ')' if extra else ''} and lacks {len(missing)} that "
+                f"events register{' (e.g. ' + missing[0] + ')' if missing else ''}: it decides "
+                "which events clinicians may read"
+            ))  # fmt: skip
         return self.verdict
 
 
@@ -134,10 +152,11 @@ async def verify_database(conn: asyncpg.Connection, checkpoints: Sequence[Checkp
         log_checked()
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         head = await store.chain_head(conn)
+        patients = await store.patients(conn)
         async for ev in store.scan_events(conn):
             if not verifier.feed(ev):
                 break
-    return verifier.finish(head)
+    return verifier.finish(head, patients)
 
 
 # -- the signer -------------------------------------------------------------------------------

@@ -72,6 +72,13 @@ class LoopThread:
 
 def _pending(i: int) -> store.Pending:
     user = f"patient.{i % 97}"
+    if i % 50 == 0:  # a patient's create event, shipped by a shard: registers the patient
+        return store.Pending(
+            event_id=uuid.uuid4(), entity_type="user", entity_id=user, action="create",
+            actor="dr.0", occurred_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=i),
+            source="user_service/shard-0", request_id=None, changes=[], before=None,
+            after={"userName": user, "role": "patient"},
+        )  # fmt: skip
     visit = i % 3 == 0
     return store.Pending(
         event_id=uuid.uuid4(), entity_type="visit" if visit else "user",
@@ -91,6 +98,7 @@ class Log:
         self.cp_log = CheckpointLog(folder / "checkpoints.jsonl")
         self.rows: list[dict[str, Any]] = []
         self.head: dict[str, Any] = {}
+        self.patients: set[str] = set()
         self.url = ""
         self.http: aiohttp.ClientSession | None = None
         self.runner: web.AppRunner | None = None
@@ -111,9 +119,11 @@ class Log:
         try:
             self.rows = [dict(r) for r in await conn.fetch(f"SELECT {', '.join(COLUMNS)} FROM audit_events ORDER BY seq")]
             self.head = dict(await conn.fetchrow("SELECT * FROM audit_chain_head"))
+            self.patients = await store.patients(conn)
         finally:
             await conn.close()
         assert len(self.rows) == EVENTS
+        assert self.patients == {f"patient.{i % 97}" for i in range(0, EVENTS, 50)}
         assert [cp.tree_size for cp in self.cp_log.read()] == list(range(CHECKPOINT_EVERY, EVENTS + 1, CHECKPOINT_EVERY))
 
     async def serve(self) -> None:
@@ -135,8 +145,9 @@ class Log:
         if self.runner:
             await self.runner.cleanup()
 
-    async def write(self, rows: list[dict[str, Any]], head: dict[str, Any]) -> None:
-        """Replace the table and the head as the superuser (every trigger off)."""
+    async def write(self, rows: list[dict[str, Any]], head: dict[str, Any],
+                    patients: set[str] | None = None) -> None:  # fmt: skip
+        """Replace the tables and the head as the superuser (every trigger off)."""
         conn = await asyncpg.connect(self.dsn)
         try:
             async with conn.transaction():
@@ -149,6 +160,9 @@ class Log:
                     "UPDATE audit_chain_head SET last_seq = $1, last_hash = $2, tree_size = $3, tree_range = $4",
                     head["last_seq"], head["last_hash"], head["tree_size"], head["tree_range"],
                 )  # fmt: skip
+                await conn.execute("DELETE FROM audit_patients")
+                await conn.executemany("INSERT INTO audit_patients (user_name) VALUES ($1)",
+                                       [(u,) for u in sorted(self.patients if patients is None else patients)])  # fmt: skip
         finally:
             await conn.close()
 
@@ -486,3 +500,22 @@ def test_events_stored_before_the_tree_existed_get_their_nodes_at_start_up(
         assert loop.run(log.service_verdict())["ok"] is True
     finally:
         loop.run(log.write(log.rows, log.head))
+
+
+@pytest.mark.parametrize("change", ["a non-patient made visible", "a patient hidden"])
+def test_a_changed_patients_table_is_flagged(seeded: tuple[LoopThread, Log], change: str) -> None:
+    """audit_patients decides (with subject) which events a clinician reads: verify rebuilds it
+    from the hashed events."""
+    loop, log = seeded
+    patients = set(log.patients)
+    if change == "a patient hidden":
+        patients.discard(min(patients))
+    else:
+        patients.add("dr.3")
+    loop.run(log.write(log.rows, log.head, patients))
+    try:
+        for verdict in (loop.run(log.service_verdict()), loop.run(log.offline_verdict())):
+            assert verdict["ok"] is False and "audit_patients" in verdict["reason"], verdict
+    finally:
+        loop.run(log.write(log.rows, log.head))
+    assert loop.run(log.service_verdict())["ok"] is True
