@@ -21,9 +21,12 @@ from audit_service.models import (
     FILTER_MAX_LENGTH,
     NAME_PATTERN,
     ChainVerdict,
+    ConsistencyProof,
     Event,
     EventPage,
+    InclusionProof,
     NewEvent,
+    SignedCheckpoint,
 )
 from shared.types import USER_NAME_PATTERN
 from user_service.models import Consent, User, UserIn, UserPage, UserPatch
@@ -54,6 +57,8 @@ PATH_PARAMS: dict[str, dict[str, Any]] = {
     },
 }
 
+# The largest tree size a query takes (18 digits: within PostgreSQL's bigint).
+_MAX_TREE_SIZE = 10**18 - 1
 # A query string PostgreSQL text can hold: anything but NUL.
 _NO_NUL = r"^[^\x00]*$"
 
@@ -92,6 +97,19 @@ QUERY: dict[str, dict[str, Any]] = {
     "actor": {
         "description": "Only events caused by this caller (a token's `sub`).",
         "schema": {"type": "string", "maxLength": FILTER_MAX_LENGTH, "pattern": _NO_NUL},
+    },
+    "treeSize": {
+        "description": "The tree (a checkpoint's `treeSize`) to prove the event in; default: the "
+        "latest checkpoint's, or the current tree when the event is newer.",
+        "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_TREE_SIZE},
+    },
+    "from": {
+        "description": "The older tree size (a checkpoint the client holds).",
+        "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_TREE_SIZE}, "required": True,
+    },
+    "to": {
+        "description": "The newer tree size.",
+        "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_TREE_SIZE}, "required": True,
     },
 }
 
@@ -303,7 +321,31 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "verifyAuditChain", "GET", "/v1/audit/verify", "Verify the audit chain", "audit",
         roles=("admin", "auditor"), success=200, response=ChainVerdict, errors=(403,),
-        description="Re-hashes the whole chain and compares it with the chain head.",
+        description="Re-hashes every event (chain and Merkle tree) and checks the result against "
+        "every signed checkpoint kept outside the audit database: catches any alteration, "
+        "removal, insertion, reordering or cut tail, even by the database's superuser.",
+    ),
+    Operation(
+        "getLatestAuditCheckpoint", "GET", "/v1/audit/checkpoints/latest",
+        "The latest signed checkpoint", "audit",
+        roles=("admin", "auditor"), success=200, response=SignedCheckpoint, errors=(403, 404, 503),
+        description="Ed25519 over the RFC 6962 Merkle root of the first `treeSize` events; made "
+        "at least every 10 s while events arrive. 404 before the first one.",
+    ),
+    Operation(
+        "getAuditInclusionProof", "GET", "/v1/audit/events/{eventId}/proof",
+        "Prove an event is in a checkpoint's tree", "audit",
+        roles=("admin", "auditor"), success=200, response=InclusionProof, query=("treeSize",),
+        errors=(400, 403, 404, 422),
+        description="The RFC 6962 inclusion proof of the event's leaf "
+        "(`SHA-256(0x00 ‖ canonical event)`) in the tree of `treeSize` events.",
+    ),
+    Operation(
+        "getAuditConsistencyProof", "GET", "/v1/audit/consistency",
+        "Prove a newer tree extends an older one", "audit",
+        roles=("admin", "auditor"), success=200, response=ConsistencyProof, query=("from", "to"),
+        errors=(400, 403, 422),
+        description="The RFC 6962 consistency proof between the trees of `from` and `to` events.",
     ),
     Operation(
         "getOpenApiDocument", "GET", "/v1/openapi.json", "This document", "meta",

@@ -62,6 +62,22 @@ def subject_of(entity_type: str, entity_id: str) -> str | None:
     return None
 
 
+# The source of an event posted to POST /v1/audit/events (``api/{caller}``): such an event never
+# registers a patient, whatever it says.
+API_SOURCE_PREFIX = "api/"
+
+
+def registers_patient(entity_type: str, action: str, after: Any, source: str) -> bool:
+    """Whether this event makes its user a patient whose events clinicians may read: a user's
+    create event, shipped from a shard (not posted to the API), whose ``after`` says
+    ``"role": "patient"``. The table ``audit_patients`` is derived from exactly these events,
+    so verify can rebuild it from the hashed bodies."""
+    return (
+        entity_type == "user" and action == "create" and isinstance(after, dict)
+        and after.get("role") == "patient" and not source.startswith(API_SOURCE_PREFIX)
+    )  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     """One row of the audit store as the verifier reads it."""
@@ -70,11 +86,13 @@ class StoredEvent:
     event_id: str
     entity_type: str
     entity_id: str
+    subject: str | None
     actor: str
     occurred_at: dt.datetime
     body: str
     prev_hash: str
     hash: str
+    tree_nodes: bytes | None = None
 
 
 @dataclass
@@ -164,6 +182,9 @@ def _columns_problem(ev: StoredEvent) -> str | None:
     for key, value in expected.items():
         if body.get(key) != value:
             return f"column {key} does not match the hashed event"
+    # subject decides what a clinician may read: it must be the one the hashed event implies.
+    if ev.subject != subject_of(str(body.get("entityType")), str(body.get("entityId"))):
+        return "column subject does not match the hashed event"
     occurred = ev.occurred_at.astimezone(dt.UTC)
     if orjson.dumps(occurred, option=orjson.OPT_UTC_Z).decode().strip('"') != body.get("occurredAt"):
         return "column occurredAt does not match the hashed event"

@@ -24,3 +24,12 @@ CHAIN_LAST_SEQ = Gauge(
     "medsvc_audit_chain_last_seq",
     "The last seq this process appended or saw at the chain head",
 )
+CHECKPOINT_TREE_SIZE = Gauge(
+    "medsvc_audit_checkpoint_tree_size",
+    "treeSize of the newest checkpoint this process signed",
+)
+CHECKPOINT_REFUSED = Counter(
+    "medsvc_audit_checkpoint_refused_total",
+    "Checkpoints not signed because the database's tree does not extend the last checkpoint "
+    "(a rewritten audit log: alert on any)",
+)

@@ -111,3 +111,32 @@ class ChainVerdict(BaseModel):
     lastSeq: int = Field(ge=0, description="the last verified event's seq")
     firstBadSeq: int | None = Field(default=None, description="when not ok: the first bad event")
     reason: str | None = Field(default=None, description="when not ok: what is wrong")
+
+
+class SignedCheckpoint(BaseModel):
+    """``GET /v1/audit/checkpoints/latest``: a signed statement of the log's first treeSize events."""
+
+    treeSize: int = Field(ge=0, description="events covered (seq 1..treeSize)")
+    rootHash: Hash = Field(description="RFC 6962 Merkle root of those events, hex")
+    signedAt: str = Field(description="when it was signed (RFC 3339, UTC)")
+    keyId: str = Field(description="the signing key: first 16 hex digits of SHA-256 of the raw "
+                       "Ed25519 public key")  # fmt: skip
+    signature: str = Field(description="base64 Ed25519 signature of the statement "
+                           "'medsvc-audit-checkpoint/v1\\n{treeSize}\\n{rootHash}\\n{signedAt}\\n"
+                           "{keyId}\\n'")  # fmt: skip
+
+
+class InclusionProof(BaseModel):
+    """``GET /v1/audit/events/{eventId}/proof``: RFC 6962 PATH of the event's leaf."""
+
+    leafIndex: int = Field(ge=0, description="seq - 1")
+    treeSize: int = Field(ge=1)
+    auditPath: list[Hash] = Field(description="sibling hashes, leaf level first (hex)")
+
+
+class ConsistencyProof(BaseModel):
+    """``GET /v1/audit/consistency``: RFC 6962 PROOF(from, D[to])."""
+
+    from_: int = Field(alias="from", ge=1)
+    to: int = Field(ge=1)
+    proof: list[Hash] = Field(description="hex node hashes, in RFC 6962 order")

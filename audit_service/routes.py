@@ -8,7 +8,10 @@ Who may do what (API.md, "Audit"):
   shipped from the shard's outbox (never one posted to ``/v1/audit/events``), says
   ``"role": "patient"``. A role never changes, so that event settles it; until it has
   arrived, the clinician sees nothing of that user.
-* ``GET /v1/audit/verify`` — admin and auditor.
+* ``GET /v1/audit/verify``, ``GET /v1/audit/checkpoints/latest``,
+  ``GET /v1/audit/events/{eventId}/proof`` and ``GET /v1/audit/consistency`` — admin and auditor.
+* ``POST /internal/checkpoints`` — admin: sign a checkpoint now (on demand; not routed by the
+  gateway).
 * ``POST /v1/audit/events`` — admin (services call it with a token signed by the shared secret).
 * ``POST /internal/events/batch`` — the shards' outbox relays, with an admin token. Not routed
   by the gateway.
@@ -20,25 +23,31 @@ import datetime as dt
 import re
 import time
 import uuid
+from collections.abc import Awaitable
 
 import orjson
 from aiohttp import web
 from multidict import MultiMapping
 
 from audit_service import store
+from audit_service.checkpoints import CheckpointLog, Notary
+from audit_service.verify import make_checkpoint, verify_database
 from audit_service.metrics import APPEND_SECONDS, CHAIN_LAST_SEQ, EVENTS_APPENDED, EVENTS_DUPLICATE
 from audit_service.models import FILTER_MAX_LENGTH, NAME_PATTERN, EventBatch, EventIn, NewEvent
 from audit_service.settings import AuditSettings
 from shared.appkeys import PG_POOL
 from shared.auth import Principal
+from shared.db import db_errors
 from shared.errors import (
-    BadRequest, FieldError, Forbidden, NotFound, PayloadTooLarge, UnsupportedMediaType,
-    ValidationFailed,
+    BadRequest, FieldError, Forbidden, NotFound, PayloadTooLarge, Unavailable,
+    UnsupportedMediaType, ValidationFailed,
 )
 from shared.httpio import JSON_TYPES, MAX_BODY, decode_cursor, encode_cursor, limit_param
 from shared.service import principal
 
 SETTINGS = web.AppKey("audit_settings", AuditSettings)
+NOTARY = web.AppKey("audit_notary", Notary | None)
+LOG_MEMO = web.AppKey("audit_log_memo", dict)
 _QUERY = frozenset({"entityType", "entityId", "actor", "since", "until", "limit", "cursor"})
 _NAME = re.compile(NAME_PATTERN)
 
@@ -214,10 +223,116 @@ async def record_event(request: web.Request) -> web.Response:
 
 
 async def verify(request: web.Request) -> web.Response:
-    """``GET /v1/audit/verify``: re-hash the whole chain and compare it with the chain head."""
+    """``GET /v1/audit/verify``: the whole log against the signed checkpoints (verify.py)."""
     _may_verify(principal(request))
-    verdict = await store.verify(request.app[PG_POOL])
+    notary = request.app[NOTARY]
+    # What an earlier call found of the checkpoint log (an append-only file, outside the
+    # database): its unchanged prefix is not re-checked. Every event is, on every call.
+    memo = request.app[LOG_MEMO]
+    checkpoints, checked = notary.log.read_checked(memo) if notary else ([], 0)
+    keyring = notary.keyring if notary else {}
+    with db_errors("the audit database"):
+        async with request.app[PG_POOL].acquire() as conn:
+            verdict = await verify_database(conn, checkpoints, keyring, checked,
+                                            lambda: CheckpointLog.remember(memo))  # fmt: skip
     return _json(orjson.dumps(verdict.as_json()))
+
+
+def _notary(request: web.Request) -> Notary:
+    notary = request.app[NOTARY]
+    if notary is None:
+        raise Unavailable("audit checkpoints are not configured on this server", retry_after=60)
+    return notary
+
+
+async def latest_checkpoint(request: web.Request) -> web.Response:
+    """``GET /v1/audit/checkpoints/latest``: the newest signed checkpoint."""
+    _may_verify(principal(request))
+    last = _notary(request).log.last()
+    if last is None:
+        raise NotFound("no audit checkpoint has been signed yet")
+    return _json(orjson.dumps(last.public_json()))
+
+
+async def sign_checkpoint(request: web.Request) -> web.Response:
+    """``POST /internal/checkpoints``: sign one now if the log grew; answer the newest."""
+    _may_record(principal(request))
+    notary = _notary(request)
+    if notary.key is None:
+        raise Unavailable("this server has no audit signing key", retry_after=60)
+    await make_checkpoint(request.app[PG_POOL], notary.log, notary.key)
+    last = notary.log.last()
+    if last is None:
+        raise NotFound("no audit checkpoint has been signed yet (the log is empty)")
+    return _json(orjson.dumps(last.public_json()))
+
+
+def _size_param(query: MultiMapping[str], name: str, *, required: bool) -> int | None:
+    """A tree size from the query: ASCII digits, at least 1, within bigint; 400 otherwise."""
+    raw = query.get(name)
+    if raw is None:
+        if required:
+            raise BadRequest(f"{name} is required")
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18) or int(raw) < 1:
+        raise BadRequest(f"{name} must be a tree size (a whole number of events, at least 1)")
+    return int(raw)
+
+
+def _only(query: MultiMapping[str], allowed: frozenset[str]) -> None:
+    unknown = set(query) - allowed
+    if unknown:
+        raise ValidationFailed(errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)])
+
+
+async def inclusion_proof(request: web.Request) -> web.Response:
+    """``GET /v1/audit/events/{eventId}/proof?treeSize=N``: the RFC 6962 audit path of the
+    event in the tree of N events (default: the latest checkpoint's, else the current tree)."""
+    _may_verify(principal(request))
+    _only(request.query, frozenset({"treeSize"}))
+    tree_size = _size_param(request.query, "treeSize", required=False)
+    try:
+        event_id = uuid.UUID(request.match_info["eventId"])
+    except ValueError as exc:
+        raise NotFound("no such audit event") from exc
+    pool = request.app[PG_POOL]
+    row = await store.event_by_id(pool, event_id)
+    if row is None:
+        raise NotFound("no such audit event")
+    current = (await store.tree_head(pool)).size
+    if tree_size is None:
+        notary = request.app[NOTARY]
+        last = notary.log.last() if notary else None
+        tree_size = last.tree_size if last and last.tree_size >= row["seq"] else current
+    if not row["seq"] <= tree_size <= current:
+        raise BadRequest(
+            f"treeSize must be between the event's seq ({row['seq']}) and the tree size ({current})"
+        )
+    path = await _proof(store.inclusion_proof(pool, row["seq"], tree_size))
+    body = {"leafIndex": row["seq"] - 1, "treeSize": tree_size, "auditPath": [h.hex() for h in path]}
+    return _json(orjson.dumps(body))
+
+
+async def consistency_proof(request: web.Request) -> web.Response:
+    """``GET /v1/audit/consistency?from=M&to=N``: the RFC 6962 consistency proof."""
+    _may_verify(principal(request))
+    _only(request.query, frozenset({"from", "to"}))
+    old = _size_param(request.query, "from", required=True)
+    new = _size_param(request.query, "to", required=True)
+    assert old is not None and new is not None
+    pool = request.app[PG_POOL]
+    current = (await store.tree_head(pool)).size
+    if not old <= new <= current:
+        raise BadRequest(f"need 1 <= from <= to <= the tree size ({current})")
+    proof = await _proof(store.consistency_proof(pool, old, new))
+    return _json(orjson.dumps({"from": old, "to": new, "proof": [h.hex() for h in proof]}))
+
+
+async def _proof(pending: Awaitable[list[bytes]]) -> list[bytes]:
+    try:
+        return await pending
+    except LookupError as exc:  # a stored node is missing: the database was tampered with
+        raise Unavailable(f"cannot build the proof: {exc}", retry_after=60) from exc
 
 
 async def ingest_batch(request: web.Request) -> web.Response:
@@ -238,8 +353,13 @@ async def ingest_batch(request: web.Request) -> web.Response:
 
 def setup_routes(app: web.Application) -> None:
     """Mount the audit API and the internal ingest endpoint."""
+    app[LOG_MEMO] = {}
     app.router.add_get("/v1/audit/events", list_events, allow_head=False)
     app.router.add_post("/v1/audit/events", record_event)
     app.router.add_get("/v1/audit/events/{eventId}", get_event, allow_head=False)
     app.router.add_get("/v1/audit/verify", verify, allow_head=False)
+    app.router.add_get("/v1/audit/checkpoints/latest", latest_checkpoint, allow_head=False)
+    app.router.add_get("/v1/audit/events/{eventId}/proof", inclusion_proof, allow_head=False)
+    app.router.add_get("/v1/audit/consistency", consistency_proof, allow_head=False)
+    app.router.add_post("/internal/checkpoints", sign_checkpoint)
     app.router.add_post("/internal/events/batch", ingest_batch)

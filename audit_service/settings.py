@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr, model_validator
 
 from shared.dbsetup import dsn_with
@@ -27,6 +29,17 @@ class AuditSettings(CommonSettings):
     audit_create_database: bool = True
     # Largest internal ingest body (a relay batch), bytes.
     audit_max_batch_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    # Signed checkpoints (audit_service/checkpoints.py). The Ed25519 private key, PEM (PKCS#8):
+    # a Secret file the audit database never sees. Unset: no checkpoints are made.
+    audit_signing_key_file: Path | None = None
+    # Older public keys (PEM, several per file allowed) whose checkpoints stay verifiable after
+    # a key rotation; the current key's public half is always in the keyring.
+    audit_public_keys_file: Path | None = None
+    # The append-only checkpoint log, outside the audit database (a file every audit_service
+    # process of the deployment shares; writers take its flock). Unset: no checkpoints.
+    audit_checkpoint_log: Path | None = None
+    # How often to sign a checkpoint while events arrive (the API promises at most 10 s).
+    audit_checkpoint_interval: float = Field(default=5.0, gt=0, le=10)
 
     @model_validator(mode="after")
     def _dsn_required(self) -> AuditSettings:

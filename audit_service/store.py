@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,11 @@ import asyncpg
 import orjson
 
 from audit_service.chain import (
-    ChainVerifier, StoredEvent, Verdict, canonical, chain_hash, subject_of,
+    StoredEvent, canonical, chain_hash, registers_patient, subject_of,
+)
+from audit_service.merkle import (
+    CompactRange, Node, consistency_ranges, hash_ranges, inclusion_ranges, leaf_hash,
+    node_row, nodes_for, nodes_from_rows,
 )
 from shared.db import db_errors
 from shared.errors import Conflict
@@ -82,8 +86,10 @@ async def append_events(
         async with pool.acquire() as conn, conn.transaction():
             # lock_chain_head: serialises every append in every audit_service process.
             head = await conn.fetchrow(
-                "SELECT last_seq, last_hash FROM audit_chain_head WHERE id FOR UPDATE"
+                "SELECT last_seq, last_hash, tree_size, tree_range FROM audit_chain_head"
+                " WHERE id FOR UPDATE"
             )
+            tree = _head_tree(head)
             # known_event_ids: which of these are stored already (none can appear meanwhile).
             known = {
                 r["event_id"]
@@ -102,10 +108,11 @@ async def append_events(
                 body = ev.body(seq)
                 digest = chain_hash(prev, body)
                 text = body.decode("utf-8")
+                nodes = b"".join(tree.append(leaf_hash(body)))
                 records.append((
                     seq, ev.event_id, ev.entity_type, ev.entity_id,
                     subject_of(ev.entity_type, ev.entity_id), ev.actor, ev.occurred_at, text,
-                    prev, digest,
+                    prev, digest, nodes,
                 ))  # fmt: skip
                 stored.append(Stored(seq, text, prev, digest))
                 prev = digest
@@ -116,7 +123,7 @@ async def append_events(
                 await conn.copy_records_to_table(
                     "audit_events", records=records,
                     columns=["seq", "event_id", "entity_type", "entity_id", "subject", "actor",
-                             "occurred_at", "body", "prev_hash", "hash"],
+                             "occurred_at", "body", "prev_hash", "hash", "tree_nodes"],
                 )  # fmt: skip
                 if patients:
                     # register_patients: users a clinician may see the history of.
@@ -126,16 +133,15 @@ async def append_events(
                     )
                 # move_chain_head: the trigger checks it lands on a stored event.
                 await conn.execute(
-                    "UPDATE audit_chain_head SET last_seq = $1, last_hash = $2 WHERE id", seq, prev
+                    "UPDATE audit_chain_head SET last_seq = $1, last_hash = $2, tree_size = $3,"
+                    " tree_range = $4 WHERE id",
+                    seq, prev, tree.size, tree.to_bytes(),
                 )
     return stored, len(events) - len(stored)
 
 
 def _registers_patient(ev: Pending) -> bool:
-    return (
-        ev.entity_type == "user" and ev.action == "create" and ev.after is not None
-        and ev.after.get("role") == "patient"
-    )  # fmt: skip
+    return registers_patient(ev.entity_type, ev.action, ev.after, ev.source)
 
 
 async def append_one(pool: asyncpg.Pool, event: Pending) -> tuple[Stored, bool]:
@@ -219,25 +225,116 @@ async def events_page(pool: asyncpg.Pool, f: EventFilter, limit: int) -> list[as
         return await pool.fetch(sql, *args)
 
 
-async def verify(pool: asyncpg.Pool) -> Verdict:
-    """Check the whole chain in one consistent snapshot (see :class:`ChainVerifier`)."""
-    verifier = ChainVerifier()
-    with db_errors(_WHAT):
-        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            head = await conn.fetchrow("SELECT last_seq, last_hash FROM audit_chain_head WHERE id")
-            # verify_scan: every event in seq order, streamed.
-            async for r in conn.cursor(
-                """SELECT seq, event_id::text, entity_type, entity_id, actor, occurred_at, body,
-                          prev_hash, hash FROM audit_events ORDER BY seq""",
-                prefetch=_VERIFY_PREFETCH,
-            ):
-                if not verifier.feed(StoredEvent(*r)):
-                    break
-    return verifier.finish(head["last_seq"], head["last_hash"])
+def _head_tree(head: asyncpg.Record) -> CompactRange:
+    """The tree the chain head records; it must cover exactly the chain (backfill_tree)."""
+    if head["tree_size"] != head["last_seq"]:
+        raise RuntimeError("the audit Merkle tree lags the chain: restart audit_service to fill it")
+    return CompactRange.from_bytes(head["tree_size"], head["tree_range"])
 
 
-async def chain_head(pool: asyncpg.Pool) -> tuple[int, str]:
-    """The last seq and hash."""
+VERIFY_COLUMNS = (
+    "seq, event_id::text, entity_type, entity_id, subject, actor, occurred_at, body, prev_hash,"
+    " hash, tree_nodes"
+)
+
+
+async def scan_events(conn: asyncpg.Connection, after_seq: int = 0) -> AsyncIterator[StoredEvent]:
+    """Every event after ``after_seq`` in seq order, streamed (inside a transaction)."""
+    # verify_scan: every event in seq order, streamed.
+    async for r in conn.cursor(
+        f"SELECT {VERIFY_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq",
+        after_seq, prefetch=_VERIFY_PREFETCH,
+    ):  # fmt: skip
+        yield StoredEvent(*r)
+
+
+async def chain_head(pool: asyncpg.Pool | asyncpg.Connection) -> asyncpg.Record:
+    """The chain head row: last_seq, last_hash, tree_size, tree_range."""
     with db_errors(_WHAT):
-        row = await pool.fetchrow("SELECT last_seq, last_hash FROM audit_chain_head WHERE id")
-    return row["last_seq"], row["last_hash"]
+        return await pool.fetchrow(
+            "SELECT last_seq, last_hash, tree_size, tree_range FROM audit_chain_head WHERE id"
+        )
+
+
+async def patients(conn: asyncpg.Connection) -> set[str]:
+    """The userNames audit_patients lists (clinicians read their events)."""
+    with db_errors(_WHAT):
+        return {r["user_name"] for r in await conn.fetch("SELECT user_name FROM audit_patients")}
+
+
+async def tree_head(pool: asyncpg.Pool) -> CompactRange:
+    """The current tree, as the chain head records it."""
+    return _head_tree(await chain_head(pool))
+
+
+async def fetch_nodes(conn: asyncpg.Pool | asyncpg.Connection, wanted: set[Node]) -> dict[Node, bytes]:
+    """The stored hashes of ``wanted`` perfect subtrees (one query by primary key)."""
+    seqs = sorted({node_row(n)[0] for n in wanted})
+    with db_errors(_WHAT):
+        # tree_nodes_by_seq: primary key lookups, O(log n) rows.
+        rows = await conn.fetch(
+            "SELECT seq, tree_nodes FROM audit_events WHERE seq = ANY($1::bigint[])", seqs
+        )
+    by_seq = {r["seq"]: r["tree_nodes"] for r in rows}
+    return nodes_from_rows(wanted, by_seq.get)
+
+
+async def hashes_of(conn: asyncpg.Pool | asyncpg.Connection, ranges: list[tuple[int, int]]) -> list[bytes]:
+    """The MTH of each leaf range, from stored nodes; LookupError when the store lacks one."""
+    nodes = await fetch_nodes(conn, nodes_for(ranges))
+    try:
+        return hash_ranges(ranges, nodes)
+    except KeyError as exc:
+        raise LookupError(f"the audit store lacks tree node {exc.args[0]}") from exc
+
+
+async def inclusion_proof(pool: asyncpg.Pool, seq: int, tree_size: int) -> list[bytes]:
+    """RFC 6962 audit path of the event ``seq`` (leaf seq - 1) in the tree of ``tree_size``."""
+    return await hashes_of(pool, inclusion_ranges(seq - 1, tree_size))
+
+
+async def consistency_proof(conn: asyncpg.Pool | asyncpg.Connection, old: int, new: int) -> list[bytes]:
+    """RFC 6962 consistency proof between the trees of ``old`` and ``new`` events."""
+    if old == new:
+        return []
+    return await hashes_of(conn, consistency_ranges(old, new))
+
+
+async def leaves_between(conn: asyncpg.Connection, after: int, upto: int) -> list[tuple[int, bytes]]:
+    """(seq, leaf hash) of the events after ``after`` up to ``upto``, recomputed from their bodies."""
+    with db_errors(_WHAT):
+        rows = await conn.fetch(
+            "SELECT seq, body FROM audit_events WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+            after, upto,
+        )  # fmt: skip
+    return [(r["seq"], leaf_hash(r["body"].encode("utf-8"))) for r in rows]
+
+
+async def backfill_tree(conn: asyncpg.Connection) -> int:
+    """Give events stored before the Merkle tree their ``tree_nodes`` and the head its range.
+
+    Runs as the database owner at start-up; the append-only trigger is disabled for this one
+    transaction (the rows' content is not touched, only the new column filled in). Returns how
+    many events were filled in.
+    """
+    async with conn.transaction():
+        head = await conn.fetchrow(
+            "SELECT last_seq, tree_size, tree_range FROM audit_chain_head WHERE id FOR UPDATE"
+        )
+        if head["tree_size"] == head["last_seq"]:
+            return 0
+        tree = CompactRange()
+        updates = []
+        async for r in conn.cursor("SELECT seq, body FROM audit_events ORDER BY seq"):
+            if r["seq"] != tree.size + 1:
+                raise RuntimeError(f"audit event seq {tree.size + 1} is missing: cannot build the tree")
+            updates.append((r["seq"], b"".join(tree.append(leaf_hash(r["body"].encode("utf-8"))))))
+        await conn.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only")
+        await conn.executemany("UPDATE audit_events SET tree_nodes = $2 WHERE seq = $1", updates)
+        await conn.execute("ALTER TABLE audit_events ENABLE TRIGGER audit_events_append_only")
+        await conn.execute(
+            "UPDATE audit_chain_head SET tree_size = $1, tree_range = $2 WHERE id",
+            tree.size, tree.to_bytes(),
+        )  # fmt: skip
+    log.info("audit tree built for %d stored events", len(updates))
+    return len(updates)

@@ -100,9 +100,10 @@ Step = Callable[["BenchContext"], Awaitable[list["Row | Measurement"]]]
 
 
 def _steps() -> tuple[Step, ...]:
+    from bench.audit import audit_log  # the audit log's ingest and verify (bench/audit.py)
     from bench.extraction import extraction  # imports the anonymizer only when a step runs
 
-    return (extraction,)
+    return (extraction, audit_log)
 
 
 STEPS: tuple[Step, ...] = _steps()

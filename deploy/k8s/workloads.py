@@ -199,14 +199,52 @@ def gateway_objects() -> list[Obj]:
             service("gateway", "gateway", [("http", PORT, PORT)]), pdb("gateway", "gateway")]
 
 
+# -- audit checkpoints: the signing key and the checkpoint log, kept away from the audit database.
+# The Ed25519 key is its own Secret (not medsvc-secrets), mounted as files into the audit pods
+# only; nothing the audit PostgreSQL runs can read it. Created by hand, never rendered:
+#   kubectl create secret generic medsvc-audit-signing \
+#     --from-file=signing-key.pem --from-file=public-keys.pem
+# public-keys.pem holds the current and every earlier public key (rotation: add the new public
+# key, then replace signing-key.pem; old checkpoints stay verifiable).
+# The checkpoint log is a volume of its own, shared by the audit replicas (ReadWriteMany with
+# POSIX locks, e.g. CephFS or NFSv4: writers take its flock); the database never mounts it.
+AUDIT_SIGNING_SECRET = "medsvc-audit-signing"
+AUDIT_SIGNING_DIR = "/etc/medsvc/audit-signing"
+AUDIT_CHECKPOINT_DIR = "/var/lib/medsvc/audit-checkpoints"
+AUDIT_SIGNING_ENV = [
+    {"name": "MEDSVC_AUDIT_SIGNING_KEY_FILE", "value": f"{AUDIT_SIGNING_DIR}/signing-key.pem"},
+    {"name": "MEDSVC_AUDIT_PUBLIC_KEYS_FILE", "value": f"{AUDIT_SIGNING_DIR}/public-keys.pem"},
+    {"name": "MEDSVC_AUDIT_CHECKPOINT_LOG", "value": f"{AUDIT_CHECKPOINT_DIR}/checkpoints.jsonl"},
+]
+AUDIT_CHECKPOINT_CLAIM: Obj = {
+    "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+    "metadata": {"name": "audit-checkpoints", "labels": selector("audit")},
+    "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+}
+
+
+def _mount_audit_signing(pod: Obj) -> None:
+    """Give the audit pod the signing key (read-only) and the checkpoint log volume."""
+    pod["volumes"] += [
+        {"name": "audit-signing", "secret": {"secretName": AUDIT_SIGNING_SECRET, "defaultMode": 0o400}},
+        {"name": "audit-checkpoints", "persistentVolumeClaim": {"claimName": "audit-checkpoints"}},
+    ]
+    pod["containers"][0]["volumeMounts"] += [
+        {"name": "audit-signing", "mountPath": AUDIT_SIGNING_DIR, "readOnly": True},
+        {"name": "audit-checkpoints", "mountPath": AUDIT_CHECKPOINT_DIR},
+    ]
+
+
 def audit_objects() -> list[Obj]:
     env = [{"name": "MEDSVC_AUDIT_DSN", "value": dsn("pg-audit", AUDIT_DATABASE)},
            # The image's entry point created the database (POSTGRES_DB).
            {"name": "MEDSVC_AUDIT_CREATE_DATABASE", "value": "false"},
            secret_env("MEDSVC_JWT_SECRET", "jwt-secret"),
            secret_env("MEDSVC_PG_PASSWORD", "audit-pg-password"),
-           secret_env("MEDSVC_AUDIT_WRITER_PASSWORD", "audit-writer-password")]
+           secret_env("MEDSVC_AUDIT_WRITER_PASSWORD", "audit-writer-password"),
+           *AUDIT_SIGNING_ENV]
     pod = python_pod("audit", ["python", "-m", "audit_service"], env=env)
+    _mount_audit_signing(pod)
     # The append-only role the service's pool logs in as, with its password (the service's
     # migration grants it exactly SELECT and INSERT).
     init = {
@@ -222,6 +260,7 @@ def audit_objects() -> list[Obj]:
     }
     return [
         deployment("audit", "audit", 2, pod),
+        AUDIT_CHECKPOINT_CLAIM,
         service("audit", "audit", [("http", PORT, PORT)]),
         pdb("audit", "audit"),
         init,

@@ -29,6 +29,7 @@ from pathlib import Path
 from deploy.prometheus.config import Target
 from shared.shardmap import DEFAULT_BUCKETS, Shard, ShardMap, even_ranges
 
+from .audit_keys import AuditKeyFiles
 from .certs import ensure_cert
 from .nginx import DEFAULT_BURST, DEFAULT_RATE, NginxConfig, NginxServer
 from .ports import PortAllocator
@@ -183,6 +184,8 @@ class Stack:
                 "prometheus", base / "prometheus", ports.take(), self.logs_dir / "prometheus.log",
                 self.scrape_targets(),
             )
+        # The audit checkpoint signer's key and log, outside the databases (audit_keys.py).
+        self.audit_keys = AuditKeyFiles(base / "audit")
 
     # -- what the tests and the CLI read --------------------------------------------------
 
@@ -253,6 +256,9 @@ class Stack:
                 for proc in tier:
                     if isinstance(proc, ServiceProcess):
                         proc.env = env
+            self.audit_keys.ensure()
+            for proc in self.services.get("audit", []):
+                proc.env = {**env, **self.audit_keys.env(), **self.config.extra_env}
             for tier in tiers[1:]:
                 await _all(p.start() for p in tier)
         except BaseException:

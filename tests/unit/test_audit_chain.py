@@ -68,8 +68,9 @@ def chain(n: int) -> list[StoredEvent]:
         p = pending(seq)
         body = p.body(seq)
         digest = chain_hash(prev, body)
-        out.append(StoredEvent(seq, str(p.event_id), p.entity_type, p.entity_id, p.actor,
-                               p.occurred_at, body.decode(), prev, digest))
+        out.append(StoredEvent(seq, str(p.event_id), p.entity_type, p.entity_id,
+                               subject_of(p.entity_type, p.entity_id), p.actor, p.occurred_at,
+                               body.decode(), prev, digest))
         prev = digest
     return out
 
@@ -136,6 +137,14 @@ def test_an_altered_indexed_column_is_named() -> None:
     events[3] = dataclasses.replace(events[3], actor="someone.else")
     verdict = check(events)
     assert verdict.first_bad_seq == 4 and "actor" in (verdict.reason or "")
+
+
+def test_a_changed_subject_is_named() -> None:
+    """subject decides what a clinician may read: it is checked against the hashed event."""
+    events = chain(5)
+    events[2] = dataclasses.replace(events[2], subject="someone.else")
+    verdict = check(events)
+    assert verdict.first_bad_seq == 3 and "subject" in (verdict.reason or "")
 
 
 def test_a_batch_event_is_validated_strictly() -> None:

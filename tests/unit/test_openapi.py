@@ -42,6 +42,7 @@ OPERATION_IDS = {
     "giveConsent", "withdrawConsent",
     "createStudy", "listStudies", "getStudy", "startRun", "listRuns", "getRun", "getRunRecords",
     "listAuditEvents", "recordAuditEvent", "getAuditEvent", "verifyAuditChain",
+    "getLatestAuditCheckpoint", "getAuditInclusionProof", "getAuditConsistencyProof",
     "getOpenApiDocument",
 }  # fmt: skip
 # Values for every path parameter the document names.
