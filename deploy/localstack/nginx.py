@@ -21,6 +21,12 @@ TEMPLATE_NAME = "nginx.conf.j2"
 # High enough that `make bench` is never throttled; tests render a low one.
 DEFAULT_RATE = 20000
 DEFAULT_BURST = 20000
+# Connections nginx may hold to one gateway, and the idle ones a worker keeps for reuse.
+# Both stay below the gateways' listen backlog (4096, shared/runner.py): a burst can always
+# connect, and the gateway sheds what it cannot serve with a quick 503 (shared/admission.py).
+# A worker holds at most worker_connections (4096) sockets, client and upstream together.
+UPSTREAM_MAX_CONNS = 1024
+UPSTREAM_KEEPALIVE = 512
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,8 @@ class NginxConfig:
     gateways: Sequence[str]
     rate: int = DEFAULT_RATE
     burst: int = DEFAULT_BURST
+    upstream_max_conns: int = UPSTREAM_MAX_CONNS
+    upstream_keepalive: int = UPSTREAM_KEEPALIVE
     worker_processes: int | str = 1
     # Log files are <logs_dir>/<name>.access.log and <name>.error.log.
     name: str = "nginx"
@@ -99,6 +107,8 @@ class NginxConfig:
             gateways=list(self.gateways),
             rate=self.rate,
             burst=self.burst,
+            upstream_max_conns=self.upstream_max_conns,
+            upstream_keepalive=self.upstream_keepalive,
             worker_processes=self.worker_processes,
             user=self.user,
             errors=PROBLEM_PAGES,
