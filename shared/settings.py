@@ -54,7 +54,7 @@ class FESettings(CommonSettings):
     # Comma-separated base URLs of the anonymizer API: a study consent checks the study exists.
     anonymizer_urls: str = ""
     # Requests in flight past which more are shed at once with 503 (shared/admission.py).
-    max_in_flight: int = Field(default=32, ge=1)
+    max_in_flight: int = Field(default=24, ge=1)
 
     @property
     def service_list(self) -> list[str]:
@@ -75,8 +75,8 @@ class GatewaySettings(CommonSettings):
     upstream_timeout: float = Field(default=15.0, gt=0)
     # Requests in flight past which more are shed at once with 503 (shared/admission.py);
     # GETs the gateway may answer from the cache have the higher bound: they are shed last.
-    max_in_flight: int = Field(default=64, ge=1)
-    max_in_flight_cached: int = Field(default=128, ge=1)
+    max_in_flight: int = Field(default=32, ge=1)
+    max_in_flight_cached: int = Field(default=64, ge=1)
     # Comma-separated base URLs of the audit_service and anonymizer processes.
     audit_urls: str = ""
     anonymizer_urls: str = ""
