@@ -54,7 +54,7 @@ class FESettings(CommonSettings):
     # Comma-separated base URLs of the anonymizer API: a study consent checks the study exists.
     anonymizer_urls: str = ""
     # Requests in flight past which more are shed at once with 503 (shared/admission.py).
-    max_in_flight: int = Field(default=24, ge=1)
+    max_in_flight: int = Field(default=64, ge=1)
 
     @property
     def service_list(self) -> list[str]:

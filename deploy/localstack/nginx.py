@@ -12,6 +12,8 @@ from pathlib import Path
 import aiohttp
 import jinja2
 
+from shared.settings import GatewaySettings
+
 from . import binaries
 from .procs import ManagedProcess, ProcessError, poll
 
@@ -21,12 +23,10 @@ TEMPLATE_NAME = "nginx.conf.j2"
 # High enough that `make bench` is never throttled; tests render a low one.
 DEFAULT_RATE = 20000
 DEFAULT_BURST = 20000
-# Connections nginx may hold to one gateway, and the idle ones a worker keeps for reuse.
-# Both stay below the gateways' listen backlog (4096, shared/runner.py): a burst can always
-# connect, and the gateway sheds what it cannot serve with a quick 503 (shared/admission.py).
-# A worker holds at most worker_connections (4096) sockets, client and upstream together.
-UPSTREAM_MAX_CONNS = 1024
-UPSTREAM_KEEPALIVE = 512
+# What one gateway admits at once (shared/settings.py, shared/admission.py): nginx sheds
+# past the sum over the gateways, so that the gateways are never sent more than they admit.
+GATEWAY_IN_FLIGHT = GatewaySettings.model_fields["max_in_flight"].default
+GATEWAY_IN_FLIGHT_CACHED = GatewaySettings.model_fields["max_in_flight_cached"].default
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,10 @@ class NginxConfig:
     gateways: Sequence[str]
     rate: int = DEFAULT_RATE
     burst: int = DEFAULT_BURST
-    upstream_max_conns: int = UPSTREAM_MAX_CONNS
-    upstream_keepalive: int = UPSTREAM_KEEPALIVE
+    # Requests one gateway admits (all, and those that are not cacheable GETs); the edge
+    # bounds, connection limits and pool sizes follow from them and the number of gateways.
+    gateway_in_flight: int = GATEWAY_IN_FLIGHT
+    gateway_in_flight_cached: int = GATEWAY_IN_FLIGHT_CACHED
     worker_processes: int | str = 1
     # Log files are <logs_dir>/<name>.access.log and <name>.error.log.
     name: str = "nginx"
@@ -85,6 +87,22 @@ class NginxConfig:
     # nginx only takes "user" when it starts as root; the workers then stay root so that
     # they can use the run folder, which belongs to whoever runs the stack.
     user: str | None = field(default_factory=lambda: "root" if os.geteuid() == 0 else None)
+
+    def edge_bounds(self) -> dict[str, int]:
+        """Requests in flight nginx lets through, and its connections to the gateways.
+
+        In flight: what the gateways admit together. Connections: one per request in
+        flight, all to one gateway when the other is down (then its own bound sheds the
+        excess), all kept open in the idle pool between bursts.
+        """
+        n = len(self.gateways)
+        edge = n * max(self.gateway_in_flight, self.gateway_in_flight_cached)
+        return {
+            "edge_in_flight": edge,
+            "edge_in_flight_uncached": n * self.gateway_in_flight,
+            "upstream_max_conns": edge,
+            "upstream_keepalive": edge,
+        }
 
     def render(self) -> str:
         """Return the nginx.conf text."""
@@ -107,8 +125,7 @@ class NginxConfig:
             gateways=list(self.gateways),
             rate=self.rate,
             burst=self.burst,
-            upstream_max_conns=self.upstream_max_conns,
-            upstream_keepalive=self.upstream_keepalive,
+            **self.edge_bounds(),
             worker_processes=self.worker_processes,
             user=self.user,
             errors=PROBLEM_PAGES,
