@@ -10,10 +10,11 @@ from aiohttp import web
 
 log = logging.getLogger("medsvc.runner")
 
-# Connections the kernel completes and holds for us while the loop is busy. A burst through
-# nginx opens up to its per-server bound (max_conns) at once; aiohttp's default of 128 would
-# overflow, and the kernel then drops SYNs, which clients retry only after a second. The
-# kernel caps this at net.core.somaxconn (4096 on current kernels).
+# Connections the kernel completes and holds for us while the loop is busy. A burst opens
+# many at once (nginx up to its max_conns per gateway, a gateway up to 256 per FE server);
+# with aiohttp's default of 128 the queue overflows, the kernel drops SYNs, and clients retry
+# them only after a second. The kernel caps this at net.core.somaxconn (4096 here and on
+# current kernels; logged at start when lower).
 LISTEN_BACKLOG = 4096
 
 

@@ -147,3 +147,25 @@ def test_a_slow_redis_does_not_open_the_breaker_while_it_still_answers() -> None
     breaker.last_ok = time.monotonic() - 0.5  # nothing answered for longer than the window
     assert breaker.read_timed_out()
     assert not breaker.allows() and not breaker.needs_flush  # open, but no flush: no write missed
+
+
+def test_nginx_lets_through_what_the_gateways_admit_together() -> None:
+    """The edge bounds follow the gateways' own, so nginx never sends a gateway more than it
+    admits nor opens more connections than it can accept (deploy/nginx/nginx.conf.j2)."""
+    from pathlib import Path
+
+    from deploy.localstack.nginx import NginxConfig
+    from shared.settings import GatewaySettings
+
+    gw = GatewaySettings()
+    for n in (1, 2, 3):
+        text = NginxConfig(
+            run_dir=Path("/tmp/x"), http_port=1, https_port=2, cert=Path("/c"), key=Path("/k"),
+            gateways=[f"127.0.0.1:{9000 + i}" for i in range(n)],
+        ).render()
+        every, uncached = n * gw.max_in_flight_cached, n * gw.max_in_flight
+        assert f"limit_conn inflight {every};" in text
+        assert f"limit_conn inflight_uncached {uncached};" in text
+        assert text.count(f"max_fails=3 fail_timeout=2s max_conns={every};") == n
+        assert f"keepalive {every};" in text
+        assert "proxy_next_upstream error;" in text  # never on a timeout: no doubled load
