@@ -75,8 +75,8 @@ class GatewaySettings(CommonSettings):
     upstream_timeout: float = Field(default=15.0, gt=0)
     # Requests in flight past which more are shed at once with 503 (shared/admission.py);
     # GETs the gateway may answer from the cache have the higher bound: they are shed last.
-    max_in_flight: int = Field(default=32, ge=1)
-    max_in_flight_cached: int = Field(default=64, ge=1)
+    max_in_flight: int = Field(default=48, ge=1)
+    max_in_flight_cached: int = Field(default=96, ge=1)
     # Comma-separated base URLs of the audit_service and anonymizer processes.
     audit_urls: str = ""
     anonymizer_urls: str = ""

@@ -23,8 +23,9 @@ TEMPLATE_NAME = "nginx.conf.j2"
 # High enough that `make bench` is never throttled; tests render a low one.
 DEFAULT_RATE = 20000
 DEFAULT_BURST = 20000
-# What one gateway admits at once (shared/settings.py, shared/admission.py): nginx sheds
-# past the sum over the gateways, so that the gateways are never sent more than they admit.
+# What one gateway admits at once (shared/settings.py, shared/admission.py). nginx sheds
+# past two thirds of the sum over the gateways: round-robin does not split the requests in
+# flight evenly, and a gateway sent a little more than its share must still admit it.
 GATEWAY_IN_FLIGHT = GatewaySettings.model_fields["max_in_flight"].default
 GATEWAY_IN_FLIGHT_CACHED = GatewaySettings.model_fields["max_in_flight_cached"].default
 
@@ -91,15 +92,15 @@ class NginxConfig:
     def edge_bounds(self) -> dict[str, int]:
         """Requests in flight nginx lets through, and its connections to the gateways.
 
-        In flight: what the gateways admit together. Connections: one per request in
-        flight, all to one gateway when the other is down (then its own bound sheds the
-        excess), all kept open in the idle pool between bursts.
+        In flight: two thirds of what the gateways admit together (the rest absorbs an
+        uneven split). Connections: one per request in flight, all to one gateway when the
+        other is down (then its own bound sheds the excess), all kept open in the idle pool.
         """
         n = len(self.gateways)
-        edge = n * max(self.gateway_in_flight, self.gateway_in_flight_cached)
+        edge = n * max(self.gateway_in_flight, self.gateway_in_flight_cached) * 2 // 3
         return {
             "edge_in_flight": edge,
-            "edge_in_flight_uncached": n * self.gateway_in_flight,
+            "edge_in_flight_uncached": n * self.gateway_in_flight * 2 // 3,
             "upstream_max_conns": edge,
             "upstream_keepalive": edge,
         }
