@@ -76,7 +76,7 @@ class GatewaySettings(CommonSettings):
     # Requests in flight past which more are shed at once with 503 (shared/admission.py);
     # GETs the gateway may answer from the cache have the higher bound: they are shed last.
     max_in_flight: int = Field(default=48, ge=1)
-    max_in_flight_cached: int = Field(default=96, ge=1)
+    max_in_flight_cached: int = Field(default=72, ge=1)
     # Comma-separated base URLs of the audit_service and anonymizer processes.
     audit_urls: str = ""
     anonymizer_urls: str = ""

@@ -1,7 +1,7 @@
 """A burst far past saturation through nginx: the excess is shed cleanly, nothing collapses.
 
 1,000 connections for 5 s (wrk, the 90/10 read/write mix of ``make bench``) against a stack
-that lets 128 requests in flight through nginx and whose gateways admit 64 each
+that lets 96 requests in flight through nginx and whose gateways admit 72 each
 (nginx.conf.j2, shared/admission.py): many times what the machine serves. The burst must leave no 502 or 504, every answer that is not a 2xx a 503
 with Retry-After (a shed) or a 429 (the rate limit), no listen queue overflowing (the
 kernel's counter), and the stack serving normally within a second after the burst.

@@ -165,7 +165,7 @@ def test_nginx_lets_through_what_the_gateways_admit_together() -> None:
             gateways=[f"127.0.0.1:{9000 + i}" for i in range(n)],
         ).render()
         every, uncached = n * gw.max_in_flight_cached * 2 // 3, n * gw.max_in_flight * 2 // 3
-        assert (every, uncached) == (64 * n, 32 * n)
+        assert (every, uncached) == (48 * n, 32 * n)
         assert f"limit_conn inflight {every};" in text
         assert f"limit_conn inflight_uncached {uncached};" in text
         assert text.count(f"max_fails=3 fail_timeout=2s max_conns={every};") == n
