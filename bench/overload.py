@@ -20,11 +20,13 @@ import asyncio
 import json
 import logging
 import statistics
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.loadgen import Load, LoadResult, WrkRun
+from bench.procstat import CpuMeter
 
 if TYPE_CHECKING:
     from bench.runner import BenchContext
@@ -64,6 +66,8 @@ class OverloadRow:
     socket_errors: int  # connect, read, write errors
     listen_overflows: int | None  # the kernel's TcpExtListenOverflows during the run
     statuses: dict[int, int]
+    # Cores busy per component kind during the run (procstat.CpuMeter).
+    cpu_cores: dict[str, float] = field(default_factory=dict)
 
 
 def listen_overflows() -> int | None:
@@ -123,7 +127,11 @@ async def measure_level(
     access_log = ctx.stack.logs_dir / "nginx.access.log"
     offset = access_log.stat().st_size if access_log.exists() else 0
     overflows_before = listen_overflows()
+    meter = CpuMeter(ctx.components())
+    meter.start()
+    started = time.monotonic()
     result = await _wrk(ctx, script, load, opts.overload_duration)
+    cpu = meter.stop(time.monotonic() - started)
     overflows_after = listen_overflows()
     await asyncio.sleep(_LOG_FLUSH)
     ok_ms = _ok_latencies_ms(access_log, offset) if access_log.exists() else []
@@ -144,7 +152,7 @@ async def measure_level(
         listen_overflows=(overflows_after - overflows_before
                           if overflows_before is not None and overflows_after is not None
                           else None),
-        statuses=dict(sorted(st.items())),
+        statuses=dict(sorted(st.items())), cpu_cores=cpu,
     )  # fmt: skip
     log.info(
         "overload %-22s %5d conns: %7.0f 2xx/s  p50 %s  p99 %s  shed %d  429 %d  timeouts %d"
@@ -189,6 +197,16 @@ def markdown(rows: list[OverloadRow]) -> list[str]:
             f"| {r.timeouts} | {r.s502_504} | {r.other_5xx + r.other_503} | {r.other} "
             f"| {r.socket_errors} | {'' if r.listen_overflows is None else r.listen_overflows} |"
         )
+    return lines
+
+
+def cpu_markdown(rows: list[OverloadRow]) -> list[str]:
+    """Cores busy per component during each level: where the sheds' CPU went."""
+    kinds = ["wrk", "nginx", "gateway", "fe", "redis", "postgres", "kernel", "other", "idle"]
+    lines = ["| path | conns | " + " | ".join(kinds) + " |", "|---|---:|" + "---:|" * len(kinds)]
+    for r in rows:
+        cells = [f"{r.cpu_cores[k]:.2f}" if k in r.cpu_cores else "" for k in kinds]
+        lines.append(f"| {r.title} | {r.connections} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -404,6 +404,7 @@ async def run_overload(ctx: BenchContext, base_env: dict[str, dict[str, str]]) -
            "Listen overflows are machine-wide (TcpExtListenOverflows)."],
         overload.as_json(rows),
     )  # fmt: skip
+    ctx.report.tables["Overload: cores busy per component"] = (overload.cpu_markdown(rows), None)
 
 
 async def run_variants(ctx: BenchContext) -> None:
