@@ -58,7 +58,13 @@ PROBLEM_PAGES = (
     ProblemPage(431, "Request Header Fields Too Large", "request headers too large", (494,)),
     ProblemPage(500, "Internal Server Error", "load balancer error", (500,)),
     ProblemPage(502, "Bad Gateway", "no gateway answered", (502,), retry_after=2),
-    ProblemPage(503, "Service Unavailable", "service unavailable", (503,), retry_after=2),
+    # nginx's own 503s are its sheds at the edge (limit_conn in nginx.conf.j2): refused
+    # before reaching a gateway, so certainly not applied.
+    ProblemPage(
+        503, "Service Unavailable",
+        "at capacity: the request was not started and not applied; retry after Retry-After",
+        (503,), retry_after=1,
+    ),
     ProblemPage(
         504, "Gateway Timeout", "the gateway did not answer in time", (504,), retry_after=2
     ),
