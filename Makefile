@@ -25,7 +25,7 @@ help:
 	@echo "MedicalService — make targets:"
 	@echo "  make run      start the whole stack locally (nginx on :8080 and :8443); Ctrl-C stops it"
 	@echo "  make test     run the test suite (unit and end-to-end, on a throwaway stack)"
-	@echo "  make bench    run the load benchmarks (results in bench/results/)"
+	@echo "  make bench    run the load benchmarks (results in bench/results/); BENCH=overload: only the overload table"
 	@echo "  make token SUB=alice ROLE=clinician   print a bearer token (ROLE may be a,b)"
 	@echo "  make lint     ruff check"
 	@echo "  make openapi  regenerate gateway/openapi.json from the services' models (committed)"
@@ -78,9 +78,11 @@ token: venv
 	@echo "==> token: sub=$(SUB) roles=$(ROLE)" >&2
 	@$(PY) -m deploy.localstack token --sub "$(SUB)" --role "$(ROLE)"
 
+# BENCH=overload runs only the overload table, BENCH=main everything else.
+BENCH ?=
 bench: deps venv
 	@echo "==> bench: load benchmarks"
-	$(PY) -m bench
+	$(PY) -m bench $(if $(BENCH),--only $(BENCH))
 
 openapi: venv
 	@echo "==> openapi: writing the document the gateway serves"

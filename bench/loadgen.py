@@ -41,6 +41,8 @@ class LoadResult:
     latency_us: dict[str, Any]
     errors: dict[str, int]
     statuses: dict[int, int] = field(default_factory=dict)
+    # 503 answers that carried Retry-After (load shedding), out of statuses[503].
+    retry_after_503: int = 0
 
     @property
     def rate(self) -> float:
@@ -72,6 +74,7 @@ class LoadResult:
                     latency_us=data["latency_us"],
                     errors=data["errors"],
                     statuses={int(k): v for k, v in data["statuses"].items()},
+                    retry_after_503=data.get("retry_after_503", 0),
                 )
         raise LoadError(f"wrk printed no {_MARKER.strip()} line:\n{stdout[-2000:]}")
 

@@ -72,6 +72,8 @@ class Report:
     memory: dict[str, dict[str, float]] = field(default_factory=dict)
     measurements: list[Measurement] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Further tables: title -> (markdown lines, what the JSON keeps of them).
+    tables: dict[str, tuple[list[str], Any]] = field(default_factory=dict)
 
     def add(self, row: Row) -> Row:
         if any(r.key == row.key for r in self.rows):
@@ -97,7 +99,10 @@ class Report:
         out = [f"# make bench — {self.started_at.isoformat(timespec='seconds')}", ""]
         if self.meta:
             out += [_meta_line(self.meta), ""]
-        out += self._main_table() + [""]
+        if self.rows:
+            out += self._main_table() + [""]
+        for title, (lines, _) in self.tables.items():
+            out += [f"## {title}", ""] + lines + [""]
         invalid = [r.title for r in self.rows if not r.valid]
         if invalid:
             out += [
@@ -220,6 +225,7 @@ class Report:
             "memory": self.memory,
             "measurements": [asdict(m) for m in self.measurements],
             "notes": self.notes,
+            "tables": {title: data for title, (_, data) in self.tables.items()},
         }
 
     def save(self, folder: Path = RESULTS_DIR) -> tuple[Path, Path]:

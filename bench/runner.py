@@ -32,6 +32,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench import overload
 from bench.loadgen import Load, LoadResult, WrkRun
 from bench.probes import Probe, close_connections, default_probes, scalars
 from bench.procstat import Component, CpuMeter, MemoryMeter, kind_of
@@ -41,7 +42,6 @@ from bench.scenarios import (
 )  # fmt: skip
 from bench.seed import Dataset, load_dataset, make_dataset
 from deploy.localstack import Stack, StackConfig, binaries
-from deploy.localstack.nginx import UNTHROTTLED_BURST, UNTHROTTLED_RATE
 from deploy.localstack.ports import is_free
 from deploy.localstack.procs import ManagedProcess
 from deploy.localstack.service import ServiceProcess
@@ -57,6 +57,10 @@ _QUIET = 0.15
 _PORTS_LOW, _PORTS_HIGH = 20_000, 32_000
 # Seconds without any event leaving the outbox after which the drain stops waiting.
 _DRAIN_STALL = 15.0
+# nginx's per-client-address rate limit, set explicitly far above anything wrk sends from
+# its one address: the benchmark measures the stack, and overload, not the rate limit.
+BENCH_RATE = 1_000_000
+BENCH_BURST = 1_000_000
 
 
 @dataclass
@@ -82,6 +86,11 @@ class Options:
     drain_timeout: float = 120.0
     # Seconds, in all, to wait for other programs to leave the CPU before measured runs.
     quiet_budget: float = 60.0
+    # "main" (hello-world, scenarios, variants, steps) and/or "overload" (overload.py).
+    parts: tuple[str, ...] = ("main", "overload")
+    overload_duration: float = 8.0
+    overload_paths: tuple[str, ...] = tuple(p[0] for p in overload.PATHS)
+    overload_connections: tuple[int, ...] = overload.CONNECTIONS
 
 
 @dataclass
@@ -337,8 +346,9 @@ async def run(opts: Options) -> Report:
     args = [str(users_file), token, str(opts.seed), str(visits_file)]
     ok = False
     try:
-        log.info("baseline: hello-world, %s", report.meta["load"])
-        report.add(await measure_hello(opts, args, stack.logs_dir, memory, gate))
+        if "main" in opts.parts:
+            log.info("baseline: hello-world, %s", report.meta["load"])
+            report.add(await measure_hello(opts, args, stack.logs_dir, memory, gate))
         log.info("starting the stack in %s", base)
         t0 = time.perf_counter()
         await stack.start()
@@ -353,13 +363,17 @@ async def run(opts: Options) -> Report:
         await drain_outbox(stack, report, opts.drain_timeout)
         ctx = BenchContext(opts, stack, data, users_file, visits_file, token, report, memory,
                            gate, default_probes())  # fmt: skip
-        await run_variants(ctx)
-        for step in STEPS:
-            for item in await step(ctx):
-                if isinstance(item, Row):
-                    report.add(item)
-                else:
-                    report.measurements.append(item)
+        base_env = {p.name: dict(p.env or {}) for tier in stack.tiers()[1:4] for p in tier}
+        if "main" in opts.parts:
+            await run_variants(ctx)
+            for step in STEPS:
+                for item in await step(ctx):
+                    if isinstance(item, Row):
+                        report.add(item)
+                    else:
+                        report.measurements.append(item)
+        if "overload" in opts.parts:
+            await run_overload(ctx, base_env)
         memory.sample(ctx.components())
         report.memory = memory.by_kind()
         ok = True
@@ -374,6 +388,23 @@ async def run(opts: Options) -> Report:
         md, js = report.save(opts.results_dir)
         log.info("saved %s and %s", md, js)
     return report
+
+
+async def run_overload(ctx: BenchContext, base_env: dict[str, dict[str, str]]) -> None:
+    """The overload table (overload.py), on the stack as it started, cache filled."""
+    await apply_variant(ctx.stack, base_env, VARIANTS["default"])
+    await prewarm_cache(ctx)
+    rows = await overload.overload(ctx)
+    ctx.report.tables["Overload (through nginx, rate limit off)"] = (
+        overload.markdown(rows)
+        + ["", f"wrk {ctx.options.load.threads} thread(s), {ctx.options.overload_duration:g} s "
+           f"per level, timeout {overload.TIMEOUT:g} s. p50/p99/max of the 2xx from nginx's "
+           "access log (ms resolution); \"vs first\" compares with the path's fewest "
+           "connections; shed 503 = 503 with Retry-After; other 5xx includes 503s without it. "
+           "Listen overflows are machine-wide (TcpExtListenOverflows)."],
+        overload.as_json(rows),
+    )  # fmt: skip
+    ctx.report.tables["Overload: cores busy per component"] = (overload.cpu_markdown(rows), None)
 
 
 async def run_variants(ctx: BenchContext) -> None:
@@ -418,7 +449,7 @@ def _make_stack(opts: Options, base: Path) -> Stack:
                 base_dir=base, shards=opts.shards, fe_per_shard=opts.fe_per_shard,
                 gateways=opts.gateways, http_port=0, https_port=0, internal_port_base=port_base,
                 fast=False, nginx_workers=opts.nginx_workers, jwt_secret=opts.jwt_secret,
-                rate=UNTHROTTLED_RATE, burst=UNTHROTTLED_BURST,  # wrk is one client address
+                rate=BENCH_RATE, burst=BENCH_BURST,
             ))  # fmt: skip
         except OSError as exc:
             log.info("ports from %d: %s; trying others", port_base, exc)

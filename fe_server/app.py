@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from shared.admission import Limiter, admission_middleware
 from shared.appkeys import CACHE, FE_SETTINGS, PG_POOL, SHARD_ID, SHARD_MAP, VERIFIER
 from shared.auth import TokenVerifier
 from shared.cache import ReadCache
@@ -64,8 +65,10 @@ def create_app(settings: FESettings, shard_map: ShardMap) -> web.Application:
     """Build the FE server for ``settings.shard`` hosting ``settings.service_list``."""
     shard = shard_map.shard(settings.shard)
     services = [hosted_service(n) for n in settings.service_list]
+    # Admission first: a request past the bound is refused before any other work.
+    admission = admission_middleware(Limiter({"request": settings.max_in_flight}))
     app = web.Application(
-        middlewares=[observe_middleware, error_middleware], client_max_size=MAX_BODY
+        middlewares=[admission, observe_middleware, error_middleware], client_max_size=MAX_BODY
     )
     app[SHARD_MAP] = shard_map
     app[SHARD_ID] = shard.id

@@ -10,8 +10,9 @@ from aiohttp import web
 from gateway.balancer import Cluster, Member
 from gateway.fastpath import CACHES
 from gateway.central import CENTRAL, central_clusters
-from gateway.routes import plain_path_middleware, setup_routes
+from gateway.routes import setup_routes
 from gateway.state import CLUSTERS, SHARD_MAP, VERIFIER
+from shared.admission import OPERATIONS_PATHS, Limiter, admission_middleware
 from shared.auth import TokenVerifier
 from shared.cache import ReadCache
 from shared.httpio import MAX_BODY
@@ -21,12 +22,30 @@ from shared.settings import GatewaySettings, redis_credentials
 from shared.shardmap import ShardMap
 
 
+CACHED_READ, OTHER = "cached-read", "request"
+
+
+def request_class(request: web.Request) -> str | None:
+    """The admission class: GETs of one user's resources may be cache hits (shed last)."""
+    if request.path in OPERATIONS_PATHS:
+        return None
+    if request.method == "GET" and request.path.startswith("/v1/users/"):
+        return CACHED_READ
+    return OTHER
+
+
 def create_app(settings: GatewaySettings, shard_map: ShardMap) -> web.Application:
     """Build the gateway for ``shard_map``; connection pools open in a cleanup context."""
+    # Admission first: a request past the bound is refused before any other work.
+    limiter = Limiter({
+        OTHER: settings.max_in_flight,
+        CACHED_READ: max(settings.max_in_flight, settings.max_in_flight_cached),
+    })  # fmt: skip
     app = web.Application(
-        middlewares=[observe_middleware, error_middleware, plain_path_middleware],
+        middlewares=[admission_middleware(limiter, request_class), observe_middleware,
+                     error_middleware],
         client_max_size=MAX_BODY,
-    )
+    )  # fmt: skip
     app[SHARD_MAP] = shard_map
     app[VERIFIER] = TokenVerifier(settings.jwt_secret.get_secret_value())
     timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout, sock_connect=2)

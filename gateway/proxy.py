@@ -14,6 +14,7 @@ from yarl import URL
 
 from gateway.balancer import Cluster
 from gateway.metrics import MEMBERS_DOWN, UPSTREAM_LATENCY, UPSTREAM_REQUESTS
+from gateway.retrybudget import BUDGET
 from shared.errors import Unavailable
 from shared.logs import request_id_var
 
@@ -48,7 +49,12 @@ async def forward(
     shard, service = str(cluster.shard_id), cluster.service
     out_headers = {k: v for k in _FORWARD_REQUEST if (v := headers.get(k)) is not None}
     out_headers["X-Request-ID"] = request_id_var.get()
-    for member in cluster.candidates():
+    for attempt, member in enumerate(cluster.candidates()):
+        if not BUDGET.admit(attempt):  # retries stay a fraction of requests (retrybudget.py)
+            raise Unavailable(
+                f"a shard {shard} {service} server failed and retries are paused (retry "
+                "budget spent); the request was not applied elsewhere", retry_after=1,
+            )  # fmt: skip
         started = time.perf_counter()
         try:
             # encoded=True: the member gets exactly the path the routes checked; a plain URL

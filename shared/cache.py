@@ -23,7 +23,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from prometheus_client import Counter
@@ -31,6 +31,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("medsvc.cache")
 
@@ -75,11 +76,21 @@ Loader = Callable[[], Awaitable[bytes | None]]
 
 @dataclass
 class Breaker:
-    """Open after a Redis failure; closed again only after a successful probe and a flush."""
+    """Open after a Redis failure; closed again only after a successful probe and a flush.
+
+    *Slow* is not *down*: a read that times out while Redis still answers other commands
+    (a machine saturated by a burst) only bypasses the cache for that request. The breaker
+    opens for slowness only once reads have timed out for ``slow_window`` seconds with no
+    command answered in between, and then without a flush (a read missed no write).
+    Otherwise every gateway and FE server would send all reads to PostgreSQL at once, and
+    flush the cache for everyone, exactly when the machine has the least to spare.
+    """
 
     cooldown: float
     open_until: float = 0.0
     needs_flush: bool = False
+    slow_window: float = 1.0
+    last_ok: float = field(default_factory=time.monotonic)
 
     def allows(self) -> bool:
         return time.monotonic() >= self.open_until
@@ -87,6 +98,18 @@ class Breaker:
     def trip(self) -> None:
         self.open_until = time.monotonic() + self.cooldown
         self.needs_flush = True
+
+    def ok(self) -> None:
+        """Redis answered a command."""
+        self.last_ok = time.monotonic()
+
+    def read_timed_out(self) -> bool:
+        """A read timed out: open (without a flush) when nothing answered for slow_window."""
+        now = time.monotonic()
+        if now - self.last_ok < self.slow_window:
+            return False
+        self.open_until = now + self.cooldown
+        return True
 
 
 class ReadCache:
@@ -172,8 +195,9 @@ class ReadCache:
             try:
                 got = await self._get_or_lease(keys=keys, args=[field, token, self.lease_ms])
             except RedisError as exc:
-                self._failed(exc, entity)
+                self._failed(exc, entity, read=True)
                 return await load()
+            self.breaker.ok()
             if isinstance(got, bytes):
                 CACHE_EVENTS.labels(self.shard, entity, "hit").inc()
                 return got
@@ -208,8 +232,9 @@ class ReadCache:
         try:
             value = await self.redis.hget(_keys(group)[0], field)
         except RedisError as exc:
-            self._failed(exc, entity)
+            self._failed(exc, entity, read=True)
             return None
+        self.breaker.ok()
         CACHE_EVENTS.labels(self.shard, entity, "hit" if value is not None else "pass").inc()
         return value
 
@@ -240,8 +265,17 @@ class ReadCache:
             self.breaker.needs_flush = False
         return True
 
-    def _failed(self, exc: Exception, entity: str) -> None:
+    def _failed(self, exc: Exception, entity: str, *, read: bool = False) -> None:
         CACHE_EVENTS.labels(self.shard, entity, "error").inc()
+        if read and isinstance(exc, RedisTimeoutError):
+            # Slow, not down (Breaker): this request reads the database; the breaker opens
+            # only when Redis has answered nothing for a while.
+            if self.breaker.read_timed_out():
+                log.warning(
+                    "cache answers nothing; reading from the database",
+                    extra={"action": "cache.breaker_open_slow", "shard": self.shard},
+                )
+            return
         if self.breaker.allows():
             log.warning(
                 "cache unavailable; reading from the database",

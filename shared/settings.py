@@ -57,6 +57,8 @@ class FESettings(CommonSettings):
     audit_urls: str = ""
     # Comma-separated base URLs of the anonymizer API: a study consent checks the study exists.
     anonymizer_urls: str = ""
+    # Requests in flight past which more are shed at once with 503 (shared/admission.py).
+    max_in_flight: int = Field(default=64, ge=1)
 
     @property
     def service_list(self) -> list[str]:
@@ -75,6 +77,10 @@ class GatewaySettings(CommonSettings):
     # Seconds a member that failed a connection stays out of rotation.
     member_cooldown: float = Field(default=5.0, gt=0)
     upstream_timeout: float = Field(default=15.0, gt=0)
+    # Requests in flight past which more are shed at once with 503 (shared/admission.py);
+    # GETs the gateway may answer from the cache have the higher bound: they are shed last.
+    max_in_flight: int = Field(default=48, ge=1)
+    max_in_flight_cached: int = Field(default=72, ge=1)
     # Comma-separated base URLs of the audit_service and anonymizer processes.
     audit_urls: str = ""
     anonymizer_urls: str = ""

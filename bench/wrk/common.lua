@@ -48,8 +48,15 @@ function init(args)
    post_headers = { ["Authorization"] = auth, ["Content-Type"] = "application/json" }
 end
 
+-- 503s that carry Retry-After (a shed: the server refused before doing any work) are
+-- counted apart from those that do not (an error that is not load shedding).
+retry_after = 0
+
 function response(status, headers, body)
    statuses[status] = (statuses[status] or 0) + 1
+   if status == 503 and (headers["Retry-After"] or headers["retry-after"]) then
+      retry_after = retry_after + 1
+   end
 end
 
 local function pick_user()
@@ -108,11 +115,12 @@ local function json_object(t)
 end
 
 function done(summary, latency, requests)
-   local merged = {}
+   local merged, with_retry_after = {}, 0
    for _, thread in ipairs(threads) do
       for status, n in pairs(thread:get("statuses") or {}) do
          merged[status] = (merged[status] or 0) + n
       end
+      with_retry_after = with_retry_after + (thread:get("retry_after") or 0)
    end
    local e = summary.errors
    local pct = {}
@@ -123,11 +131,11 @@ function done(summary, latency, requests)
       'BENCH_RESULT {"requests":%d,"duration_us":%d,"bytes":%d,'
          .. '"latency_us":{"mean":%.1f,"max":%d,"stdev":%.1f,"percentiles":{%s}},'
          .. '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},'
-         .. '"statuses":%s}\n',
+         .. '"statuses":%s,"retry_after_503":%d}\n',
       summary.requests, summary.duration, summary.bytes,
       latency.mean, latency.max, latency.stdev, table.concat(pct, ","),
       e.connect, e.read, e.write, e.status, e.timeout,
-      json_object(merged)))
+      json_object(merged), with_retry_after))
 end
 
 return M

@@ -14,6 +14,7 @@ import jinja2
 
 from shared.logs import REQUEST_ID_PATTERN
 from shared.paths import public_regex, refused_regex
+from shared.settings import GatewaySettings
 
 from . import binaries
 from .procs import ManagedProcess, ProcessError, poll
@@ -35,6 +36,11 @@ CIPHERS = ":".join((
     "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
     "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
 ))
+# What one gateway admits at once (shared/settings.py, shared/admission.py). nginx sheds
+# past two thirds of the sum over the gateways: round-robin does not split the requests in
+# flight evenly, and a gateway sent a little more than its share must still admit it.
+GATEWAY_IN_FLIGHT = GatewaySettings.model_fields["max_in_flight"].default
+GATEWAY_IN_FLIGHT_CACHED = GatewaySettings.model_fields["max_in_flight_cached"].default
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,13 @@ PROBLEM_PAGES = (
     ProblemPage(431, "Request Header Fields Too Large", "request headers too large", (494,)),
     ProblemPage(500, "Internal Server Error", "load balancer error", (500,)),
     ProblemPage(502, "Bad Gateway", "no gateway answered", (502,), retry_after=2),
-    ProblemPage(503, "Service Unavailable", "service unavailable", (503,), retry_after=2),
+    # nginx's own 503s are its sheds at the edge (limit_conn in nginx.conf.j2): refused
+    # before reaching a gateway, so certainly not applied.
+    ProblemPage(
+        503, "Service Unavailable",
+        "at capacity: the request was not started and not applied; retry after Retry-After",
+        (503,), retry_after=1,
+    ),
     ProblemPage(
         504, "Gateway Timeout", "the gateway did not answer in time", (504,), retry_after=2
     ),
@@ -86,6 +98,10 @@ class NginxConfig:
     gateways: Sequence[str]
     rate: int = DEFAULT_RATE
     burst: int = DEFAULT_BURST
+    # Requests one gateway admits (all, and those that are not cacheable GETs); the edge
+    # bounds, connection limits and pool sizes follow from them and the number of gateways.
+    gateway_in_flight: int = GATEWAY_IN_FLIGHT
+    gateway_in_flight_cached: int = GATEWAY_IN_FLIGHT_CACHED
     worker_processes: int | str = 1
     # Log files are <logs_dir>/<name>.access.log and <name>.error.log.
     name: str = "nginx"
@@ -105,6 +121,22 @@ class NginxConfig:
     @property
     def logs(self) -> Path:
         return self.logs_dir or self.run_dir / "logs"
+
+    def edge_bounds(self) -> dict[str, int]:
+        """Requests in flight nginx lets through, and its connections to the gateways.
+
+        In flight: two thirds of what the gateways admit together (the rest absorbs an
+        uneven split). Connections: one per request in flight, all to one gateway when the
+        other is down (then its own bound sheds the excess), all kept open in the idle pool.
+        """
+        n = len(self.gateways)
+        edge = n * max(self.gateway_in_flight, self.gateway_in_flight_cached) * 2 // 3
+        return {
+            "edge_in_flight": edge,
+            "edge_in_flight_uncached": n * self.gateway_in_flight * 2 // 3,
+            "upstream_max_conns": edge,
+            "upstream_keepalive": edge,
+        }
 
     def render(self) -> str:
         """Return the nginx.conf text."""
@@ -137,6 +169,7 @@ class NginxConfig:
             gateways=list(self.gateways),
             rate=self.rate,
             burst=self.burst,
+            **self.edge_bounds(),
             worker_processes=self.worker_processes,
             user=self.user,
             errors=PROBLEM_PAGES,

@@ -489,7 +489,8 @@ REQUIRED_ALERTS = {"MedsvcShardDown", "MedsvcOutboxLag", "MedsvcAnonymizerRunOve
 # Components whose metrics the rules name before their code may have landed.
 PENDING_COMPONENTS = {"medsvc_anonymizer_": "anonymizer.metrics"}
 METRIC_MODULES = ("shared.metrics", "shared.cache", "shared.db", "shared.outbox",
-                  "gateway.metrics", "audit_service.metrics", "anonymizer.metrics")
+                  "shared.admission", "gateway.metrics", "gateway.retrybudget",
+                  "audit_service.metrics", "anonymizer.metrics")
 
 
 def _alert_rules() -> list[Obj]:

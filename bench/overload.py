@@ -1,0 +1,218 @@
+"""The overload table: each path at 50, 200, 500 and 1,000 connections through nginx.
+
+What it shows is whether the stack degrades or collapses past saturation: the goodput
+(2xx answers a second) should stay near the 50-connection figure, the latency of the
+successful requests bounded, and every failure an immediate 503 with ``Retry-After`` (a
+shed, shared/admission.py) or a 429 from nginx's rate limit, never a 502, a 504 or a
+timeout. The stack's rate limit is set far above what wrk can send (runner.py), so that
+what is measured is overload, not rate limiting.
+
+wrk's own latency figures mix the successful answers with the (fast) sheds, so the p50 and
+p99 of the 2xx come from nginx's access log (``requestTime``, millisecond resolution: the
+time from the request's first byte to its last byte sent), read for the window of the run.
+Timeouts are wrk's count of requests unanswered after 2 s. The kernel's listen-queue
+overflow counter is machine-wide: another program on a shared machine can move it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.loadgen import Load, LoadResult, WrkRun
+from bench.procstat import CpuMeter
+
+if TYPE_CHECKING:
+    from bench.runner import BenchContext
+
+log = logging.getLogger("bench")
+
+# (key, title, wrk script)
+PATHS = (
+    ("get_user", "cached GET user", "get_user"),
+    ("post_visit", "POST visit", "post_visit"),
+    ("mix", "90/10 read/write mix", "mix"),
+)
+CONNECTIONS = (50, 200, 500, 1000)
+# wrk counts a request unanswered after this long as a timeout: "no request waits 2 s".
+TIMEOUT = 2.0
+# nginx flushes its access-log buffer at least once a second (nginx.conf.j2).
+_LOG_FLUSH = 1.2
+
+
+@dataclass
+class OverloadRow:
+    path: str
+    title: str
+    connections: int
+    seconds: float
+    goodput: float  # 2xx a second
+    p50_ms: float | None  # of the 2xx, from nginx's access log
+    p99_ms: float | None
+    max_ms: float | None
+    shed_503: int  # 503 with Retry-After
+    other_503: int  # 503 without it
+    s429: int
+    timeouts: int
+    s502_504: int
+    other_5xx: int
+    other: int  # anything else that is not 2xx (4xx but 429)
+    socket_errors: int  # connect, read, write errors
+    listen_overflows: int | None  # the kernel's TcpExtListenOverflows during the run
+    statuses: dict[int, int]
+    # Cores busy per component kind during the run (procstat.CpuMeter).
+    cpu_cores: dict[str, float] = field(default_factory=dict)
+
+
+def listen_overflows() -> int | None:
+    """The kernel's count of connections dropped because a listen queue was full."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(table["ListenOverflows"]) if "ListenOverflows" in table else None
+    return None
+
+
+def _ok_latencies_ms(log_path: Path, offset: int) -> list[float]:
+    """``requestTime`` (ms) of the 2xx lines nginx wrote past ``offset``."""
+    out = []
+    with log_path.open("rb") as f:
+        f.seek(offset)
+        for line in f:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            status, took = entry.get("status"), entry.get("requestTime")
+            if isinstance(status, int) and 200 <= status < 300 and took is not None:
+                out.append(float(took) * 1000.0)
+    return out
+
+
+def _percentile(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=1000, method="inclusive")[int(p * 10) - 1]
+
+
+async def _wrk(ctx: BenchContext, script: str, load: Load, seconds: float) -> LoadResult:
+    run = WrkRun(ctx.stack.base_url, script, ctx.wrk_args(), load, seconds)
+    await run.start()
+    return await run.result()
+
+
+async def measure_level(
+    ctx: BenchContext, key: str, title: str, script: str, connections: int
+) -> OverloadRow:
+    """One path at one number of connections: a short warm-up, then the measured run."""
+    opts = ctx.options
+    load = Load(connections=connections, threads=opts.load.threads,
+                duration=opts.overload_duration, timeout=TIMEOUT)  # fmt: skip
+    if opts.warmup > 0:
+        await _wrk(ctx, script, load, min(opts.warmup, 3.0))
+    await asyncio.sleep(_LOG_FLUSH)  # the warm-up's lines reach the log before the offset
+    await ctx.gate.wait(ctx.components())
+    access_log = ctx.stack.logs_dir / "nginx.access.log"
+    offset = access_log.stat().st_size if access_log.exists() else 0
+    overflows_before = listen_overflows()
+    meter = CpuMeter(ctx.components())
+    meter.start()
+    started = time.monotonic()
+    result = await _wrk(ctx, script, load, opts.overload_duration)
+    cpu = meter.stop(time.monotonic() - started)
+    overflows_after = listen_overflows()
+    await asyncio.sleep(_LOG_FLUSH)
+    ok_ms = _ok_latencies_ms(access_log, offset) if access_log.exists() else []
+    st = result.statuses
+    ok = sum(n for s, n in st.items() if 200 <= s < 300)
+    s503 = st.get(503, 0)
+    row = OverloadRow(
+        path=key, title=title, connections=connections, seconds=result.seconds,
+        goodput=ok / result.seconds if result.seconds else 0.0,
+        p50_ms=_percentile(ok_ms, 50), p99_ms=_percentile(ok_ms, 99),
+        max_ms=max(ok_ms) if ok_ms else None,
+        shed_503=result.retry_after_503, other_503=s503 - result.retry_after_503,
+        s429=st.get(429, 0), timeouts=result.errors.get("timeout", 0),
+        s502_504=st.get(502, 0) + st.get(504, 0),
+        other_5xx=sum(n for s, n in st.items() if 500 <= s < 600 and s not in (502, 503, 504)),
+        other=sum(n for s, n in st.items() if 300 <= s < 500 and s != 429),
+        socket_errors=sum(v for k, v in result.errors.items() if k not in ("status", "timeout")),
+        listen_overflows=(overflows_after - overflows_before
+                          if overflows_before is not None and overflows_after is not None
+                          else None),
+        statuses=dict(sorted(st.items())), cpu_cores=cpu,
+    )  # fmt: skip
+    log.info(
+        "overload %-22s %5d conns: %7.0f 2xx/s  p50 %s  p99 %s  shed %d  429 %d  timeouts %d"
+        "  502/504 %d  other 5xx %d  overflows %s",
+        title, connections, row.goodput, _ms(row.p50_ms), _ms(row.p99_ms), row.shed_503,
+        row.s429, row.timeouts, row.s502_504, row.other_5xx, row.listen_overflows,
+    )  # fmt: skip
+    return row
+
+
+async def overload(ctx: BenchContext) -> list[OverloadRow]:
+    """Every path at every number of connections, as rows of the overload table."""
+    rows = []
+    for key, title, script in PATHS:
+        if key not in ctx.options.overload_paths:
+            continue
+        for connections in ctx.options.overload_connections:
+            for proc in ctx.stack.processes():
+                proc.check_alive()
+            rows.append(await measure_level(ctx, key, title, script, connections))
+    return rows
+
+
+def markdown(rows: list[OverloadRow]) -> list[str]:
+    """The table, with each row's goodput and p99 compared with its path's fewest connections."""
+    if not rows:
+        return []
+    lines = [
+        "| path | conns | goodput 2xx/s | vs first | p50 ms (2xx) | p99 ms (2xx) | p99 vs first "
+        "| max ms (2xx) | shed 503 | 429 | timeouts | 502/504 | other 5xx | other | "
+        "socket errors | listen overflows |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    first: dict[str, OverloadRow] = {}
+    for r in rows:
+        base = first.setdefault(r.path, r)
+        good = f"{r.goodput / base.goodput:.2f}" if base.goodput else ""
+        p99 = f"{r.p99_ms / base.p99_ms:.2f}" if r.p99_ms and base.p99_ms else ""
+        lines.append(
+            f"| {r.title} | {r.connections} | {r.goodput:,.0f} | {good} | {_ms(r.p50_ms)} "
+            f"| {_ms(r.p99_ms)} | {p99} | {_ms(r.max_ms)} | {r.shed_503} | {r.s429} "
+            f"| {r.timeouts} | {r.s502_504} | {r.other_5xx + r.other_503} | {r.other} "
+            f"| {r.socket_errors} | {'' if r.listen_overflows is None else r.listen_overflows} |"
+        )
+    return lines
+
+
+def cpu_markdown(rows: list[OverloadRow]) -> list[str]:
+    """Cores busy per component during each level: where the sheds' CPU went."""
+    kinds = ["wrk", "nginx", "gateway", "fe", "redis", "postgres", "kernel", "other", "idle"]
+    lines = ["| path | conns | " + " | ".join(kinds) + " |", "|---|---:|" + "---:|" * len(kinds)]
+    for r in rows:
+        cells = [f"{r.cpu_cores[k]:.2f}" if k in r.cpu_cores else "" for k in kinds]
+        lines.append(f"| {r.title} | {r.connections} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def as_json(rows: list[OverloadRow]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in rows]
+
+
+def _ms(v: float | None) -> str:
+    return "" if v is None else f"{v:.1f}"
