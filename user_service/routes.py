@@ -95,14 +95,16 @@ async def patch_user(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     _check_patch_fields(body)
     expected = if_match_version(request)
-    async with transaction(pool(request)) as conn:
-        await begin_write(conn, request, caller, "user_service")
-        current = await store.lock_user(conn, user_name)
-        policy.may_update_user(caller, user_name, current["role"], set(body))
-        merged = merge_patch(_client_state(store.row_to_user(current)), body)
-        user = UserIn.model_validate_json(orjson.dumps(merged))
-        row = await store.update_user(conn, user, expected, current["version"])
-    await cache(request).invalidate("user", user_group(user_name))
+    # The fence keeps every hop from serving the old user from the cache (shared/cache.py).
+    async with cache(request).fence("user", user_group(user_name)) as fence:
+        async with transaction(pool(request)) as conn:
+            await begin_write(conn, request, caller, "user_service")
+            current = await store.lock_user(conn, user_name)
+            policy.may_update_user(caller, user_name, current["role"], set(body))
+            merged = merge_patch(_client_state(store.row_to_user(current)), body)
+            user = UserIn.model_validate_json(orjson.dumps(merged))
+            row = await store.update_user(conn, user, expected, current["version"])
+            fence.check()
     return user_response(row)
 
 

@@ -147,18 +147,27 @@ async def test_concurrent_readers_and_writers_leave_the_cache_equal_to_the_datab
         assert (await admin.call("GET", f"/v1/users/{user['userName']}")).body["version"] == db_version
 
 
-async def test_redis_stopped_and_restarted_fails_no_request_and_serves_nothing_stale(admin: Api, stack) -> None:
+async def test_redis_stopped_and_restarted_fails_no_read_and_serves_nothing_stale(admin: Api, stack) -> None:
+    """Reads go on from PostgreSQL; a write the FE server cannot fence is refused (503) and
+    changes nothing, since other hops might still reach Redis (shared/cache.py)."""
     users = [await patient_on_shard(admin, stack, s) for s in (0, 1)]
     latest = {u["userName"]: 1 for u in users}
+    applied = {u["userName"]: 0 for u in users}
+    refused = {u["userName"]: 0 for u in users}
     failures: list[tuple[str, int]] = []
     stop = asyncio.Event()
 
     async def traffic(name: str) -> None:
         while not stop.is_set():
             patched = await admin.call("PATCH", f"/v1/users/{name}", {"phone": "+1 555 7777"})
+            if patched.status == 503 and patched.problem and patched.headers.get("Retry-After"):
+                refused[name] += 1
+                await asyncio.sleep(0.05)
+                continue
             if patched.status != 200:
                 failures.append(("PATCH", patched.status))
                 continue
+            applied[name] += 1
             latest[name] = max(latest[name], patched.body["version"])
             floor = latest[name]  # every write acknowledged before this read began
             read = await admin.call("GET", f"/v1/users/{name}")
@@ -178,8 +187,11 @@ async def test_redis_stopped_and_restarted_fails_no_request_and_serves_nothing_s
         stop.set()
         await asyncio.gather(*tasks)
     assert failures == []
+    shard0, shard1 = (u["userName"] for u in users)
+    assert refused[shard0] > 0 and refused[shard1] == 0, refused
     for name, version in latest.items():
-        assert (await admin.call("GET", f"/v1/users/{name}")).body["version"] == version
+        read = (await admin.call("GET", f"/v1/users/{name}")).body["version"]
+        assert read == version == 1 + applied[name], "a refused write changed nothing"
 
 
 async def test_cached_entries_are_served_only_to_those_allowed(admin: Api, stack, http, token) -> None:
