@@ -63,6 +63,8 @@ CACHE_EVENTS = Counter(
 # precedes the fence's deadline by a wide margin.
 FENCE_MS = 30_000
 COMMIT_WITHIN = 10.0
+# The most entries one group holds (a user: 1; a patient: visits and list pages together).
+GROUP_MAX_ENTRIES = 64
 # How long a write keeps trying to reach Redis before giving up (s), before and after commit.
 WRITE_RETRY_BUDGET = 1.0
 
@@ -87,12 +89,17 @@ redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]) * 4)
 return {1}
 """
 
-# KEYS[1] group hash, KEYS[2] lease hash; ARGV: field, token, value, ttl ms.
+# KEYS[1] group hash, KEYS[2] lease hash; ARGV: field, token, value, ttl ms, most entries.
 # Fills only while the caller's lease stands: an invalidation since the lease removed it.
+# A full group first drops one entry at random, so that no caller can grow a group without
+# bound (distinct `since=` values each make a new list page).
 _FILL = """
 local held = redis.call('HGET', KEYS[2], ARGV[1])
 if not held or string.sub(held, 1, string.len(ARGV[2]) + 1) ~= ARGV[2] .. '|' then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  redis.call('HDEL', KEYS[1], redis.call('HRANDFIELD', KEYS[1]))
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
 return 1
@@ -232,7 +239,9 @@ class ReadCache:
         value = await load()
         if value is not None:
             try:
-                filled = await self._fill(keys=keys, args=[field, token, value, self.ttl_ms])
+                filled = await self._fill(
+                    keys=keys, args=[field, token, value, self.ttl_ms, GROUP_MAX_ENTRIES]
+                )
             except RedisError as exc:
                 self._failed(exc, entity)
             else:

@@ -10,9 +10,9 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.cache import ReadCache, pack_entry, unpack_entry
+from shared.cache import GROUP_MAX_ENTRIES, ReadCache, pack_entry, unpack_entry
 from tests.e2e.api import Api, unique
-from shared.cachekeys import user_group
+from shared.cachekeys import user_group, visits_group
 
 
 @pytest.fixture
@@ -215,3 +215,25 @@ async def test_cached_entries_are_served_only_to_those_allowed(admin: Api, stack
     assert (await doc.call("GET", f"/v1/users/{staff}")).status == 403
     assert (await doc.call("GET", paths[2])).status == 200
     assert (await Api(http, stack.base_url, None).call("GET", paths[0])).status == 401
+
+
+async def test_a_patient_cannot_grow_their_cache_group_without_bound(admin: Api, stack, http, token) -> None:
+    """Distinct ``since=`` values each make a list page; the group keeps at most a bounded number."""
+    user = await patient_on_shard(admin, stack, 0)
+    name = user["userName"]
+    visit = await admin.create_visit(name, startedAt="2026-03-01T08:00:00Z")
+    me = Api(http, stack.base_url, token(name, "patient"))
+    for minute in range(GROUP_MAX_ENTRIES * 2):
+        since = f"2026-01-01T00:{minute // 60:02d}:{minute % 60:02d}Z"
+        page = await me.call("GET", f"/v1/users/{name}/visits", params={"since": since})
+        assert page.status == 200 and [v["visitId"] for v in page.body["items"]] == [visit["visitId"]]
+    r = aioredis.Redis.from_url(stack.shard_map.shard(0).redis)
+    try:
+        held = await r.hlen(f"{{{visits_group(name)}}}")
+    finally:
+        await r.aclose()
+    assert 0 < held <= GROUP_MAX_ENTRIES
+    # What stays cached is still right: a new visit shows at once on a cached page.
+    later = await admin.create_visit(name, startedAt="2026-04-01T08:00:00Z")
+    page = await me.call("GET", f"/v1/users/{name}/visits", params={"since": "2026-01-01T00:00:05Z"})
+    assert [v["visitId"] for v in page.body["items"]] == [later["visitId"], visit["visitId"]]
