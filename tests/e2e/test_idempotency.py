@@ -178,3 +178,30 @@ async def lost_connections(http, stack) -> float:
         async with http.get(gw.url + "/metrics") as resp:
             total += sum(float(v) for v in pattern.findall(await resp.text()))
     return total
+
+
+async def test_study_and_run_creations_replay_with_their_key(http, stack, token) -> None:
+    researcher = Api(http, stack.base_url, token("dr.keyed", "researcher"))
+    study_id = unique("keyed")
+    body = {"studyId": study_id, "title": "Keyed"}
+    key = {"Idempotency-Key": f"study-{study_id}"}
+    first = await researcher.call("POST", "/v1/studies", body, headers=key)
+    assert first.status == 201
+    again = await researcher.call("POST", "/v1/studies", body, headers=key)
+    assert again.status == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.body == first.body
+    other = await researcher.call("POST", "/v1/studies", body | {"title": "Other"}, headers=key)
+    assert other.status == 422 and other.problem
+    unkeyed = await researcher.call("POST", "/v1/studies", body)
+    assert unkeyed.status == 409  # without a key, a retry is a second attempt
+
+    path = f"/v1/studies/{study_id}/runs"
+    run_key = {"Idempotency-Key": f"run-{study_id}"}
+    run = await researcher.call("POST", path, headers=run_key)
+    assert run.status == 202
+    replay = await researcher.call("POST", path, headers=run_key)
+    assert replay.status == 202 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.body["runId"] == run.body["runId"]
+    assert replay.headers["Location"] == run.headers["Location"]
+    runs = await researcher.call("GET", path)
+    assert [r["runId"] for r in runs.body["items"]] == [run.body["runId"]]
