@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from shared import idempotency
 from shared.dbsetup import ensure_database, migrate
 from audit_service import store
 from audit_service.routes import SETTINGS, setup_routes
@@ -39,6 +40,7 @@ def create_app(settings: AuditSettings) -> web.Application:
         if settings.audit_create_database:
             await ensure_database(settings.audit_dsn, owner_password)
         await migrate(settings.audit_dsn, owner_password, "audit", store.MIGRATIONS)
+        await migrate(settings.audit_dsn, owner_password, *idempotency.migration_set())
         writer = settings.audit_writer_password
         async with pool_scope(
             settings.writer_dsn, password=writer.get_secret_value() if writer else None,

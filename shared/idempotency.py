@@ -80,14 +80,21 @@ def migration_set() -> tuple[str, Path]:
     return ("idempotency", MIGRATIONS)
 
 
-async def key_of(request: web.Request, caller: Principal) -> IdempotencyKey | None:
-    """The request's key, or None without the header; 400 when it is not 1..255 visible ASCII."""
+async def key_of(
+    request: web.Request, caller: Principal, body: bytes | None = None
+) -> IdempotencyKey | None:
+    """The request's key, or None without the header; 400 when it is not 1..255 visible ASCII.
+
+    ``body``: the request body, when the handler read it from the stream itself (else it is
+    read here, through aiohttp's cache of it).
+    """
     raw = request.headers.get(HEADER)
     if raw is None:
         return None
     if not _KEY.fullmatch(raw):
         raise BadRequest(f"{HEADER} must be 1 to 255 visible ASCII characters")
-    body = await request.read() if request.body_exists else b""
+    if body is None:
+        body = await request.read() if request.body_exists else b""
     return IdempotencyKey(caller.sub, request.path, raw, hashlib.sha256(body).digest())
 
 

@@ -205,3 +205,17 @@ async def test_study_and_run_creations_replay_with_their_key(http, stack, token)
     assert replay.headers["Location"] == run.headers["Location"]
     runs = await researcher.call("GET", path)
     assert [r["runId"] for r in runs.body["items"]] == [run.body["runId"]]
+
+
+async def test_a_keyed_audit_event_is_recorded_once(admin: Api) -> None:
+    entity = f"keyed-{uuid.uuid4()}"
+    body = {"entityType": "note", "entityId": entity, "action": "create"}
+    key = {"Idempotency-Key": f"audit-{entity}"}
+    first = await admin.call("POST", "/v1/audit/events", body, headers=key)
+    assert first.status == 201
+    again = await admin.call("POST", "/v1/audit/events", body, headers=key)
+    assert again.status == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.body == first.body
+    assert (await admin.call("POST", "/v1/audit/events", body | {"action": "update"}, headers=key)).status == 422
+    events = await admin.call("GET", "/v1/audit/events", params={"entityType": "note", "entityId": entity})
+    assert [e["eventId"] for e in events.body["items"]] == [first.body["eventId"]]
