@@ -15,7 +15,7 @@ import uuid
 import asyncpg
 import pytest
 
-from shared.idempotency import IdempotencyKey
+from shared.idempotency import IdempotencyKey, purge_expired
 from tests.e2e.api import Api, unique
 
 
@@ -219,3 +219,28 @@ async def test_a_keyed_audit_event_is_recorded_once(admin: Api) -> None:
     assert (await admin.call("POST", "/v1/audit/events", body | {"action": "update"}, headers=key)).status == 422
     events = await admin.call("GET", "/v1/audit/events", params={"entityType": "note", "entityId": entity})
     assert [e["eventId"] for e in events.body["items"]] == [first.body["eventId"]]
+
+
+async def test_a_key_older_than_24_hours_is_forgotten_and_purged(admin: Api, stack) -> None:
+    patient = (await admin.create_patient())["userName"]
+    path = f"/v1/users/{patient}/visits"
+    key = {"Idempotency-Key": "yesterday"}
+    first = await admin.call("POST", path, visit_body(), headers=key)
+    assert first.status == 201
+    conn = await asyncpg.connect(stack.shard_map.shard(stack.shard_map.shard_id_for(patient)).postgres)
+    try:
+        # A day and a bit later (the clock moved by ageing the row).
+        await conn.execute(
+            """UPDATE idempotency_keys SET created_at = now() - interval '25 hours'
+               WHERE caller = 'admin' AND path = $1""", path)
+        fresh = await admin.call("POST", path, visit_body(11), headers=key)
+        assert fresh.status == 201 and "Idempotent-Replayed" not in fresh.headers
+        assert fresh.body["visitId"] != first.body["visitId"]
+        assert await visit_count(stack, patient) == 2
+        await conn.execute(
+            """UPDATE idempotency_keys SET created_at = now() - interval '25 hours'
+               WHERE caller = 'admin' AND path = $1""", path)
+        assert await purge_expired(conn) >= 1
+        assert await conn.fetchval("SELECT count(*) FROM idempotency_keys WHERE path = $1", path) == 0
+    finally:
+        await conn.close()
