@@ -187,11 +187,12 @@ async def cut_fe(stack, tmp_path) -> AsyncIterator[tuple[ServiceProcess, RedisCu
             shard["redis"] = f"redis://127.0.0.1:{port}/0"
     shard_map = tmp_path / "shardmap.json"
     shard_map.write_text(json.dumps(doc))
-    env = dict(stack.fe[0][0].env or {})
+    twin = stack.fe[0][0]  # started the same way as this FE server, but for the shard map
+    env = dict(twin.env or {})
     env["MEDSVC_SHARD_MAP"] = str(shard_map)
-    fe = ServiceProcess("fe-shard-0-cut", "shared.fe_server", free_port(), stack.logs_dir / "fe-shard-0-cut.log",
-                        args=["--shard", "0", "--services", "user,visit"], env=env,
-                        cwd=stack.fe[0][0].cwd)
+    args = twin.argv[3:twin.argv.index("--port")]
+    fe = ServiceProcess("fe-shard-0-cut", twin.module, free_port(), stack.logs_dir / "fe-shard-0-cut.log",
+                        args=args, env=env, cwd=twin.cwd)
     await fe.start()
     try:
         yield fe, proxy
