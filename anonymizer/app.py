@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from shared import idempotency
 from shared.dbsetup import ensure_database, migrate
 from anonymizer import metrics, store
 from anonymizer.extract import Extractor
@@ -40,6 +41,7 @@ async def extractor_scope(settings: AnonymizerSettings, shard_map: ShardMap) -> 
     if settings.anonymizer_create_database:
         await ensure_database(settings.anonymizer_dsn, password)
     await migrate(settings.anonymizer_dsn, password, "anonymizer", store.MIGRATIONS)
+    await migrate(settings.anonymizer_dsn, password, *idempotency.migration_set())
     shard_password = (settings.anonymizer_shard_password.get_secret_value()
                       if settings.anonymizer_shard_password else password)
     shard_pools = ShardPools(shard_map, shard_password, settings.anonymizer_shard_pool_max,

@@ -15,8 +15,9 @@ from aiohttp import web
 from anonymizer import shards, store
 from anonymizer.extract import Extractor, begin_run, execute
 from anonymizer.models import StudyIn
-from shared import policy
+from shared import idempotency, policy
 from shared.auth import Principal
+from shared.db import transaction
 from shared.errors import Conflict, FieldError, NotFound, ValidationFailed
 from shared.httpio import (
     decode_cursor, decode_instant_cursor, encode_cursor, encode_instant_cursor, json_response,
@@ -101,9 +102,15 @@ async def create_study(request: web.Request) -> web.Response:
     caller = researcher(request)
     body = await read_json_object(request)
     study = StudyIn.model_validate_json(orjson.dumps(body))
-    row = await store.insert_study(extractor(request).registry, study, caller.sub)
-    return json_response(study_json(row, 0, None, None), status=201,
-                         headers={"Location": f"/v1/studies/{study.studyId}"})
+    key = await idempotency.key_of(request, caller)
+    async with transaction(extractor(request).registry, store.WHAT) as conn:
+        if (replay := await idempotency.claim(conn, key)) is not None:
+            return replay
+        row = await store.insert_study(conn, study, caller.sub)
+        response = json_response(study_json(row, 0, None, None), status=201,
+                                 headers={"Location": f"/v1/studies/{study.studyId}"})
+        await idempotency.record(conn, key, response)
+    return response
 
 
 async def list_studies(request: web.Request) -> web.Response:
@@ -142,14 +149,23 @@ async def start_run(request: web.Request) -> web.Response:
     study_id = path_study_id(request)
     if request.body_exists and (await request.read()).strip() not in (b"", b"{}"):
         raise ValidationFailed(errors=[FieldError("body", "a run takes no parameters")])
-    handle = await begin_run(extractor(request), study_id, "api", caller.sub)
-    assert handle is not None
-    tasks = request.app[RUN_TASKS]
-    task = asyncio.create_task(execute(handle), name=f"run-{handle.row['run_id']}")
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
-    return json_response(run_json(handle.row), status=202,
-                         headers={"Location": _run_location(study_id, handle.row["run_id"])})
+    key = await idempotency.key_of(request, caller)
+    # The run row commits on the run's own connection (it must show as running at once), so
+    # the key's answer is kept by a transaction that holds the key around the run's start: a
+    # crash between the two leaves the key free and the run orphaned (marked failed).
+    async with transaction(extractor(request).registry, store.WHAT) as conn:
+        if (replay := await idempotency.claim(conn, key)) is not None:
+            return replay
+        handle = await begin_run(extractor(request), study_id, "api", caller.sub)
+        assert handle is not None
+        tasks = request.app[RUN_TASKS]
+        task = asyncio.create_task(execute(handle), name=f"run-{handle.row['run_id']}")
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        response = json_response(run_json(handle.row), status=202,
+                                 headers={"Location": _run_location(study_id, handle.row["run_id"])})
+        await idempotency.record(conn, key, response)
+    return response
 
 
 async def _existing_study(ex: Extractor, study_id: str) -> None:

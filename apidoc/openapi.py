@@ -57,7 +57,12 @@ ERRORS: dict[int, tuple[str, str, tuple[str, ...]]] = {
     401: ("Unauthorized", "No bearer token, or one that is not valid or has expired.", ()),
     403: ("Forbidden", "The caller's role may not do this.", ()),
     404: ("NotFound", "No such resource.", ()),
-    409: ("Conflict", "The resource already exists.", ()),
+    409: (
+        "Conflict",
+        "The resource already exists (or is busy: a run in progress; a request with the same "
+        "`Idempotency-Key` still in progress).",
+        (),
+    ),
     412: (
         "PreconditionFailed",
         "`If-Match` names a version other than the current one; nothing changed.",
@@ -102,6 +107,23 @@ HEADERS: dict[str, dict[str, Any]] = {
         "required": True,
         "schema": {"type": "integer", "minimum": 0},
     },
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the first attempt's answer, replayed for a retry "
+        "with the same `Idempotency-Key` (nothing was changed by the retry).",
+        "required": False,
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
+
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Makes a retry safe: the same key, from the same caller, to the same path, "
+    "within 24 hours, gets the first attempt's status and body (with `Idempotent-Replayed: "
+    "true`) and changes nothing; with another body it is 422; while the first attempt is "
+    "still running, 409. Without a key no hop ever retries a POST.",
+    "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
 }
 
 IF_MATCH = {
@@ -158,6 +180,8 @@ def _parameters(op: Operation) -> list[dict[str, Any]]:
     params += [{"$ref": f"#/components/parameters/{q}"} for q in op.query]
     if op.method == "PATCH":
         params.append({"$ref": "#/components/parameters/If-Match"})
+    if op.method == "POST":
+        params.append({"$ref": "#/components/parameters/Idempotency-Key"})
     return params
 
 
@@ -169,6 +193,8 @@ def _success(op: Operation, schemas: _Schemas) -> dict[str, Any]:
     names = ("ETag",) if single else ()
     if op.success in (201, 202) and op.response is not None:
         names = (*names, "Location")
+    if op.method == "POST":
+        names = (*names, "Idempotent-Replayed")
     response: dict[str, Any] = {
         "description": _DESCRIPTIONS[op.success],
         "headers": _headers(*names),
@@ -212,6 +238,8 @@ def _operation(op: Operation, schemas: _Schemas) -> dict[str, Any]:
     for status in op.also:
         responses[str(status)] = {**success, "description": _DESCRIPTIONS[status]}
     statuses = set(op.errors) if op.public else set(op.errors) | set(COMMON_ERRORS)
+    if op.method == "POST":
+        statuses |= {400, 409, 422}  # a malformed, busy or reused Idempotency-Key
     for status in sorted(statuses):
         responses[str(status)] = {"$ref": f"#/components/responses/{ERRORS[status][0]}"}
     doc["responses"] = responses
@@ -241,6 +269,7 @@ def _components(schemas: _Schemas) -> dict[str, Any]:
         }
     )
     parameters["If-Match"] = IF_MATCH
+    parameters["Idempotency-Key"] = IDEMPOTENCY_KEY
     return {
         "schemas": schemas.components,
         "responses": responses,

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from shared import idempotency
 from shared.dbsetup import connect_with_retry, ensure_database, migrate
 from audit_service import store
 from audit_service.checkpoints import Notary
@@ -47,6 +48,7 @@ def create_app(settings: AuditSettings) -> web.Application:
         if settings.audit_create_database:
             await ensure_database(settings.audit_dsn, owner_password)
         await migrate(settings.audit_dsn, owner_password, "audit", store.MIGRATIONS)
+        await migrate(settings.audit_dsn, owner_password, *idempotency.migration_set())
         owner = await connect_with_retry(settings.audit_dsn, owner_password)
         try:
             await store.backfill_tree(owner)

@@ -35,9 +35,10 @@ from audit_service.verify import make_checkpoint, verify_database
 from audit_service.metrics import APPEND_SECONDS, CHAIN_LAST_SEQ, EVENTS_APPENDED, EVENTS_DUPLICATE
 from audit_service.models import FILTER_MAX_LENGTH, NAME_PATTERN, EventBatch, EventIn, NewEvent
 from audit_service.settings import AuditSettings
+from shared import idempotency
 from shared.appkeys import PG_POOL
 from shared.auth import Principal
-from shared.db import db_errors
+from shared.db import db_errors, transaction
 from shared.errors import (
     BadRequest, FieldError, Forbidden, NotFound, PayloadTooLarge, Unavailable,
     UnsupportedMediaType, ValidationFailed,
@@ -50,6 +51,8 @@ NOTARY = web.AppKey("audit_notary", Notary | None)
 LOG_MEMO = web.AppKey("audit_log_memo", dict)
 _QUERY = frozenset({"entityType", "entityId", "actor", "since", "until", "limit", "cursor"})
 _NAME = re.compile(NAME_PATTERN)
+# The namespace of the eventIds given to keyed POSTs that name none.
+_KEYED_EVENTS = uuid.UUID("5f0c8a52-6a5e-4d0e-9d43-2b4f3c1d7e90")
 
 
 # -- access -----------------------------------------------------------------------------------
@@ -212,6 +215,22 @@ async def record_event(request: web.Request) -> web.Response:
     if not isinstance(parsed, dict):
         raise ValidationFailed(errors=[FieldError("body", "must be a JSON object")])
     new = NewEvent.model_validate_json(raw)
+    key = await idempotency.key_of(request, caller, raw)
+    if key is None:
+        return await _append(request, new, caller)
+    if new.eventId is None:
+        # A retry with this key names the same event, so even one whose first answer was never
+        # kept (the process died after the append) stores nothing twice.
+        new = new.model_copy(update={"eventId": uuid.uuid5(_KEYED_EVENTS, f"{caller.sub}\0{key.key}")})
+    async with transaction(request.app[PG_POOL], "the audit database") as conn:
+        if (replay := await idempotency.claim(conn, key)) is not None:
+            return replay
+        response = await _append(request, new, caller)
+        await idempotency.record(conn, key, response)
+    return response
+
+
+async def _append(request: web.Request, new: NewEvent, caller: Principal) -> web.Response:
     pending = _checked([_pending(new, actor=new.actor or caller.sub, source=f"api/{caller.sub}")])[0]
     started = time.perf_counter()
     stored, created = await store.append_one(request.app[PG_POOL], pending)

@@ -19,6 +19,7 @@ from shared.cache import ReadCache
 from shared.db import pool_scope
 from shared.hosting import HostedService
 from shared.httpio import MAX_BODY
+from shared.idempotency import migration_set as idempotency_migration_set
 from shared.migrate import apply_migrations
 from shared.ops import setup_ops
 from shared.outbox import RelayConfig, outbox_migration_sets, relay_context
@@ -55,10 +56,11 @@ def migration_sets(names: list[str]) -> list[tuple[str, Path]]:
 
     for name in names:
         visit(name)
-    # Then the audit outbox and the audit triggers of these services' tables.
+    # Then the audit outbox and the audit triggers of these services' tables, and the
+    # answers kept for Idempotency-Key retries.
     return [(svc.name, svc.migrations) for svc in ordered] + outbox_migration_sets(
         [svc.name for svc in ordered]
-    )
+    ) + [idempotency_migration_set()]
 
 
 def create_app(settings: FESettings, shard_map: ShardMap) -> web.Application:

@@ -42,7 +42,9 @@ async def audit(request: web.Request) -> web.Response:
         raise Unavailable("no audit service is configured", retry_after=30)
     body = await request.read() if request.body_exists else None
     try:
-        up = await forward(cluster, request.method, request.raw_path, dict(request.headers), body)
+        # audit_service keeps the answers of keyed POSTs: a lost one may be sent again.
+        up = await forward(cluster, request.method, request.raw_path, dict(request.headers), body,
+                           keyed_posts=True)
     except Unavailable as exc:
         raise Unavailable(
             "the audit service is unavailable (a POST may or may not have been recorded: "

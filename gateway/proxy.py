@@ -21,8 +21,23 @@ from shared.logs import request_id_var
 log = logging.getLogger("medsvc.gateway")
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
-_FORWARD_REQUEST = ("Authorization", "Content-Type", "If-Match", "Accept")
-_FORWARD_RESPONSE = ("Content-Type", "ETag", "Location", "Retry-After", "Allow")
+_FORWARD_REQUEST = ("Authorization", "Content-Type", "If-Match", "Accept", "Idempotency-Key")
+_FORWARD_RESPONSE = (
+    "Content-Type", "ETag", "Location", "Retry-After", "Allow", "Idempotent-Replayed",
+)
+
+
+def retry_safe(method: str, headers: CIMultiDict[str], keyed_posts: bool) -> bool:
+    """May a request whose connection was lost after sending be sent again?
+
+    Idempotent methods; and, where the cluster honours keys (``keyed_posts``), a POST carrying
+    an Idempotency-Key: the FE server stores the key with the write in one transaction, so a
+    second attempt replays the first one's answer (or waits for it) instead of writing again.
+    A POST without a key never is.
+    """
+    if method in IDEMPOTENT:
+        return True
+    return keyed_posts and method == "POST" and "Idempotency-Key" in headers
 
 
 @dataclass
@@ -38,16 +53,19 @@ class Upstream:
 
 
 async def forward(
-    cluster: Cluster, method: str, path_qs: str, headers: dict[str, str], body: bytes | None
+    cluster: Cluster, method: str, path_qs: str, headers: dict[str, str], body: bytes | None,
+    *, keyed_posts: bool = False,
 ) -> Upstream:
     """Send the request to a live member of ``cluster``, failing over where that is safe.
 
     A refused connection never reached a server, so any method moves on to the next member.
-    A connection lost after sending is retried only for idempotent methods: a POST or PATCH
-    may have committed, so its caller gets 503 rather than a second write.
+    A connection lost after sending is retried only where :func:`retry_safe` says so: a POST
+    without an Idempotency-Key, or a PATCH, may have committed, so its caller gets 503 rather
+    than a second write.
     """
     shard, service = str(cluster.shard_id), cluster.service
-    out_headers = {k: v for k in _FORWARD_REQUEST if (v := headers.get(k)) is not None}
+    given = CIMultiDict(headers)  # header names are case-insensitive, whatever the client sent
+    out_headers = CIMultiDict((k, v) for k in _FORWARD_REQUEST if (v := given.get(k)) is not None)
     out_headers["X-Request-ID"] = request_id_var.get()
     for attempt, member in enumerate(cluster.candidates()):
         if not BUDGET.admit(attempt):  # retries stay a fraction of requests (retrybudget.py)
@@ -67,7 +85,7 @@ async def forward(
             outcome, retry = "refused", True
             error: Exception = exc
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            outcome, retry = "lost", method in IDEMPOTENT
+            outcome, retry = "lost", retry_safe(method, out_headers, keyed_posts)
             error = exc
         else:
             cluster.mark_ok(member)

@@ -69,7 +69,8 @@ async def user_scoped(request: web.Request) -> web.Response:
         if cached is not None:
             return cached
     cluster = cluster_for(request.app, shard_id, service)
-    up = await forward(cluster, request.method, request.raw_path, dict(request.headers), await _body(request))
+    up = await forward(cluster, request.method, request.raw_path, dict(request.headers),
+                       await _body(request), keyed_posts=True)
     return up.response()
 
 
@@ -96,7 +97,7 @@ async def create_user(request: web.Request) -> web.Response:
     shard_id = shard_map.shard_id_for(user_name) if user_name else shard_map.shards[0].id
     request["shard"] = shard_id
     cluster = cluster_for(request.app, shard_id, "user")
-    up = await forward(cluster, "POST", request.raw_path, dict(request.headers), body)
+    up = await forward(cluster, "POST", request.raw_path, dict(request.headers), body, keyed_posts=True)
     return up.response()
 
 

@@ -21,5 +21,7 @@ async def studies(request: web.Request) -> web.Response:
     if cluster is None:
         raise Unavailable("no anonymizer is configured", retry_after=30)
     body = await request.read() if request.body_exists else None
-    up = await forward(cluster, request.method, request.raw_path, dict(request.headers), body)
+    # The anonymizer keeps the answers of keyed POSTs: a lost one may be sent again.
+    up = await forward(cluster, request.method, request.raw_path, dict(request.headers), body,
+                       keyed_posts=True)
     return up.response()

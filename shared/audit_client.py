@@ -31,6 +31,19 @@ class AuditUnavailable(AuditError):
 class AuditRejected(AuditError):
     """audit_service refused the batch (4xx): a bug or a misconfiguration (e.g. the secret)."""
 
+    # Refusals that say nothing about the batch itself: the relay's credentials, a timeout,
+    # a rate limit. Any other 4xx refuses the batch's content, and will again.
+    TRANSIENT = frozenset({401, 403, 408, 429})
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def for_good(self) -> bool:
+        """Would the same batch be refused again?"""
+        return self.status not in self.TRANSIENT
+
 
 class AuditClient:
     """POSTs event batches to one of ``urls`` (round-robin, failing over on errors)."""
@@ -68,7 +81,7 @@ class AuditClient:
                     if resp.status < 300:
                         return
                     if resp.status < 500:
-                        raise AuditRejected(f"{url} answered {resp.status}: {detail[:500]!r}")
+                        raise AuditRejected(resp.status, f"{url} answered {resp.status}: {detail[:500]!r}")
                     failures.append(f"{url}: {resp.status}")
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 failures.append(f"{url}: {type(exc).__name__}")

@@ -3,27 +3,40 @@
 Entries live in Redis hashes, one hash per *group* (everything one write invalidates: a
 user; all visits and visit lists of a patient). A miss takes a **lease** on its field; only
 the lease holder loads from PostgreSQL and fills, and only while its lease still stands.
-A writer, after its transaction commits, deletes the group **and its leases**, so a reader
-that loaded the old row before the commit finds its lease gone and cannot put the old value
-back (the stale-set race). Readers that miss while a lease is out wait briefly for the fill
-instead of all reading the database (the thundering herd), and concurrent misses inside one
-process share one load (single flight).
+Readers that miss while a lease is out wait briefly for the fill instead of all reading the
+database (the thundering herd), and concurrent misses inside one process share one load
+(single flight).
+
+Writes are **fenced** (:meth:`ReadCache.fence`). Before its transaction, a writer deletes the
+group and its leases and puts a fence on it: a token with a deadline (Redis time). While a
+fence stands no lease is granted, so nothing can be filled, and every reader of the group
+(the gateway's fast path included) finds nothing cached and reads PostgreSQL. After the
+commit the writer deletes the group again and lifts its fence. Hence:
+
+- a writer that cannot reach Redis *before* writing refuses the write (503, nothing changed):
+  it could not stop other hops, which may still reach Redis, from serving the old value;
+- a writer that cannot reach Redis *after* committing (Redis paused, or this process cut off
+  from it) still answers success: its fence keeps the group uncached until the fence's
+  deadline, and the commit happened well before that deadline (a transaction that ran longer
+  than :data:`COMMIT_WITHIN` is rolled back instead of committed), so the first fill after
+  the fence loads the committed row;
+- a reader that loaded the old row before the write cannot put it back (the stale-set race):
+  the fence deleted its lease.
 
 If Redis fails, a circuit breaker sends reads straight to PostgreSQL for a cool-down instead
-of paying the timeout on every request, and writes still succeed. Before the cache is used
-again, the process flushes it: a value cached before the outage may be older than a write
-made while Redis was away.
+of paying the timeout on every request. Nothing needs flushing when Redis comes back: no write
+succeeded without its fence. (Redis runs without persistence: a restarted Redis is empty.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 from prometheus_client import Counter
@@ -33,23 +46,40 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.errors import Unavailable
+
 log = logging.getLogger("medsvc.cache")
 
 CACHE_EVENTS = Counter(
     "medsvc_cache_events_total",
     "Read-cache outcomes by shard and entity: hit, miss (a lease: one database load), fill,"
     " wait (for another reader's fill), timeout (waited in vain, loaded), error, bypass,"
-    " pass (the gateway found nothing and passed the read on)",
+    " fenced (a write is in progress: loaded, not filled), pass (the gateway found nothing"
+    " and passed the read on)",
     ["shard", "entity", "event"],
 )
 
-# KEYS[1] group hash, KEYS[2] lease hash; ARGV: field, token, lease ms.
-# Returns the cached value, or {1} when the caller now holds the lease, or {0} to wait.
+# How long a write's fence stands at most (ms), and how soon after putting it up the write
+# must commit (s): a transaction that took longer is rolled back, so that the commit always
+# precedes the fence's deadline by a wide margin.
+FENCE_MS = 30_000
+COMMIT_WITHIN = 10.0
+# The most entries one group holds (a user: 1; a patient: visits and list pages together).
+GROUP_MAX_ENTRIES = 64
+# How long a write keeps trying to reach Redis before giving up (s), before and after commit.
+WRITE_RETRY_BUDGET = 1.0
+
+# KEYS[1] group hash, KEYS[2] lease hash, KEYS[3] fence hash; ARGV: field, token, lease ms.
+# Returns the cached value, or {1} when the caller now holds the lease, or {0} to wait, or
+# {2} when a write's fence stands (load, do not fill).
 _GET_OR_LEASE = """
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if v then return v end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for _, deadline in ipairs(redis.call('HVALS', KEYS[3])) do
+  if tonumber(deadline) > now then return {2} end
+end
 local held = redis.call('HGET', KEYS[2], ARGV[1])
 if held then
   local exp = tonumber(string.match(held, '|(%d+)$'))
@@ -60,14 +90,38 @@ redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]) * 4)
 return {1}
 """
 
-# KEYS[1] group hash, KEYS[2] lease hash; ARGV: field, token, value, ttl ms.
+# KEYS[1] group hash, KEYS[2] lease hash; ARGV: field, token, value, ttl ms, most entries.
 # Fills only while the caller's lease stands: an invalidation since the lease removed it.
+# A full group first drops one entry at random, so that no caller can grow a group without
+# bound (distinct `since=` values each make a new list page).
 _FILL = """
 local held = redis.call('HGET', KEYS[2], ARGV[1])
 if not held or string.sub(held, 1, string.len(ARGV[2]) + 1) ~= ARGV[2] .. '|' then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  redis.call('HDEL', KEYS[1], redis.call('HRANDFIELD', KEYS[1]))
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
+return 1
+"""
+
+# KEYS: group, lease and fence hashes; ARGV: token, fence ms. Empties the group, cancels the
+# leases (no fill of a value loaded before this write), and puts up the writer's fence.
+_FENCE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[3], ARGV[1], now + tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[2]))
+return 1
+"""
+
+# KEYS: group, lease and fence hashes; ARGV: token. After the commit: empty the group again
+# and lift this writer's fence (another writer's fence stays).
+_UNFENCE = """
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HDEL', KEYS[3], ARGV[1])
 return 1
 """
 
@@ -76,19 +130,17 @@ Loader = Callable[[], Awaitable[bytes | None]]
 
 @dataclass
 class Breaker:
-    """Open after a Redis failure; closed again only after a successful probe and a flush.
+    """Open for a cool-down after a Redis failure: reads go to PostgreSQL meanwhile.
 
     *Slow* is not *down*: a read that times out while Redis still answers other commands
     (a machine saturated by a burst) only bypasses the cache for that request. The breaker
     opens for slowness only once reads have timed out for ``slow_window`` seconds with no
-    command answered in between, and then without a flush (a read missed no write).
-    Otherwise every gateway and FE server would send all reads to PostgreSQL at once, and
-    flush the cache for everyone, exactly when the machine has the least to spare.
+    command answered in between. Otherwise every gateway and FE server would send all reads
+    to PostgreSQL at once, exactly when the machine has the least to spare.
     """
 
     cooldown: float
     open_until: float = 0.0
-    needs_flush: bool = False
     slow_window: float = 1.0
     last_ok: float = field(default_factory=time.monotonic)
 
@@ -97,14 +149,13 @@ class Breaker:
 
     def trip(self) -> None:
         self.open_until = time.monotonic() + self.cooldown
-        self.needs_flush = True
 
     def ok(self) -> None:
         """Redis answered a command."""
         self.last_ok = time.monotonic()
 
     def read_timed_out(self) -> bool:
-        """A read timed out: open (without a flush) when nothing answered for slow_window."""
+        """A read timed out: open when nothing answered for ``slow_window``."""
         now = time.monotonic()
         if now - self.last_ok < self.slow_window:
             return False
@@ -128,7 +179,6 @@ class ReadCache:
         # group -> field -> the load in flight in this process (single flight).
         self._inflight: dict[str, dict[str, asyncio.Future[bytes | None]]] = {}
         self.redis: aioredis.Redis | None = None
-        self._recovery: asyncio.Task[None] | None = None
         if redis_url:
             self.redis = aioredis.Redis.from_url(
                 redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
@@ -142,6 +192,8 @@ class ReadCache:
             )
             self._get_or_lease = self.redis.register_script(_GET_OR_LEASE)
             self._fill = self.redis.register_script(_FILL)
+            self._fence = self.redis.register_script(_FENCE)
+            self._unfence = self.redis.register_script(_UNFENCE)
 
     @property
     def enabled(self) -> bool:
@@ -153,10 +205,6 @@ class ReadCache:
             await self.redis.ping()
 
     async def close(self) -> None:
-        if self._recovery is not None:
-            self._recovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recovery
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -203,6 +251,9 @@ class ReadCache:
                 return got
             if got == [1]:
                 break
+            if got == [2]:
+                CACHE_EVENTS.labels(self.shard, entity, "fenced").inc()
+                return await load()
             # Another reader holds the lease: wait for its fill rather than load too.
             CACHE_EVENTS.labels(self.shard, entity, "wait").inc()
             if time.monotonic() + delay > deadline:
@@ -214,7 +265,9 @@ class ReadCache:
         value = await load()
         if value is not None:
             try:
-                filled = await self._fill(keys=keys, args=[field, token, value, self.ttl_ms])
+                filled = await self._fill(
+                    keys=keys, args=[field, token, value, self.ttl_ms, GROUP_MAX_ENTRIES]
+                )
             except RedisError as exc:
                 self._failed(exc, entity)
             else:
@@ -238,32 +291,35 @@ class ReadCache:
         CACHE_EVENTS.labels(self.shard, entity, "hit" if value is not None else "pass").inc()
         return value
 
-    async def invalidate(self, entity: str, group: str) -> None:
-        """Drop a group and its outstanding leases; call after the write's commit."""
-        if self.redis is None:
-            return
-        # A load that started before this write may return the old row: later readers in
-        # this process must not join it.
+    def fence(self, entity: str, group: str) -> WriteFence:
+        """The fence of one write to ``group``: ``async with cache.fence(...) as f:`` around
+        the transaction, calling ``f.check()`` just before it commits."""
+        return WriteFence(self, entity, group)
+
+    async def _run_for_write(self, entity: str, group: str, script: Any, args: list[Any]) -> bool:
+        """Run a write's fence script, retrying for :data:`WRITE_RETRY_BUDGET`; True if it ran.
+
+        Tried even while the breaker is open: Redis may be back, and the other hops may be
+        reading it. A load that started before this write may return the old row: later
+        readers in this process must not join it.
+        """
+        assert self.redis is not None
         self._inflight.pop(group, None)
-        # Tried even while the breaker is open: Redis may be back for the other FE servers,
-        # which would serve the old value. Writes are rare; a dead Redis refuses at once.
-        try:
-            await self.redis.delete(*_keys(group))
-        except RedisError as exc:
-            self._failed(exc, entity)  # the flush before this process's next use covers it
+        deadline = time.monotonic() + WRITE_RETRY_BUDGET
+        delay = 0.05
+        while True:
+            try:
+                await script(keys=_keys(group), args=args)
+                return True
+            except RedisError as exc:
+                self._failed(exc, entity)
+            if time.monotonic() + delay >= deadline:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
 
     async def _usable(self) -> bool:
-        if self.redis is None or not self.breaker.allows():
-            return False
-        if self.breaker.needs_flush:
-            try:
-                await self.redis.flushdb()
-            except RedisError as exc:
-                self._failed(exc, "cache")
-                return False
-            log.warning("cache flushed after an outage", extra={"action": "cache.flushed", "shard": self.shard})
-            self.breaker.needs_flush = False
-        return True
+        return self.redis is not None and self.breaker.allows()
 
     def _failed(self, exc: Exception, entity: str, *, read: bool = False) -> None:
         CACHE_EVENTS.labels(self.shard, entity, "error").inc()
@@ -282,24 +338,52 @@ class ReadCache:
                 extra={"action": "cache.breaker_open", "shard": self.shard, "error": type(exc).__name__},
             )
         self.breaker.trip()
-        if self._recovery is None or self._recovery.done():
-            self._recovery = asyncio.get_running_loop().create_task(self._recover())
 
-    async def _recover(self) -> None:
-        """Probe until Redis answers, then flush: whether or not requests come to find out.
 
-        Until then, a value cached before the outage could be served by a process that did
-        not see it (the gateway's fast path, another FE server).
-        """
-        while self.breaker.needs_flush:
-            await asyncio.sleep(self.breaker.cooldown)
-            if self.breaker.allows():
-                await self._usable()
+class WriteFence:
+    """One write's fence on a group (see the module docstring)."""
+
+    def __init__(self, cache: ReadCache, entity: str, group: str) -> None:
+        self.cache, self.entity, self.group = cache, entity, group
+        self.token = uuid.uuid4().hex
+        self.raised_at = 0.0
+
+    async def __aenter__(self) -> WriteFence:
+        if self.cache.redis is None:
+            return self
+        self.raised_at = time.monotonic()
+        if not await self.cache._run_for_write(
+            self.entity, self.group, self.cache._fence, [self.token, FENCE_MS]
+        ):
+            raise Unavailable(
+                "the shard's read cache cannot be reached, so the change could not be made "
+                "safely (other servers could go on showing the old value); nothing was changed",
+                retry_after=2,
+            )
+        return self
+
+    def check(self) -> None:
+        """Call just before the commit: Unavailable (so a rollback) when it is too late."""
+        if self.cache.redis is not None and time.monotonic() - self.raised_at > COMMIT_WITHIN:
+            raise Unavailable(
+                "the change took too long and was not made; nothing was changed", retry_after=2
+            )
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.cache.redis is None:
+            return
+        # Lifted whether the write committed or not; if Redis cannot be reached now, the
+        # fence lapses at its deadline, long after the commit, and the group fills afresh.
+        if not await self.cache._run_for_write(
+            self.entity, self.group, self.cache._unfence, [self.token]
+        ):
+            log.warning("write fence left to lapse", extra={
+                "action": "cache.fence_lapse", "shard": self.cache.shard, "entity": self.entity})  # fmt: skip
 
 
 def _keys(group: str) -> list[str]:
-    # One hash tag per group: the value hash and its lease hash stay on one Redis slot.
-    return [f"{{{group}}}", f"{{{group}}}:lease"]
+    # One hash tag per group: the value, lease and fence hashes stay on one Redis slot.
+    return [f"{{{group}}}", f"{{{group}}}:lease", f"{{{group}}}:fence"]
 
 
 def pack_entry(role: str, version: int | None, body: bytes) -> bytes:

@@ -22,6 +22,13 @@ At least once: rows are deleted only after audit_service acknowledged the batch;
 shipped twice (leader killed between ack and delete) is harmless because audit_service is
 idempotent on ``eventId``. While audit_service is unreachable the leader backs off
 exponentially (0.1 s doubling to 5 s) and the events wait in the outbox.
+
+Dead letters. A batch audit_service refuses for good (a 4xx that is not about credentials
+or load) is retried ``REFUSALS_BEFORE_SPLIT`` times, then shipped in halves, recursively,
+until each refused event stands alone; those are moved to the shard's dead-letter table
+(:mod:`shared.dead_letters`), counted, alerted on, and replayed by an operator's command. The
+rest ships. The relay skips the later events of an entity with a dead letter, so that the
+entity's events still enter the chain in commit order.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
+from shared import dead_letters
 from shared.audit_client import AuditClient, AuditError, AuditRejected
 from shared.db import mask_dsn
 from shared.tasks import background
@@ -69,6 +77,17 @@ RELAY_ERRORS = Counter(
     "medsvc_audit_relay_errors_total", "Relay failures, by kind (audit_down, rejected, database)",
     ["shard", "kind"],
 )
+DEAD_LETTERED = Counter(
+    "medsvc_audit_dead_lettered_total",
+    "Audit events audit_service refused for good, moved to the shard's dead-letter table",
+    ["shard"],
+)
+DEAD_LETTERS = Gauge(
+    "medsvc_audit_dead_letters",
+    "Audit events in the shard's dead-letter table, waiting for an operator's replay", ["shard"],
+)
+# Times a batch is refused for good before it is split to find the refused events.
+REFUSALS_BEFORE_SPLIT = 3
 RELAY_LEADER = Gauge(
     "medsvc_audit_relay_leader", "1 while this process is its shard's shipping relay", ["shard"]
 )
@@ -77,19 +96,25 @@ RELAY_LEADER = Gauge(
 # {before} and {after} placeholders become a CASE over the registered entity types, calling
 # each one's API-shaping function (see _shaping_sql).
 _FETCH = """
-SELECT s.id, s.entity_type, extract(epoch FROM clock_timestamp() - s.occurred_at)::float8 AS age,
+SELECT s.id, s.entity_type, s.entity_id,
+       extract(epoch FROM clock_timestamp() - s.occurred_at)::float8 AS age,
        json_build_object(
            'eventId', s.event_id, 'entityType', s.entity_type, 'entityId', s.entity_id,
            'action', s.action, 'actor', s.actor, 'source', s.source, 'requestId', s.request_id,
            'occurredAt', audit_rfc3339(s.occurred_at),
            'changes', audit_changes(s.b, s.a, t.fields), 'before', s.b, 'after', s.a)::text AS event
-FROM (SELECT o.*, {before} AS b, {after} AS a FROM audit_outbox o ORDER BY o.id LIMIT $1) s
+FROM (SELECT o.*, {before} AS b, {after} AS a FROM audit_outbox o
+      -- an entity with a dead letter waits behind it (its order in the chain)
+      WHERE NOT EXISTS (SELECT 1 FROM audit_dead_letters d
+                        WHERE d.entity_type = o.entity_type AND d.entity_id = o.entity_id)
+      ORDER BY o.id LIMIT $1) s
 LEFT JOIN audit_entity_types t USING (entity_type)
 ORDER BY s.id"""
-# outbox_backlog: size and oldest age, for the metrics.
+# outbox_backlog: size and oldest age, and the dead letters, for the metrics.
 _BACKLOG = """
 SELECT count(*) AS n,
-       coalesce(extract(epoch FROM clock_timestamp() - min(occurred_at)), 0)::float8 AS age
+       coalesce(extract(epoch FROM clock_timestamp() - min(occurred_at)), 0)::float8 AS age,
+       (SELECT count(*) FROM audit_dead_letters) AS dead
 FROM audit_outbox"""
 
 
@@ -147,6 +172,8 @@ class OutboxRelay:
         self._failing_since: float | None = None
         self._last_warning = 0.0
         self._query, self._types = "", frozenset[str]()
+        self._refusals = 0
+        self._next_replay_check = 0.0
 
     async def run(self) -> None:
         """Run until cancelled; database trouble means reconnecting and standing again."""
@@ -189,6 +216,7 @@ class OutboxRelay:
         row = await conn.fetchrow(_BACKLOG)
         OUTBOX_BACKLOG.labels(self.shard).set(row["n"])
         OUTBOX_OLDEST_AGE.labels(self.shard).set(row["age"])
+        DEAD_LETTERS.labels(self.shard).set(row["dead"])
 
     async def _fetch(self, conn: asyncpg.Connection) -> list[asyncpg.Record]:
         """The next rows; an entity type registered since the query was built rebuilds it."""
@@ -201,6 +229,7 @@ class OutboxRelay:
     async def _ship_forever(self, conn: asyncpg.Connection) -> None:
         self._query, self._types = await fetch_query(conn)
         while True:
+            await self._take_replays(conn)
             rows = await self._fetch(conn)
             if len(rows) == self.cfg.batch_rows:
                 await self._observe_backlog(conn)
@@ -212,19 +241,75 @@ class OutboxRelay:
                 continue
             batch = self._take(rows)
             fetched = time.monotonic()
-            if not await self._ship(batch):
+            error = await self._ship(batch)
+            if _for_good(error) and self._refusals >= REFUSALS_BEFORE_SPLIT:
+                self._refusals = 0
+                if not await self._split(conn, batch, set(), fetched):
+                    await self._back_off(conn)
+                continue
+            if error is not None:
                 await self._back_off(conn)
                 continue
-            # delete_shipped: exactly the rows audit_service acknowledged.
-            await conn.execute(
-                "DELETE FROM audit_outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in batch]
-            )
-            OUTBOX_SHIPPED.labels(self.shard).inc(len(batch))
-            waited = time.monotonic() - fetched
-            for r in batch:
-                OUTBOX_LAG.labels(self.shard).observe(r["age"] + waited)
+            await self._shipped(conn, batch, fetched)
             if len(batch) == len(rows) and len(rows) < self.cfg.batch_rows:
                 await asyncio.sleep(self.cfg.poll_interval)
+
+    async def _shipped(self, conn: asyncpg.Connection, batch: list[asyncpg.Record], fetched: float) -> None:
+        """Delete the rows audit_service stored and count them."""
+        # delete_shipped: exactly the rows audit_service acknowledged.
+        await conn.execute(
+            "DELETE FROM audit_outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in batch]
+        )
+        OUTBOX_SHIPPED.labels(self.shard).inc(len(batch))
+        waited = time.monotonic() - fetched
+        for r in batch:
+            OUTBOX_LAG.labels(self.shard).observe(r["age"] + waited)
+
+    async def _split(
+        self, conn: asyncpg.Connection, rows: list[asyncpg.Record], buried: set[tuple[str, str]],
+        fetched: float,
+    ) -> bool:
+        """Ship ``rows`` in halves until each refused event stands alone; bury those.
+
+        Rows of an entity buried earlier in this pass are left in the outbox (they wait behind
+        it). False when audit_service stopped answering meanwhile (the caller backs off).
+        """
+        rows = [r for r in rows if (r["entity_type"], r["entity_id"]) not in buried]
+        if not rows:
+            return True
+        error = await self._ship(rows)
+        if error is None:
+            await self._shipped(conn, rows, fetched)
+            return True
+        if not _for_good(error):
+            return False
+        if len(rows) > 1:
+            mid = len(rows) // 2
+            return await self._split(conn, rows[:mid], buried, fetched) and await self._split(
+                conn, rows[mid:], buried, fetched
+            )
+        (row,) = rows
+        await dead_letters.bury(conn, [row["id"]], str(error)[:1000])
+        buried.add((row["entity_type"], row["entity_id"]))
+        DEAD_LETTERED.labels(self.shard).inc()
+        DEAD_LETTERS.labels(self.shard).set(await dead_letters.count(conn))
+        log.error("audit_service refused an event for good; it is in the dead letters", extra={
+            "action": "outbox.dead_lettered", "shard": self.cfg.shard_id, "outboxId": row["id"],
+            "entityType": row["entity_type"], "error": str(error)[:500]})  # fmt: skip
+        self._backoff = 0.0
+        return True
+
+    async def _take_replays(self, conn: asyncpg.Connection) -> None:
+        """Once a second: put back the dead letters an operator asked to replay."""
+        if time.monotonic() < self._next_replay_check:
+            return
+        self._next_replay_check = time.monotonic() + 1.0
+        if await dead_letters.exist(conn):
+            restored = await dead_letters.restore_requested(conn)
+            if restored:
+                log.info("dead letters put back in the outbox", extra={
+                    "action": "outbox.replayed", "shard": self.cfg.shard_id, "events": restored})  # fmt: skip
+                DEAD_LETTERS.labels(self.shard).set(await dead_letters.count(conn))
 
     async def _back_off(self, conn: asyncpg.Connection) -> None:
         """Wait out the backoff, keeping the backlog metrics fresh (the outbox grows meanwhile)."""
@@ -242,13 +327,15 @@ class OutboxRelay:
                 return rows[:n]
         return rows
 
-    async def _ship(self, batch: list[asyncpg.Record]) -> bool:
-        """POST one batch; False (and the next backoff set) when it was not stored."""
+    async def _ship(self, batch: list[asyncpg.Record]) -> AuditError | None:
+        """POST one batch: None once stored, else why not (and the next backoff set)."""
         body = ('{"events":[' + ",".join(r["event"] for r in batch) + "]}").encode()
         try:
             await self.client.post_batch(body, f"outbox-{self.shard}-{uuid.uuid4().hex[:12]}")
         except AuditError as exc:
             kind = "rejected" if isinstance(exc, AuditRejected) else "audit_down"
+            if isinstance(exc, AuditRejected) and exc.for_good:
+                self._refusals += 1
             RELAY_ERRORS.labels(self.shard, kind).inc()
             self._backoff = min(max(self._backoff * 2, 0.1), self.cfg.max_backoff)
             now = time.monotonic()
@@ -259,14 +346,19 @@ class OutboxRelay:
                 log.warning("audit_service did not store a batch; keeping it", extra={
                     "action": f"outbox.{kind}", "shard": self.cfg.shard_id, "events": len(batch),
                     "error": str(exc)[:500], "retryIn": self._backoff})  # fmt: skip
-            return False
+            return exc
         if self._failing_since is not None:
             log.info("audit_service is storing again", extra={
                 "action": "outbox.recovered", "shard": self.cfg.shard_id,
                 "downSeconds": round(time.monotonic() - self._failing_since, 1)})  # fmt: skip
             self._failing_since, self._last_warning = None, 0.0
-        self._backoff = 0.0
-        return True
+        self._backoff, self._refusals = 0.0, 0
+        return None
+
+
+def _for_good(error: AuditError | None) -> bool:
+    """Would audit_service refuse the same events again?"""
+    return isinstance(error, AuditRejected) and error.for_good
 
 
 async def _close(conn: asyncpg.Connection) -> None:

@@ -14,6 +14,7 @@ from shared.httpio import (
     decode_cursor, encode_cursor, etag, if_match_version, json_response, limit_param,
     merge_patch, read_json_object,
 )
+from shared import idempotency
 from shared.writes import begin_write
 from shared.cache import pack_entry, unpack_entry
 from shared.cachekeys import USER_FIELD, user_group
@@ -43,10 +44,15 @@ async def create_user(request: web.Request) -> web.Response:
     user = UserIn.model_validate_json(orjson.dumps(body))
     require_owned(request, user.userName)
     policy.may_create_user(caller, user.role)
+    key = await idempotency.key_of(request, caller)
     async with transaction(pool(request)) as conn:
+        if (replay := await idempotency.claim(conn, key)) is not None:
+            return replay
         await begin_write(conn, request, caller, "user_service")
         row = await store.insert_user(conn, user)
-    return user_response(row, status=201)
+        response = user_response(row, status=201)
+        await idempotency.record(conn, key, response)
+    return response
 
 
 async def get_user(request: web.Request) -> web.Response:
@@ -89,14 +95,16 @@ async def patch_user(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     _check_patch_fields(body)
     expected = if_match_version(request)
-    async with transaction(pool(request)) as conn:
-        await begin_write(conn, request, caller, "user_service")
-        current = await store.lock_user(conn, user_name)
-        policy.may_update_user(caller, user_name, current["role"], set(body))
-        merged = merge_patch(_client_state(store.row_to_user(current)), body)
-        user = UserIn.model_validate_json(orjson.dumps(merged))
-        row = await store.update_user(conn, user, expected, current["version"])
-    await cache(request).invalidate("user", user_group(user_name))
+    # The fence keeps every hop from serving the old user from the cache (shared/cache.py).
+    async with cache(request).fence("user", user_group(user_name)) as fence:
+        async with transaction(pool(request)) as conn:
+            await begin_write(conn, request, caller, "user_service")
+            current = await store.lock_user(conn, user_name)
+            policy.may_update_user(caller, user_name, current["role"], set(body))
+            merged = merge_patch(_client_state(store.row_to_user(current)), body)
+            user = UserIn.model_validate_json(orjson.dumps(merged))
+            row = await store.update_user(conn, user, expected, current["version"])
+            fence.check()
     return user_response(row)
 
 

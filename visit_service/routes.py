@@ -17,6 +17,7 @@ from shared.httpio import (
     limit_param, parse_instant,
     merge_patch, read_json_object,
 )
+from shared import idempotency
 from shared.writes import begin_write
 from shared.cache import pack_entry, unpack_entry
 from shared.cachekeys import VISIT_LIST_PARAMS, visit_field, visit_list_field, visits_group
@@ -71,15 +72,22 @@ async def create_visit(request: web.Request) -> web.Response:
     visit = VisitIn.model_validate_json(orjson.dumps(body))
     if visit.clinician is None:
         visit = visit.model_copy(update={"clinician": caller.sub})
-    async with transaction(pool(request)) as conn:
-        await begin_write(conn, request, caller, "visit_service")
-        role = await user_role(conn, user_name, lock=True)
-        policy.may_write_visits(caller, role)
-        if role != "patient":
-            raise ValidationFailed(errors=[FieldError("userName", "visits are recorded for patients only")])
-        row = await store.insert_visit(conn, user_name, visit)
-    await cache(request).invalidate("visit", visits_group(user_name))
-    return visit_response(row, status=201)
+    key = await idempotency.key_of(request, caller)
+    # The fence keeps every hop from serving the patient's old visit lists (shared/cache.py).
+    async with cache(request).fence("visit", visits_group(user_name)) as fence:
+        async with transaction(pool(request)) as conn:
+            if (replay := await idempotency.claim(conn, key)) is not None:
+                return replay
+            await begin_write(conn, request, caller, "visit_service")
+            role = await user_role(conn, user_name, lock=True)
+            policy.may_write_visits(caller, role)
+            if role != "patient":
+                raise ValidationFailed(errors=[FieldError("userName", "visits are recorded for patients only")])
+            row = await store.insert_visit(conn, user_name, visit)
+            response = visit_response(row, status=201)
+            await idempotency.record(conn, key, response)
+            fence.check()
+    return response
 
 
 async def get_visit(request: web.Request) -> web.Response:
@@ -154,15 +162,16 @@ async def patch_visit(request: web.Request) -> web.Response:
     if errors:
         raise ValidationFailed(errors=errors)
     expected = if_match_version(request)
-    async with transaction(pool(request)) as conn:
-        await begin_write(conn, request, caller, "visit_service")
-        role = await user_role(conn, user_name)
-        policy.may_write_visits(caller, role)
-        current = await store.lock_visit(conn, user_name, visit_id)
-        merged = merge_patch(_client_state(store.row_to_visit(current)), body)
-        visit = VisitIn.model_validate_json(orjson.dumps(merged))
-        row = await store.update_visit(conn, visit_id, visit, expected, current["version"])
-    await cache(request).invalidate("visit", visits_group(user_name))
+    async with cache(request).fence("visit", visits_group(user_name)) as fence:
+        async with transaction(pool(request)) as conn:
+            await begin_write(conn, request, caller, "visit_service")
+            role = await user_role(conn, user_name)
+            policy.may_write_visits(caller, role)
+            current = await store.lock_visit(conn, user_name, visit_id)
+            merged = merge_patch(_client_state(store.row_to_visit(current)), body)
+            visit = VisitIn.model_validate_json(orjson.dumps(merged))
+            row = await store.update_visit(conn, visit_id, visit, expected, current["version"])
+            fence.check()
     return visit_response(row)
 
 

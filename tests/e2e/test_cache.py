@@ -10,9 +10,9 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.cache import ReadCache, pack_entry, unpack_entry
+from shared.cache import GROUP_MAX_ENTRIES, ReadCache, pack_entry, unpack_entry
 from tests.e2e.api import Api, unique
-from shared.cachekeys import user_group
+from shared.cachekeys import user_group, visits_group
 
 
 @pytest.fixture
@@ -147,18 +147,27 @@ async def test_concurrent_readers_and_writers_leave_the_cache_equal_to_the_datab
         assert (await admin.call("GET", f"/v1/users/{user['userName']}")).body["version"] == db_version
 
 
-async def test_redis_stopped_and_restarted_fails_no_request_and_serves_nothing_stale(admin: Api, stack) -> None:
+async def test_redis_stopped_and_restarted_fails_no_read_and_serves_nothing_stale(admin: Api, stack) -> None:
+    """Reads go on from PostgreSQL; a write the FE server cannot fence is refused (503) and
+    changes nothing, since other hops might still reach Redis (shared/cache.py)."""
     users = [await patient_on_shard(admin, stack, s) for s in (0, 1)]
     latest = {u["userName"]: 1 for u in users}
+    applied = {u["userName"]: 0 for u in users}
+    refused = {u["userName"]: 0 for u in users}
     failures: list[tuple[str, int]] = []
     stop = asyncio.Event()
 
     async def traffic(name: str) -> None:
         while not stop.is_set():
             patched = await admin.call("PATCH", f"/v1/users/{name}", {"phone": "+1 555 7777"})
+            if patched.status == 503 and patched.problem and patched.headers.get("Retry-After"):
+                refused[name] += 1
+                await asyncio.sleep(0.05)
+                continue
             if patched.status != 200:
                 failures.append(("PATCH", patched.status))
                 continue
+            applied[name] += 1
             latest[name] = max(latest[name], patched.body["version"])
             floor = latest[name]  # every write acknowledged before this read began
             read = await admin.call("GET", f"/v1/users/{name}")
@@ -178,8 +187,11 @@ async def test_redis_stopped_and_restarted_fails_no_request_and_serves_nothing_s
         stop.set()
         await asyncio.gather(*tasks)
     assert failures == []
+    shard0, shard1 = (u["userName"] for u in users)
+    assert refused[shard0] > 0 and refused[shard1] == 0, refused
     for name, version in latest.items():
-        assert (await admin.call("GET", f"/v1/users/{name}")).body["version"] == version
+        read = (await admin.call("GET", f"/v1/users/{name}")).body["version"]
+        assert read == version == 1 + applied[name], "a refused write changed nothing"
 
 
 async def test_cached_entries_are_served_only_to_those_allowed(admin: Api, stack, http, token) -> None:
@@ -203,3 +215,25 @@ async def test_cached_entries_are_served_only_to_those_allowed(admin: Api, stack
     assert (await doc.call("GET", f"/v1/users/{staff}")).status == 403
     assert (await doc.call("GET", paths[2])).status == 200
     assert (await Api(http, stack.base_url, None).call("GET", paths[0])).status == 401
+
+
+async def test_a_patient_cannot_grow_their_cache_group_without_bound(admin: Api, stack, http, token) -> None:
+    """Distinct ``since=`` values each make a list page; the group keeps at most a bounded number."""
+    user = await patient_on_shard(admin, stack, 0)
+    name = user["userName"]
+    visit = await admin.create_visit(name, startedAt="2026-03-01T08:00:00Z")
+    me = Api(http, stack.base_url, token(name, "patient"))
+    for minute in range(GROUP_MAX_ENTRIES * 2):
+        since = f"2026-01-01T00:{minute // 60:02d}:{minute % 60:02d}Z"
+        page = await me.call("GET", f"/v1/users/{name}/visits", params={"since": since})
+        assert page.status == 200 and [v["visitId"] for v in page.body["items"]] == [visit["visitId"]]
+    r = aioredis.Redis.from_url(stack.shard_map.shard(0).redis)
+    try:
+        held = await r.hlen(f"{{{visits_group(name)}}}")
+    finally:
+        await r.aclose()
+    assert 0 < held <= GROUP_MAX_ENTRIES
+    # What stays cached is still right: a new visit shows at once on a cached page.
+    later = await admin.create_visit(name, startedAt="2026-04-01T08:00:00Z")
+    page = await me.call("GET", f"/v1/users/{name}/visits", params={"since": "2026-01-01T00:00:05Z"})
+    assert [v["visitId"] for v in page.body["items"]] == [later["visitId"], visit["visitId"]]
