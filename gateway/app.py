@@ -10,7 +10,7 @@ from aiohttp import web
 from gateway.balancer import Cluster, Member
 from gateway.fastpath import CACHES
 from gateway.central import CENTRAL, central_clusters
-from gateway.routes import setup_routes
+from gateway.routes import plain_path_middleware, setup_routes
 from gateway.state import CLUSTERS, SHARD_MAP, VERIFIER
 from shared.admission import OPERATIONS_PATHS, Limiter, admission_middleware
 from shared.auth import TokenVerifier
@@ -43,7 +43,7 @@ def create_app(settings: GatewaySettings, shard_map: ShardMap) -> web.Applicatio
     })  # fmt: skip
     app = web.Application(
         middlewares=[admission_middleware(limiter, request_class), observe_middleware,
-                     error_middleware],
+                     error_middleware, plain_path_middleware],
         client_max_size=MAX_BODY,
     )  # fmt: skip
     app[SHARD_MAP] = shard_map
