@@ -12,14 +12,21 @@ exactly one run's window, however long it ran and whenever it committed.
 
 Participants. Consent is read in the same snapshot. Someone consenting now who was not a
 participant at the last successful run (the registry keeps the pids) gets their whole
-history; someone who was gets the rows changed in the window.
+history; someone who was gets the rows changed in the window. Someone whose consent has a
+different version than at the last run withdrew and consented again in between: a withdrawal
+record, then their whole history again.
+
+Two phases, in the one snapshot: first the consents and the participants' user rows (the
+run needs every shard's before it can apply k-anonymity and write the head of the body:
+withdrawals and participant records), then, once the head is written, the visits, streamed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Awaitable, Callable, Collection
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,17 +35,18 @@ import orjson
 
 from anonymizer import deidentify
 from anonymizer.deidentify import StudyKeys
-from anonymizer.store import KIND_CODES, RecordRow
 from shared.db import create_pool, db_errors
 from shared.errors import Unavailable
 from shared.shardmap import Shard, ShardMap
 
-Emit = Callable[[list[RecordRow]], Awaitable[None]]
-_VISIT = KIND_CODES["visit"]
+# A batch of visit records as NDJSON bytes, and how many records it holds.
+Emit = Callable[[bytes, int], Awaitable[None]]
+# Called with the shard's participants (phase one); returns once the head of the body is written.
+HeadDone = Callable[["ShardResult"], Awaitable[None]]
 
-# participants_now: the study's consents in force in this snapshot.
+# participants_now: the study's consents in force in this snapshot, with their versions.
 _CONSENTS = """
-SELECT user_name FROM study_consents WHERE study_id = $1 AND withdrawn_at IS NULL"""
+SELECT user_name, version FROM study_consents WHERE study_id = $1 AND withdrawn_at IS NULL"""
 _USER_COLUMNS = "u.user_name, u.birth_date, u.sex, u.address"
 # The start's UTC year and the length in seconds (exact: extract gives a numeric, its float8 is
 # timedelta.total_seconds()) instead of the two timestamps: less to send and to decode.
@@ -102,66 +110,89 @@ class ShardResult:
 
     shard_id: int
     snapshot: str
-    active: set[str] = field(default_factory=set)
+    # pid → the version of its consent in force.
+    active: dict[str, int] = field(default_factory=dict)
     # pid → de-identified participant record, for participants new or changed in the window.
     fresh: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Participants at the last run whose consent was withdrawn and given again since.
+    renewed: set[str] = field(default_factory=set)
     visits: int = 0
+    left: Counter[str] = field(default_factory=Counter)
+
+
+def is_new(pid: str, version: int, previous: str | None, known: Mapping[str, Any]) -> bool:
+    """Does ``pid`` get its whole history (never read here, new, or consent renewed)?"""
+    if previous is None or pid not in known:
+        return True
+    before = known[pid]
+    return before is not None and before != version
 
 
 async def read_shard(
     pool: asyncpg.Pool, shard_id: int, study_id: str, keys: StudyKeys, previous: str | None,
-    known: Collection[str], cutoff: int, emit: Emit, batch_rows: int,
+    known: Mapping[str, int | None], cutoff: int, head_done: HeadDone, emit: Emit, batch_rows: int,
 ) -> ShardResult:
-    """Read one shard for one run: return its participants, pass its visit records to ``emit``.
+    """Read one shard for one run: its participants to ``head_done``, its visits to ``emit``.
 
     ``previous``: the shard's watermark (None: never read for this study, everyone is new);
-    ``known``: the pids that were participants at the last successful run.
+    ``known``: pid → consent version of the participants at the last successful run.
     """
     with db_errors(f"shard {shard_id}"):
         async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             # The first statement fixes the transaction's snapshot; this is it.
             snapshot = await conn.fetchval("SELECT pg_current_snapshot()::text")
             result = ShardResult(shard_id, snapshot)
-            pid_of = {u: keys.pid(u) for (u,) in await conn.fetch(_CONSENTS, study_id)}
-            result.active = set(pid_of.values())
-            new = [u for u, p in pid_of.items() if previous is None or p not in known]
-            continuing = [u for u, p in pid_of.items() if previous is not None and p in known]
+            pid_of: dict[str, str] = {}
+            new: list[str] = []
+            continuing: list[str] = []
+            for user_name, version in await conn.fetch(_CONSENTS, study_id):
+                pid = pid_of[user_name] = keys.pid(user_name)
+                result.active[pid] = version
+                if is_new(pid, version, previous, known):
+                    new.append(user_name)
+                    if previous is not None and pid in known:
+                        result.renewed.add(pid)
+                else:
+                    continuing.append(user_name)
             users = await conn.fetch(_USERS_ALL, new) if new else []
             if continuing:
                 users += await conn.fetch(_USERS_CHANGED, continuing, previous)
             for r in users:
                 record = deidentify.participant(
-                    keys, r["user_name"], r["birth_date"], r["sex"], r["address"], cutoff
-                )
+                    keys, r["user_name"], r["birth_date"], r["sex"], r["address"], cutoff,
+                    result.left,
+                )  # fmt: skip
                 result.fresh[record["pid"]] = record
+            await head_done(result)
             queries = [(_VISITS_ALL, (new,))] if new else []
             if continuing:
                 queries.append((_VISITS_CHANGED, (continuing, previous)))
             for query, args in queries:
-                result.visits += await _stream_visits(conn, query, args, keys, pid_of, emit, batch_rows)
+                result.visits += await _stream_visits(
+                    conn, query, args, keys, pid_of, emit, batch_rows, result.left
+                )  # fmt: skip
     return result
 
 
 async def _stream_visits(
     conn: asyncpg.Connection, query: str, args: tuple[Any, ...], keys: StudyKeys,
-    pid_of: dict[str, str], emit: Emit, batch_rows: int,
+    pid_of: dict[str, str], emit: Emit, batch_rows: int, left: Counter[str],
 ) -> int:
     """De-identify the visits ``query`` selects, ``batch_rows`` at a time; return how many."""
     n = 0
-    record, loads, dumps, kind = deidentify.visit_record, orjson.loads, orjson.dumps, _VISIT
+    record, loads, dumps = deidentify.visit_record, orjson.loads, orjson.dumps
     cursor = await conn.cursor(query, *args)
     while rows := await cursor.fetch(batch_rows):
-        batch: list[RecordRow] = []
-        append = batch.append
-        for user_name, visit_id, visit_type, year, seconds, diagnoses, vitals, meds in rows:
-            pid = pid_of[user_name]
-            rec = record(  # jsonb text is never empty: `and` only keeps a NULL (None) as is
-                keys, pid, visit_id, visit_type, year, seconds,
-                diagnoses and loads(diagnoses), vitals and loads(vitals), meds and loads(meds),
-            )  # fmt: skip
-            append((kind, pid, rec["vid"], dumps(rec).decode()))
-        await emit(batch)
-        n += len(batch)
+        lines = [
+            dumps(record(  # jsonb text is never empty: `and` only keeps a NULL (None) as is
+                keys, pid_of[user_name], visit_id, visit_type, year, seconds,
+                diagnoses and loads(diagnoses), vitals and loads(vitals), meds and loads(meds), left,
+            ))
+            for user_name, visit_id, visit_type, year, seconds, diagnoses, vitals, meds in rows
+        ]  # fmt: skip
+        lines.append(b"")
+        await emit(b"\n".join(lines), len(rows))
+        n += len(rows)
     return n
 
 

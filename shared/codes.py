@@ -47,3 +47,33 @@ def us_zip3(postal_code: object) -> str | None:
         return None
     m = US_POSTAL_CODE.fullmatch(postal_code)
     return m.group(1) if m else None
+
+
+def _form(pattern: re.Pattern[str]) -> dict[str, str]:
+    return {"type": "string", "pattern": f"^{pattern.pattern}$"}
+
+
+def coded_schema(systems: dict[str, re.Pattern[str]], *, optional: bool) -> dict[str, object]:
+    """JSON Schema (``anyOf``) of an object whose ``code`` has the form of its ``system``.
+
+    The OpenAPI document says what the validators check, so that a client (or a fuzzer
+    generating from the schema) knows which codes are accepted. ``optional``: both may be
+    absent or null together (an uncoded medication).
+    """
+    alternatives: list[dict[str, object]] = [
+        {"required": ["system", "code"],
+         "properties": {"system": {"const": system}, "code": _form(pattern)}}
+        for system, pattern in systems.items()
+    ]  # fmt: skip
+    if optional:
+        alternatives.append({"properties": {"system": {"type": "null"}, "code": {"type": "null"}}})
+    return {"anyOf": alternatives}
+
+
+# JSON Schema of an address: a US one has a ZIP or ZIP+4 postal code (or none).
+US_POSTAL_CODE_SCHEMA: dict[str, object] = {
+    "anyOf": [
+        {"properties": {"country": {"not": {"const": "US"}}}},
+        {"properties": {"postalCode": {"anyOf": [{"type": "null"}, _form(US_POSTAL_CODE)]}}},
+    ]
+}

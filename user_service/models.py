@@ -10,7 +10,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from shared.codes import us_zip3
+from shared.codes import US_POSTAL_CODE_SCHEMA, us_zip3
 from shared.types import UserName, text
 
 Role = Literal["admin", "clinician", "patient", "researcher", "auditor"]
@@ -45,7 +45,9 @@ class Address(BaseModel):
     declared first so that the postal code's check sees it.
     """
 
-    model_config = _STRICT
+    model_config = ConfigDict(
+        extra="forbid", strict=True, populate_by_name=False, json_schema_extra=US_POSTAL_CODE_SCHEMA
+    )
 
     line: text(200) | None = None
     city: text(100) | None = None

@@ -10,7 +10,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from shared.codes import DIAGNOSIS_SYSTEMS, MEDICATION_SYSTEMS, code_problem
+from shared.codes import DIAGNOSIS_SYSTEMS, MEDICATION_SYSTEMS, code_problem, coded_schema
 from shared.types import UserName, json_int, text
 
 VisitType = Literal["outpatient", "inpatient", "emergency", "telehealth"]
@@ -33,7 +33,9 @@ MedicationSystem = Literal["RxNorm", "ATC"]
 class Diagnosis(BaseModel):
     """A coded diagnosis: ``code`` has its ``system``'s form (shared/codes.py), ASCII only."""
 
-    model_config = _STRICT
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra=coded_schema(DIAGNOSIS_SYSTEMS, optional=False)
+    )
 
     system: DiagnosisSystem
     code: text(32, 1) = Field(
@@ -66,7 +68,9 @@ class Vitals(BaseModel):
 class Medication(BaseModel):
     """A medication: free text (never released) and, optionally, a code (released)."""
 
-    model_config = _STRICT
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra=coded_schema(MEDICATION_SYSTEMS, optional=True)
+    )
 
     name: text(200, 1)
     dose: text(100) | None = None
