@@ -32,6 +32,7 @@ fails a check is left out and counted (:class:`LeftOut`, reported in the run's m
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import hashlib
 import hmac
 from collections import Counter
@@ -65,11 +66,23 @@ LeftOut = Counter[str]
 _PSEUDONYM_HEX = 32  # 128 bits
 
 
+_BLOCK = 64  # SHA-256's block size
+
+
+def key_pads(key: bytes) -> tuple[bytes, bytes]:
+    """(K ^ ipad, K ^ opad) of RFC 2104: with them, HMAC(K, m) = H(opad_key || H(ipad_key || m)),
+    which the shards compute with their built-in ``sha256`` (:mod:`anonymizer.visits_sql`)."""
+    key = key if len(key) <= _BLOCK else hashlib.sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
+
+
 class StudyKeys:
     """The per-study pseudonym functions, derived from the master key."""
 
     def __init__(self, master_key: bytes, study_id: str) -> None:
         study_key = hmac.new(master_key, b"study:" + study_id.encode(), hashlib.sha256).digest()
+        self.pads = key_pads(study_key)
         # A keyed hash object, copied per pseudonym: the key schedule is computed once. OpenSSL's
         # HMAC object when hmac has one (the same hash without the pure-Python wrapper per call).
         keyed = hmac.new(study_key, digestmod=hashlib.sha256)
@@ -158,10 +171,16 @@ def participant(
 
 
 def duration_minutes(started: dt.datetime, ended: dt.datetime | None) -> int | None:
-    """Whole minutes from start to end (rounded), None when the visit has no end."""
+    """Whole minutes from start to end (rounded half away from zero, as PostgreSQL's
+    ``round(numeric)``), None when the visit has no end."""
     if ended is None:
         return None
-    return round((ended - started).total_seconds() / 60)
+    return _minutes((ended - started).total_seconds())
+
+
+def _minutes(seconds: float) -> int:
+    exact = decimal.Decimal(repr(seconds)) / 60
+    return int(exact.quantize(decimal.Decimal(1), rounding=decimal.ROUND_HALF_UP))
 
 
 def visit(
@@ -170,7 +189,12 @@ def visit(
     vitals: Mapping[str, Any] | None, medications: Sequence[Mapping[str, Any]] | None,
     left: LeftOut | None = None,
 ) -> dict[str, Any]:
-    """The visit record of a visit row."""
+    """The visit record of a visit row.
+
+    The reference of what a run releases for a visit: a run has the shard build the line's
+    head (pid, vid, year, type, duration: ``anonymizer.shards``) and checks the coded fields
+    with the functions below; the tests hold the two to this one.
+    """
     seconds = None if ended is None else (ended - started).total_seconds()
     return visit_record(
         keys, pid, visit_id, visit_type, started.astimezone(dt.UTC).year, seconds,
@@ -234,9 +258,8 @@ def visit_record(
 ) -> dict[str, Any]:
     """The visit record, from the start's UTC year and the visit's length in seconds (None: open).
 
-    What a run uses: the shard query computes the year and the length (``extract``), so the
-    timestamps themselves are never fetched. Same record as :func:`visit`. Every value is
-    checked against its type and set or bounds here; ``left`` counts what was left out.
+    Every value is checked against its type and set or bounds; ``left`` counts what was left
+    out. Same record as :func:`visit`.
     """
     if visit_type not in VISIT_TYPES:
         left["invalidVisitType"] += 1
@@ -247,7 +270,7 @@ def visit_record(
         "vid": keys.vid(visit_id),
         "year": year if type(year) is int and 1900 <= year <= 9999 else None,
         "type": visit_type,
-        "durationMinutes": None if duration_seconds is None else int(round(duration_seconds / 60)),
+        "durationMinutes": None if duration_seconds is None else _minutes(duration_seconds),
         "diagnoses": coded_diagnoses(diagnoses, left),
         "vitals": bounded_vitals(vitals, left),
         "medications": coded_medications(medications, left),

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from anonymizer import deidentify
 from tests.e2e.api import Api, unique
 from tests.e2e.studies_client import Researcher, by_kind, consent, keys, patient_on_shard, withdraw
 
@@ -148,6 +149,7 @@ async def test_planted_identifiers_appear_nowhere_in_any_normalisation(stack, to
         researcher = Researcher(Api(http, stack.base_url, token("rita.research", "researcher")))
         study = await researcher.create_study()
         planted: list[str] = ["dr.zqplanted"]
+        rows: list[tuple[str, str]] = []
         for i, who in enumerate(people):
             abroad = i % 2 == 1
             address = {"line": who["line"], "city": who["city"], "region": who["region"],
@@ -195,6 +197,7 @@ async def test_planted_identifiers_appear_nowhere_in_any_normalisation(stack, to
                 await conn.close()
             await consent(clinician, name, study)
             planted += [name, vid, free, *who.values()]
+            rows.append((name, vid))
 
         run, records = await researcher.run(study)
         raw, _ = await researcher.records(study, run["runId"])
@@ -202,6 +205,7 @@ async def test_planted_identifiers_appear_nowhere_in_any_normalisation(stack, to
         assert all(r["zip3"] is None for r in by_kind(records)["participant"]), records
         visit = by_kind(records)["visit"][0]
         assert visit["diagnoses"] == [] and visit["medications"] == []
+        await same_as_the_reference(stack, study, records, [(p, v) for p, v in rows])
         left = run["manifest"]["leftOut"]
         assert left["invalidDiagnosis"] == 2 * len(people) and left["invalidMedicationCode"] == 2 * len(people)
         # Pseudonyms, hashes and the key version are hex: blanked, so nothing matches by chance.
@@ -216,6 +220,75 @@ async def test_planted_identifiers_appear_nowhere_in_any_normalisation(stack, to
             for key in ("given", "family", "city"):
                 core = normal(who[key]).translate(_LATIN)
                 assert core not in out, core
+
+
+async def same_as_the_reference(
+    stack: Any, study: str, records: list[dict], visits: list[tuple[str, str]]
+) -> None:
+    """Each released visit is what anonymizer.deidentify.visit makes of its stored row (the run
+    has the shard build part of each line: the two must agree)."""
+    k = keys(study)
+    released = {r["vid"]: r for r in by_kind(records)["visit"]}
+    for user_name, visit_id in visits:
+        conn = await asyncpg.connect(_shard_dsn(stack, user_name))
+        try:
+            row = await conn.fetchrow(
+                """SELECT type, started_at, ended_at, diagnoses::text, vitals::text,
+                          medications::text FROM visits WHERE visit_id = $1::uuid""", visit_id)
+        finally:
+            await conn.close()
+        loads = lambda t: None if t is None else orjson.loads(t)  # noqa: E731
+        expected = deidentify.visit(
+            k, k.pid(user_name), visit_id, row["type"], row["started_at"], row["ended_at"],
+            loads(row["diagnoses"]), loads(row["vitals"]), loads(row["medications"]),
+        )  # fmt: skip
+        assert released[k.vid(visit_id)] == expected
+
+
+async def test_old_rows_with_values_out_of_their_sets_release_only_what_passes(
+    clinician: Api, researcher: Researcher, stack
+) -> None:
+    study = await researcher.create_study()
+    p = await patient_on_shard(clinician, stack, 1)
+    name = p["userName"]
+    odd = await clinician.create_visit(name, startedAt="2026-03-01T10:00:00Z",
+                                       endedAt="2026-03-01T10:02:30Z")
+    plain = await clinician.create_visit(name, startedAt="2025-12-31T23:30:00-02:00", vitals={
+        "heightCm": 168.5, "weightKg": 70, "systolic": 120, "diastolic": 80, "heartRate": 61,
+        "temperatureC": 36.6})
+    conn = await asyncpg.connect(_shard_dsn(stack, name))
+    try:
+        await conn.execute("SELECT set_config('medsvc.actor', 'dr.hibbert', false),"
+                           " set_config('medsvc.source', 'e2e/old-rows', false)")
+        await conn.execute(
+            """UPDATE visits SET type = 'house call of Jane', vitals = $2::jsonb,
+                      diagnoses = $3::jsonb, medications = $4::jsonb WHERE visit_id = $1::uuid""",
+            odd["visitId"],
+            orjson.dumps({"heartRate": "70 Jane", "systolic": True, "diastolic": 900,
+                          "weightKg": 70.25, "pulse": 60, "temperatureC": None}).decode(),
+            orjson.dumps([{"system": "SNOMED-CT", "code": "44054006"}, "E11.9",
+                          {"system": "ICD-10-CM", "code": "E11.65\n"}, {"code": "E11.9"}]).decode(),
+            orjson.dumps([{"name": "a"}, {"name": "b", "system": None, "code": None},
+                          {"system": "ATC", "code": "A10BA02", "name": "c"},
+                          {"system": "RxNorm", "code": "12345678901"}]).decode(),
+        )  # fmt: skip
+    finally:
+        await conn.close()
+    await consent(clinician, name, study)
+    run, records = await researcher.run(study)
+    await same_as_the_reference(stack, study, records, [(name, odd["visitId"]),
+                                                        (name, plain["visitId"])])
+    k = keys(study)
+    got = {r["vid"]: r for r in by_kind(records)["visit"]}
+    assert got[k.vid(odd["visitId"])] | {"pid": "", "vid": ""} == {
+        "kind": "visit", "pid": "", "vid": "", "year": 2026, "type": None, "durationMinutes": 3,
+        "diagnoses": [{"system": "SNOMED-CT", "code": "44054006"}],
+        "vitals": {"weightKg": 70.25}, "medications": [{"system": "ATC", "code": "A10BA02"}]}
+    assert got[k.vid(plain["visitId"])]["year"] == 2026  # the UTC year
+    assert run["manifest"]["leftOut"] | {} == {
+        "uncodedMedication": 2, "invalidMedicationCode": 1, "invalidDiagnosis": 3,
+        "invalidVitals": 4, "invalidVisitType": 1, "invalidSex": 0, "invalidCountry": 0,
+        "invalidPostalCode": 0}
 
 
 # -- k over what the consumer holds ------------------------------------------------------------

@@ -43,6 +43,9 @@ async def test_a_large_download_streams_with_the_first_byte_soon_and_flat_memory
     assert got["bytes"] > 40 * 1024 * 1024, got["bytes"]  # big enough for buffering to show
     assert got["firstByteSeconds"] < 1.0, got
     body_kib = got["bytes"] // 1024
+    print(f"\nrecords download: {got['bytes']:,} bytes in {got['seconds']:.2f}s, first byte "
+          f"{got['firstByteSeconds']:.3f}s, RSS before/peak KiB {got['rssBeforeKiB']} "
+          f"{got['rssPeakKiB']}")
     for hop, peak in got["rssPeakKiB"].items():
         growth = peak - got["rssBeforeKiB"][hop]
         # Holding the body (or a good part of it) would grow a hop by tens of MiB.
