@@ -9,9 +9,13 @@ then times
 * the ceiling: ``COPY (SELECT <the columns a run reads> ...) TO STDOUT`` of the same rows on
   every shard in parallel, the output counted and discarded.
 
-Run alone against a running stack::
+Run alone against a running stack, or on a throwaway local stack started for it::
 
     MEDSVC_CENTRAL_DSN=... MEDSVC_SHARD_MAP=var/shardmap.json python -m anonymizer.bench
+    python -m anonymizer.bench 100000 --local-stack
+
+:func:`streaming_benchmark` (``make bench``: 1,000,000 visits) downloads a run's records
+through nginx while sampling the RSS of nginx, the gateways and the anonymizer.
 """
 
 from __future__ import annotations
