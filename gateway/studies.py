@@ -77,8 +77,8 @@ async def stream_records(request: web.Request, cluster: Cluster) -> web.StreamRe
             async for chunk in up.content.iter_chunked(_CHUNK):
                 await out.write(chunk)
             await out.write_eof()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # The status is sent: the only honest signal left is a cut connection (the client
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            # Upstream failed or the client left. The status is sent: the only honest signal left is a cut connection (the client
             # sees a body shorter than its Content-Length, or no final chunk).
             log.warning("records stream cut", extra={"action": "gateway.records_cut",
                                                      "error": type(exc).__name__})
