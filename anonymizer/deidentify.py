@@ -66,23 +66,11 @@ LeftOut = Counter[str]
 _PSEUDONYM_HEX = 32  # 128 bits
 
 
-_BLOCK = 64  # SHA-256's block size
-
-
-def key_pads(key: bytes) -> tuple[bytes, bytes]:
-    """(K ^ ipad, K ^ opad) of RFC 2104: with them, HMAC(K, m) = H(opad_key || H(ipad_key || m)),
-    which the shards compute with their built-in ``sha256`` (:mod:`anonymizer.visits_sql`)."""
-    key = key if len(key) <= _BLOCK else hashlib.sha256(key).digest()
-    key = key.ljust(_BLOCK, b"\0")
-    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
-
-
 class StudyKeys:
     """The per-study pseudonym functions, derived from the master key."""
 
     def __init__(self, master_key: bytes, study_id: str) -> None:
         study_key = hmac.new(master_key, b"study:" + study_id.encode(), hashlib.sha256).digest()
-        self.pads = key_pads(study_key)
         # A keyed hash object, copied per pseudonym: the key schedule is computed once. OpenSSL's
         # HMAC object when hmac has one (the same hash without the pure-Python wrapper per call).
         keyed = hmac.new(study_key, digestmod=hashlib.sha256)
@@ -192,7 +180,7 @@ def visit(
     """The visit record of a visit row.
 
     The reference of what a run releases for a visit: a run has the shard build the line's
-    head (pid, vid, year, type, duration: ``anonymizer.shards``) and checks the coded fields
+    head (pid, year, type, duration: ``anonymizer.shards``) and checks the coded fields
     with the functions below; the tests hold the two to this one.
     """
     seconds = None if ended is None else (ended - started).total_seconds()

@@ -52,30 +52,28 @@ _USER_COLUMNS = "u.user_name, u.birth_date, u.sex, u.address"
 _USERS_ALL = f"""
 SELECT {_USER_COLUMNS} FROM unnest($1::text[]) AS p(user_name) JOIN users u USING (user_name)"""
 _TYPES = ", ".join(f"'{t}'" for t in sorted(deidentify.VISIT_TYPES))
-# visits_all: the visits of new participants ($1 userNames, $2 their pids; $3, $4 the study
-# key's HMAC pads). The shard computes what costs most per row in Python and needs no
-# judgement: the head of the line — pid, vid (HMAC-SHA-256 with the built-in sha256, RFC 2104:
-# H((K ^ opad) || H((K ^ ipad) || m)), first 128 bits in hex), the UTC year (1900..9999), the
-# type (one of the four, else null) and the duration in minutes. The coded fields come as
-# jsonb text, checked in Python (deidentify). Nothing else of the row is read.
+# visits_all: the visits of new participants ($1 userNames, $2 their pids). The shard builds
+# what needs no judgement and costs per row in Python: the line's start with the pid, and the
+# rest of its head — the UTC year (1900..9999), the type (one of the four, else null), the
+# duration in minutes — from typed columns. The vid (a keyed hash: the key stays in this
+# process) is computed here, and the coded fields come as jsonb text, checked here
+# (deidentify). Nothing else of the row is read.
 _VISITS_ALL = f"""
-SELECT '{{"kind":"visit","pid":"' || p.pid || '","vid":"'
-       || left(encode(sha256($4::bytea || sha256($3::bytea
-               || convert_to('vid:' || v.visit_id::text, 'UTF8'))), 'hex'), 32)
-       || '","year":' || CASE WHEN v.started_at >= '1900-01-01Z' AND v.started_at < '10000-01-01Z'
+SELECT '","year":' || CASE WHEN v.started_at >= '1900-01-01Z' AND v.started_at < '10000-01-01Z'
                               THEN extract(year FROM v.started_at AT TIME ZONE 'UTC')::int::text
                               ELSE 'null' END
        || ',"type":' || CASE WHEN v.type IN ({_TYPES}) THEN '"' || v.type || '"' ELSE 'null' END
        || ',"durationMinutes":'
        || coalesce(round(extract(epoch FROM v.ended_at - v.started_at) / 60)::bigint::text, 'null')
        AS head,
+       '{{"kind":"visit","pid":"' || p.pid || '","vid":"' AS start, v.visit_id::text AS visit_id,
        v.type IN ({_TYPES}) AS type_ok,
        v.diagnoses::text AS diagnoses, v.vitals::text AS vitals, v.medications::text AS medications
 FROM unnest($1::text[], $2::text[]) AS p(user_name, pid) JOIN visits v USING (user_name)"""
-# visits_changed: the same for continuing participants, the rows written since $5.
+# visits_changed: the same for continuing participants, the rows written since $3.
 _VISITS_CHANGED = _VISITS_ALL + """
-WHERE v.updated_xid >= pg_snapshot_xmin($5::text::pg_snapshot)
-  AND NOT pg_visible_in_snapshot(v.updated_xid, $5::text::pg_snapshot)"""
+WHERE v.updated_xid >= pg_snapshot_xmin($3::text::pg_snapshot)
+  AND NOT pg_visible_in_snapshot(v.updated_xid, $3::text::pg_snapshot)"""
 # users_changed: continuing participants' ($1) rows whose writer the previous
 # snapshot ($2) did not see. The xmin bound follows from the visibility test; it lets the
 # index on updated_xid skip the older rows.
@@ -177,14 +175,13 @@ async def read_shard(
                 )  # fmt: skip
                 result.fresh[record["pid"]] = record
             await head_done(result)
-            ipad, opad = keys.pads
             queries = []
             if new:
-                queries.append((_VISITS_ALL, (new, [pid_of[u] for u in new], ipad, opad)))
+                queries.append((_VISITS_ALL, (new, [pid_of[u] for u in new])))
             if continuing:
                 queries.append((_VISITS_CHANGED, (
-                    continuing, [pid_of[u] for u in continuing], ipad, opad, previous)))
-            coded = CodedFields()
+                    continuing, [pid_of[u] for u in continuing], previous)))
+            coded = CodedFields(keys)
             for query, args in queries:
                 result.visits += await _stream_visits(conn, query, args, emit, batch_rows, coded)
             coded.count_into(result.left)
@@ -207,7 +204,8 @@ class CodedFields:
         "medications": deidentify.coded_medications,
     }
 
-    def __init__(self) -> None:
+    def __init__(self, keys: StudyKeys) -> None:
+        self.keys = keys
         self.left = Counter[str]()
         # field → jsonb text (None: SQL NULL) → [released JSON, left out, uses]
         self.memo: dict[str, dict[str | None, list[Any]]] = {f: {} for f in self.CHECKS}
@@ -240,14 +238,14 @@ async def _stream_visits(
 ) -> int:
     """The visit lines ``query`` selects, ``batch_rows`` at a time, to ``emit``; how many."""
     n = 0
-    memo, miss = coded.memo, coded.miss
+    memo, miss, vid = coded.memo, coded.miss, coded.keys.vid
     diag_memo, vital_memo, med_memo = memo["diagnoses"], memo["vitals"], memo["medications"]
     cursor = await conn.cursor(query, *args)
     while rows := await cursor.fetch(batch_rows):
         lines = []
         append = lines.append
         bad_types = 0
-        for head, type_ok, diagnoses, vitals, medications in rows:
+        for head, start, visit_id, type_ok, diagnoses, vitals, medications in rows:
             if not type_ok:
                 bad_types += 1
             d = diag_memo.get(diagnoses) or miss("diagnoses", diagnoses)
@@ -256,7 +254,8 @@ async def _stream_visits(
             d[2] += 1
             v[2] += 1
             m[2] += 1
-            append(f'{head},"diagnoses":{d[0]},"vitals":{v[0]},"medications":{m[0]}}}\n')
+            append(f'{start}{vid(visit_id)}{head},"diagnoses":{d[0]},"vitals":{v[0]},'
+                   f'"medications":{m[0]}}}\n')
         coded.left["invalidVisitType"] += bad_types
         await emit("".join(lines).encode(), len(rows))
         n += len(rows)
