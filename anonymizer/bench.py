@@ -9,17 +9,23 @@ then times
 * the ceiling: ``COPY (SELECT <the columns a run reads> ...) TO STDOUT`` of the same rows on
   every shard in parallel, the output counted and discarded.
 
-Run alone against a running stack::
+Run alone against a running stack, or on a throwaway local stack started for it::
 
     MEDSVC_CENTRAL_DSN=... MEDSVC_SHARD_MAP=var/shardmap.json python -m anonymizer.bench
+    python -m anonymizer.bench 100000 --local-stack
+
+:func:`streaming_benchmark` (``make bench``: 1,000,000 visits) downloads a run's records
+through nginx while sampling the RSS of nginx, the gateways and the anonymizer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -33,6 +39,7 @@ from anonymizer import store
 from shared.shardmap import ShardMap, load_shard_map
 
 PREFIX = "bench-x"
+# The seeded visits: one coded and one uncoded medication, a coded diagnosis with display text.
 # copy_from_query wraps it in COPY (...) TO STDOUT.
 _COPY = """
     SELECT v.user_name, v.visit_id, v.type, v.started_at, v.ended_at, v.diagnoses, v.vitals,
@@ -48,15 +55,16 @@ SELECT gen_random_uuid(), p.user_name, 'dr.bench',
        timestamptz '2020-01-01' + n * interval '7 days' + interval '35 minutes',
        'follow-up', '[{"system": "ICD-10", "code": "E11.9", "display": "Type 2 diabetes"}]',
        jsonb_build_object('heartRate', 60 + n % 40, 'systolic', 110 + n % 30),
-       '[{"name": "metformin", "dose": "500 mg", "frequency": "twice daily"}]',
+       '[{"name": "metformin", "dose": "500 mg", "frequency": "twice daily"},
+         {"name": "metformin 500 mg tablet", "system": "RxNorm", "code": "860975"}]',
        'free text notes of a bench visit'
 FROM unnest($1::text[]) AS p(user_name), generate_series(1, $2) AS n"""
 
 
-def _names_by_shard(shard_map: ShardMap, patients: int) -> dict[int, list[str]]:
+def _names_by_shard(shard_map: ShardMap, patients: int, prefix: str) -> dict[int, list[str]]:
     out: dict[int, list[str]] = {s.id: [] for s in shard_map.shards}
     for i in range(patients):
-        name = f"{PREFIX}.{i:06d}"
+        name = f"{prefix}.{i:06d}"
         out[shard_map.shard_id_for(name)].append(name)
     return out
 
@@ -68,20 +76,27 @@ async def _superuser(dsn: str, password: str | None) -> asyncpg.Connection:
     return conn
 
 
-async def seed(shard_map: ShardMap, patients: int, per_patient: int, password: str | None = None) -> None:
-    """Bench patients with ``per_patient`` visits each, on their own shards (kept if present)."""
+async def seed(
+    shard_map: ShardMap, patients: int, per_patient: int, password: str | None = None,
+    prefix: str = PREFIX,
+) -> None:
+    """Bench patients with ``per_patient`` visits each, on their own shards (kept if present).
+
+    Straight into the shard databases (one ``INSERT ... SELECT generate_series``), not through
+    the API: a fixture of hundreds of thousands of visits in seconds.
+    """
 
     async def one(shard_id: int, names: list[str]) -> None:
         conn = await _superuser(shard_map.shard(shard_id).postgres, password)
         try:
             have = await conn.fetchval(
-                "SELECT count(*) FROM visits WHERE user_name LIKE $1", PREFIX + ".%")
+                "SELECT count(*) FROM visits WHERE user_name LIKE $1", prefix + ".%")
             if have == len(names) * per_patient:
                 return
             async with conn.transaction():
-                await conn.execute("DELETE FROM study_consents WHERE user_name LIKE $1", PREFIX + ".%")
-                await conn.execute("DELETE FROM visits WHERE user_name LIKE $1", PREFIX + ".%")
-                await conn.execute("DELETE FROM users WHERE user_name LIKE $1", PREFIX + ".%")
+                await conn.execute("DELETE FROM study_consents WHERE user_name LIKE $1", prefix + ".%")
+                await conn.execute("DELETE FROM visits WHERE user_name LIKE $1", prefix + ".%")
+                await conn.execute("DELETE FROM users WHERE user_name LIKE $1", prefix + ".%")
                 await conn.copy_records_to_table(
                     "users", columns=["user_name", "role", "given_name", "family_name", "birth_date",
                                       "sex", "address"],
@@ -93,7 +108,7 @@ async def seed(shard_map: ShardMap, patients: int, per_patient: int, password: s
         finally:
             await conn.close()
 
-    await asyncio.gather(*(one(s, n) for s, n in _names_by_shard(shard_map, patients).items()))
+    await asyncio.gather(*(one(s, n) for s, n in _names_by_shard(shard_map, patients, prefix).items()))
 
 
 def _birth(i: int) -> Any:
@@ -102,14 +117,18 @@ def _birth(i: int) -> Any:
     return dt.date(1940 + i % 60, 1 + i % 12, 1 + i % 28)
 
 
-async def _consent_all(shard_map: ShardMap, study_id: str, password: str | None) -> None:
+async def consent_all(
+    shard_map: ShardMap, study_id: str, password: str | None, prefix: str = PREFIX
+) -> None:
+    """Every seeded patient consents to ``study_id`` (straight into the shards)."""
+
     async def one(dsn: str) -> None:
         conn = await _superuser(dsn, password)
         try:
             await conn.execute(
                 """INSERT INTO study_consents (user_name, study_id)
                    SELECT user_name, $2 FROM users WHERE user_name LIKE $1""",
-                PREFIX + ".%", study_id,
+                prefix + ".%", study_id,
             )
         finally:
             await conn.close()
@@ -146,7 +165,7 @@ async def extraction_benchmark(
     study_id = f"bench-{uuid.uuid4().hex[:12]}"
     async with extractor_scope(settings, shard_map) as ex:
         await store.insert_study(ex.registry, StudyIn(studyId=study_id, title="bench"), "bench")
-        await _consent_all(shard_map, study_id, password)
+        await consent_all(shard_map, study_id, password)
         copy_rows, copy_seconds = await raw_copy(shard_map, study_id, password)
         started = time.perf_counter()
         handle = await begin_run(ex, study_id, "cli", "bench")
@@ -164,13 +183,141 @@ async def extraction_benchmark(
     }  # fmt: skip
 
 
-def main() -> None:
+async def streaming_benchmark(
+    settings: AnonymizerSettings, base_url: str, token: str, hops: dict[str, int],
+    visits: int = 1_000_000, per_patient: int = 50,
+) -> dict[str, Any]:
+    """Seed ``visits`` (prefix ``bench-s``), run a study over them, download its records
+    through ``base_url`` (nginx) while sampling each hop's RSS (``hops``: name → pid)."""
+    shard_map = load_shard_map(settings.shard_map)
+    password = settings.pg_password.get_secret_value() if settings.pg_password else None
+    prefix = "bench-s"
+    await seed(shard_map, max(1, visits // per_patient), per_patient, password, prefix=prefix)
+    study_id = f"bench-{uuid.uuid4().hex[:12]}"
+    async with extractor_scope(settings, shard_map) as ex:
+        await store.insert_study(ex.registry, StudyIn(studyId=study_id, title="bench"), "bench")
+        await consent_all(shard_map, study_id, password, prefix=prefix)
+        started = time.perf_counter()
+        handle = await begin_run(ex, study_id, "cli", "bench")
+        assert handle is not None
+        row = await execute(handle)
+        run_seconds = time.perf_counter() - started
+    assert row["status"] == "succeeded", row["error"]
+    url = f"{base_url}/v1/studies/{study_id}/runs/{row['run_id']}/records"
+    got = await sampled_download(url, token, hops)
+    assert got["sha256"] == row["manifest"]["recordsSha256"], "the download is not the run's body"
+    growth = {h: got["rssPeakKiB"][h] - got["rssBeforeKiB"][h] for h in hops}
+    return {
+        "visits": row["counts"]["visit"], "runSeconds": round(run_seconds, 3),
+        "bytes": got["bytes"], "firstByteSeconds": round(got["firstByteSeconds"], 3),
+        "downloadSeconds": round(got["seconds"], 3),
+        "downloadBytesPerSecond": round(got["bytesPerSecond"]), "rssGrowthKiB": growth,
+    }  # fmt: skip
+
+
+async def _on_a_throwaway_stack(visits: int) -> dict[str, Any]:
+    """The extraction benchmark on a fresh local stack (started here, stopped after)."""
+    import shutil
+    import tempfile
+
+    from deploy.localstack import Stack, StackConfig
     from shared.settings import load
 
-    visits = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
-    result = asyncio.run(extraction_benchmark(load(AnonymizerSettings), visits))
+    base = Path(tempfile.mkdtemp(prefix="medsvc-xbench-"))
+    base.chmod(0o755)
+    stack = Stack(StackConfig(base_dir=base, http_port=0, https_port=0, fast=True))
+    try:
+        await stack.start()
+        settings = load(
+            AnonymizerSettings, central_dsn=stack.central_dsn, shard_map=str(stack.shard_map_path)
+        )
+        return await extraction_benchmark(settings, visits)
+    finally:
+        await stack.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def main() -> None:
+    """``python -m anonymizer.bench [VISITS] [--local-stack]`` (default 100,000 visits).
+
+    Without ``--local-stack`` the running stack named by the environment is used.
+    """
+    from shared.settings import load
+
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    visits = int(args[0]) if args else 100_000
+    if "--local-stack" in sys.argv:
+        result = asyncio.run(_on_a_throwaway_stack(visits))
+    else:
+        result = asyncio.run(extraction_benchmark(load(AnonymizerSettings), visits))
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
 
 
 if __name__ == "__main__":
     main()
+
+
+# -- the download through the load balancer, with every hop's memory sampled ----------------------
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of ``pid`` and its children (nginx's workers), from ``/proc``."""
+    total = 0
+    pending = [pid]
+    while pending:
+        p = pending.pop()
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) for line in status.splitlines()
+                       if line.startswith("VmRSS:")), 0)  # fmt: skip
+        pending += [int(c) for c in children]
+    return total
+
+
+async def sampled_download(
+    url: str, token: str, hops: dict[str, int], every: float = 0.05
+) -> dict[str, Any]:
+    """Download ``url`` as it comes, sampling each hop's RSS (name → pid) meanwhile.
+
+    Returns the time to the first byte (from sending the request), the seconds, the bytes,
+    their SHA-256, and per hop the RSS before and the peak during (KiB).
+    """
+    import aiohttp
+
+    before = {name: rss_kib(pid) for name, pid in hops.items()}
+    peak = dict(before)
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        while not done.is_set():
+            for name, pid in hops.items():
+                peak[name] = max(peak[name], rss_kib(pid))
+            await asyncio.sleep(every)
+
+    sampler = asyncio.create_task(sample())
+    digest, size, first = hashlib.sha256(), 0, None
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            started = time.perf_counter()
+            async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"download answered {resp.status}: {await resp.text()}")
+                headers = dict(resp.headers)
+                async for chunk in resp.content.iter_any():
+                    if first is None:
+                        first = time.perf_counter() - started
+                    digest.update(chunk)
+                    size += len(chunk)
+            seconds = time.perf_counter() - started
+    finally:
+        done.set()
+        await sampler
+    return {
+        "firstByteSeconds": first, "seconds": seconds, "bytes": size,
+        "sha256": digest.hexdigest(), "headers": headers,
+        "rssBeforeKiB": before, "rssPeakKiB": peak,
+        "bytesPerSecond": size / seconds if seconds else None,
+    }  # fmt: skip

@@ -14,33 +14,55 @@ Safe Harbor (45 CFR 164.514(b)(2)) as applied here:
 
 * birth date → birth year; an age of 90 or more is one group, ``"<=YYYY"`` (YYYY = the run's
   year − 90: whoever was born then or before may be 90, so is reported in the group);
-* postal code → its first three digits (US 5-digit or ZIP+4 codes only), ``"000"`` for the 17
-  three-digit areas of 20,000 people or fewer; any other code is dropped (``null``);
+* postal code → its first three digits (a valid US 5-digit or ZIP+4 code in ASCII digits, of an
+  address whose country is ``US``), ``"000"`` for the 17 three-digit areas of 20,000 people or
+  fewer; any other code is dropped (``null``);
 * visit timestamps → the start year and a duration in minutes;
-* diagnoses → system and code (no display text); medications → names only; vitals kept;
 * dropped: names, userName, email, phone, street line, city, region, exact dates, visitId,
   clinician, reason, notes.
+
+Closed values only, by construction. A record is built from an allow-list of typed values and
+nothing else: enumerations (checked against their set), codes re-validated against their
+system's form (:mod:`shared.codes`; rows written before the API checked them exist), bounded
+numbers, years and pseudonyms. No string a person typed is ever copied: a medication is
+released as ``{"system", "code"}`` only when coded, a diagnosis as its validated code; what
+fails a check is left out and counted (:class:`LeftOut`, reported in the run's manifest).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import hashlib
 import hmac
-import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from shared.codes import COUNTRY, DIAGNOSIS_SYSTEMS, MEDICATION_SYSTEMS, us_zip3
+
 # Bump whenever a rule below changes what a record contains; every run records the version.
-POLICY_VERSION = "safe-harbor-2026.1"
+POLICY_VERSION = "safe-harbor-2026.2"
 
 # The three-digit ZIP areas with 20,000 or fewer people (Census 2000), listed by HHS guidance.
 RESTRICTED_ZIP3 = frozenset({
     "036", "059", "063", "102", "203", "556", "692", "790", "821", "823", "830", "831",
     "878", "879", "884", "890", "893",
 })  # fmt: skip
-_US_ZIP = re.compile(r"^(\d{3})\d{2}(?:-?\d{4})?$")
-VITAL_KEYS = ("heightCm", "weightKg", "systolic", "diastolic", "heartRate", "temperatureC")
+SEXES = frozenset({"female", "male", "other", "unknown"})
+VISIT_TYPES = frozenset({"outpatient", "inpatient", "emergency", "telehealth"})
+# The vitals released, each with the bounds the visits API enforces (visit_service/models.py).
+VITAL_BOUNDS: dict[str, tuple[float, float]] = {
+    "heightCm": (20, 300), "weightKg": (0.2, 700), "systolic": (40, 300),
+    "diastolic": (20, 200), "heartRate": (20, 300), "temperatureC": (25, 45),
+}  # fmt: skip
+VITAL_KEYS = tuple(VITAL_BOUNDS)
+# Why a value was left out of a record (the manifest's ``leftOut``; every key always reported).
+LEFT_OUT_REASONS = (
+    "uncodedMedication", "invalidMedicationCode", "invalidDiagnosis", "invalidVitals",
+    "invalidVisitType", "invalidSex", "invalidCountry", "invalidPostalCode",
+)  # fmt: skip
+LeftOut = Counter[str]
 _PSEUDONYM_HEX = 32  # 128 bits
 
 
@@ -53,6 +75,11 @@ class StudyKeys:
         # HMAC object when hmac has one (the same hash without the pure-Python wrapper per call).
         keyed = hmac.new(study_key, digestmod=hashlib.sha256)
         self._base: Any = getattr(keyed, "_hmac", None) or keyed
+        # Names the master key without revealing it (manifest ``keyVersion``): runs under one
+        # key share it; a key change (every pseudonym changes) shows as a new version.
+        self.version = "hmac-sha256:" + hmac.new(
+            master_key, b"key-version", hashlib.sha256
+        ).hexdigest()[:16]
 
     def _pseudonym(self, prefix: bytes, value: str) -> str:
         h = self._base.copy()
@@ -85,75 +112,162 @@ def regroup_birth_year(value: int | str | None, cutoff: int) -> int | str | None
     return value
 
 
-def zip3(postal_code: str | None, country: str | None) -> str | None:
-    """The three-digit ZIP area, ``"000"`` when restricted; None for a non-US or absent code."""
-    if not postal_code or country not in (None, "US"):
+def zip3(postal_code: object, country: object) -> str | None:
+    """The three-digit ZIP area, ``"000"`` when restricted (ZIP+4 too); None unless the country
+    is ``US`` and the code a US code in ASCII digits."""
+    if country != "US":
         return None
-    m = _US_ZIP.match(postal_code.strip())
-    if m is None:
+    area = us_zip3(postal_code)
+    if area is None:
         return None
-    area = m.group(1)
     return "000" if area in RESTRICTED_ZIP3 else area
 
 
+def country_code(value: object) -> str | None:
+    """An ISO 3166-1 alpha-2 code as stored (two ASCII capitals), else None."""
+    return value if isinstance(value, str) and COUNTRY.fullmatch(value) else None
+
+
 def participant(
-    keys: StudyKeys, user_name: str, birth_date: dt.date, sex: str,
-    address: Mapping[str, Any] | None, cutoff: int,
+    keys: StudyKeys, user_name: str, birth_date: dt.date, sex: object,
+    address: Mapping[str, Any] | None, cutoff: int, left: LeftOut | None = None,
 ) -> dict[str, Any]:
-    """The participant record of a user row (before any k-anonymity generalisation)."""
-    address = address or {}
-    country = address.get("country")
+    """The participant record of a user row (before any k-anonymity generalisation).
+
+    Only typed values: the year of a date, a sex from its set, an ISO country code, a zip3
+    derived from a valid US code. A value failing its check is null (and counted in ``left``).
+    """
+    left = Counter() if left is None else left
+    address = address if isinstance(address, Mapping) else {}
+    country = country_code(address.get("country"))
+    if country is None and address.get("country") is not None:
+        left["invalidCountry"] += 1
+    postal = address.get("postalCode")
+    area = zip3(postal, country)
+    if area is None and country == "US" and postal is not None:
+        left["invalidPostalCode"] += 1
+    if sex not in SEXES:
+        left["invalidSex"] += 1
     return {
         "kind": "participant",
         "pid": keys.pid(user_name),
         "birthYear": birth_year(birth_date, cutoff),
-        "sex": sex,
-        "zip3": zip3(address.get("postalCode"), country),
+        "sex": sex if sex in SEXES else None,
+        "zip3": area,
         "country": country,
     }
 
 
 def duration_minutes(started: dt.datetime, ended: dt.datetime | None) -> int | None:
-    """Whole minutes from start to end (rounded), None when the visit has no end."""
+    """Whole minutes from start to end (rounded half away from zero, as PostgreSQL's
+    ``round(numeric)``), None when the visit has no end."""
     if ended is None:
         return None
-    return round((ended - started).total_seconds() / 60)
+    return _minutes((ended - started).total_seconds())
+
+
+def _minutes(seconds: float) -> int:
+    exact = decimal.Decimal(repr(seconds)) / 60
+    return int(exact.quantize(decimal.Decimal(1), rounding=decimal.ROUND_HALF_UP))
 
 
 def visit(
     keys: StudyKeys, pid: str, visit_id: str, visit_type: str, started: dt.datetime,
     ended: dt.datetime | None, diagnoses: Sequence[Mapping[str, Any]] | None,
     vitals: Mapping[str, Any] | None, medications: Sequence[Mapping[str, Any]] | None,
+    left: LeftOut | None = None,
 ) -> dict[str, Any]:
-    """The visit record of a visit row."""
+    """The visit record of a visit row.
+
+    The reference of what a run releases for a visit: a run has the shard build the line's
+    head (pid, year, type, duration: ``anonymizer.shards``) and checks the coded fields
+    with the functions below; the tests hold the two to this one.
+    """
     seconds = None if ended is None else (ended - started).total_seconds()
     return visit_record(
         keys, pid, visit_id, visit_type, started.astimezone(dt.UTC).year, seconds,
-        diagnoses, vitals, medications,
+        diagnoses, vitals, medications, Counter() if left is None else left,
     )  # fmt: skip
 
 
+def _number(value: object, low: float, high: float) -> bool:
+    return type(value) in (int, float) and low <= value <= high  # type: ignore[operator]
+
+
+def coded_diagnoses(diagnoses: object, left: LeftOut) -> list[dict[str, str]]:
+    """``{"system", "code"}`` of each diagnosis whose code has its system's form."""
+    out = []
+    for d in diagnoses if isinstance(diagnoses, list) else ():
+        system, code = (d.get("system"), d.get("code")) if isinstance(d, dict) else (None, None)
+        if isinstance(system, str) and isinstance(code, str):
+            pattern = DIAGNOSIS_SYSTEMS.get(system)
+            if pattern is not None and pattern.fullmatch(code):
+                out.append({"system": system, "code": code})
+                continue
+        left["invalidDiagnosis"] += 1
+    return out
+
+
+def coded_medications(medications: object, left: LeftOut) -> list[dict[str, str]]:
+    """``{"system", "code"}`` of each coded medication; the uncoded and the miscoded counted."""
+    out = []
+    for m in medications if isinstance(medications, list) else ():
+        system, code = (m.get("system"), m.get("code")) if isinstance(m, dict) else (m, m)
+        if system is None and code is None:
+            left["uncodedMedication"] += 1
+            continue
+        if isinstance(system, str) and isinstance(code, str):
+            pattern = MEDICATION_SYSTEMS.get(system)
+            if pattern is not None and pattern.fullmatch(code):
+                out.append({"system": system, "code": code})
+                continue
+        left["invalidMedicationCode"] += 1
+    return out
+
+
+def bounded_vitals(vitals: object, left: LeftOut) -> dict[str, float] | None:
+    """The known vitals that are numbers within their bounds; None when there are none."""
+    if not isinstance(vitals, dict):
+        return None
+    out = {}
+    for key, value in vitals.items():
+        bounds = VITAL_BOUNDS.get(key)
+        if bounds is not None and _number(value, *bounds):
+            out[key] = value
+        elif value is not None:
+            left["invalidVitals"] += 1
+    return out or None
+
+
 def visit_record(
-    keys: StudyKeys, pid: str, visit_id: str, visit_type: str, year: int,
-    duration_seconds: float | None, diagnoses: Sequence[Mapping[str, Any]] | None,
-    vitals: Mapping[str, Any] | None, medications: Sequence[Mapping[str, Any]] | None,
+    keys: StudyKeys, pid: str, visit_id: str, visit_type: object, year: object,
+    duration_seconds: float | None, diagnoses: object, vitals: object, medications: object,
+    left: LeftOut,
 ) -> dict[str, Any]:
     """The visit record, from the start's UTC year and the visit's length in seconds (None: open).
 
-    What a run uses: the shard query computes the year and the length (``extract``), so the
-    timestamps themselves are never fetched. Same record as :func:`visit`.
+    Every value is checked against its type and set or bounds; ``left`` counts what was left
+    out. Same record as :func:`visit`.
     """
+    if visit_type not in VISIT_TYPES:
+        left["invalidVisitType"] += 1
+        visit_type = None
     return {
         "kind": "visit",
         "pid": pid,
         "vid": keys.vid(visit_id),
-        "year": year,
+        "year": year if type(year) is int and 1900 <= year <= 9999 else None,
         "type": visit_type,
-        "durationMinutes": None if duration_seconds is None else round(duration_seconds / 60),
-        "diagnoses": [{"system": d["system"], "code": d["code"]} for d in diagnoses or ()],
-        "vitals": {k: vitals[k] for k in VITAL_KEYS if vitals.get(k) is not None} if vitals else None,
-        "medications": [m["name"] for m in medications or ()],
+        "durationMinutes": None if duration_seconds is None else _minutes(duration_seconds),
+        "diagnoses": coded_diagnoses(diagnoses, left),
+        "vitals": bounded_vitals(vitals, left),
+        "medications": coded_medications(medications, left),
     }
+
+
+def left_out_report(left: LeftOut) -> dict[str, int]:
+    """Every reason with its count (0 included), in a fixed order."""
+    return {reason: left.get(reason, 0) for reason in LEFT_OUT_REASONS}
 
 
 def withdrawal(pid: str) -> dict[str, Any]:

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import logging
 import time
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,57 +162,126 @@ async def _extract(handle: RunHandle) -> asyncpg.Record:
     async with conn.transaction():
         marks = await store.watermarks(conn, study_id)
         known = await store.participants(conn, study_id)
-        results = await _read_all(ex, conn, run_id, study_id, keys, marks, known, cutoff)
-        counts, report = await _participants(conn, study_id, run_id, handle.study["k"], known, results, cutoff)
-        counts["visit"] = sum(r.visits for r in results)
-        await store.save_watermarks(conn, study_id, {r.shard_id: r.snapshot for r in results}, run_id)
-        return await store.finish_run(conn, run_id, counts, report)
+        body = BodyWriter(conn, run_id)
+        head: dict[str, Any] = {}
+
+        async def write_head(results: list[ShardResult]) -> None:
+            head.update(await _participants(conn, study_id, handle.study["k"], known, results, cutoff))
+            body.add(head.pop("body"))
+            await body.flush()
+
+        results = await _read_all(ex, body, study_id, keys, marks, known, cutoff, write_head)
+        await body.close()
+        left: deidentify.LeftOut = Counter()
+        for r in results:
+            left.update(r.left)
+        counts = head["counts"] | {"visit": sum(r.visits for r in results)}
+        snapshots = {r.shard_id: r.snapshot for r in results}
+        await store.save_watermarks(conn, study_id, snapshots, run_id)
+        manifest = {
+            "policyVersion": deidentify.POLICY_VERSION,
+            "keyVersion": keys.version,
+            "watermarks": {str(shard): snapshots[shard] for shard in sorted(snapshots)},
+            "counts": counts,
+            "leftOut": deidentify.left_out_report(left),
+            "kAnonymity": head["report"],
+            "recordsSha256": body.sha256.hexdigest(),
+            "recordsBytes": body.size,
+        }
+        return await store.finish_run(conn, run_id, manifest)
+
+
+class BodyWriter:
+    """The run's NDJSON body: hashed as it grows, stored in ~1 MiB chunks (bulk, not per record).
+
+    Only the coordinating task writes, one chunk at a time, on the run's connection.
+    """
+
+    CHUNK = 1 << 20
+
+    def __init__(self, conn: asyncpg.Connection, run_id: Any) -> None:
+        self._conn, self._run_id = conn, run_id
+        self._buffer = bytearray()
+        self._seq = 0
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        self._buffer += data
+        self.sha256.update(data)
+        self.size += len(data)
+
+    @property
+    def full(self) -> bool:
+        return len(self._buffer) >= self.CHUNK
+
+    async def flush(self) -> None:
+        if self._buffer:
+            data, self._buffer = bytes(self._buffer), bytearray()
+            await store.save_chunk(self._conn, self._run_id, self._seq, data)
+            self._seq += 1
+
+    async def close(self) -> None:
+        await self.flush()
 
 
 async def _read_all(
-    ex: Extractor, conn: asyncpg.Connection, run_id: Any, study_id: str, keys: StudyKeys,
-    marks: dict[int, str], known: dict[str, Any], cutoff: int,
+    ex: Extractor, body: BodyWriter, study_id: str, keys: StudyKeys, marks: dict[int, str],
+    known: dict[str, Any], cutoff: int, write_head: Callable[[list[ShardResult]], Awaitable[None]],
 ) -> list[ShardResult]:
-    """Read every shard in parallel, each passing its record batches to the run's connection.
+    """Read every shard in parallel; write the head once all have their participants, then
+    the visit records as they come.
 
-    One writer task COPYs the batches into the run's transaction while the readers go on
-    fetching and de-identifying (a bounded queue: a reader far ahead waits, back-pressure).
-    Anything failing (a reader, the writer) cancels the rest and fails the run.
+    Phase one on each shard (its consents and user rows) reports to the coordinator and waits;
+    once every shard has, the coordinator writes the head (withdrawals, participant records:
+    k-anonymity needs everyone) and lets the readers stream their visits, which it appends to
+    the body while they go on reading (a bounded queue: a reader far ahead waits,
+    back-pressure). Anything failing (a reader, the coordinator) cancels the rest and fails the run.
     """
-    queue: asyncio.Queue[list[store.RecordRow] | None] = asyncio.Queue(maxsize=_QUEUED_BATCHES)
+    queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue(maxsize=_QUEUED_BATCHES)
     shard_list = ex.shard_pools.shard_map.shards
+    heads: dict[int, ShardResult] = {}
+    all_in, go = asyncio.Event(), asyncio.Event()
     remaining = len(shard_list)
+    versions = {pid: row["consent_version"] for pid, row in known.items()}
 
-    async def emit(batch: list[store.RecordRow]) -> None:
-        await queue.put(batch)
+    async def head_done(result: ShardResult) -> None:
+        heads[result.shard_id] = result
+        if len(heads) == len(shard_list):
+            all_in.set()
+        await go.wait()
 
-    async def write() -> None:
-        # One COPY at a time on the run's connection, of every batch waiting (fewer, larger COPYs).
-        done = remaining == 0
-        while not done:
-            rows = await queue.get()
-            if rows is None:
-                break
-            while not queue.empty():
-                more = queue.get_nowait()
-                if more is None:
-                    done = True
-                    break
-                rows += more
-            await store.copy_records(conn, run_id, rows)
+    async def emit(data: bytes, n: int) -> None:
+        await queue.put((data, n))
+
+    async def coordinate() -> None:
+        await all_in.wait()
+        await write_head([heads[s.id] for s in shard_list])
+        go.set()
+        while (item := await queue.get()) is not None:
+            body.add(item[0])
+            if body.full:
+                await body.flush()
 
     async def read(shard: Any) -> ShardResult:
         nonlocal remaining
-        result = await _read(ex, shard, study_id, keys, marks.get(shard.id), known, cutoff, emit)
+        pool = await ex.shard_pools.get(shard)
+        result = await shards.read_shard(
+            pool, shard.id, study_id, keys, marks.get(shard.id), versions, cutoff, head_done,
+            emit, ex.batch_rows,
+        )  # fmt: skip
         remaining -= 1
         if remaining == 0:
-            await queue.put(None)  # the last reader done: the writer stops after the last batch
+            await queue.put(None)  # the last reader done: the coordinator stops after the last batch
         return result
 
+    if not shard_list:
+        await write_head([])
+        return []
     try:
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(read(shard)) for shard in shard_list]
-            tg.create_task(write())
+            tg.create_task(coordinate())
     except* Exception as group:
         # One shard failing fails the run (the others were cancelled): say which.
         errors = group.exceptions
@@ -218,27 +289,25 @@ async def _read_all(
     return [t.result() for t in tasks]
 
 
-async def _read(
-    ex: Extractor, shard: Any, study_id: str, keys: StudyKeys, previous: str | None,
-    known: dict[str, Any], cutoff: int, emit: shards.Emit,
-) -> ShardResult:
-    pool = await ex.shard_pools.get(shard)
-    return await shards.read_shard(
-        pool, shard.id, study_id, keys, previous, known.keys(), cutoff, emit, ex.batch_rows
-    )
-
-
 async def _participants(
-    conn: asyncpg.Connection, study_id: str, run_id: Any, k: int | None,
-    known: dict[str, asyncpg.Record], results: Iterable[ShardResult], cutoff: int,
-) -> tuple[dict[str, int], dict[str, Any]]:
-    """Withdrawals, participant records and k-anonymity over everyone participating now."""
-    active: dict[str, int] = {}
+    conn: asyncpg.Connection, study_id: str, k: int | None, known: dict[str, asyncpg.Record],
+    results: Iterable[ShardResult], cutoff: int,
+) -> dict[str, Any]:
+    """Withdrawals, participant records and k-anonymity over everyone participating now.
+
+    Returns the head of the body (withdrawals first, then participant records, each sorted by
+    pid: an order that says nothing about who anyone is), the counts and the k report. A
+    participant whose consent was renewed since the last run gets a withdrawal and then a
+    fresh participant record, so the consumer drops the old data before the new arrives.
+    """
+    active: dict[str, tuple[int, int]] = {}
     fresh: dict[str, dict[str, Any]] = {}
+    renewed: set[str] = set()
     for r in results:
-        active.update(dict.fromkeys(r.active, r.shard_id))
+        active.update((pid, (r.shard_id, version)) for pid, version in r.active.items())
         fresh.update(r.fresh)
-    withdrawn = sorted(set(known) - set(active))
+        renewed |= r.renewed
+    withdrawn = sorted((set(known) - set(active)) | renewed)
     population: dict[str, dict[str, Any]] = {}
     for pid in active:
         record = fresh.get(pid) or (known[pid]["record"] if pid in known else None)
@@ -247,23 +316,24 @@ async def _participants(
         record = dict(record, birthYear=deidentify.regroup_birth_year(record["birthYear"], cutoff))
         population[pid] = record
     released, report = kanon.release(population, k)
-    rows: list[store.RecordRow] = [
-        (store.KIND_CODES["withdrawal"], pid, "", _json(deidentify.withdrawal(pid))) for pid in withdrawn
-    ]
+    lines = [_json(deidentify.withdrawal(pid)) for pid in withdrawn]
     upserts = []
-    for pid, record in population.items():
-        before = known.get(pid)
-        if pid in fresh or before is None or before["released"] != released[pid]:
-            rows.append((store.KIND_CODES["participant"], pid, "", _json(released[pid])))
-        if pid in fresh or before is None or before["released"] != released[pid] \
-                or before["record"] != record or before["shard_id"] != active[pid]:
-            upserts.append((pid, active[pid], record, released[pid]))
-    if rows:
-        await store.copy_records(conn, run_id, rows)
-    await store.save_participants(conn, study_id, upserts, withdrawn)
-    counts = {"participant": len(rows) - len(withdrawn), "withdrawal": len(withdrawn)}
-    return counts, report
+    reemitted = 0
+    for pid in sorted(population):
+        record, before = population[pid], known.get(pid)
+        shard_id, version = active[pid]
+        changed = before is None or pid in renewed or before["released"] != released[pid]
+        if pid in fresh or changed:
+            lines.append(_json(released[pid]))
+            reemitted += pid not in fresh
+        if pid in fresh or changed or before["record"] != record \
+                or before["shard_id"] != shard_id or before["consent_version"] != version:
+            upserts.append((pid, shard_id, record, released[pid], version))
+    await store.save_participants(conn, study_id, upserts, [p for p in withdrawn if p not in active])
+    report["reemitted"] = reemitted
+    counts = {"participant": len(lines) - len(withdrawn), "withdrawal": len(withdrawn)}
+    return {"body": b"".join(line + b"\n" for line in lines), "counts": counts, "report": report}
 
 
-def _json(record: dict[str, Any]) -> str:
-    return orjson.dumps(record).decode()
+def _json(record: dict[str, Any]) -> bytes:
+    return orjson.dumps(record)

@@ -45,6 +45,19 @@ class StudyIn(BaseModel):
 RunStatus = Literal["running", "succeeded", "failed"]
 
 
+class Manifest(BaseModel):
+    """What a succeeded run released, under which rules, and how to check the download."""
+
+    policyVersion: str = Field(description="the de-identification rules applied")
+    keyVersion: str = Field(description="names the pseudonym master key (not the key)")
+    watermarks: dict[str, str] = Field(description="shard id → the snapshot the run read it at")
+    counts: dict[str, int] = Field(description="records by kind")
+    leftOut: dict[str, int] = Field(description="values left out of records, by reason")
+    kAnonymity: dict[str, Any] = Field(description="k, group sizes, generalised, suppressed")
+    recordsSha256: str = Field(description="SHA-256 (hex) of the records download")
+    recordsBytes: int = Field(description="size of the records download")
+
+
 class Run(BaseModel):
     """One extraction run as the API shows it."""
 
@@ -58,6 +71,7 @@ class Run(BaseModel):
     policyVersion: str
     counts: dict[str, int] | None
     kAnonymity: dict[str, Any] | None
+    manifest: Manifest | None = Field(default=None, description="a succeeded run's manifest")
     error: str | None = None
 
 
@@ -107,11 +121,20 @@ class ParticipantRecord(BaseModel):
     )
     sex: Literal["female", "male", "other", "unknown"] | None
     zip3: Annotated[str, StringConstraints(pattern=r"^[0-9]{3}$")] | None
-    country: str | None
+    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")] | None
 
 
 class VisitDiagnosis(BaseModel):
-    system: str
+    """A diagnosis code of its system's form (never its display text)."""
+
+    system: Literal["ICD-10", "ICD-10-CM", "SNOMED-CT"]
+    code: str
+
+
+class VisitMedication(BaseModel):
+    """A coded medication (uncoded ones are left out and counted in the manifest)."""
+
+    system: Literal["RxNorm", "ATC"]
     code: str
 
 
@@ -121,12 +144,12 @@ class VisitRecord(BaseModel):
     kind: Literal["visit"]
     pid: Pseudonym
     vid: Pseudonym
-    year: int
-    type: str
+    year: int | None
+    type: Literal["outpatient", "inpatient", "emergency", "telehealth"] | None
     durationMinutes: int | None
     diagnoses: list[VisitDiagnosis]
     vitals: dict[str, float] | None
-    medications: list[str]
+    medications: list[VisitMedication]
 
 
 class WithdrawalRecord(BaseModel):

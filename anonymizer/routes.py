@@ -24,6 +24,7 @@ from shared.httpio import (
     limit_param,
     read_json_object,
 )
+from shared.logs import request_id_var
 from shared.service import principal
 from shared.types import USER_NAME_PATTERN
 
@@ -72,6 +73,8 @@ def run_json(row: asyncpg.Record) -> dict[str, Any]:
         "counts": row["counts"],
         "kAnonymity": row["k_anonymity"],
     }
+    if row["manifest"] is not None:
+        out["manifest"] = row["manifest"]
     if row["error"] is not None:
         out["error"] = row["error"]
     return out
@@ -209,18 +212,33 @@ async def list_runs(request: web.Request) -> web.Response:
 
 
 async def run_records(request: web.Request) -> web.StreamResponse:
-    """The run's records as NDJSON, streamed from the registry a batch at a time."""
+    """The run's NDJSON body, streamed from the registry a chunk (~1 MiB) at a time.
+
+    The body was stored once, in bulk, by the run; its size and SHA-256 are in the manifest,
+    so the response has a ``Content-Length`` and every download is the same bytes.
+    ``X-Accel-Buffering: no`` tells nginx to pass it on as it comes instead of buffering it.
+    """
     row = await _path_run(request)
     run_id = row["run_id"]
     if row["status"] != "succeeded":
         raise Conflict(f"run {run_id} is {row['status']}: only a succeeded run has records")
-    resp = web.StreamResponse(headers={"Content-Type": NDJSON})
-    async for bodies in store.record_bodies(extractor(request).registry, run_id):
-        if not resp.prepared:
-            await resp.prepare(request)
-        await resp.write(("\n".join(bodies) + "\n").encode())
-    if not resp.prepared:
+    registry = extractor(request).registry
+    # Set before the headers go out (the middleware's own setting comes too late for a stream).
+    headers = {"Content-Type": NDJSON, "X-Accel-Buffering": "no", "X-Request-ID": request_id_var.get()}
+    manifest = row["manifest"]
+    if manifest is None:  # a run from before run bodies: its records are rows
+        resp = web.StreamResponse(headers=headers)
         await resp.prepare(request)
+        async for bodies in store.legacy_record_bodies(registry, run_id):
+            await resp.write(("\n".join(bodies) + "\n").encode())
+        await resp.write_eof()
+        return resp
+    headers["ETag"] = f'"{manifest["recordsSha256"]}"'
+    resp = web.StreamResponse(headers=headers)
+    resp.content_length = manifest["recordsBytes"]
+    await resp.prepare(request)
+    async for chunk in store.body_chunks(registry, run_id):
+        await resp.write(chunk)
     await resp.write_eof()
     return resp
 

@@ -12,14 +12,21 @@ exactly one run's window, however long it ran and whenever it committed.
 
 Participants. Consent is read in the same snapshot. Someone consenting now who was not a
 participant at the last successful run (the registry keeps the pids) gets their whole
-history; someone who was gets the rows changed in the window.
+history; someone who was gets the rows changed in the window. Someone whose consent has a
+different version than at the last run withdrew and consented again in between: a withdrawal
+record, then their whole history again.
+
+Two phases, in the one snapshot: first the consents and the participants' user rows (the
+run needs every shard's before it can apply k-anonymity and write the head of the body:
+withdrawals and participant records), then, once the head is written, the visits, streamed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Awaitable, Callable, Collection
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,43 +35,52 @@ import orjson
 
 from anonymizer import deidentify
 from anonymizer.deidentify import StudyKeys
-from anonymizer.store import KIND_CODES, RecordRow
 from shared.dbsetup import dsn_with
 from shared.db import create_pool, db_errors
 from shared.errors import Unavailable
 from shared.shardmap import Shard, ShardMap
 
-Emit = Callable[[list[RecordRow]], Awaitable[None]]
-_VISIT = KIND_CODES["visit"]
+# A batch of visit records as NDJSON bytes, and how many records it holds.
+Emit = Callable[[bytes, int], Awaitable[None]]
+# Called with the shard's participants (phase one); returns once the head of the body is written.
+HeadDone = Callable[["ShardResult"], Awaitable[None]]
 
-# participants_now: the study's consents in force in this snapshot.
+# participants_now: the study's consents in force in this snapshot, with their versions.
 _CONSENTS = """
-SELECT user_name FROM study_consents WHERE study_id = $1 AND withdrawn_at IS NULL"""
+SELECT user_name, version FROM study_consents WHERE study_id = $1 AND withdrawn_at IS NULL"""
 _USER_COLUMNS = "u.user_name, u.birth_date, u.sex, u.address"
-# The start's UTC year and the length in seconds (exact: extract gives a numeric, its float8 is
-# timedelta.total_seconds()) instead of the two timestamps: less to send and to decode.
-_VISIT_COLUMNS = (
-    "v.user_name, v.visit_id::text AS visit_id, v.type,"
-    " extract(year FROM v.started_at AT TIME ZONE 'UTC')::int AS year,"
-    " extract(epoch FROM v.ended_at - v.started_at)::float8 AS duration_seconds,"
-    # The jsonb values as text, parsed here: the same objects as the pool's jsonb codec gives
-    # (orjson.loads of the same text), without a Python codec call per value inside the driver.
-    " v.diagnoses::text AS diagnoses, v.vitals::text AS vitals, v.medications::text AS medications"
-)
-# users_all / visits_all: the whole history of new participants ($1).
+# users_all: the participant rows of new participants ($1). (Their visits: visits_sql.)
 _USERS_ALL = f"""
 SELECT {_USER_COLUMNS} FROM unnest($1::text[]) AS p(user_name) JOIN users u USING (user_name)"""
+_TYPES = ", ".join(f"'{t}'" for t in sorted(deidentify.VISIT_TYPES))
+# visits_all: the visits of new participants ($1 userNames, $2 their pids). The shard builds
+# what needs no judgement and costs per row in Python: the line's start with the pid, and the
+# rest of its head — the UTC year (1900..9999), the type (one of the four, else null), the
+# duration in minutes — from typed columns. The vid (a keyed hash: the key stays in this
+# process) is computed here, and the coded fields come as jsonb text, checked here
+# (deidentify). Nothing else of the row is read.
 _VISITS_ALL = f"""
-SELECT {_VISIT_COLUMNS} FROM unnest($1::text[]) AS p(user_name) JOIN visits v USING (user_name)"""
-# users_changed / visits_changed: continuing participants' ($1) rows whose writer the previous
+SELECT '","year":' || CASE WHEN v.started_at >= '1900-01-01Z' AND v.started_at < '10000-01-01Z'
+                              THEN extract(year FROM v.started_at AT TIME ZONE 'UTC')::int::text
+                              ELSE 'null' END
+       || ',"type":' || CASE WHEN v.type IN ({_TYPES}) THEN '"' || v.type || '"' ELSE 'null' END
+       || ',"durationMinutes":'
+       || coalesce(round(extract(epoch FROM v.ended_at - v.started_at) / 60)::bigint::text, 'null')
+       AS head,
+       '{{"kind":"visit","pid":"' || p.pid || '","vid":"' AS start, v.visit_id::text AS visit_id,
+       v.type IN ({_TYPES}) AS type_ok,
+       v.diagnoses::text AS diagnoses, v.vitals::text AS vitals, v.medications::text AS medications
+FROM unnest($1::text[], $2::text[]) AS p(user_name, pid) JOIN visits v USING (user_name)"""
+# visits_changed: the same for continuing participants, the rows written since $3.
+_VISITS_CHANGED = _VISITS_ALL + """
+WHERE v.updated_xid >= pg_snapshot_xmin($3::text::pg_snapshot)
+  AND NOT pg_visible_in_snapshot(v.updated_xid, $3::text::pg_snapshot)"""
+# users_changed: continuing participants' ($1) rows whose writer the previous
 # snapshot ($2) did not see. The xmin bound follows from the visibility test; it lets the
 # index on updated_xid skip the older rows.
 _USERS_CHANGED = _USERS_ALL + """
 WHERE u.updated_xid >= pg_snapshot_xmin($2::text::pg_snapshot)
   AND NOT pg_visible_in_snapshot(u.updated_xid, $2::text::pg_snapshot)"""
-_VISITS_CHANGED = _VISITS_ALL + """
-WHERE v.updated_xid >= pg_snapshot_xmin($2::text::pg_snapshot)
-  AND NOT pg_visible_in_snapshot(v.updated_xid, $2::text::pg_snapshot)"""
 
 
 class ShardPools:
@@ -107,66 +123,147 @@ class ShardResult:
 
     shard_id: int
     snapshot: str
-    active: set[str] = field(default_factory=set)
+    # pid → the version of its consent in force.
+    active: dict[str, int] = field(default_factory=dict)
     # pid → de-identified participant record, for participants new or changed in the window.
     fresh: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Participants at the last run whose consent was withdrawn and given again since.
+    renewed: set[str] = field(default_factory=set)
     visits: int = 0
+    left: Counter[str] = field(default_factory=Counter)
+
+
+def is_new(pid: str, version: int, previous: str | None, known: Mapping[str, Any]) -> bool:
+    """Does ``pid`` get its whole history (never read here, new, or consent renewed)?"""
+    if previous is None or pid not in known:
+        return True
+    before = known[pid]
+    return before is not None and before != version
 
 
 async def read_shard(
     pool: asyncpg.Pool, shard_id: int, study_id: str, keys: StudyKeys, previous: str | None,
-    known: Collection[str], cutoff: int, emit: Emit, batch_rows: int,
+    known: Mapping[str, int | None], cutoff: int, head_done: HeadDone, emit: Emit,
+    batch_rows: int = 2000,
 ) -> ShardResult:
-    """Read one shard for one run: return its participants, pass its visit records to ``emit``.
+    """Read one shard for one run: its participants to ``head_done``, its visits to ``emit``.
 
     ``previous``: the shard's watermark (None: never read for this study, everyone is new);
-    ``known``: the pids that were participants at the last successful run.
+    ``known``: pid → consent version of the participants at the last successful run.
     """
     with db_errors(f"shard {shard_id}"):
         async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             # The first statement fixes the transaction's snapshot; this is it.
             snapshot = await conn.fetchval("SELECT pg_current_snapshot()::text")
+            # Compiling the visit query costs more than it saves (over a second, measured).
+            await conn.execute("SET LOCAL jit = off")
             result = ShardResult(shard_id, snapshot)
-            pid_of = {u: keys.pid(u) for (u,) in await conn.fetch(_CONSENTS, study_id)}
-            result.active = set(pid_of.values())
-            new = [u for u, p in pid_of.items() if previous is None or p not in known]
-            continuing = [u for u, p in pid_of.items() if previous is not None and p in known]
+            pid_of: dict[str, str] = {}
+            new: list[str] = []
+            continuing: list[str] = []
+            for user_name, version in await conn.fetch(_CONSENTS, study_id):
+                pid = pid_of[user_name] = keys.pid(user_name)
+                result.active[pid] = version
+                if is_new(pid, version, previous, known):
+                    new.append(user_name)
+                    if previous is not None and pid in known:
+                        result.renewed.add(pid)
+                else:
+                    continuing.append(user_name)
             users = await conn.fetch(_USERS_ALL, new) if new else []
             if continuing:
                 users += await conn.fetch(_USERS_CHANGED, continuing, previous)
             for r in users:
                 record = deidentify.participant(
-                    keys, r["user_name"], r["birth_date"], r["sex"], r["address"], cutoff
-                )
+                    keys, r["user_name"], r["birth_date"], r["sex"], r["address"], cutoff,
+                    result.left,
+                )  # fmt: skip
                 result.fresh[record["pid"]] = record
-            queries = [(_VISITS_ALL, (new,))] if new else []
+            await head_done(result)
+            queries = []
+            if new:
+                queries.append((_VISITS_ALL, (new, [pid_of[u] for u in new])))
             if continuing:
-                queries.append((_VISITS_CHANGED, (continuing, previous)))
+                queries.append((_VISITS_CHANGED, (
+                    continuing, [pid_of[u] for u in continuing], previous)))
+            coded = CodedFields(keys)
             for query, args in queries:
-                result.visits += await _stream_visits(conn, query, args, keys, pid_of, emit, batch_rows)
+                result.visits += await _stream_visits(conn, query, args, emit, batch_rows, coded)
+            coded.count_into(result.left)
     return result
 
 
+class CodedFields:
+    """The released JSON of each distinct diagnoses / vitals / medications value, remembered.
+
+    Clinical data repeats (the same diagnosis list, the same prescriptions): each distinct
+    jsonb text is parsed and checked once (:mod:`anonymizer.deidentify`), and what it left out
+    is counted once per use. Bounded: forgotten wholesale past ``LIMIT`` distinct values (their
+    counts kept).
+    """
+
+    LIMIT = 50_000
+    CHECKS = {
+        "diagnoses": deidentify.coded_diagnoses,
+        "vitals": deidentify.bounded_vitals,
+        "medications": deidentify.coded_medications,
+    }
+
+    def __init__(self, keys: StudyKeys) -> None:
+        self.keys = keys
+        self.left = Counter[str]()
+        # field → jsonb text (None: SQL NULL) → [released JSON, left out, uses]
+        self.memo: dict[str, dict[str | None, list[Any]]] = {f: {} for f in self.CHECKS}
+
+    def miss(self, field: str, text: str | None) -> list[Any]:
+        """Check a value not seen yet; remember it."""
+        memo = self.memo[field]
+        if len(memo) >= self.LIMIT:
+            self._settle(memo)
+        left: Counter[str] = Counter()
+        value = self.CHECKS[field](None if text is None else orjson.loads(text), left)
+        entry = memo[text] = [orjson.dumps(value).decode(), left, 0]
+        return entry
+
+    def _settle(self, memo: dict[str | None, list[Any]]) -> None:
+        for _, left, uses in memo.values():
+            for reason, n in left.items():
+                self.left[reason] += n * uses
+        memo.clear()
+
+    def count_into(self, left: Counter[str]) -> None:
+        for memo in self.memo.values():
+            self._settle(memo)
+        left.update(self.left)
+
+
 async def _stream_visits(
-    conn: asyncpg.Connection, query: str, args: tuple[Any, ...], keys: StudyKeys,
-    pid_of: dict[str, str], emit: Emit, batch_rows: int,
+    conn: asyncpg.Connection, query: str, args: tuple[Any, ...], emit: Emit, batch_rows: int,
+    coded: CodedFields,
 ) -> int:
-    """De-identify the visits ``query`` selects, ``batch_rows`` at a time; return how many."""
+    """The visit lines ``query`` selects, ``batch_rows`` at a time, to ``emit``; how many."""
     n = 0
-    record, loads, dumps, kind = deidentify.visit_record, orjson.loads, orjson.dumps, _VISIT
+    memo, miss, vid = coded.memo, coded.miss, coded.keys.vid
+    diag_memo, vital_memo, med_memo = memo["diagnoses"], memo["vitals"], memo["medications"]
     cursor = await conn.cursor(query, *args)
     while rows := await cursor.fetch(batch_rows):
-        batch: list[RecordRow] = []
-        append = batch.append
-        for user_name, visit_id, visit_type, year, seconds, diagnoses, vitals, meds in rows:
-            pid = pid_of[user_name]
-            rec = record(  # jsonb text is never empty: `and` only keeps a NULL (None) as is
-                keys, pid, visit_id, visit_type, year, seconds,
-                diagnoses and loads(diagnoses), vitals and loads(vitals), meds and loads(meds),
-            )  # fmt: skip
-            append((kind, pid, rec["vid"], dumps(rec).decode()))
-        await emit(batch)
-        n += len(batch)
+        lines = []
+        append = lines.append
+        bad_types = 0
+        for head, start, visit_id, type_ok, diagnoses, vitals, medications in rows:
+            if not type_ok:
+                bad_types += 1
+            d = diag_memo.get(diagnoses) or miss("diagnoses", diagnoses)
+            v = vital_memo.get(vitals) or miss("vitals", vitals)
+            m = med_memo.get(medications) or miss("medications", medications)
+            d[2] += 1
+            v[2] += 1
+            m[2] += 1
+            append(f'{start}{vid(visit_id)}{head},"diagnoses":{d[0]},"vitals":{v[0]},'
+                   f'"medications":{m[0]}}}\n')
+        coded.left["invalidVisitType"] += bad_types
+        await emit("".join(lines).encode(), len(rows))
+        n += len(rows)
     return n
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 
 from anonymizer.models import StudyIn
 from shared.db import db_errors
@@ -22,13 +23,10 @@ log = logging.getLogger("medsvc.anonymizer.store")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 WHAT = "the study registry"
-KIND_CODES = {"withdrawal": 0, "participant": 1, "visit": 2}
 _RUN_COLUMNS = (
     "run_id, study_id, status, trigger, requested_by, started_at, finished_at, policy_version,"
-    " counts, k_anonymity, error"
+    " counts, k_anonymity, error, manifest"
 )
-# A record as COPY takes it: (kind code, pid, vid, body).
-RecordRow = tuple[int, str, str, str]
 
 
 # -- studies ----------------------------------------------------------------------------------
@@ -136,16 +134,16 @@ async def insert_run(
 
 
 async def finish_run(
-    conn: asyncpg.Connection, run_id: uuid.UUID, counts: dict[str, int], k_anonymity: dict[str, Any]
+    conn: asyncpg.Connection, run_id: uuid.UUID, manifest: dict[str, Any]
 ) -> asyncpg.Record:
-    """Mark the run succeeded (inside the transaction that wrote its records)."""
+    """Mark the run succeeded with its manifest (inside the transaction that wrote its body)."""
     with db_errors(WHAT):
         # finish_run: records, watermarks and this commit together.
         return await conn.fetchrow(
             f"""UPDATE runs SET status = 'succeeded', finished_at = clock_timestamp(),
-                       counts = $2, k_anonymity = $3
+                       counts = $2, k_anonymity = $3, manifest = $4
                 WHERE run_id = $1 RETURNING {_RUN_COLUMNS}""",
-            run_id, counts, k_anonymity,
+            run_id, manifest["counts"], manifest["kAnonymity"], manifest,
         )
 
 
@@ -235,11 +233,13 @@ async def save_watermarks(
 
 
 async def participants(conn: asyncpg.Connection, study_id: str) -> dict[str, asyncpg.Record]:
-    """pid → (shard_id, record, released) of the participants as of the last success."""
+    """pid → (shard_id, record, released, consent_version) of the participants as of the last
+    success."""
     with db_errors(WHAT):
         # participants: the whole study (k-anonymity needs everyone).
         rows = await conn.fetch(
-            "SELECT pid, shard_id, record, released FROM study_participants WHERE study_id = $1",
+            """SELECT pid, shard_id, record, released, consent_version
+               FROM study_participants WHERE study_id = $1""",
             study_id,
         )
     return {r["pid"]: r for r in rows}
@@ -247,9 +247,10 @@ async def participants(conn: asyncpg.Connection, study_id: str) -> dict[str, asy
 
 async def save_participants(
     conn: asyncpg.Connection, study_id: str,
-    upserts: Sequence[tuple[str, int, dict[str, Any], dict[str, Any]]], removed: Sequence[str],
+    upserts: Sequence[tuple[str, int, dict[str, Any], dict[str, Any], int | None]],
+    removed: Sequence[str],
 ) -> None:
-    """Write (pid, shard, record, released) rows; drop the ``removed`` pids."""
+    """Write (pid, shard, record, released, consent version) rows; drop the ``removed`` pids."""
     with db_errors(WHAT):
         if removed:
             # drop_participants: withdrawn since the last run.
@@ -258,30 +259,48 @@ async def save_participants(
                 study_id, list(removed),
             )
         if upserts:
-            # upsert_participants: new or changed.
-            await conn.executemany(
-                """INSERT INTO study_participants (study_id, pid, shard_id, record, released)
-                   VALUES ($1, $2, $3, $4, $5)
+            # upsert_participants: new or changed, one statement (arrays, not a row a round trip).
+            pids, shard_ids, records, released, versions = zip(*upserts, strict=True)
+            await conn.execute(
+                """INSERT INTO study_participants
+                       (study_id, pid, shard_id, record, released, consent_version)
+                   SELECT $1, u.pid, u.shard_id, u.record::jsonb, u.released::jsonb, u.version
+                   FROM unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::int[])
+                        AS u(pid, shard_id, record, released, version)
                    ON CONFLICT (study_id, pid) DO UPDATE
                    SET shard_id = EXCLUDED.shard_id, record = EXCLUDED.record,
-                       released = EXCLUDED.released""",
-                [(study_id, *u) for u in upserts],
-            )
+                       released = EXCLUDED.released, consent_version = EXCLUDED.consent_version""",
+                study_id, list(pids), list(shard_ids), [orjson.dumps(r).decode() for r in records],
+                [orjson.dumps(r).decode() for r in released], list(versions),
+            )  # fmt: skip
 
 
-async def copy_records(conn: asyncpg.Connection, run_id: uuid.UUID, rows: Sequence[RecordRow]) -> None:
-    """Add a batch of the run's records (COPY: the cheapest way in)."""
+async def save_chunk(conn: asyncpg.Connection, run_id: uuid.UUID, seq: int, data: bytes) -> None:
+    """Add one chunk (about 1 MiB) of the run's NDJSON body, in the run's transaction."""
     with db_errors(WHAT):
-        await conn.copy_records_to_table(
-            "run_records", records=[(run_id, *r) for r in rows],
-            columns=["run_id", "kind", "pid", "vid", "body"],
+        # save_chunk: one row per chunk, not per record (the bulk write).
+        await conn.execute(
+            "INSERT INTO run_chunks (run_id, seq, data) VALUES ($1, $2, $3)", run_id, seq, data
         )
 
 
-async def record_bodies(
+async def body_chunks(pool: asyncpg.Pool, run_id: uuid.UUID) -> AsyncIterator[bytes]:
+    """The run's NDJSON body, a chunk at a time, in order (one chunk in memory, plus one ahead)."""
+    with db_errors(WHAT):
+        async with pool.acquire() as conn, conn.transaction(readonly=True):
+            # body_chunks: the primary key's order.
+            cursor = conn.cursor(
+                "SELECT data FROM run_chunks WHERE run_id = $1 ORDER BY seq", run_id, prefetch=2
+            )
+            async for row in cursor:
+                yield row["data"]
+
+
+async def legacy_record_bodies(
     pool: asyncpg.Pool, run_id: uuid.UUID, batch: int = 2000
 ) -> AsyncIterator[list[str]]:
-    """The run's records (JSON text), in (kind, pid, vid) order, a batch at a time."""
+    """The records of a run made before run bodies (one row per record), in (kind, pid, vid)
+    order, a batch at a time."""
     with db_errors(WHAT):
         async with pool.acquire() as conn, conn.transaction(readonly=True):
             # record_bodies: the primary key's order.

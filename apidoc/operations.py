@@ -296,7 +296,9 @@ OPERATIONS: tuple[Operation, ...] = (
         roles=_RESEARCH, success=200, response=Record, media_type="application/x-ndjson",
         errors=(403, 404, 409),
         description="NDJSON: one de-identified record (the schema) a line. 409 until the run "
-        "has succeeded.",
+        "has succeeded. Streamed, of any size: every download is the same bytes, whose SHA-256 "
+        "and size are the run manifest's `recordsSha256` and `recordsBytes` (also sent as "
+        "`ETag` and `Content-Length`).",
     ),
     Operation(
         "listAuditEvents", "GET", "/v1/audit/events", "List audit events", "audit",

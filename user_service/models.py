@@ -5,9 +5,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
+from shared.codes import US_POSTAL_CODE_SCHEMA, us_zip3
 from shared.types import UserName, text
 
 Role = Literal["admin", "clinician", "patient", "researcher", "auditor"]
@@ -35,15 +38,31 @@ _STRICT = ConfigDict(extra="forbid", strict=True, populate_by_name=False)
 
 
 class Address(BaseModel):
-    """A postal address; ``country`` is an ISO 3166-1 alpha-2 code."""
+    """A postal address; ``country`` is an ISO 3166-1 alpha-2 code.
 
-    model_config = _STRICT
+    A US ``postalCode`` is a ZIP or ZIP+4 code in ASCII digits (``"０３６１２"`` in full-width
+    digits is not): the anonymizer derives its released ``zip3`` from it. ``country`` is
+    declared first so that the postal code's check sees it.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, populate_by_name=False, json_schema_extra=US_POSTAL_CODE_SCHEMA
+    )
 
     line: text(200) | None = None
     city: text(100) | None = None
     region: text(100) | None = None
-    postalCode: text(20) | None = None
     country: Country | None = None
+    postalCode: text(20) | None = Field(
+        default=None, description="for country US: ^[0-9]{5}(-[0-9]{4})?$ in ASCII digits"
+    )
+
+    @field_validator("postalCode")
+    @classmethod
+    def _us_postal_code(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("country") == "US" and us_zip3(value) is None:
+            raise ValueError("a US postal code is 12345 or 12345-6789 in ASCII digits")
+        return value
 
 
 class UserIn(BaseModel):

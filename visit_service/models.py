@@ -6,10 +6,11 @@ import datetime as dt
 from typing import Literal
 
 from pydantic import (
-    AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator,
+    AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from shared.codes import DIAGNOSIS_SYSTEMS, MEDICATION_SYSTEMS, code_problem, coded_schema
 from shared.types import UserName, json_int, text
 
 VisitType = Literal["outpatient", "inpatient", "emergency", "telehealth"]
@@ -25,12 +26,30 @@ _STRICT = ConfigDict(extra="forbid", strict=True)
 EARLIEST = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
 
 
-class Diagnosis(BaseModel):
-    model_config = _STRICT
+DiagnosisSystem = Literal["ICD-10", "ICD-10-CM", "SNOMED-CT"]
+MedicationSystem = Literal["RxNorm", "ATC"]
 
-    system: text(32, 1)
-    code: text(32, 1)
+
+class Diagnosis(BaseModel):
+    """A coded diagnosis: ``code`` has its ``system``'s form (shared/codes.py), ASCII only."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra=coded_schema(DIAGNOSIS_SYSTEMS, optional=False)
+    )
+
+    system: DiagnosisSystem
+    code: text(32, 1) = Field(
+        description="ICD-10/ICD-10-CM: ^[A-Z][0-9][0-9A-Z](\\.[0-9A-Z]{1,4})?$; SNOMED-CT: 6-18 digits"
+    )
     display: text(200) | None = None
+
+    @field_validator("code")
+    @classmethod
+    def _code_of_system(cls, value: str, info: ValidationInfo) -> str:
+        system = info.data.get("system")
+        if system is not None and (problem := code_problem(DIAGNOSIS_SYSTEMS, system, value)):
+            raise ValueError(problem)
+        return value
 
 
 class Vitals(BaseModel):
@@ -47,11 +66,39 @@ class Vitals(BaseModel):
 
 
 class Medication(BaseModel):
-    model_config = _STRICT
+    """A medication: free text (never released) and, optionally, a code (released)."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra=coded_schema(MEDICATION_SYSTEMS, optional=True)
+    )
 
     name: text(200, 1)
     dose: text(100) | None = None
     frequency: text(100) | None = None
+    system: MedicationSystem | None = None
+    code: text(32, 1) | None = Field(
+        default=None, description="RxNorm: 1-10 digits; ATC: ^[A-Z][0-9]{2}[A-Z]{2}[0-9]{2}$"
+    )
+
+    @field_validator("code")
+    @classmethod
+    def _code_of_system(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        system = info.data.get("system")
+        if system is None:
+            if "system" in info.data:
+                raise ValueError("a code needs its system")
+            return value  # the system itself was refused: its error says why
+        if problem := code_problem(MEDICATION_SYSTEMS, system, value):
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _system_needs_code(self) -> Medication:
+        if self.system is not None and self.code is None:
+            raise ValueError("a medication system needs its code")
+        return self
 
 
 class VisitIn(BaseModel):

@@ -52,7 +52,8 @@ def visit_body(i: int, n: int) -> dict:
         "clinician": "dr.hibbert",
         "diagnoses": [{"system": "ICD-10", "code": "E11.9", "display": "Diabetes of Quackenbush"}],
         "vitals": {"heartRate": 70 + n, "systolic": 120},
-        "medications": [{"name": "metformin", "dose": "500 mg", "frequency": "twice daily"}],
+        "medications": [{"name": "metformin", "dose": "500 mg", "frequency": "twice daily"},
+                        {"name": "Zebediah's tablets", "dose": "1", "system": "RxNorm", "code": "860975"}],
         "notes": f"secret note {i}-{n}: lives with cat Mr Whiskers",
     }  # fmt: skip
 
@@ -94,7 +95,9 @@ async def test_first_run_emits_exactly_the_consented_patients_and_nothing_identi
     assert one == {"kind": "visit", "pid": k.pid(a), "vid": one["vid"], "year": 2025,
                    "type": "outpatient", "durationMinutes": 40,
                    "diagnoses": [{"system": "ICD-10", "code": "E11.9"}],
-                   "vitals": {"heartRate": 70, "systolic": 120}, "medications": ["metformin"]}
+                   "vitals": {"heartRate": 70, "systolic": 120},
+                   "medications": [{"system": "RxNorm", "code": "860975"}]}
+    assert run["manifest"]["leftOut"]["uncodedMedication"] == 5
 
     raw, _ = await researcher.records(study, run["runId"])
     text = raw.decode()
@@ -102,7 +105,7 @@ async def test_first_run_emits_exactly_the_consented_patients_and_nothing_identi
         text = text.replace(r["pid"], "<pid>").replace(r.get("vid", "<none>"), "<vid>")
     forbidden = [a, b, c, "dr.hibbert", "Whiskers", "secret note", "Zebediah", "Quackenbush",
                  "quack-mail", "555-01", "Evergreen", "Shelbyville", "62700", "62701", "62702",
-                 "Diabetes of", "twice daily", "500 mg", "09:1", "T09"]
+                 "Diabetes of", "twice daily", "500 mg", "09:1", "T09", "metformin", "tablets"]
     forbidden += [v["visitId"] for vs in visits.values() for v in vs]
     for value in forbidden:
         assert value not in text, value
@@ -127,12 +130,12 @@ async def test_an_unchanged_study_yields_nothing_and_a_change_yields_exactly_it(
     assert records == [] and again["counts"] == {"participant": 0, "visit": 0, "withdrawal": 0}
 
     patched = await clinician.call("PATCH", f"/v1/users/{p['userName']}/visits/{v2['visitId']}",
-                                   {"medications": [{"name": "insulin"}]})
+                                   {"medications": [{"name": "insulin", "system": "ATC", "code": "A10AB01"}]})
     assert patched.status == 200
     _, records = await researcher.run(study)
     k = keys(study)
     assert [(r["kind"], r["vid"], r["medications"]) for r in records] == [
-        ("visit", k.vid(v2["visitId"]), ["insulin"])
+        ("visit", k.vid(v2["visitId"]), [{"system": "ATC", "code": "A10AB01"}])
     ]
     assert k.vid(v1["visitId"]) != k.vid(v2["visitId"])
 
@@ -227,23 +230,26 @@ async def test_k_anonymity_generalises_small_groups(clinician: Api, researcher: 
     run, records = await researcher.run(study)
     k = keys(study)
     parts = {r["pid"]: r for r in by_kind(records)["participant"]}
-    assert parts[k.pid(pair[0]["userName"])]["birthYear"] == 1971
-    assert parts[k.pid(pair[0]["userName"])]["zip3"] == "606"
-    # Alone in its group, and alone even as 1970s/000: everything quasi-identifying goes.
-    assert parts[k.pid(odd["userName"])] == {"kind": "participant", "pid": k.pid(odd["userName"]),
-                                                  "birthYear": None, "sex": None, "zip3": None,
-                                                  "country": "US"}
-    assert run["kAnonymity"] == {"k": 2, "participants": 3, "smallestGroup": 1,
-                                 "smallestReleasedGroup": 1, "generalised": 1}
-    # A second patient like the odd one: both are re-released at the finer level that now holds.
+    # The odd one is alone; the pair looks like it once both are generalised to the birth
+    # decade and zip3 "000", so all three are released so (k = 2 holds over what is held).
+    assert sorted(parts.values(), key=lambda r: r["pid"]) == sorted(
+        ({"kind": "participant", "pid": k.pid(p["userName"]), "birthYear": "1970-1979",
+          "sex": "female", "zip3": "000", "country": "US"} for p in (*pair, odd)),
+        key=lambda r: r["pid"],
+    )  # fmt: skip
+    report = run["kAnonymity"]
+    assert (report["k"], report["participants"], report["smallestGroup"]) == (2, 3, 1)
+    assert report["smallestReleasedGroup"] == 3 and report["generalised"] == 3 and report["satisfied"]
+    # A second patient like the odd one: everyone is re-released at the finer level that now holds.
     twin = await patient_on_shard(clinician, stack, 1, birthDate="1975-07-07", sex="female",
                                   address={"postalCode": "10002", "country": "US"})
     await consent(clinician, twin["userName"], study)
     run, records = await researcher.run(study)
     parts = {r["pid"]: r for r in by_kind(records)["participant"]}
-    assert set(parts) == {k.pid(odd["userName"]), k.pid(twin["userName"])}
-    assert {(r["birthYear"], r["zip3"]) for r in parts.values()} == {(1975, "100")}
+    assert set(parts) == {k.pid(p["userName"]) for p in (*pair, odd, twin)}
+    assert {(r["birthYear"], r["zip3"]) for r in parts.values()} == {(1975, "100"), (1971, "606")}
     assert run["kAnonymity"]["smallestReleasedGroup"] == 2
+    assert run["kAnonymity"]["reemitted"] == 3
 
 
 async def test_who_may_do_what(http, stack, clinician: Api, researcher: Researcher, token) -> None:

@@ -32,7 +32,7 @@ def researcher(http, stack, token) -> Researcher:
 
 def med_tag(record: dict) -> int:
     """The change a visit record shows (the writers name the medication after it)."""
-    return int(record["medications"][0][1:])
+    return int(record["medications"][0]["code"])
 
 
 async def test_every_concurrent_change_is_extracted_exactly_once(
@@ -53,13 +53,13 @@ async def test_every_concurrent_change_is_extracted_exactly_once(
         for _ in range(70):
             n = tag()
             if not visits or rnd.random() < 0.35:
-                v = await clinician.create_visit(rnd.choice(mine), medications=[{"name": f"m{n}"}])
+                v = await clinician.create_visit(rnd.choice(mine), medications=[{"name": f"m{n}", "system": "RxNorm", "code": str(n)}])
                 visits.append((v["userName"], v["visitId"]))
                 visit_id = v["visitId"]
             else:
                 user, visit_id = rnd.choice(visits)
                 reply = await clinician.call("PATCH", f"/v1/users/{user}/visits/{visit_id}",
-                                             {"medications": [{"name": f"m{n}"}]})
+                                             {"medications": [{"name": f"m{n}", "system": "RxNorm", "code": str(n)}]})
                 assert reply.status == 200, reply.body
             writes.append((k.vid(visit_id), n, loop.time()))
             await asyncio.sleep(rnd.random() * 0.01)
@@ -77,7 +77,7 @@ async def test_every_concurrent_change_is_extracted_exactly_once(
     slow_visits = []
     for _ in range(3):
         n = tag()
-        slow_visits.append(await clinician.create_visit(slow_patient["userName"], medications=[{"name": f"m{n}"}]))
+        slow_visits.append(await clinician.create_visit(slow_patient["userName"], medications=[{"name": f"m{n}", "system": "RxNorm", "code": str(n)}]))
         writes.append((k.vid(slow_visits[-1]["visitId"]), n, loop.time()))
 
     async def slow_writer(seed: int) -> None:
@@ -92,9 +92,10 @@ async def test_every_concurrent_change_is_extracted_exactly_once(
                                        " set_config('medsvc.source', 'e2e/slow-writer', true)")
                     await conn.execute(
                         """UPDATE visits SET version = version + 1, updated_at = now(),
-                                  medications = jsonb_build_array(jsonb_build_object('name', $2::text))
+                                  medications = jsonb_build_array(jsonb_build_object(
+                                      'name', 'm' || $2::text, 'system', 'RxNorm', 'code', $2::text))
                            WHERE visit_id = $1""",
-                        uuid.UUID(visit_id), f"m{n}")
+                        uuid.UUID(visit_id), str(n))
                     await asyncio.sleep(rnd.random() * 0.05)
                 writes.append((k.vid(visit_id), n, loop.time()))
         finally:
@@ -146,7 +147,7 @@ async def test_a_transaction_open_across_a_run_is_in_the_next_run(
         await conn.execute("SELECT set_config('medsvc.actor', 'dr.jones', true),"
                            " set_config('medsvc.source', 'e2e/slow-writer', true)")
         await conn.execute(
-            """UPDATE visits SET medications = '[{"name": "slow"}]', version = version + 1,
+            """UPDATE visits SET medications = '[{"name": "slow", "system": "RxNorm", "code": "314076"}]', version = version + 1,
                       updated_at = now() WHERE visit_id = $1""", uuid.UUID(visit["visitId"]))
         new_id = uuid.uuid4()
         await conn.execute(
@@ -163,7 +164,7 @@ async def test_a_transaction_open_across_a_run_is_in_the_next_run(
     k = keys(study)
     _, after = await researcher.run(study)
     assert sorted((r["vid"], r["medications"]) for r in after) == sorted(
-        [(k.vid(visit["visitId"]), ["slow"]), (k.vid(str(new_id)), [])]
+        [(k.vid(visit["visitId"]), [{"system": "RxNorm", "code": "314076"}]), (k.vid(str(new_id)), [])]
     )
     _, again = await researcher.run(study)
     assert again == []

@@ -60,10 +60,12 @@ def test_an_earlier_birth_year_joins_the_90_plus_group_when_its_time_comes() -> 
 @pytest.mark.parametrize(
     ("code", "country", "expected"),
     [
-        ("62701", "US", "627"), ("62701-1234", "US", "627"), ("627011234", None, "627"),
-        ("03601", "US", "000"), ("89301", "US", "000"), ("05901", None, "000"),
+        ("62701", "US", "627"), ("62701-1234", "US", "627"), ("627011234", "US", None),
+        ("62701", None, None), ("03601", "US", "000"), ("89301", "US", "000"),
+        ("03612-1234", "US", "000"), ("05901", None, None),
         ("SW1A 1AA", "GB", None), ("62701", "DE", None), ("6270", "US", None), (None, "US", None),
-        ("abcde", "US", None),
+        ("abcde", "US", None), ("０３６１２", "US", None), ("٠٣٦١٢", "US", None), ("62701\n", "US", None),
+        (" 62701", "US", None), (62701, "US", None),
     ],
 )
 def test_zip3(code, country, expected) -> None:
@@ -100,12 +102,14 @@ def test_records_keep_only_what_the_policy_allows() -> None:
         dt.datetime(2026, 11, 20, 9, 0, tzinfo=UTC), dt.datetime(2026, 11, 20, 9, 31, 40, tzinfo=UTC),
         [{"system": "ICD-10", "code": "E11.9", "display": PLANTED["display"]}],
         {"heightCm": 168.0, "heartRate": 70, "colour": "blue"},
-        [{"name": "metformin", "dose": "500 mg", "frequency": "twice daily"}],
+        [{"name": "metformin", "dose": "500 mg", "frequency": "twice daily"},
+         {"name": "metformin 500 mg tablet", "system": "RxNorm", "code": "860975"}],
     )  # fmt: skip
     assert v == {"kind": "visit", "pid": p["pid"], "vid": keys.vid(PLANTED["visitId"]), "year": 2026,
                  "type": "outpatient", "durationMinutes": 32,
                  "diagnoses": [{"system": "ICD-10", "code": "E11.9"}],
-                 "vitals": {"heightCm": 168.0, "heartRate": 70}, "medications": ["metformin"]}
+                 "vitals": {"heightCm": 168.0, "heartRate": 70},
+                 "medications": [{"system": "RxNorm", "code": "860975"}]}
     text = repr([p, v])
     for value in PLANTED.values():
         assert value not in text
@@ -139,14 +143,35 @@ def test_small_groups_get_the_birth_decade_and_zip3_000() -> None:
         "e": person("e", 1955, sex="male"),                         # alone even as 1950s/000
     }
     released, report = kanon.release(people, 2)
-    assert released["a"]["birthYear"] == 1980 and released["a"]["zip3"] == "627"
-    assert released["c"]["birthYear"] == released["d"]["birthYear"] == "1980-1989"
-    assert released["c"]["zip3"] == released["d"]["zip3"] == "000"
-    assert (released["e"]["birthYear"], released["e"]["sex"], released["e"]["zip3"]) == (None, None, None)
-    assert released["e"]["pid"] == "e" and released["e"]["country"] == "US"
-    assert report["smallestGroup"] == 1 and report["generalised"] == 3
-    # e stays alone: fewer than k participants cannot be helped, and the report says so.
-    assert report["smallestReleasedGroup"] == 1
+    from collections import Counter
+
+    # c and d share their level-1 values; e is alone at every level short of the last, so it
+    # ends with every released value null, joined (whole) by the smallest other group.
+    assert {f: released["e"][f] for f in kanon.QUASI_IDENTIFIERS} == dict.fromkeys(
+        kanon.QUASI_IDENTIFIERS)
+    assert released["e"]["pid"] == "e"
+    groups = Counter(kanon.key_of(r) for r in released.values())
+    assert min(groups.values()) == report["smallestReleasedGroup"] == 2 and report["satisfied"]
+    assert report["smallestGroup"] == 1 and report["suppressed"] == 3
+    assert report["levels"] == {"0": 2, "1": 0, "2": 0, "3": 3} or report["levels"] == {
+        "0": 0, "1": 2, "2": 0, "3": 3}
+
+
+def test_fewer_than_k_participants_cannot_satisfy_k_and_the_report_says_so() -> None:
+    released, report = kanon.release({"a": person("a", 1980), "b": person("b", 1980)}, 3)
+    assert report["smallestReleasedGroup"] == 2 and not report["satisfied"]
+    assert report["suppressed"] == 2
+
+
+def test_country_alone_singles_nobody_out() -> None:
+    people = {p: person(p, 1980) for p in "abc"}
+    people["c"]["country"] = "IS"
+    people["c"]["zip3"] = None
+    released, report = kanon.release(people, 3)
+    from collections import Counter
+
+    groups = Counter(kanon.key_of(r) for r in released.values())
+    assert min(groups.values()) >= 3 and report["satisfied"]
 
 
 def test_every_group_reaches_k_when_enough_people_share_the_coarse_values() -> None:
@@ -174,3 +199,37 @@ def test_production_refuses_the_local_or_a_short_master_key() -> None:
     ok = AnonymizerSettings(**base, pseudonym_key="k" * 32)
     assert ok.anonymizer_dsn == "postgresql://u@h:5432/anonymizer"
     assert AnonymizerSettings(central_dsn="postgresql://u@h/x").master_key  # local default
+
+
+def test_free_text_never_passes_the_allow_list_and_what_is_left_out_is_counted() -> None:
+    from collections import Counter
+
+    keys, left = StudyKeys(KEY, "s"), Counter()
+    v = deidentify.visit(
+        keys, "p", "v", "outpatient; Jane Doe", dt.datetime(2026, 1, 1, tzinfo=UTC), None,
+        [{"system": "ICD-10", "code": "Z99 JSmith"}, {"system": "ICD-10", "code": "E１1.9"},
+         {"system": "Jane", "code": "E11.9"}, {"system": "SNOMED-CT", "code": "44054006"}, "E11.9"],
+        {"heartRate": "70 Jane", "systolic": True, "diastolic": 900, "weightKg": 70.5, "x": 1},
+        [{"name": "metformin - pt Jane Doe 555-867-5309", "dose": "500 mg"},
+         {"name": "x", "system": "RxNorm", "code": "8609７5"}, {"name": "x", "system": "ATC"},
+         {"name": "x", "system": "ATC", "code": "A10BA02"}, ["RxNorm", "1"]],
+        left,
+    )  # fmt: skip
+    assert v["type"] is None
+    assert v["diagnoses"] == [{"system": "SNOMED-CT", "code": "44054006"}]
+    assert v["vitals"] == {"weightKg": 70.5}
+    assert v["medications"] == [{"system": "ATC", "code": "A10BA02"}]
+    assert deidentify.left_out_report(left) == {
+        "uncodedMedication": 1, "invalidMedicationCode": 3, "invalidDiagnosis": 4,
+        "invalidVitals": 4, "invalidVisitType": 1, "invalidSex": 0, "invalidCountry": 0,
+        "invalidPostalCode": 0,
+    }  # fmt: skip
+    p = deidentify.participant(
+        keys, "u", dt.date(1980, 1, 1), "female; Jane",
+        {"postalCode": "０３６１２", "country": "US"}, 1936, left,
+    )  # fmt: skip
+    assert (p["sex"], p["zip3"], p["country"]) == (None, None, "US")
+    p = deidentify.participant(keys, "u", dt.date(1980, 1, 1), "male",
+                               {"postalCode": "03612", "country": "us"}, 1936, left)
+    assert (p["zip3"], p["country"]) == (None, None)
+    assert left["invalidSex"] == 1 and left["invalidPostalCode"] == 1 and left["invalidCountry"] == 1

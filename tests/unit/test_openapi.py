@@ -249,8 +249,18 @@ def test_what_the_studies_api_and_consents_answer_are_the_documented_models() ->
         "run_id": uuid.uuid4(), "study_id": "diabetes-2026", "status": "failed", "trigger": "api",
         "requested_by": "rita", "started_at": now, "finished_at": now,
         "policy_version": deidentify.POLICY_VERSION, "counts": {"visit": 7},
-        "k_anonymity": {"k": 5}, "error": "the run failed (OSError)",
+        "k_anonymity": {"k": 5}, "error": "the run failed (OSError)", "manifest": None,
     }  # fmt: skip
+    manifest = {
+        "policyVersion": deidentify.POLICY_VERSION, "keyVersion": "hmac-sha256:0123456789abcdef",
+        "watermarks": {"0": "10:12:11", "1": "7:7:"}, "counts": {"participant": 1, "visit": 7},
+        "leftOut": {"uncodedMedication": 3}, "kAnonymity": {"k": 5}, "recordsSha256": "ab" * 32,
+        "recordsBytes": 1234,
+    }  # fmt: skip
+    done = run | {"status": "succeeded", "error": None, "manifest": manifest}
+    assert Run.model_validate(
+        orjson.loads(json_response(anonymizer_routes.run_json(done)).body)
+    ).manifest.recordsBytes == 1234
     study = {"study_id": "diabetes-2026", "title": "t", "schedule": None, "k": 5,
              "created_by": "rita", "created_at": now}  # fmt: skip
     Run.model_validate(orjson.loads(json_response(anonymizer_routes.run_json(run)).body))
