@@ -27,7 +27,7 @@ from shared.auth import TokenVerifier
 from shared.db import pool_scope
 from shared.ops import setup_ops
 from shared.problems import error_middleware, observe_middleware
-from shared.shardmap import ShardMap
+from shared.shardmap import MapWatcher, ShardMap
 from shared.tasks import background_context
 
 log = logging.getLogger("medsvc.anonymizer")
@@ -40,7 +40,9 @@ async def extractor_scope(settings: AnonymizerSettings, shard_map: ShardMap) -> 
     if settings.anonymizer_create_database:
         await ensure_database(settings.anonymizer_dsn, password)
     await migrate(settings.anonymizer_dsn, password, "anonymizer", store.MIGRATIONS)
-    shard_pools = ShardPools(shard_map, password, settings.anonymizer_shard_pool_max)
+    # The map is watched: a shard added or buckets moved are read without a restart.
+    watcher = MapWatcher(settings.shard_map, shard_map)
+    shard_pools = ShardPools(watcher, password, settings.anonymizer_shard_pool_max)
     try:
         async with pool_scope(
             settings.anonymizer_dsn, password=password, min_size=settings.pg_pool_min,

@@ -31,14 +31,22 @@ from anonymizer.deidentify import StudyKeys
 from anonymizer.store import KIND_CODES, RecordRow
 from shared.db import create_pool, db_errors
 from shared.errors import Unavailable
-from shared.shardmap import Shard, ShardMap
+from shared.shardmap import MapWatcher, Shard, ShardMap
 
 Emit = Callable[[list[RecordRow]], Awaitable[None]]
 _VISIT = KIND_CODES["visit"]
 
-# participants_now: the study's consents in force in this snapshot.
+# participants_now: the study's consents in force in this snapshot, in the buckets this shard
+# owns in the same snapshot (a move's copy on its way in, or the source's copy before cleanup,
+# is not read twice). moved_in: the bucket came to this shard (resharder) after the previous
+# watermark $2, so the participant's rows are new here, whatever their updated_xid: the whole
+# history is read, and nothing changed on the old shard since its last run is missed.
 _CONSENTS = """
-SELECT user_name FROM study_consents WHERE study_id = $1 AND withdrawn_at IS NULL"""
+SELECT c.user_name, coalesce(NOT pg_visible_in_snapshot(sb.since_xid, $2::text::pg_snapshot), false)
+FROM study_consents c
+JOIN shard_buckets sb ON sb.bucket = c.bucket
+JOIN shard_identity si ON sb.owner = si.shard_id
+WHERE c.study_id = $1 AND c.withdrawn_at IS NULL"""
 _USER_COLUMNS = "u.user_name, u.birth_date, u.sex, u.address"
 # The start's UTC year and the length in seconds (exact: extract gives a numeric, its float8 is
 # timedelta.total_seconds()) instead of the two timestamps: less to send and to decode.
@@ -69,12 +77,20 @@ WHERE v.updated_xid >= pg_snapshot_xmin($2::text::pg_snapshot)
 class ShardPools:
     """One small pool per shard, opened on first use (a shard that is down fails its use only)."""
 
-    def __init__(self, shard_map: ShardMap, password: str | None, max_size: int) -> None:
-        self.shard_map = shard_map
+    def __init__(self, shard_map: ShardMap | MapWatcher, password: str | None, max_size: int) -> None:
+        self._map = shard_map
         self._password = password
         self._max_size = max_size
         self._pools: dict[int, asyncpg.Pool] = {}
         self._lock = asyncio.Lock()
+
+    @property
+    def shard_map(self) -> ShardMap:
+        """The current map (a watched file is re-read when it changed: one stat)."""
+        if isinstance(self._map, MapWatcher):
+            self._map.reload()
+            return self._map.current
+        return self._map
 
     async def get(self, shard: Shard) -> asyncpg.Pool:
         """The shard's pool (Unavailable when it cannot be opened now)."""
@@ -122,10 +138,13 @@ async def read_shard(
             # The first statement fixes the transaction's snapshot; this is it.
             snapshot = await conn.fetchval("SELECT pg_current_snapshot()::text")
             result = ShardResult(shard_id, snapshot)
-            pid_of = {u: keys.pid(u) for (u,) in await conn.fetch(_CONSENTS, study_id)}
+            consents = await conn.fetch(_CONSENTS, study_id, previous)
+            pid_of = {u: keys.pid(u) for u, _ in consents}
+            moved_in = {u for u, m in consents if m}
             result.active = set(pid_of.values())
-            new = [u for u, p in pid_of.items() if previous is None or p not in known]
-            continuing = [u for u, p in pid_of.items() if previous is not None and p in known]
+            new = [u for u, p in pid_of.items() if previous is None or p not in known or u in moved_in]
+            fresh = set(new)
+            continuing = [u for u in pid_of if u not in fresh]
             users = await conn.fetch(_USERS_ALL, new) if new else []
             if continuing:
                 users += await conn.fetch(_USERS_CHANGED, continuing, previous)
@@ -173,7 +192,8 @@ async def count_participants(pools: ShardPools, study_id: str) -> int:
         with db_errors(f"shard {shard.id}"):
             # count_participants: this shard's consents in force.
             return await asyncio.wait_for(pool.fetchval(
-                "SELECT count(*) FROM study_consents WHERE study_id = $1 AND withdrawn_at IS NULL",
+                "SELECT count(*) FROM study_consents WHERE study_id = $1 AND withdrawn_at IS NULL"
+                " AND medsvc_owns(bucket)",
                 study_id,
             ), timeout=5)  # fmt: skip
 

@@ -12,8 +12,9 @@ from gateway.central import audit
 from gateway.fastpath import cached_response
 from gateway.docs import only, setup_docs
 from gateway.proxy import Upstream, forward
+from gateway.routing import MOVE_HOLD, ROUTING, Routing
 from gateway.studies import studies
-from gateway.state import CLUSTERS, SHARD_MAP, VERIFIER, cluster_for
+from gateway.state import CLUSTERS, VERIFIER, cluster_for
 from shared import policy
 from shared.auth import Principal
 from shared.errors import NotFound, Unavailable
@@ -35,6 +36,35 @@ async def _body(request: web.Request) -> bytes | None:
     return await request.read()
 
 
+async def forward_to_owner(
+    request: web.Request, user_name: str | None, service: str, body: bytes | None
+) -> Upstream:
+    """Send the request to the shard owning ``user_name`` by the current map; on 421 (the
+    shard's database does not own the bucket: this map is stale, or a move is fencing it),
+    hold the request and send it again once the map says where the user lives now.
+
+    The 421 comes from a check made before, or inside and rolled back with, the shard's
+    transaction: nothing was written, so a POST is as safe to send again as a GET.
+    """
+    routing: Routing = request.app[ROUTING]  # type: ignore[assignment]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + request.app[MOVE_HOLD]
+    headers = dict(request.headers)
+    while True:
+        shard_map = routing.map
+        shard_id = shard_map.shard_id_for(user_name) if user_name else shard_map.shards[0].id
+        request["shard"] = shard_id
+        cluster = cluster_for(request.app, shard_id, service)
+        up = await forward(cluster, request.method, request.raw_path, headers, body)
+        if up.status != 421:
+            return up
+        routing.watcher.reload()
+        if routing.map.version == shard_map.version:
+            if loop.time() >= deadline:
+                raise Unavailable(f"the shard of {user_name} is being moved; retry shortly", retry_after=1)
+            await asyncio.sleep(0.05)
+
+
 async def user_scoped(request: web.Request) -> web.Response:
     """``/v1/users/{userName}[/...]``: the owning shard's cluster for that service."""
     principal = caller(request)
@@ -46,14 +76,13 @@ async def user_scoped(request: web.Request) -> web.Response:
     policy.may_use_users_api(principal, user_name)
     if not _USER_NAME.fullmatch(user_name):
         raise NotFound(f"user {user_name[:64]} does not exist")
-    shard_id = request.app[SHARD_MAP].shard_id_for(user_name)
+    shard_id = request.app[ROUTING].map.shard_id_for(user_name)  # type: ignore[attr-defined]
     request["shard"] = shard_id
     if request.method == "GET":
         cached = await cached_response(request, principal, shard_id, user_name, tail)
         if cached is not None:
             return cached
-    cluster = cluster_for(request.app, shard_id, service)
-    up = await forward(cluster, request.method, request.raw_path, dict(request.headers), await _body(request))
+    up = await forward_to_owner(request, user_name, service, await _body(request))
     return up.response()
 
 
@@ -76,11 +105,7 @@ async def create_user(request: web.Request) -> web.Response:
                 user_name = candidate
         except orjson.JSONDecodeError:
             pass
-    shard_map = request.app[SHARD_MAP]
-    shard_id = shard_map.shard_id_for(user_name) if user_name else shard_map.shards[0].id
-    request["shard"] = shard_id
-    cluster = cluster_for(request.app, shard_id, "user")
-    up = await forward(cluster, "POST", request.raw_path, dict(request.headers), body)
+    up = await forward_to_owner(request, user_name, "user", body)
     return up.response()
 
 
@@ -110,10 +135,10 @@ async def search_users(request: web.Request) -> web.Response:
         if answer.status != 200:
             return answer.response()
         pages.append(orjson.loads(answer.body))
-    items = sorted(
-        (item for page in pages for item in page["items"]),
-        key=lambda u: (u["familyName"], u["givenName"], u["userName"]),
-    )
+    # Each shard lists only the buckets its database owns; during the instant of a move's
+    # flip both may, with the same rows: each user is listed once.
+    unique = {item["userName"]: item for page in pages for item in page["items"]}
+    items = sorted(unique.values(), key=lambda u: (u["familyName"], u["givenName"], u["userName"]))
     more = len(items) > limit or any(page["nextCursor"] for page in pages)
     items = items[:limit]
     next_cursor = None

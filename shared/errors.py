@@ -89,6 +89,13 @@ class ValidationFailed(ServiceError):
         self.errors = errors or []
 
 
+class Misdirected(ServiceError):
+    """The request reached a shard that does not own its userName: the caller's shard map is
+    stale (a move flipped the owner). The gateway reloads its map and sends it again."""
+
+    status, title = 421, "Misdirected Request"
+
+
 class Unavailable(ServiceError):
     status, title = 503, "Service Unavailable"
 

@@ -71,6 +71,9 @@ class GatewaySettings(CommonSettings):
     # Seconds a member that failed a connection stays out of rotation.
     member_cooldown: float = Field(default=5.0, gt=0)
     upstream_timeout: float = Field(default=15.0, gt=0)
+    # Seconds a request for a user whose bucket is moving (421 from the shard) is held and
+    # retried while the gateway waits for the new shard map, before it answers 503.
+    move_hold: float = Field(default=15.0, gt=0)
     # Comma-separated base URLs of the audit_service and anonymizer processes.
     audit_urls: str = ""
     anonymizer_urls: str = ""

@@ -113,7 +113,8 @@ def _generated(kind: str, folder: Path, gen: Obj) -> Obj:
         obj["data"] = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
     else:
         obj["data"] = data
-    obj["metadata"]["name"] = f"{name}-{name_hash(obj)}"
+    if not gen.get("options", {}).get("disableNameSuffixHash"):
+        obj["metadata"]["name"] = f"{name}-{name_hash(obj)}"
     return obj
 
 

@@ -170,7 +170,7 @@ def test_the_shard_map_config_map_is_the_committed_file(
     rendered: dict[str, list[Obj]], overlay: str
 ) -> None:
     maps = [o for o in rendered[overlay] if o["kind"] == "ConfigMap"
-            and o["metadata"]["name"].startswith("shardmap-")]
+            and o["metadata"]["name"] == "shardmap"]
     assert len(maps) == 1
     text = maps[0]["data"]["shardmap.json"]
     assert text == (K8S / "overlays" / overlay / "shardmap.json").read_text()

@@ -1,0 +1,57 @@
+"""Publishing a new shard map version: the map file every process watches.
+
+Locally (``make run``, the tests) the file is rewritten atomically. In Kubernetes the file is
+a ConfigMap volume: the resharder patches the ConfigMap through the API server (its service
+account may patch that one ConfigMap, deploy/k8s/base/resharder-job.yaml), and the kubelet
+refreshes the mounted file in every pod; until then a pod with the old map is refused by the
+old owner (421) and its requests wait, so a slow refresh costs latency, never correctness.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from pathlib import Path
+
+import aiohttp
+
+from shared.shardmap import ShardMap, load_shard_map, write_shard_map
+
+_SA = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def next_map(current: ShardMap, lo: int, hi: int, target: int) -> ShardMap | None:
+    """The next version giving ``lo..hi`` to ``target``; None when ``current`` already does."""
+    owners = current.owners()
+    if all(owners[b] == target for b in range(lo, hi + 1)):
+        return None
+    return current.with_owner(lo, hi, target)
+
+
+async def publish(map_path: str, lo: int, hi: int, target: int, configmap: str = "") -> int:
+    """Publish the map with ``lo..hi`` on ``target``; return the version now in force."""
+    current = load_shard_map(map_path)
+    new = next_map(current, lo, hi, target)
+    if new is None:
+        return current.version
+    if configmap:
+        await _patch_configmap(configmap, new)
+    else:
+        write_shard_map(map_path, new)
+    return new.version
+
+
+async def _patch_configmap(name: str, shard_map: ShardMap) -> None:
+    """Merge-patch the ConfigMap ``name`` in this pod's namespace with the new map."""
+    namespace = (_SA / "namespace").read_text().strip()
+    token = (_SA / "token").read_text().strip()
+    ctx = ssl.create_default_context(cafile=str(_SA / "ca.crt"))
+    body = {"data": {"shardmap.json": shard_map.model_dump_json(indent=2) + "\n"}}
+    url = f"https://kubernetes.default.svc/api/v1/namespaces/{namespace}/configmaps/{name}"
+    async with aiohttp.ClientSession() as session, session.patch(
+        url, data=json.dumps(body), ssl=ctx,
+        headers={"Authorization": f"Bearer {token}",
+                 "Content-Type": "application/merge-patch+json"},
+    ) as resp:  # fmt: skip
+        if resp.status >= 300:
+            raise RuntimeError(f"patching ConfigMap {name} failed: {resp.status}")
