@@ -26,7 +26,8 @@ from resharder.move import Mover, Options, Summary
 from resharder.progress import Progress
 from resharder.settings import ResharderSettings
 from shared.settings import load
-from shared.shardmap import ShardMap, load_shard_map, parse_range
+from resharder.publish import current_map
+from shared.shardmap import ShardMap, parse_range
 
 USAGE, DONE, ABORTED = 2, 0, 1
 
@@ -62,7 +63,7 @@ async def move(args: argparse.Namespace, settings: ResharderSettings) -> int:
     except ValueError as exc:
         print(f"resharder: --buckets: {exc}", file=sys.stderr)
         return USAGE
-    shard_map = load_shard_map(settings.shard_map)
+    shard_map = await current_map(settings.shard_map, settings.shardmap_configmap)
     if hi >= shard_map.buckets:
         print(f"resharder: buckets go from 0 to {shard_map.buckets - 1}", file=sys.stderr)
         return USAGE
@@ -136,7 +137,7 @@ async def _process_versions(shard_map: ShardMap, urls: list[str]) -> dict[str, A
 
 
 async def status(args: argparse.Namespace, settings: ResharderSettings) -> int:
-    shard_map = load_shard_map(settings.shard_map)
+    shard_map = await current_map(settings.shard_map, settings.shardmap_configmap)
     registry = await _registry(settings)
     try:
         moves = await state.recent(registry, args.limit)

@@ -25,7 +25,9 @@ from typing import Any
 import yaml
 
 from deploy.k8s.manifests import ENV_CONFIG, IMAGE, PORT, SECRET, SHARDMAP_CONFIG, NGINX_CONFIG
-from deploy.k8s.workloads import ShardSizing, base_files, dsn, service_urls, shard_names, shard_objects
+from deploy.k8s.workloads import (
+    ShardSizing, base_files, dsn, resharder_job, service_urls, shard_names, shard_objects,
+)
 from shared.shardmap import DEFAULT_BUCKETS, ShardMap, even_ranges
 
 ROOT = Path(__file__).resolve().parent
@@ -227,6 +229,8 @@ def render_tree(root: Path = ROOT) -> dict[Path, str]:
     }
     for name, objs in base_files().items():
         files[Path("base") / name] = dump(objs)
+    # Not a resource of the base: one Job per move, made by hand (deploy/README.md).
+    files[Path("jobs/resharder-move.yaml")] = dump(resharder_job())
     for env in ENVIRONMENTS.values():
         folder = Path("overlays") / env.name
         shard_map = k8s_shard_map(env, read_shard_map(root / folder / "shardmap.json"))

@@ -74,6 +74,10 @@ def _build(folder: Path) -> tuple[list[Obj], dict[tuple[str, str], str]]:
         for obj in objs:
             if obj["kind"] not in CLUSTER_SCOPED:
                 obj["metadata"]["namespace"] = kz["namespace"]
+            # As kustomize does: a binding's service accounts are in the namespace too.
+            for subject in obj.get("subjects", []):
+                if subject.get("kind") == "ServiceAccount":
+                    subject["namespace"] = kz["namespace"]
     for rep in kz.get("replicas", []):
         hits = [o for o in objs if o["kind"] in {"Deployment", "StatefulSet", "ReplicaSet"}
                 and o["metadata"]["name"] == rep["name"]]

@@ -259,6 +259,8 @@ async def test_add_a_shard_and_move_a_quarter_of_shard_0_under_load(grow: Stack,
     load.stop.set()
     await generator
 
+    print(f"\nmove under load: {summary}; {load.requests} requests, "
+          f"{len(load.phones)} users written, {len(load.visits)} visits created")
     assert code == 0, err
     assert summary["outcome"] == "done"
     for table, diff in summary["diff"].items():
