@@ -48,21 +48,45 @@ async def forward_to_owner(
     """
     routing: Routing = request.app[ROUTING]  # type: ignore[assignment]
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + request.app[MOVE_HOLD]
+    started = loop.time()
+    deadline = started + request.app[MOVE_HOLD]
     headers = dict(request.headers)
+    hint: int | None = None
     while True:
         shard_map = routing.map
         shard_id = shard_map.shard_id_for(user_name) if user_name else shard_map.shards[0].id
+        if hint is not None:
+            shard_id, hint = hint, None
         request["shard"] = shard_id
         cluster = cluster_for(request.app, shard_id, service)
         up = await forward(cluster, request.method, request.raw_path, headers, body)
         if up.status != 421:
             return up
         routing.watcher.reload()
-        if routing.map.version == shard_map.version:
-            if loop.time() >= deadline:
-                raise Unavailable(f"the shard of {user_name} is being moved; retry shortly", retry_after=1)
-            await asyncio.sleep(0.05)
+        if routing.map.version != shard_map.version:
+            continue
+        if loop.time() >= deadline:
+            raise Unavailable(f"the shard of {user_name} is being moved; retry shortly", retry_after=1)
+        # The map normally follows a flip within a second (the resharder publishes it right
+        # after). Where its distribution lags (a Kubernetes ConfigMap refresh takes up to a
+        # minute), follow the owner the refusing database names, once the move is surely
+        # past its switch (caches invalidated): that database's owner check decides again.
+        if loop.time() - started >= OWNER_HINT_AFTER:
+            hint = _owner_hint(up.body, routing)
+        await asyncio.sleep(0.05)
+
+
+# Seconds of holding before a 421's owner hint is followed rather than waiting for the map.
+OWNER_HINT_AFTER = 3.0
+
+
+def _owner_hint(body: bytes, routing: Routing) -> int | None:
+    try:
+        owner = orjson.loads(body).get("owner")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    known = {s.id for s in routing.map.shards}
+    return owner if isinstance(owner, int) and owner in known else None
 
 
 async def user_scoped(request: web.Request) -> web.Response:

@@ -91,7 +91,9 @@ def db_errors(what: str) -> Iterator[None]:
     except asyncpg.PostgresError as exc:
         # MS421: the shard's ownership check (medsvc_check_owner) refused the write.
         if getattr(exc, "sqlstate", None) == MISDIRECTED_SQLSTATE:
-            raise Misdirected("this shard does not own the user's bucket") from exc
+            owner = getattr(exc, "detail", None)
+            raise Misdirected("this shard does not own the user's bucket",
+                              owner=int(owner) if owner and owner.isdigit() else None) from exc
         raise
 
 

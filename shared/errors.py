@@ -35,6 +35,8 @@ class ServiceError(Exception):
 
     status = 500
     title = "Internal Server Error"
+    # RFC 9457 extension members of the problem document (none by default).
+    extensions: dict[str, object] | None = None
 
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(detail or self.title)
@@ -94,6 +96,13 @@ class Misdirected(ServiceError):
     stale (a move flipped the owner). The gateway reloads its map and sends it again."""
 
     status, title = 421, "Misdirected Request"
+
+    def __init__(self, detail: str | None = None, owner: int | None = None) -> None:
+        super().__init__(detail)
+        # The shard this shard's database names as the owner: a gateway whose map lags
+        # behind (a ConfigMap not yet refreshed) may follow it.
+        if owner is not None:
+            self.extensions = {"owner": owner}
 
 
 class Unavailable(ServiceError):

@@ -52,4 +52,4 @@ async def require_owned(request: web.Request, user_name: str) -> None:
         # bucket_owner: one primary-key lookup.
         owner = await request.app[PG_POOL].fetchval("SELECT medsvc_owner($1)", user_name)
     if owner != shard_id:
-        raise Misdirected(f"{user_name} belongs to shard {owner}, not {shard_id}")
+        raise Misdirected(f"{user_name} belongs to shard {owner}, not {shard_id}", owner=owner)

@@ -78,7 +78,7 @@ BEGIN
     SELECT shard_id INTO v_self FROM shard_identity;
     IF v_self IS NOT NULL AND v_owner IS DISTINCT FROM v_self THEN
         RAISE EXCEPTION 'bucket % of this user belongs to shard %', medsvc_bucket(NEW.user_name), v_owner
-            USING ERRCODE = 'MS421';
+            USING ERRCODE = 'MS421', DETAIL = coalesce(v_owner::text, '');
     END IF;
     RETURN NEW;
 END $$;
