@@ -231,20 +231,31 @@ class Mover:
         total = sum((await self._count(self.a)).values())
         started = time.monotonic()
         deadline = started + self.opts.copy_timeout
+        synced: dict[str, int] = {}  # rows of the tables whose initial copy is done
         while True:
             states = await self.b.fetch(
-                "SELECT srsubstate::text AS srsubstate FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid"
+                "SELECT r.srrelid::regclass::text AS rel, r.srsubstate::text AS state"
+                " FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid"
                 " WHERE s.subname = $1", name,
             )
-            copied = sum((await self._count(self.b)).values())
+            for row in states:
+                if row["state"] in ("r", "s") and row["rel"] not in synced and row["rel"] != "move_markers":
+                    synced[row["rel"]] = await self.b.fetchval(
+                        f"SELECT count(*) FROM {row['rel']} WHERE bucket BETWEEN $1 AND $2", lo, hi)
+            # The copies in progress, as PostgreSQL reports them (no count over growing tables).
+            running = await self.b.fetchval(
+                "SELECT coalesce(sum(tuples_processed), 0) FROM pg_stat_progress_copy"
+                " WHERE datname = current_database() AND command = 'COPY FROM'")
+            copied = sum(synced.values()) + int(running)
             elapsed = time.monotonic() - started
             self.progress.copy(copied, total, copied / elapsed if elapsed > 0 else 0.0, await self._lag())
-            if len(states) == len(TABLES) + 1 and all(r["srsubstate"] in ("r", "s") for r in states):
+            if len(states) == len(TABLES) + 1 and all(r["state"] in ("r", "s") for r in states):
                 break
             if time.monotonic() > deadline:
                 raise Aborted(f"the copy did not finish in {self.opts.copy_timeout:.0f} s")
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.1)
         elapsed = time.monotonic() - started
+        copied = sum(synced.values())
         self.summary.copy_rows_per_second = round(copied / elapsed, 1) if elapsed > 0 else None
 
     async def _lag(self) -> int | None:

@@ -397,3 +397,39 @@ async def test_overlapping_moves_refuse_each_other_and_a_killed_move_resumes(
     for name in users:
         reply = await admin.call("GET", f"/v1/users/{name}/visits")
         assert reply.status == 200 and len(reply.body["items"]) == 1
+
+
+async def test_a_study_misses_no_change_made_during_a_move_and_settles_after_it(
+    grow: Stack, admin: Api
+) -> None:
+    from tests.e2e.studies_client import Researcher, by_kind, consent, keys
+
+    lo, hi = 256, 319
+    users = names_in(lo, hi, 4, "sy")
+    for name in users:
+        await admin.create_patient(name)
+        await admin.create_visit(name)
+    research = Researcher(admin)
+    study = await research.create_study()
+    for name in users:
+        await consent(admin, name, study)
+    _, first = await research.run(study)
+    assert len(by_kind(first)["participant"]) == 4 and len(by_kind(first)["visit"]) == 4
+
+    previous = await last_move_id(grow)
+    proc = await resharder(grow, "move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json",
+                           "--hold-before-fence", "2")
+    await wait_phase(grow, {"catchup"}, after=previous)
+    during = await admin.create_visit(users[0], reason="during the move")  # on the source
+    code, summary, err = await finish(proc)
+    assert code == 0 and summary["outcome"] == "done", err
+    after = await admin.create_visit(users[1], reason="after the move")  # on the target
+
+    k = keys(study)
+    _, second = await research.run(study)
+    vids = [r["vid"] for r in by_kind(second)["visit"]]
+    assert k.vid(during["visitId"]) in vids and k.vid(after["visitId"]) in vids
+    assert len(vids) == len(set(vids))  # nothing twice in one run
+    # The next run, with no change since, emits nothing: the move is not a change forever.
+    _, third = await research.run(study)
+    assert third == []
