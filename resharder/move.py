@@ -59,8 +59,11 @@ async def invalidate(redis_url: str, user_names: list[str]) -> None:
     keys = [k for u in user_names for g in (user_group(u), visits_group(u)) for k in cache_keys(g)]
     client = aioredis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=10)
     try:
+        # One round trip: the switch is inside the time writes to these users wait.
+        pipe = client.pipeline(transaction=False)
         for i in range(0, len(keys), 1000):
-            await client.delete(*keys[i:i + 1000])
+            pipe.delete(*keys[i:i + 1000])
+        await pipe.execute()
     finally:
         await client.aclose()
 
@@ -345,9 +348,7 @@ class Mover:
         # Both shards: the source's entries would be served by a gateway still on the old
         # map, the target's could be left from an earlier move of these buckets. A failure
         # stops the move here (before the new map): run it again to resume.
-        for shard in (self.src, self.dst):
-            if shard.redis:
-                await invalidate(shard.redis, names)
+        await asyncio.gather(*(invalidate(s.redis, names) for s in (self.src, self.dst) if s.redis))
         self.summary.map_version = await publish.publish(
             self.map_path, self.m.lo, self.m.hi, self.m.target, self.configmap
         )
