@@ -79,6 +79,8 @@ token: venv
 bench: deps venv
 	@echo "==> bench: load benchmarks"
 	$(PY) -m bench
+	@echo "==> bench: a bucket move under the 90/10 mix (bench/move.py)"
+	$(PY) -m bench.move
 
 lint: venv
 	@echo "==> lint: ruff check"
