@@ -433,3 +433,33 @@ async def test_a_study_misses_no_change_made_during_a_move_and_settles_after_it(
     # The next run, with no change since, emits nothing: the move is not a change forever.
     _, third = await research.run(study)
     assert third == []
+
+
+async def test_a_move_killed_in_its_fence_resumes_and_loses_nothing(grow: Stack, admin: Api) -> None:
+    lo, hi = 320, 383
+    users = names_in(lo, hi, 6, "kf")
+    for name in users:
+        await admin.create_patient(name)
+        await admin.create_visit(name)
+    previous = await last_move_id(grow)
+    first = await resharder(grow, "move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json")
+    # Killed as soon as it enters the fence (or just after: either way it must recover).
+    await wait_phase(grow, {"fence", "switch", "verify", "cleanup"}, after=previous)
+    first.send_signal(signal.SIGKILL)
+    await first.wait()
+    # Meanwhile writes to the moving users go on; none may be lost.
+    for name in users:
+        reply = await admin.call("PATCH", f"/v1/users/{name}", raw=b'{"phone": "+1-555-0177"}',
+                                 headers={"Content-Type": "application/merge-patch+json"})
+        assert reply.status == 200, reply.body
+    again = await resharder(grow, "move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json")
+    code, summary, err = await finish(again)
+    assert code == 0, err
+    assert summary["outcome"] == "done"
+    assert all(d["missing"] == d["extra"] == d["mismatched"] == 0 for d in summary["diff"].values())
+    assert await owners(grow, 0, lo, hi) == {2} and await rows_in(grow, 0, lo, hi) == 0
+    for name in users:
+        reply = await admin.call("GET", f"/v1/users/{name}")
+        assert reply.status == 200 and reply.body["phone"] == "+1-555-0177"
+        visits = await admin.call("GET", f"/v1/users/{name}/visits")
+        assert visits.status == 200 and len(visits.body["items"]) == 1
