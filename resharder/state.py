@@ -15,7 +15,8 @@ import asyncpg
 import orjson
 
 _LOCK = 0x6D65_6473_6D6F_7665  # 'medsmove'
-ACTIVE = ("copy", "catchup", "fence", "switch", "verify", "cleanup")
+# "rollback": a rerun of a move killed while rolling back resumes it (and moves again).
+ACTIVE = ("copy", "catchup", "fence", "switch", "verify", "cleanup", "rollback")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resharder_moves (
