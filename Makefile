@@ -83,6 +83,10 @@ BENCH ?=
 bench: deps venv
 	@echo "==> bench: load benchmarks"
 	$(PY) -m bench $(if $(BENCH),--only $(BENCH))
+	@if [ -z "$(BENCH)" ]; then \
+	  echo "==> bench: a bucket move under the 90/10 mix (bench/move.py)"; \
+	  $(PY) -m bench.move; \
+	fi
 
 openapi: venv
 	@echo "==> openapi: writing the document the gateway serves"

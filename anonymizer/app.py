@@ -28,7 +28,7 @@ from shared.auth import TokenVerifier
 from shared.db import pool_scope
 from shared.ops import setup_ops
 from shared.problems import error_middleware, observe_middleware
-from shared.shardmap import ShardMap
+from shared.shardmap import MapWatcher, ShardMap
 from shared.tasks import background_context
 
 log = logging.getLogger("medsvc.anonymizer")
@@ -44,7 +44,9 @@ async def extractor_scope(settings: AnonymizerSettings, shard_map: ShardMap) -> 
     await migrate(settings.anonymizer_dsn, password, *idempotency.migration_set())
     shard_password = (settings.anonymizer_shard_password.get_secret_value()
                       if settings.anonymizer_shard_password else password)
-    shard_pools = ShardPools(shard_map, shard_password, settings.anonymizer_shard_pool_max,
+    # The map is watched: a shard added or buckets moved are read without a restart.
+    watcher = MapWatcher(settings.shard_map, shard_map)
+    shard_pools = ShardPools(watcher, shard_password, settings.anonymizer_shard_pool_max,
                              user=settings.anonymizer_shard_user)
     try:
         async with pool_scope(

@@ -38,16 +38,26 @@ from anonymizer.deidentify import StudyKeys
 from shared.dbsetup import dsn_with
 from shared.db import create_pool, db_errors
 from shared.errors import Unavailable
-from shared.shardmap import Shard, ShardMap
+from shared.shardmap import MapWatcher, Shard, ShardMap
 
 # A batch of visit records as NDJSON bytes, and how many records it holds.
 Emit = Callable[[bytes, int], Awaitable[None]]
 # Called with the shard's participants (phase one); returns once the head of the body is written.
 HeadDone = Callable[["ShardResult"], Awaitable[None]]
 
-# participants_now: the study's consents in force in this snapshot, with their versions.
+# participants_now: the study's consents in force in this snapshot with their versions, in the
+# buckets this shard owns in the same snapshot (a move's copy on its way in, or the source's
+# copy before cleanup, is not read twice). moved_in: the bucket came to this shard (resharder)
+# after the previous watermark $2, so the participant's rows are new here, whatever their
+# updated_xid: the whole history is read, and nothing changed on the old shard since its last
+# run is missed.
 _CONSENTS = """
-SELECT user_name, version FROM study_consents WHERE study_id = $1 AND withdrawn_at IS NULL"""
+SELECT c.user_name, c.version,
+       coalesce(NOT pg_visible_in_snapshot(sb.since_xid, $2::text::pg_snapshot), false)
+FROM study_consents c
+JOIN shard_buckets sb ON sb.bucket = c.bucket
+JOIN shard_identity si ON sb.owner = si.shard_id
+WHERE c.study_id = $1 AND c.withdrawn_at IS NULL"""
 _USER_COLUMNS = "u.user_name, u.birth_date, u.sex, u.address"
 # users_all: the participant rows of new participants ($1). (Their visits: visits_sql.)
 _USERS_ALL = f"""
@@ -87,14 +97,23 @@ class ShardPools:
     """One small pool per shard, opened on first use (a shard that is down fails its use only)."""
 
     def __init__(
-        self, shard_map: ShardMap, password: str | None, max_size: int, user: str | None = None
+        self, shard_map: ShardMap | MapWatcher, password: str | None, max_size: int,
+        user: str | None = None,
     ) -> None:
-        self.shard_map = shard_map
+        self._map = shard_map
         self._password = password
         self._user = user
         self._max_size = max_size
         self._pools: dict[int, asyncpg.Pool] = {}
         self._lock = asyncio.Lock()
+
+    @property
+    def shard_map(self) -> ShardMap:
+        """The current map (a watched file is re-read when it changed: one stat)."""
+        if isinstance(self._map, MapWatcher):
+            self._map.reload()
+            return self._map.current
+        return self._map
 
     async def get(self, shard: Shard) -> asyncpg.Pool:
         """The shard's pool (Unavailable when it cannot be opened now)."""
@@ -161,15 +180,13 @@ async def read_shard(
             pid_of: dict[str, str] = {}
             new: list[str] = []
             continuing: list[str] = []
-            for user_name, version in await conn.fetch(_CONSENTS, study_id):
+            for user_name, version, moved_in in await conn.fetch(_CONSENTS, study_id, previous):
                 pid = pid_of[user_name] = keys.pid(user_name)
                 result.active[pid] = version
-                if is_new(pid, version, previous, known):
-                    new.append(user_name)
-                    if previous is not None and pid in known:
-                        result.renewed.add(pid)
-                else:
-                    continuing.append(user_name)
+                whole = is_new(pid, version, previous, known)
+                if whole and previous is not None and pid in known:
+                    result.renewed.add(pid)
+                (new if whole or moved_in else continuing).append(user_name)
             users = await conn.fetch(_USERS_ALL, new) if new else []
             if continuing:
                 users += await conn.fetch(_USERS_CHANGED, continuing, previous)
@@ -275,7 +292,8 @@ async def count_participants(pools: ShardPools, study_id: str) -> int:
         with db_errors(f"shard {shard.id}"):
             # count_participants: this shard's consents in force.
             return await asyncio.wait_for(pool.fetchval(
-                "SELECT count(*) FROM study_consents WHERE study_id = $1 AND withdrawn_at IS NULL",
+                "SELECT count(*) FROM study_consents WHERE study_id = $1 AND withdrawn_at IS NULL"
+                " AND medsvc_owns(bucket)",
                 study_id,
             ), timeout=5)  # fmt: skip
 

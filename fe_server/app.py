@@ -24,8 +24,10 @@ from shared.migrate import apply_migrations
 from shared.ops import setup_ops
 from shared.outbox import RelayConfig, outbox_migration_sets, relay_context
 from shared.problems import error_middleware, observe_middleware
+from shared.ownership import seed_ownership
 from shared.settings import FESettings, redis_credentials
-from shared.shardmap import ShardMap
+from shared.shardmap import MapWatcher, ShardMap
+from shared.tasks import background_context
 from user_service import app as user_app
 from visit_service import app as visit_app
 
@@ -76,6 +78,9 @@ def create_app(settings: FESettings, shard_map: ShardMap) -> web.Application:
     app[SHARD_ID] = shard.id
     app[VERIFIER] = TokenVerifier(settings.jwt_secret.get_secret_value())
     app[FE_SETTINGS] = settings
+    # The map is watched (the version gauge, and a restart on the newest map), but an FE
+    # server does not route: its database says which users it serves.
+    watcher = MapWatcher(settings.shard_map, shard_map)
 
     async def pg_context(app: web.Application) -> AsyncIterator[None]:
         password = settings.pg_password.get_secret_value() if settings.pg_password else None
@@ -90,6 +95,8 @@ def create_app(settings: FESettings, shard_map: ShardMap) -> web.Application:
         ) as pool:
             async with pool.acquire() as conn:
                 await apply_migrations(conn, migration_sets(settings.service_list))
+                # The map this process started with seeds a new database's bucket ownership.
+                await seed_ownership(conn, shard.id, watcher.current)
             app[PG_POOL] = pool
             yield
 
@@ -127,6 +134,7 @@ def create_app(settings: FESettings, shard_map: ShardMap) -> web.Application:
         app.cleanup_ctx.append(
             relay_context(relay, settings.audit_url_list, settings.jwt_secret.get_secret_value())
         )
+    app.cleanup_ctx.append(background_context("shard-map-watch", lambda app: watcher.run()))
     setup_ops(app, [database_ready])
     for svc in services:
         svc.setup_routes(app)

@@ -7,19 +7,19 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway.balancer import Cluster, Member
 from gateway.fastpath import CACHES
 from gateway.central import CENTRAL, central_clusters
 from gateway.routes import plain_path_middleware, setup_routes
+from gateway.routing import MOVE_HOLD, ROUTING, Routing
 from gateway.state import CLUSTERS, SHARD_MAP, VERIFIER
 from shared.admission import OPERATIONS_PATHS, Limiter, admission_middleware
 from shared.auth import TokenVerifier
-from shared.cache import ReadCache
 from shared.httpio import MAX_BODY
 from shared.ops import setup_ops
 from shared.problems import error_middleware, observe_middleware
 from shared.settings import GatewaySettings, redis_credentials
-from shared.shardmap import ShardMap
+from shared.shardmap import MapWatcher, ShardMap
+from shared.tasks import background
 
 
 CACHED_READ, OTHER = "cached-read", "request"
@@ -46,7 +46,8 @@ def create_app(settings: GatewaySettings, shard_map: ShardMap) -> web.Applicatio
                      error_middleware, plain_path_middleware],
         client_max_size=MAX_BODY,
     )  # fmt: skip
-    app[SHARD_MAP] = shard_map
+    app[SHARD_MAP] = shard_map  # the map at start; routing uses app[ROUTING].map
+    app[MOVE_HOLD] = settings.move_hold
     app[VERIFIER] = TokenVerifier(settings.jwt_secret.get_secret_value())
     timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout, sock_connect=2)
 
@@ -59,38 +60,29 @@ def create_app(settings: GatewaySettings, shard_map: ShardMap) -> web.Applicatio
         )
 
     async def clusters_context(app: web.Application) -> AsyncIterator[None]:
-        clusters: dict[tuple[int, str], Cluster] = {}
-        for shard in shard_map.shards:
-            for service, urls in shard.members.items():
-                members = [Member(url.rstrip("/"), new_session) for url in urls]
-                clusters[(shard.id, service)] = Cluster(shard.id, service, members, settings.member_cooldown)
-        app[CLUSTERS] = clusters
+        # The shard map is watched: a new version (a new shard, moved buckets) is used at once.
+        watcher = MapWatcher(settings.shard_map, shard_map)
+        routing = Routing(
+            watcher, new_session, settings.member_cooldown, settings.cache,
+            redis_credentials(settings),
+        )
+        app[ROUTING] = routing
+        app[CLUSTERS] = routing.clusters
+        app[CACHES] = routing.caches
         central = central_clusters(
             {"audit": settings.audit_urls, "anonymizer": settings.anonymizer_urls},
             new_session, settings.member_cooldown,
         )
         app[CENTRAL] = central
         try:
-            yield
+            async with background(watcher.run(), "shard-map-watch"):
+                yield
         finally:
-            for cluster in [*clusters.values(), *central.values()]:
+            await routing.close()
+            for cluster in central.values():
                 await cluster.close()
 
-    async def caches_context(app: web.Application) -> AsyncIterator[None]:
-        caches = {
-            shard.id: ReadCache(shard.redis, shard.id, **redis_credentials(settings))
-            for shard in shard_map.shards
-            if settings.cache and shard.redis
-        }
-        app[CACHES] = caches
-        try:
-            yield
-        finally:
-            for cache in caches.values():
-                await cache.close()
-
     app.cleanup_ctx.append(clusters_context)
-    app.cleanup_ctx.append(caches_context)
     setup_ops(app, [])
     setup_routes(app)
     return app

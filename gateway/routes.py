@@ -12,8 +12,9 @@ from gateway.central import audit
 from gateway.fastpath import cached_response
 from gateway.docs import only, setup_docs
 from gateway.proxy import Upstream, forward
+from gateway.routing import MOVE_HOLD, ROUTING, Routing
 from gateway.studies import studies
-from gateway.state import CLUSTERS, SHARD_MAP, VERIFIER, cluster_for
+from gateway.state import CLUSTERS, VERIFIER, cluster_for
 from shared import policy
 from shared.auth import Principal
 from shared.errors import NotFound, Unavailable
@@ -51,6 +52,61 @@ async def _body(request: web.Request) -> bytes | None:
     return await request.read()
 
 
+async def forward_to_owner(
+    request: web.Request, user_name: str | None, service: str, body: bytes | None
+) -> Upstream:
+    """Send the request to the shard owning ``user_name`` by the current map; on 421 (the
+    shard's database does not own the bucket: this map is stale, or a move is fencing it),
+    hold the request and send it again once the map says where the user lives now.
+
+    The 421 comes from a check made before, or inside and rolled back with, the shard's
+    transaction: nothing was written, so a POST is as safe to send again as a GET.
+    """
+    routing: Routing = request.app[ROUTING]  # type: ignore[assignment]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + request.app[MOVE_HOLD]
+    headers = dict(request.headers)
+    hint: int | None = None
+    while True:
+        shard_map = routing.map
+        shard_id = shard_map.shard_id_for(user_name) if user_name else shard_map.shards[0].id
+        if hint is not None:
+            shard_id, hint = hint, None
+        request["shard"] = shard_id
+        cluster = cluster_for(request.app, shard_id, service)
+        up = await forward(
+            cluster, request.method, request.raw_path, headers, body, keyed_posts=True
+        )
+        if up.status != 421:
+            return up
+        routing.watcher.reload()
+        if routing.map.version != shard_map.version:
+            continue
+        if loop.time() >= deadline:
+            raise Unavailable(f"the shard of {user_name} is being moved; retry shortly", retry_after=1)
+        # The map normally follows a flip within a second (the resharder publishes it right
+        # after). Where its distribution lags (a Kubernetes ConfigMap refresh takes up to a
+        # minute), follow the owner the refusing database names, once the move is surely
+        # past its switch (caches invalidated): that database's owner check decides again.
+        if loop.time() - started >= OWNER_HINT_AFTER:
+            hint = _owner_hint(up.body, routing)
+        await asyncio.sleep(0.05)
+
+
+# Seconds of holding before a 421's owner hint is followed rather than waiting for the map.
+OWNER_HINT_AFTER = 3.0
+
+
+def _owner_hint(body: bytes, routing: Routing) -> int | None:
+    try:
+        owner = orjson.loads(body).get("owner")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    known = {s.id for s in routing.map.shards}
+    return owner if isinstance(owner, int) and owner in known else None
+
+
 async def user_scoped(request: web.Request) -> web.Response:
     """``/v1/users/{userName}[/...]``: the owning shard's cluster for that service."""
     principal = caller(request)
@@ -62,15 +118,13 @@ async def user_scoped(request: web.Request) -> web.Response:
     policy.may_use_users_api(principal, user_name)
     if not _USER_NAME.fullmatch(user_name):
         raise NotFound(f"user {user_name[:64]} does not exist")
-    shard_id = request.app[SHARD_MAP].shard_id_for(user_name)
+    shard_id = request.app[ROUTING].map.shard_id_for(user_name)  # type: ignore[attr-defined]
     request["shard"] = shard_id
     if request.method == "GET":
         cached = await cached_response(request, principal, shard_id, user_name, tail)
         if cached is not None:
             return cached
-    cluster = cluster_for(request.app, shard_id, service)
-    up = await forward(cluster, request.method, request.raw_path, dict(request.headers),
-                       await _body(request), keyed_posts=True)
+    up = await forward_to_owner(request, user_name, service, await _body(request))
     return up.response()
 
 
@@ -93,11 +147,7 @@ async def create_user(request: web.Request) -> web.Response:
                 user_name = candidate
         except orjson.JSONDecodeError:
             pass
-    shard_map = request.app[SHARD_MAP]
-    shard_id = shard_map.shard_id_for(user_name) if user_name else shard_map.shards[0].id
-    request["shard"] = shard_id
-    cluster = cluster_for(request.app, shard_id, "user")
-    up = await forward(cluster, "POST", request.raw_path, dict(request.headers), body, keyed_posts=True)
+    up = await forward_to_owner(request, user_name, "user", body)
     return up.response()
 
 
@@ -127,10 +177,10 @@ async def search_users(request: web.Request) -> web.Response:
         if answer.status != 200:
             return answer.response()
         pages.append(orjson.loads(answer.body))
-    items = sorted(
-        (item for page in pages for item in page["items"]),
-        key=lambda u: (u["familyName"], u["givenName"], u["userName"]),
-    )
+    # Each shard lists only the buckets its database owns; during the instant of a move's
+    # flip both may, with the same rows: each user is listed once.
+    unique = {item["userName"]: item for page in pages for item in page["items"]}
+    items = sorted(unique.values(), key=lambda u: (u["familyName"], u["givenName"], u["userName"]))
     more = len(items) > limit or any(page["nextCursor"] for page in pages)
     items = items[:limit]
     next_cursor = None

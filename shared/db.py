@@ -16,7 +16,7 @@ import orjson
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from shared.errors import Unavailable
+from shared.errors import Misdirected, Unavailable
 
 log = logging.getLogger("medsvc.db")
 
@@ -34,6 +34,10 @@ _UNAVAILABLE = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.PostgresConnectionError,
 )
+
+
+# The SQLSTATE the shard's ownership trigger raises (user_service/migrations/004_*.sql).
+MISDIRECTED_SQLSTATE = "MS421"
 
 
 class PoolCollector(Collector):
@@ -84,6 +88,13 @@ def db_errors(what: str) -> Iterator[None]:
         yield
     except _UNAVAILABLE as exc:
         raise Unavailable(f"{what} is unavailable") from exc
+    except asyncpg.PostgresError as exc:
+        # MS421: the shard's ownership check (medsvc_check_owner) refused the write.
+        if getattr(exc, "sqlstate", None) == MISDIRECTED_SQLSTATE:
+            owner = getattr(exc, "detail", None)
+            raise Misdirected("this shard does not own the user's bucket",
+                              owner=int(owner) if owner and owner.isdigit() else None) from exc
+        raise
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -35,6 +35,8 @@ class ServiceError(Exception):
 
     status = 500
     title = "Internal Server Error"
+    # RFC 9457 extension members of the problem document (none by default).
+    extensions: dict[str, object] | None = None
 
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(detail or self.title)
@@ -87,6 +89,20 @@ class ValidationFailed(ServiceError):
     def __init__(self, detail: str | None = None, errors: list[FieldError] | None = None) -> None:
         super().__init__(detail or "the request body or parameters are not valid")
         self.errors = errors or []
+
+
+class Misdirected(ServiceError):
+    """The request reached a shard that does not own its userName: the caller's shard map is
+    stale (a move flipped the owner). The gateway reloads its map and sends it again."""
+
+    status, title = 421, "Misdirected Request"
+
+    def __init__(self, detail: str | None = None, owner: int | None = None) -> None:
+        super().__init__(detail)
+        # The shard this shard's database names as the owner: a gateway whose map lags
+        # behind (a ConfigMap not yet refreshed) may follow it.
+        if owner is not None:
+            self.extensions = {"owner": owner}
 
 
 class Unavailable(ServiceError):

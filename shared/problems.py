@@ -44,13 +44,15 @@ def problem(
     title: str | None = None,
     errors: Iterable[FieldError] = (),
     headers: dict[str, str] | None = None,
+    extensions: dict[str, object] | None = None,
 ) -> web.Response:
-    """Build an ``application/problem+json`` response."""
+    """Build an ``application/problem+json`` response (RFC 9457 extension members last)."""
     body: dict[str, object] = {
         "type": "about:blank",
         "title": title or _REASONS.get(status, "Error"),
         "status": status,
         "detail": detail,
+        **(extensions or {}),
     }
     errs = [{"field": e.field, "message": e.message} for e in errors]
     if errs:
@@ -78,7 +80,7 @@ def error_to_response(exc: BaseException) -> web.Response:
     if isinstance(exc, MethodNotAllowed):
         return problem(exc.status, exc.detail, headers={"Allow": ", ".join(exc.allowed)})
     if isinstance(exc, ServiceError):
-        return problem(exc.status, exc.detail, title=exc.title)
+        return problem(exc.status, exc.detail, title=exc.title, extensions=exc.extensions)
     if isinstance(exc, ValidationError):
         return problem(422, "the request body or parameters are not valid", errors=field_errors(exc))
     if isinstance(exc, web.HTTPMethodNotAllowed):

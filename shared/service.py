@@ -7,19 +7,17 @@ import re
 import asyncpg
 from aiohttp import web
 
-from shared.appkeys import CACHE, PG_POOL, SHARD_ID, SHARD_MAP, VERIFIER
+from shared.appkeys import CACHE, PG_POOL, SHARD_ID, VERIFIER
 from shared.auth import Principal
 from shared.cache import ReadCache
-from shared.errors import NotFound, ServiceError
+from shared.db import db_errors
+from shared.errors import Misdirected, NotFound
 from shared.types import USER_NAME_PATTERN
 
 _USER_NAME = re.compile(USER_NAME_PATTERN)
 
 
-class Misdirected(ServiceError):
-    """The request reached a shard that does not own its userName (stale shard map)."""
-
-    status, title = 421, "Misdirected Request"
+__all__ = ["Misdirected", "cache", "path_user_name", "pool", "principal", "require_owned"]
 
 
 def principal(request: web.Request) -> Principal:
@@ -43,9 +41,15 @@ def path_user_name(request: web.Request) -> str:
     return user_name
 
 
-def require_owned(request: web.Request, user_name: str) -> None:
-    """Refuse a userName this shard does not own, so a stale map can never split a user."""
-    owner = request.app[SHARD_MAP].shard_id_for(user_name)
-    request["shard"] = request.app[SHARD_ID]
-    if owner != request.app[SHARD_ID]:
-        raise Misdirected(f"{user_name} belongs to shard {owner}, not {request.app[SHARD_ID]}")
+async def require_owned(request: web.Request, user_name: str) -> None:
+    """Refuse a userName whose bucket this shard's database does not own (421), so a caller
+    with a stale map never reads an old copy. The database, not this process's map, decides:
+    a move flips ownership there. Writes are checked again inside their transaction (the
+    trigger medsvc_check_owner), where a fence makes them wait."""
+    shard_id = request.app[SHARD_ID]
+    request["shard"] = shard_id
+    with db_errors("the shard database"):
+        # bucket_owner: one primary-key lookup.
+        owner = await request.app[PG_POOL].fetchval("SELECT medsvc_owner($1)", user_name)
+    if owner != shard_id:
+        raise Misdirected(f"{user_name} belongs to shard {owner}, not {shard_id}", owner=owner)

@@ -81,6 +81,9 @@ class GatewaySettings(CommonSettings):
     # GETs the gateway may answer from the cache have the higher bound: they are shed last.
     max_in_flight: int = Field(default=48, ge=1)
     max_in_flight_cached: int = Field(default=72, ge=1)
+    # Seconds a request for a user whose bucket is moving (421 from the shard) is held and
+    # retried while the gateway waits for the new shard map, before it answers 503.
+    move_hold: float = Field(default=15.0, gt=0)
     # Comma-separated base URLs of the audit_service and anonymizer processes.
     audit_urls: str = ""
     anonymizer_urls: str = ""

@@ -7,7 +7,7 @@ shards, not every key. ``tests/unit/test_shardmap.py`` pins golden values.
 
 The file is JSON::
 
-    {"buckets": 1024,
+    {"version": 3, "buckets": 1024,
      "shards": [
         {"id": 0, "buckets": [[0, 511]],
          "postgres": "postgresql://medsvc@127.0.0.1:15432/medsvc",
@@ -16,17 +16,32 @@ The file is JSON::
      ]}
 
 ``members`` lists, per service, the base URLs of the FE servers of that shard hosting it.
+
+The map is versioned: every change (a shard added, buckets moved) is written as a new file
+with ``version`` + 1, atomically (:func:`write_shard_map`), and every process watches the
+file (:class:`MapWatcher`) and switches to a higher version without a restart. The map only
+routes: the shard databases themselves know which buckets they own (table
+``shard_buckets``), so a process still on an old version is refused (421) and reloads.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+from prometheus_client import Gauge
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_BUCKETS = 1024
+log = logging.getLogger("medsvc.shardmap")
+MAP_VERSION = Gauge("medsvc_shard_map_version", "The shard map version this process routes with")
 
 
 def stable_hash(user_name: str) -> int:
@@ -56,6 +71,7 @@ class ShardMap(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    version: int = Field(default=1, ge=0)
     buckets: int = Field(default=DEFAULT_BUCKETS, gt=0)
     shards: list[Shard]
 
@@ -87,6 +103,27 @@ class ShardMap(BaseModel):
         """Return the shard owning ``user_name``."""
         return self.shard(self.shard_id_for(user_name))
 
+    def owners(self) -> list[int]:
+        """The owning shard id of every bucket, by bucket."""
+        return list(self._owner)  # type: ignore[attr-defined]
+
+    def with_owner(self, lo: int, hi: int, shard_id: int) -> ShardMap:
+        """A new version of this map in which buckets ``lo``..``hi`` belong to ``shard_id``."""
+        self.shard(shard_id)
+        owner = self.owners()
+        for b in range(lo, hi + 1):
+            owner[b] = shard_id
+        shards = [s.model_copy(update={"buckets": ranges_of(owner, s.id)}) for s in self.shards]
+        return ShardMap(version=self.version + 1, buckets=self.buckets, shards=shards)
+
+    def with_shard(self, shard: Shard) -> ShardMap:
+        """A new version of this map with ``shard`` added (it must own no bucket yet)."""
+        if shard.buckets:
+            raise ValueError("a new shard owns no bucket: move buckets to it afterwards")
+        if any(s.id == shard.id for s in self.shards):
+            raise ValueError(f"shard {shard.id} exists")
+        return ShardMap(version=self.version + 1, buckets=self.buckets, shards=[*self.shards, shard])
+
     def shard(self, shard_id: int) -> Shard:
         """Return the shard with id ``shard_id`` (KeyError when absent)."""
         for s in self.shards:
@@ -105,6 +142,105 @@ def even_ranges(n_shards: int, buckets: int = DEFAULT_BUCKETS) -> list[list[tupl
     return out
 
 
+def ranges_of(owner: list[int], shard_id: int) -> list[tuple[int, int]]:
+    """The contiguous bucket ranges ``shard_id`` owns in the bucket → owner list ``owner``."""
+    out: list[tuple[int, int]] = []
+    for b, o in enumerate(owner):
+        if o != shard_id:
+            continue
+        if out and out[-1][1] == b - 1:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((b, b))
+    return out
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    """``"LO-HI"`` (or one bucket ``"N"``) as (lo, hi); ValueError when malformed."""
+    lo_s, sep, hi_s = text.partition("-")
+    lo, hi = int(lo_s), int(hi_s) if sep else int(lo_s)
+    if lo > hi or lo < 0:
+        raise ValueError(f"bad bucket range {text!r}")
+    return lo, hi
+
+
 def load_shard_map(path: str | Path) -> ShardMap:
     """Read and validate the shard map file at ``path``."""
     return ShardMap.model_validate(json.loads(Path(path).read_text()))
+
+
+def write_shard_map(path: str | Path, shard_map: ShardMap) -> None:
+    """Replace the map file atomically (write a sibling, fsync, rename): a watcher reads
+    either the old file or the new one, never half of one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".shardmap-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(shard_map.model_dump_json(indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class MapWatcher:
+    """The current shard map of a process: re-read when the file changes, switched to when
+    its version is higher. In Kubernetes the file is a ConfigMap volume, which the kubelet
+    replaces (by a symlink swap) when the ConfigMap changes; locally the resharder and
+    ``deploy.localstack add-shard`` rewrite it with :func:`write_shard_map`.
+    """
+
+    def __init__(self, path: str | Path, initial: ShardMap | None = None, interval: float = 0.5) -> None:
+        self.path = Path(path)
+        self.interval = interval
+        self.current = initial if initial is not None else load_shard_map(self.path)
+        self._stamp = self._stat()
+        MAP_VERSION.set(self.current.version)
+        self._listeners: list[Callable[[ShardMap], None]] = []
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def on_change(self, listener: Callable[[ShardMap], None]) -> None:
+        """Call ``listener(new_map)`` (synchronously, in the event loop) on every switch."""
+        self._listeners.append(listener)
+
+    def reload(self, force: bool = False) -> bool:
+        """Read the file if it changed (or ``force``); switch when its version is higher.
+
+        Returns whether the map changed. A file that does not parse is logged and ignored:
+        a process keeps serving with the map it has.
+        """
+        stamp = self._stat()
+        if not force and stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            new = load_shard_map(self.path)
+        except (OSError, ValueError) as exc:
+            log.warning("shard map unreadable; keeping version %s", self.current.version,
+                        extra={"action": "shardmap.unreadable", "error": type(exc).__name__})
+            return False
+        if new.version <= self.current.version:
+            return False
+        old, self.current = self.current, new
+        MAP_VERSION.set(new.version)
+        log.info("shard map switched", extra={"action": "shardmap.switched",
+                                              "from": old.version, "to": new.version})
+        for listener in self._listeners:
+            listener(new)
+        return True
+
+    async def run(self) -> None:
+        """Poll the file until cancelled."""
+        while True:
+            await asyncio.sleep(self.interval)
+            self.reload()

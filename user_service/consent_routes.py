@@ -91,7 +91,7 @@ async def _checked(request: web.Request) -> tuple[str, str]:
     caller = principal(request)
     user_name = path_user_name(request)
     policy.may_use_users_api(caller, user_name)
-    require_owned(request, user_name)
+    await require_owned(request, user_name)
     study_id = _path_study_id(request)
     if request.body_exists and (await request.read()).strip() not in (b"", b"{}"):
         raise ValidationFailed(errors=[FieldError("body", "a consent takes no body")])

@@ -42,7 +42,7 @@ async def create_user(request: web.Request) -> web.Response:
     caller = principal(request)
     body = await read_json_object(request)
     user = UserIn.model_validate_json(orjson.dumps(body))
-    require_owned(request, user.userName)
+    await require_owned(request, user.userName)
     policy.may_create_user(caller, user.role)
     key = await idempotency.key_of(request, caller)
     async with transaction(pool(request)) as conn:
@@ -59,7 +59,7 @@ async def get_user(request: web.Request) -> web.Response:
     caller = principal(request)
     user_name = path_user_name(request)
     policy.may_use_users_api(caller, user_name)
-    require_owned(request, user_name)
+    await require_owned(request, user_name)
     db = pool(request)
 
     async def load() -> bytes | None:
@@ -91,7 +91,7 @@ async def patch_user(request: web.Request) -> web.Response:
     caller = principal(request)
     user_name = path_user_name(request)
     policy.may_use_users_api(caller, user_name)
-    require_owned(request, user_name)
+    await require_owned(request, user_name)
     body = await read_json_object(request)
     _check_patch_fields(body)
     expected = if_match_version(request)

@@ -112,6 +112,9 @@ async def search_users(
                   AND ($2::text IS NULL OR (family_name COLLATE "C", given_name COLLATE "C",
                                             user_name COLLATE "C") > ($2, $3, $4))
                   AND (NOT $5 OR role = 'patient')
+                  -- only the buckets this shard owns: a move's copy is never listed twice
+                  AND bucket IN (SELECT sb.bucket FROM shard_buckets sb
+                                 JOIN shard_identity si ON sb.owner = si.shard_id)
                 ORDER BY family_name COLLATE "C", given_name COLLATE "C", user_name COLLATE "C"
                 LIMIT $6""",
             _like_prefix(family_prefix), after_key[0], after_key[1], after_key[2],

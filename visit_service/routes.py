@@ -67,7 +67,7 @@ async def create_visit(request: web.Request) -> web.Response:
     caller = principal(request)
     user_name = path_user_name(request)
     policy.may_use_users_api(caller, user_name)
-    require_owned(request, user_name)
+    await require_owned(request, user_name)
     body = await read_json_object(request)
     visit = VisitIn.model_validate_json(orjson.dumps(body))
     if visit.clinician is None:
@@ -94,7 +94,7 @@ async def get_visit(request: web.Request) -> web.Response:
     caller = principal(request)
     user_name = path_user_name(request)
     policy.may_use_users_api(caller, user_name)
-    require_owned(request, user_name)
+    await require_owned(request, user_name)
     visit_id = _visit_id(request)
     db = pool(request)
 
@@ -117,7 +117,7 @@ async def list_visits(request: web.Request) -> web.Response:
     caller = principal(request)
     user_name = path_user_name(request)
     policy.may_use_users_api(caller, user_name)
-    require_owned(request, user_name)
+    await require_owned(request, user_name)
     errors = [FieldError(k, "is not a query parameter") for k in sorted(set(request.query) - set(VISIT_LIST_PARAMS))]
     errors += [FieldError(k, "is given more than once") for k in VISIT_LIST_PARAMS if len(request.query.getall(k, [])) > 1]
     if errors:
@@ -150,7 +150,7 @@ async def patch_visit(request: web.Request) -> web.Response:
     caller = principal(request)
     user_name = path_user_name(request)
     policy.may_use_users_api(caller, user_name)
-    require_owned(request, user_name)
+    await require_owned(request, user_name)
     visit_id = _visit_id(request)
     body = await read_json_object(request)
     errors = [

@@ -29,7 +29,9 @@ from deploy.k8s.manifests import (
     SECRET, SHARDMAP_CONFIG,
 )
 from deploy.localstack.nginx import DEFAULT_BURST, DEFAULT_RATE, NginxConfig
-from deploy.k8s.workloads import ShardSizing, base_files, dsn, service_urls, shard_names, shard_objects
+from deploy.k8s.workloads import (
+    ShardSizing, base_files, dsn, resharder_job, service_urls, shard_names, shard_objects,
+)
 from shared.shardmap import DEFAULT_BUCKETS, ShardMap, even_ranges
 
 ROOT = Path(__file__).resolve().parent
@@ -165,6 +167,7 @@ def k8s_shard_map(env: Environment, current: ShardMap | None) -> ShardMap:
     else:
         layout = [(s.id, s.buckets) for s in current.shards]
         buckets = current.buckets
+    version = current.version if current is not None else 1
     shards = []
     for shard_id, ranges_of in layout:
         names = shard_names(shard_id)
@@ -173,7 +176,7 @@ def k8s_shard_map(env: Environment, current: ShardMap | None) -> ShardMap:
                        "postgres": dsn(names["postgres"], "medsvc"),
                        "redis": f"redis://{names['redis']}:6379/0",
                        "members": {"user": [fe], "visit": [fe]}})
-    return ShardMap.model_validate({"buckets": buckets, "shards": shards})
+    return ShardMap.model_validate({"version": version, "buckets": buckets, "shards": shards})
 
 
 def shard_map_json(shard_map: ShardMap) -> str:
@@ -190,7 +193,11 @@ def overlay_kustomization(env: Environment, shard_map: ShardMap) -> dict[str, An
         "resources": ["namespace.yaml", "../../base",
                       *(f"shards/shard-{s.id}.yaml" for s in shard_map.shards)],
         "configMapGenerator": [
-            {"name": SHARDMAP_CONFIG, "files": ["shardmap.json"]},
+            # No name-suffix hash: the ConfigMap keeps its name, so a new map version is
+            # updated in place and the kubelet refreshes the mounted file; every process
+            # watches it and switches without a restart (shared/shardmap.py MapWatcher).
+            {"name": SHARDMAP_CONFIG, "files": ["shardmap.json"],
+             "options": {"disableNameSuffixHash": True}},
             {"name": ENV_CONFIG, "literals": [
                 f"MEDSVC_ENV={env.medsvc_env}", f"MEDSVC_LOG_LEVEL={env.log_level}",
                 "MEDSVC_HOST=0.0.0.0", f"MEDSVC_PORT={PORT}",
@@ -226,6 +233,8 @@ def render_tree(root: Path = ROOT) -> dict[Path, str]:
     }
     for name, objs in base_files().items():
         files[Path("base") / name] = dump(objs)
+    # Not a resource of the base: one Job per move, made by hand (deploy/README.md).
+    files[Path("jobs/resharder-move.yaml")] = dump(resharder_job())
     for env in ENVIRONMENTS.values():
         folder = Path("overlays") / env.name
         shard_map = k8s_shard_map(env, read_shard_map(root / folder / "shardmap.json"))
@@ -284,6 +293,7 @@ def add_shard(root: Path, env_name: str) -> int:
     new_id = max(s.id for s in current.shards) + 1
     doc = current.model_dump(mode="json")
     doc["shards"].append({"id": new_id, "buckets": [], "postgres": "-", "redis": None})
+    doc["version"] = current.version + 1
     path.write_text(shard_map_json(ShardMap.model_validate(doc)))
     return new_id
 
@@ -300,6 +310,7 @@ def move_buckets(root: Path, env_name: str, lo: int, hi: int, to: int) -> None:
     for b in range(lo, hi + 1):
         owner[b] = to
     doc = current.model_dump(mode="json")
+    doc["version"] = current.version + 1
     for shard in doc["shards"]:
         mine = sorted(b for b, o in owner.items() if o == shard["id"])
         shard["buckets"] = _ranges(mine)

@@ -74,6 +74,10 @@ def _build(folder: Path) -> tuple[list[Obj], dict[tuple[str, str], str]]:
         for obj in objs:
             if obj["kind"] not in CLUSTER_SCOPED:
                 obj["metadata"]["namespace"] = kz["namespace"]
+            # As kustomize does: a binding's service accounts are in the namespace too.
+            for subject in obj.get("subjects", []):
+                if subject.get("kind") == "ServiceAccount":
+                    subject["namespace"] = kz["namespace"]
     for rep in kz.get("replicas", []):
         hits = [o for o in objs if o["kind"] in {"Deployment", "StatefulSet", "ReplicaSet"}
                 and o["metadata"]["name"] == rep["name"]]
@@ -113,7 +117,8 @@ def _generated(kind: str, folder: Path, gen: Obj) -> Obj:
         obj["data"] = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
     else:
         obj["data"] = data
-    obj["metadata"]["name"] = f"{name}-{name_hash(obj)}"
+    if not gen.get("options", {}).get("disableNameSuffixHash"):
+        obj["metadata"]["name"] = f"{name}-{name_hash(obj)}"
     return obj
 
 

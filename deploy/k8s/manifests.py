@@ -251,7 +251,8 @@ def postgres(name: str, component: str, database: str, password_key: str, storag
         "name": "postgres", "image": POSTGRES_IMAGE,
         # No PHI in the server log: terse errors leave out DETAIL ("Failing row contains
         # (...)", "Key (...)=(...)"), and failing statements are not logged.
-        "args": ["-c", "max_connections=200", "-c", "shared_buffers=256MB",
+        # wal_level=logical: a bucket move (resharder/) copies by logical replication.
+        "args": ["-c", "max_connections=200", "-c", "shared_buffers=256MB", "-c", "wal_level=logical",
                  "-c", "log_error_verbosity=terse", "-c", "log_min_error_statement=panic"],
         "env": [{"name": "POSTGRES_USER", "value": admin_user},
                 {"name": "POSTGRES_DB", "value": database},

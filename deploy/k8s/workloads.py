@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from deploy.localstack.redis_server import ACL_USER
 from deploy.k8s.manifests import (
-    JOB_RESOURCES, MONITORING_NAMESPACE, NGINX_CONFIG, NGINX_HTTP_PORT, NGINX_HTTPS_PORT,
+    SHARDMAP_CONFIG, JOB_RESOURCES, MONITORING_NAMESPACE, NGINX_CONFIG, NGINX_HTTP_PORT, NGINX_HTTPS_PORT,
     NGINX_IMAGE, NGINX_OPS_PORT, NGINX_RESOURCES, NGINX_UID, PG_USER,
     PORT, SCRAPE, TLS_SECRET, TMP_MOUNT, TMP_VOLUME, Obj, container_security, deployment,
     http_probes, netpol, pdb, peer, pod_security, pods_of, postgres, python_pod, redis, rule,
@@ -142,14 +142,19 @@ def shard_objects(shard: int, sizing: ShardSizing) -> list[Obj]:
                egress=[rule([peer("postgres", shard)], [5432], "out"),
                        rule([peer("redis", shard)], [6379], "out"),
                        rule([peer("audit"), peer("anonymizer")], [PORT], "out")]),
-        # Only this shard's FE servers (and the anonymizer's extraction) reach its database.
+        # Only this shard's FE servers (and the anonymizer's extraction) reach its database;
+        # and, for bucket moves, the resharder and the other shards' databases (a move's
+        # target subscribes to its source: logical replication).
         netpol(names["postgres"], pods_of("postgres", shard),
-               ingress=[rule([peer("fe", shard), peer(ANONYMIZER_COMPONENTS)], [5432], "in")],
-               egress=[]),
+               ingress=[rule([peer("fe", shard), peer(ANONYMIZER_COMPONENTS),
+                              peer("resharder"), peer("postgres")], [5432], "in")],
+               egress=[rule([peer("postgres")], [5432], "out")]),
         # This shard's FE servers reach its cache, and the gateways (which answer cached
-        # reads themselves, gateway/fastpath.py).
+        # reads themselves, gateway/fastpath.py), and the resharder (which invalidates the
+        # entries of the users it moved).
         netpol(names["redis"], pods_of("redis", shard),
-               ingress=[rule([peer("fe", shard), peer("gateway")], [6379], "in")], egress=[]),
+               ingress=[rule([peer("fe", shard), peer("gateway"), peer("resharder")], [6379],
+                             "in")], egress=[]),
     ]
     return objs
 
@@ -327,8 +332,10 @@ def anonymizer_objects() -> list[Obj]:
                ingress=[rule([peer("gateway"), peer("fe")], [PORT], "in")],
                egress=[rule([peer("anonymizer-postgres")], [5432], "out"),
                        rule([peer("postgres")], [5432], "out")]),
+        # The anonymizer; and the resharder, whose move registry lives there too.
         netpol("pg-anonymizer", pods_of("anonymizer-postgres"),
-               ingress=[rule([peer(ANONYMIZER_COMPONENTS)], [5432], "in")], egress=[]),
+               ingress=[rule([peer(ANONYMIZER_COMPONENTS), peer("resharder")], [5432], "in")],
+               egress=[]),
     ]
 
 
@@ -356,8 +363,60 @@ def common_policies() -> list[Obj]:
     ]
 
 
+def resharder_objects() -> list[Obj]:
+    """What a bucket move (resharder/) needs in place: its service account, allowed to patch
+    the shard map ConfigMap (that is how it publishes a new map version), and its network
+    paths. The move itself is a Job made from deploy/k8s/jobs/resharder-move.yaml."""
+    labels = {"app.kubernetes.io/part-of": "medsvc"}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": "resharder", "labels": labels}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": "resharder", "labels": labels},
+         "rules": [{"apiGroups": [""], "resources": ["configmaps"],
+                    "resourceNames": [SHARDMAP_CONFIG], "verbs": ["get", "patch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "resharder", "labels": labels},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "resharder"},
+         "subjects": [{"kind": "ServiceAccount", "name": "resharder"}]},
+        # Every shard's database and cache, the registry (pg-anonymizer), and the API server.
+        netpol("resharder", pods_of("resharder"), ingress=[],
+               egress=[rule([peer("postgres"), peer("anonymizer-postgres")], [5432], "out"),
+                       rule([peer("redis")], [6379], "out"),
+                       rule([], [443, 6443], "out")]),
+    ]
+
+
+def resharder_job() -> list[Obj]:
+    """The Job of one move; set the range and the target in its args, then
+    ``kubectl -n <namespace> create -f deploy/k8s/jobs/resharder-move.yaml``."""
+    env = [{"name": "MEDSVC_RESHARDER_DSN", "value": dsn("pg-anonymizer", ANONYMIZER_DATABASE)},
+           {"name": "MEDSVC_SHARDMAP_CONFIGMAP", "value": SHARDMAP_CONFIG},
+           secret_env("MEDSVC_PG_PASSWORD", "pg-password")]
+    pod = python_pod("resharder", ["python", "-m", "resharder", "move", "--buckets", "0-63",
+                                   "--to", "4"], env=env, shard_map=True, probes=False,
+                     resources=JOB_RESOURCES)
+    # Applied outside kustomize: no reference to the hashed medsvc-env ConfigMap.
+    container = pod["containers"][0]
+    del container["envFrom"]
+    container["env"].append({"name": "MEDSVC_SHARD_MAP", "value": "/etc/medsvc/shardmap.json"})
+    pod["restartPolicy"] = "Never"
+    pod["serviceAccountName"] = "resharder"
+    pod["automountServiceAccountToken"] = True  # it patches the shard map ConfigMap
+    return [{
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"generateName": "resharder-move-", "labels": selector("resharder")},
+        "spec": {
+            # A killed move resumes when run again: the Job retries it.
+            "backoffLimit": 3, "activeDeadlineSeconds": 6 * 3600,
+            "ttlSecondsAfterFinished": 24 * 3600,
+            "template": template("resharder", None, pod, scrape=False),
+        },
+    }]
+
+
 def base_files() -> dict[str, list[Obj]]:
     """The base's resource files and their objects."""
     return {"nginx.yaml": nginx_objects(), "gateway.yaml": gateway_objects(),
             "audit.yaml": audit_objects(), "anonymizer.yaml": anonymizer_objects(),
-            "network-policies.yaml": common_policies()}
+            "resharder.yaml": resharder_objects(), "network-policies.yaml": common_policies()}

@@ -1,4 +1,9 @@
-"""``python -m deploy.localstack run|token``: behind ``make run`` and ``make token``."""
+"""``python -m deploy.localstack run|token|add-shard``: behind ``make run`` and ``make token``.
+
+``add-shard``, beside a running ``make run``, asks it (SIGUSR1 to the pid in
+``<base>/run.pid``) to start one more shard owning no bucket, and waits until the shard map
+lists it with its FE servers: the running gateways and the anonymizer then know it.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,13 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
+import time
 from pathlib import Path
+
+from shared.shardmap import load_shard_map
 
 from .procs import ProcessError
 from .stack import DEFAULT_JWT_SECRET, Stack, StackConfig
@@ -69,7 +78,29 @@ async def _run(cfg: StackConfig) -> int:
         log.error("%s", exc)
         return 1
     print(_banner(stack), flush=True)
+    pid_file = stack.base_dir / "run.pid"
+    pid_file.write_text(f"{os.getpid()}\n")
+    adding: set[asyncio.Task[int]] = set()
+
+    async def add_shard() -> int:
+        try:
+            new_id = await stack.add_shard()
+        except Exception as exc:  # noqa: BLE001 - reported; the running stack carries on
+            log.error("adding a shard failed: %s", exc)
+            raise
+        print(f"shard {new_id} is up: {stack.postgres[new_id].dsn}  {stack.redis[new_id].url}",
+              flush=True)
+        return new_id
+
+    def on_add() -> None:
+        task = asyncio.create_task(add_shard())
+        adding.add(task)
+        task.add_done_callback(adding.discard)
+
+    loop.add_signal_handler(signal.SIGUSR1, on_add)
     await stopped
+    with contextlib.suppress(FileNotFoundError):
+        pid_file.unlink()
     log.info("stopping")
     await stack.stop()
     log.info("all stopped")
@@ -104,7 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--ttl", type=int, default=DEFAULT_TTL, help="seconds valid")
     tok.add_argument("--jwt-secret", default=DEFAULT_JWT_SECRET)
 
+    add = sub.add_parser("add-shard", help="start one more shard beside a running `make run`")
+    add.add_argument("--base-dir", type=Path, default=Path("var"), help="the running stack's (./var)")
+    add.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for it")
+
     args = parser.parse_args(argv)
+    if args.command == "add-shard":
+        return _add_shard(args.base_dir, args.timeout)
     if args.command == "token":
         roles = [r for arg in args.role or ["admin"] for r in arg.split(",") if r]
         print(make_token(args.jwt_secret, args.sub, roles, args.ttl))
@@ -119,10 +156,43 @@ def main(argv: list[str] | None = None) -> int:
         base_dir=args.base_dir, shards=args.shards, fe_per_shard=args.fe_per_shard,
         gateways=args.gateways, http_port=args.http_port, https_port=args.https_port,
         internal_port_base=args.port_base or None, nginx_workers=workers,
-        jwt_secret=args.jwt_secret, prometheus=not args.no_prometheus,
+        jwt_secret=args.jwt_secret, prometheus=not args.no_prometheus, keep_map=True,
     )  # fmt: skip
     try:
         return asyncio.run(_run(cfg))
     except (ProcessError, OSError) as exc:
         print(f"localstack: {exc}", file=sys.stderr)
         return 1
+
+
+def _add_shard(base_dir: Path, timeout: float) -> int:
+    """Ask the running stack in ``base_dir`` for a new shard; wait until the map lists it."""
+    try:
+        pid = int((base_dir / "run.pid").read_text())
+        before = load_shard_map(base_dir / "shardmap.json")
+    except (OSError, ValueError) as exc:
+        print(f"localstack: no running stack in {base_dir} ({exc}); start `make run` first",
+              file=sys.stderr)
+        return 2
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        print(f"localstack: the stack (pid {pid}) is not running", file=sys.stderr)
+        return 1
+    known = {s.id for s in before.shards}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        with contextlib.suppress(OSError, ValueError):
+            now = load_shard_map(base_dir / "shardmap.json")
+            added = [s for s in now.shards if s.id not in known and s.members]
+            if added:
+                shard = added[0]
+                print(f"shard {shard.id} added, owning no bucket (shard map version {now.version})")
+                print(f"  postgres {shard.postgres}\n  redis    {shard.redis}")
+                for url in sorted({u for urls in shard.members.values() for u in urls}):
+                    print(f"  FE       {url}")
+                print(f"move buckets to it: python -m resharder move --buckets LO-HI --to {shard.id}")
+                return 0
+    print(f"localstack: no new shard after {timeout:.0f} s; see {base_dir}/logs", file=sys.stderr)
+    return 1

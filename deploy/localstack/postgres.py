@@ -153,6 +153,8 @@ class PostgresServer(ManagedProcess):
             binaries.pg_bin("postgres"), "-D", str(data_dir), "-p", str(port),
             "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
             "-c", f"max_connections={max_connections}",
+            # A bucket move (resharder/) copies and catches up by logical replication.
+            "-c", "wal_level=logical",
         ]  # fmt: skip
         if fast:
             for setting in _FAST:

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy.prometheus.config import Target
-from shared.shardmap import DEFAULT_BUCKETS, Shard, ShardMap, even_ranges
+from shared.shardmap import (
+    DEFAULT_BUCKETS, Shard, ShardMap, even_ranges, load_shard_map, ranges_of, write_shard_map,
+)  # fmt: skip
 
 from .audit_keys import AuditKeyFiles
 from .certs import ensure_cert
@@ -87,6 +89,9 @@ class StackConfig:
     # Added to every Python process's environment (after the stack's own variables).
     extra_env: Mapping[str, str] = field(default_factory=dict)
     python: str = sys.executable
+    # Start from the shard map a previous run left in base_dir (its shards and their
+    # buckets), as `make run` does; the tests start from a fresh even split.
+    keep_map: bool = False
 
 
 class Stack:
@@ -101,63 +106,33 @@ class Stack:
         self.base_dir = base = Path(cfg.base_dir).resolve()
         self.logs_dir = base / "logs"
         self.shard_map_path = base / "shardmap.json"
-        ports = PortAllocator(cfg.internal_port_base)
+        self._ports = ports = PortAllocator(cfg.internal_port_base)
         account = server_account()
+        self._account = account
         self._template = ClusterTemplate(base / "pg" / ".template", account)
-
-        def pg(name: str) -> PostgresServer:
-            return PostgresServer(
-                f"postgres-{name}",
-                base / "pg" / name,
-                ports.take(),
-                self.logs_dir / f"postgres-{name}.log",
-                fast=cfg.fast,
-                template=self._template,
-                account=account,
-            )
-
-        self.postgres: dict[int, PostgresServer] = {i: pg(f"shard-{i}") for i in range(cfg.shards)}
-        self.central_postgres = pg("central")
-        self.redis: dict[int, RedisServer] = {
-            i: RedisServer(
-                f"redis-shard-{i}",
-                base / "redis" / f"shard-{i}",
-                ports.take(),
-                self.logs_dir / f"redis-shard-{i}.log",
-            )
-            for i in range(cfg.shards)
-        }
-
-        def py(name: str, module: str, args: Sequence[str] = ()) -> ServiceProcess:
-            return ServiceProcess(
-                name,
-                module,
-                ports.take(),
-                self.logs_dir / f"{name}.log",
-                args=args,
-                cwd=REPO_ROOT,
-                python=cfg.python,
-            )
+        # A map left by an earlier `make run` (shards added, buckets moved) is kept: the shard
+        # databases own what it says, and a fresh even split would contradict them.
+        self._previous_map = _read_map(self.shard_map_path) if cfg.keep_map else None
+        n_shards = max(cfg.shards, len(self._previous_map.shards) if self._previous_map else 0)
+        self.postgres: dict[int, PostgresServer] = {}
+        self.redis: dict[int, RedisServer] = {}
+        self.fe: dict[int, list[ServiceProcess]] = {}
+        for i in range(n_shards):
+            self.postgres[i] = self._pg(f"shard-{i}")
+        self.central_postgres = self._pg("central")
+        for i in range(n_shards):
+            self.redis[i] = self._redis(i)
 
         self.services: dict[str, list[ServiceProcess]] = {
             spec.name: [
-                py(f"{spec.name}-{r}", spec.module, spec.args) for r in range(spec.replicas)
+                self._py(f"{spec.name}-{r}", spec.module, spec.args) for r in range(spec.replicas)
             ]
             for spec in cfg.services
         }
-        self.fe: dict[int, list[ServiceProcess]] = {
-            i: [
-                py(
-                    f"fe-shard-{i}-{m}",
-                    "fe_server",
-                    ["--shard", str(i), "--services", cfg.fe_services],
-                )
-                for m in range(cfg.fe_per_shard)
-            ]
-            for i in range(cfg.shards)
-        }
+        for i in range(n_shards):
+            self.fe[i] = self._fe_servers(i)
         self.gateways: list[ServiceProcess] = [
-            py(f"gateway-{g}", "gateway") for g in range(cfg.gateways)
+            self._py(f"gateway-{g}", "gateway") for g in range(cfg.gateways)
         ]
         self.cert_path = base / "certs" / "localhost.crt"
         self.key_path = base / "certs" / "localhost.key"
@@ -186,6 +161,73 @@ class Stack:
             )
         # The audit checkpoint signer's key and log, outside the databases (audit_keys.py).
         self.audit_keys = AuditKeyFiles(base / "audit")
+        self._add_lock = asyncio.Lock()
+
+    # -- laying out processes -----------------------------------------------------------
+
+    def _pg(self, name: str) -> PostgresServer:
+        return PostgresServer(
+            f"postgres-{name}", self.base_dir / "pg" / name, self._ports.take(),
+            self.logs_dir / f"postgres-{name}.log", fast=self.config.fast,
+            template=self._template, account=self._account,
+        )  # fmt: skip
+
+    def _redis(self, i: int) -> RedisServer:
+        return RedisServer(
+            f"redis-shard-{i}", self.base_dir / "redis" / f"shard-{i}", self._ports.take(),
+            self.logs_dir / f"redis-shard-{i}.log",
+        )  # fmt: skip
+
+    def _py(self, name: str, module: str, args: Sequence[str] = ()) -> ServiceProcess:
+        return ServiceProcess(
+            name, module, self._ports.take(), self.logs_dir / f"{name}.log", args=args,
+            cwd=REPO_ROOT, python=self.config.python,
+        )  # fmt: skip
+
+    def _fe_servers(self, i: int) -> list[ServiceProcess]:
+        return [
+            self._py(f"fe-shard-{i}-{m}", "fe_server",
+                     ["--shard", str(i), "--services", self.config.fe_services])
+            for m in range(self.config.fe_per_shard)
+        ]  # fmt: skip
+
+    def _shard_entry(self, i: int, buckets: list[tuple[int, int]], members: bool = True) -> Shard:
+        urls = [fe.url for fe in self.fe[i]]
+        return Shard(
+            id=i, buckets=buckets, postgres=self.postgres[i].dsn, redis=self.redis[i].url,
+            members={svc: urls for svc in self.config.fe_services.split(",") if svc} if members else {},
+        )  # fmt: skip
+
+    async def add_shard(self) -> int:
+        """Start a new shard (PostgreSQL, Redis, FE servers) owning no bucket; return its id.
+
+        The running processes learn of it from the map file, in two versions: first the shard
+        without FE members (its FE servers read the map at start and seed their database's
+        ownership from it: every bucket someone else's), then with them, once they answer, so
+        that no gateway sends a search to a shard that cannot answer yet.
+        """
+        async with self._add_lock:
+            new_id = max(self.postgres) + 1
+            self.postgres[new_id] = self._pg(f"shard-{new_id}")
+            self.redis[new_id] = self._redis(new_id)
+            self.fe[new_id] = self._fe_servers(new_id)
+            await _all(p.start() for p in (self.postgres[new_id], self.redis[new_id]))
+            current = load_shard_map(self.shard_map_path)
+            staged = current.with_shard(self._shard_entry(new_id, [], members=False))
+            write_shard_map(self.shard_map_path, staged)
+            env = self._python_env()
+            for proc in self.fe[new_id]:
+                proc.env = env
+            await _all(p.start() for p in self.fe[new_id])
+            shards = [s for s in staged.shards if s.id != new_id]
+            final = ShardMap(
+                version=staged.version + 1, buckets=staged.buckets,
+                shards=[*shards, self._shard_entry(new_id, [])],
+            )  # fmt: skip
+            write_shard_map(self.shard_map_path, final)
+            self.shard_map = final
+            log.info("shard %s added (map version %s)", new_id, final.version)
+            return new_id
 
     # -- what the tests and the CLI read --------------------------------------------------
 
@@ -250,7 +292,7 @@ class Stack:
             await ensure_cert(self.cert_path.parent)
             tiers = self.tiers()
             await _all(p.start() for p in tiers[0])
-            self.shard_map_path.write_text(self.shard_map.model_dump_json(indent=2) + "\n")
+            write_shard_map(self.shard_map_path, self.shard_map)
             env = self._python_env()
             for tier in tiers[1:]:
                 for proc in tier:
@@ -282,21 +324,18 @@ class Stack:
     # -- internals ------------------------------------------------------------------------
 
     def _build_shard_map(self) -> ShardMap:
+        previous = self._previous_map
+        if previous is not None:
+            owners = previous.owners()
+            return ShardMap(
+                version=previous.version + 1, buckets=previous.buckets,
+                shards=[self._shard_entry(i, ranges_of(owners, i)) for i in sorted(self.postgres)],
+            )  # fmt: skip
         ranges = even_ranges(self.config.shards, self.config.buckets)
-        shards = []
-        for i in range(self.config.shards):
-            urls = [fe.url for fe in self.fe[i]]
-            members = {svc: urls for svc in self.config.fe_services.split(",") if svc}
-            shards.append(
-                Shard(
-                    id=i,
-                    buckets=ranges[i],
-                    postgres=self.postgres[i].dsn,
-                    redis=self.redis[i].url,
-                    members=members,
-                )
-            )
-        return ShardMap(buckets=self.config.buckets, shards=shards)
+        return ShardMap(
+            buckets=self.config.buckets,
+            shards=[self._shard_entry(i, ranges[i]) for i in range(self.config.shards)],
+        )
 
     def _python_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -312,6 +351,13 @@ class Stack:
                 env[spec.urls_env] = ",".join(p.url for p in self.services[spec.name])
         env.update(self.config.extra_env)
         return env
+
+
+def _read_map(path: Path) -> ShardMap | None:
+    try:
+        return load_shard_map(path)
+    except FileNotFoundError:
+        return None
 
 
 def raise_open_file_limit() -> None:

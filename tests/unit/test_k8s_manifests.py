@@ -170,7 +170,7 @@ def test_the_shard_map_config_map_is_the_committed_file(
     rendered: dict[str, list[Obj]], overlay: str
 ) -> None:
     maps = [o for o in rendered[overlay] if o["kind"] == "ConfigMap"
-            and o["metadata"]["name"].startswith("shardmap-")]
+            and o["metadata"]["name"] == "shardmap"]
     assert len(maps) == 1
     text = maps[0]["data"]["shardmap.json"]
     assert text == (K8S / "overlays" / overlay / "shardmap.json").read_text()
@@ -606,3 +606,22 @@ def test_the_image_holds_every_package_the_manifests_run(rendered: dict[str, lis
         "shared", "fe_server", "gateway", "user_service", "visit_service", "audit_service"
     ):
         assert package in copied, package
+
+
+def test_the_resharder_job_is_valid_and_may_only_patch_the_shard_map(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    (job,) = yaml.safe_load_all((K8S / "jobs" / "resharder-move.yaml").read_text())
+    job = dict(job)
+    job["metadata"] = {**job["metadata"], "name": "resharder-move-x"}  # generateName in the file
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "resharder" and pod["restartPolicy"] == "Never"
+    assert pod["containers"][0]["command"][:4] == ["python", "-m", "resharder", "move"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["MEDSVC_SHARDMAP_CONFIGMAP"] == "shardmap"
+    (role,) = [o for o in rendered[overlay] if o["kind"] == "Role" and o["metadata"]["name"] == "resharder"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
+                              "resourceNames": ["shardmap"], "verbs": ["get", "patch"]}]
+    # The ConfigMap it patches keeps its name, so pods see the new map without a restart.
+    assert any(o["kind"] == "ConfigMap" and o["metadata"]["name"] == "shardmap" for o in rendered[overlay])

@@ -199,6 +199,17 @@ def derived_connections(render: Render) -> set[tuple[Pod | str, str, int]]:
             out |= {(name, dst, target) for dst, target in render.resolve(host, port)}
     for port in (80, 443):  # clients reach nginx through its Service
         out |= {("client", dst, target) for dst, target in render.resolve("nginx", port)}
+    # Logical replication (resharder/): a bucket move's target database subscribes to its
+    # source with the source's DSN from the shard map, so every shard database may reach every
+    # shard database in the map (one policy for all of them: itself included).
+    with mock.patch.dict(os.environ, render.env("gateway"), clear=True):
+        map_path = GatewaySettings().shard_map
+    shard_map = ShardMap.model_validate_json(render.mounted_file("gateway", map_path))
+    for name in render.pods:
+        if name.startswith("pg-shard-"):
+            for shard in shard_map.shards:
+                host, port = _hostport(shard.postgres, 5432)
+                out |= {(name, dst, target) for dst, target in render.resolve(host, port)}
     for name, notes in render.annotations.items():
         if notes.get("prometheus.io/scrape") == "true":
             out.add(("prometheus", name, int(notes["prometheus.io/port"])))

@@ -1,0 +1,437 @@
+"""One bucket move, phase by phase (DESIGN.md "Growth: adding a shard and moving buckets online").
+
+copy     the source A publishes the moving buckets' rows (a publication with a row filter on
+         the ``bucket`` column); the target B subscribes: PostgreSQL copies the rows, then
+         streams every later change. Apply runs with session_replication_role = replica, so
+         B's audit and ownership triggers do not fire: the copy adds no audit event.
+catchup  wait until B is close behind A (replication lag, bytes of WAL).
+fence    lock the moving buckets' rows of A's ``shard_buckets`` FOR UPDATE: every write to
+         them waits in its ownership trigger (it does not fail). Insert a marker on A and wait
+         until B has applied it (B then has every commit A made), and until A's outbox holds
+         no event of a moving user (the audit chain keeps each entity's order). Flip the
+         owner on B, then on A (one transaction with the lock), all within the fence limit;
+         past it, roll back: A stays the owner.
+switch   invalidate the moved users' cache entries on both shards, then publish the next map
+         version. Writes that waited on A are refused with 421 once the flip commits; the
+         gateways hold them until they see the new map and send them to B.
+verify   per table, every row of the range on A (now frozen: it refuses writes) against B as
+         it was at the flip: missing = extra = mismatched = 0, by checksum of every column
+         but the anonymizer's watermark (which is B's own transaction id by design).
+cleanup  drop the subscription (and its slot) and the publication, then delete A's copies.
+
+Resuming: what has happened is read from the databases themselves (who owns the range on A
+and on B, which replication objects exist), not only from the registry's phase.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from resharder import publish
+from resharder.progress import Progress
+from resharder.state import Move, set_phase
+from redis import asyncio as aioredis
+
+from shared.cache import _keys as cache_keys  # the one place that knows the key layout
+from shared.cachekeys import user_group, visits_group
+from shared.shardmap import ShardMap
+
+# Tables keyed by userName, parents first, with the key that identifies a row.
+TABLES: tuple[tuple[str, str], ...] = (
+    ("users", "user_name"),
+    ("visits", "visit_id::text"),
+    ("study_consents", "user_name || '/' || study_id"),
+)
+# Columns that differ between the copies by design: the anonymizer's watermark (each
+# database's own transaction id) and the bucket (a function of the key).
+_NOT_COMPARED = ("updated_xid", "bucket")
+
+
+async def invalidate(redis_url: str, user_names: list[str]) -> None:
+    """Drop the cache groups (and their leases) of ``user_names``: what a write would drop."""
+    keys = [k for u in user_names for g in (user_group(u), visits_group(u)) for k in cache_keys(g)]
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=10)
+    try:
+        # One round trip: the switch is inside the time writes to these users wait.
+        pipe = client.pipeline(transaction=False)
+        for i in range(0, len(keys), 1000):
+            pipe.delete(*keys[i:i + 1000])
+        await pipe.execute()
+    finally:
+        await client.aclose()
+
+
+class Aborted(Exception):
+    """The move stopped before the flip and was rolled back: the source still owns."""
+
+
+@dataclass
+class Options:
+    fence_limit: float = 2.0
+    # Catch up at least this long before fencing (lets an operator watch a move; tests).
+    hold_before_fence: float = 0.0
+    # Fence once B is this close behind A (bytes of WAL).
+    catchup_bytes: int = 1 << 20
+    catchup_timeout: float = 600.0
+    copy_timeout: float = 3600.0
+
+
+@dataclass
+class Summary:
+    move_id: int
+    lo: int
+    hi: int
+    source: int
+    target: int
+    outcome: str = "running"
+    reason: str | None = None
+    resumed: bool = False
+    phases: dict[str, float] = field(default_factory=dict)
+    fence_seconds: float | None = None
+    rows: dict[str, int] = field(default_factory=dict)
+    copy_rows_per_second: float | None = None
+    diff: dict[str, dict[str, int]] = field(default_factory=dict)
+    map_version: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "moveId": self.move_id, "buckets": [self.lo, self.hi], "source": self.source,
+            "target": self.target, "outcome": self.outcome, "reason": self.reason,
+            "resumed": self.resumed, "phaseSeconds": {k: round(v, 3) for k, v in self.phases.items()},
+            "fenceSeconds": None if self.fence_seconds is None else round(self.fence_seconds, 3),
+            "rows": self.rows, "copyRowsPerSecond": self.copy_rows_per_second,
+            "diff": self.diff, "mapVersion": self.map_version,
+        }  # fmt: skip
+
+
+def conninfo(dsn: str, password: str | None) -> str:
+    """A libpq connection string for CREATE SUBSCRIPTION (a literal, quotes doubled)."""
+    if password:
+        sep = "&" if "?" in dsn else "?"
+        from urllib.parse import quote
+
+        dsn = f"{dsn}{sep}password={quote(password, safe='')}"
+    return "'" + dsn.replace("'", "''") + "'"
+
+
+class Mover:
+    """Runs one move against the shard databases named by the map."""
+
+    def __init__(
+        self, move: Move, shard_map: ShardMap, registry: asyncpg.Connection, map_path: str,
+        password: str | None, options: Options, progress: Progress, configmap: str = "",
+    ) -> None:
+        self.m = move
+        self.map = shard_map
+        self.registry = registry
+        self.map_path = map_path
+        self.password = password
+        self.opts = options
+        self.progress = progress
+        self.configmap = configmap
+        self.src = shard_map.shard(move.source)
+        self.dst = shard_map.shard(move.target)
+        self.summary = Summary(move.move_id, move.lo, move.hi, move.source, move.target)
+        self.a: asyncpg.Connection
+        self.b: asyncpg.Connection
+        self.b_snapshot: asyncpg.Connection | None = None
+
+    async def _connect(self, dsn: str) -> asyncpg.Connection:
+        return await asyncpg.connect(dsn, password=self.password, timeout=10)
+
+    # -- the whole move -----------------------------------------------------------------
+
+    async def run(self, resumed: bool) -> Summary:
+        self.summary.resumed = resumed
+        self.a = await self._connect(self.src.postgres)
+        self.b = await self._connect(self.dst.postgres)
+        try:
+            flipped = await self._owned_by_target(self.a)
+            if not flipped:
+                if await self._owned_by_target(self.b):
+                    # Killed between the two flips: A never let go, nothing reached B.
+                    await self._set_owner(self.b, self.m.source)
+                try:
+                    await self._timed("copy", self._copy())
+                    await self._timed("catchup", self._catch_up())
+                    await self._timed("fence", self._fence())
+                except Aborted as exc:
+                    await self._rollback(str(exc))
+                    return self.summary
+            await self._timed("switch", self._switch())
+            ok = await self._timed("verify", self._verify(exact=self.b_snapshot is not None))
+            if not ok:
+                self.summary.outcome = "verify_failed"
+                self.summary.reason = "the copies differ: the source's copies are kept"
+                await set_phase(self.registry, self.m, "verify_failed", diff=self.summary.diff)
+                return self.summary
+            await self._timed("cleanup", self._cleanup())
+            self.summary.outcome = "done"
+            await set_phase(self.registry, self.m, "done", summary=self.summary.as_json())
+            return self.summary
+        finally:
+            for conn in (self.a, self.b, self.b_snapshot):
+                if conn is not None and not conn.is_closed():
+                    await conn.close()
+
+    async def _timed(self, phase: str, coro: Any) -> Any:
+        self.progress.phase(phase)
+        if phase != "switch" and phase != "fence":
+            await set_phase(self.registry, self.m, phase)
+        started = time.monotonic()
+        try:
+            return await coro
+        finally:
+            self.summary.phases[phase] = self.summary.phases.get(phase, 0.0) + time.monotonic() - started
+
+    # -- ownership -------------------------------------------------------------------------
+
+    async def _owned_by_target(self, conn: asyncpg.Connection) -> bool:
+        owners = await conn.fetch(
+            "SELECT DISTINCT owner FROM shard_buckets WHERE bucket BETWEEN $1 AND $2", self.m.lo, self.m.hi
+        )
+        return [r["owner"] for r in owners] == [self.m.target]
+
+    async def _set_owner(self, conn: asyncpg.Connection, owner: int) -> None:
+        await conn.execute(
+            "UPDATE shard_buckets SET owner = $3, since_xid = pg_current_xact_id()"
+            " WHERE bucket BETWEEN $1 AND $2", self.m.lo, self.m.hi, owner,
+        )
+
+    # -- copy and catch up -----------------------------------------------------------------
+
+    async def _count(self, conn: asyncpg.Connection) -> dict[str, int]:
+        out = {}
+        for table, _ in TABLES:
+            out[table] = await conn.fetchval(
+                f"SELECT count(*) FROM {table} WHERE bucket BETWEEN $1 AND $2", self.m.lo, self.m.hi
+            )
+        return out
+
+    async def _copy(self) -> None:
+        name, lo, hi = self.m.name, self.m.lo, self.m.hi
+        if not await self.a.fetchval("SELECT 1 FROM pg_publication WHERE pubname = $1", name):
+            where = f"WHERE (bucket BETWEEN {int(lo)} AND {int(hi)})"
+            tables = ", ".join(f"{t} {where}" for t, _ in TABLES)
+            await self.a.execute(
+                f"CREATE PUBLICATION {name} FOR TABLE {tables},"
+                f" move_markers WHERE (move_name = '{name}')"
+            )
+        if not await self.b.fetchval("SELECT 1 FROM pg_subscription WHERE subname = $1", name):
+            # Leftovers of an earlier aborted move of these buckets would collide with the copy.
+            await self._delete_unowned(self.b)
+            await self.b.execute(
+                f"CREATE SUBSCRIPTION {name} CONNECTION {conninfo(self.src.postgres, self.password)}"
+                f" PUBLICATION {name} WITH (copy_data = true)"
+            )
+        total = sum((await self._count(self.a)).values())
+        started = time.monotonic()
+        deadline = started + self.opts.copy_timeout
+        synced: dict[str, int] = {}  # rows of the tables whose initial copy is done
+        while True:
+            states = await self.b.fetch(
+                "SELECT r.srrelid::regclass::text AS rel, r.srsubstate::text AS state"
+                " FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid"
+                " WHERE s.subname = $1", name,
+            )
+            for row in states:
+                if row["state"] in ("r", "s") and row["rel"] not in synced and row["rel"] != "move_markers":
+                    synced[row["rel"]] = await self.b.fetchval(
+                        f"SELECT count(*) FROM {row['rel']} WHERE bucket BETWEEN $1 AND $2", lo, hi)
+            # The copies in progress, as PostgreSQL reports them (no count over growing tables).
+            running = await self.b.fetchval(
+                "SELECT coalesce(sum(tuples_processed), 0) FROM pg_stat_progress_copy"
+                " WHERE datname = current_database() AND command = 'COPY FROM'")
+            copied = sum(synced.values()) + int(running)
+            elapsed = time.monotonic() - started
+            self.progress.copy(copied, total, copied / elapsed if elapsed > 0 else 0.0, await self._lag())
+            if len(states) == len(TABLES) + 1 and all(r["state"] in ("r", "s") for r in states):
+                break
+            if time.monotonic() > deadline:
+                raise Aborted(f"the copy did not finish in {self.opts.copy_timeout:.0f} s")
+            await asyncio.sleep(0.1)
+        elapsed = time.monotonic() - started
+        copied = sum(synced.values())
+        self.summary.copy_rows_per_second = round(copied / elapsed, 1) if elapsed > 0 else None
+
+    async def _lag(self) -> int | None:
+        lag = await self.a.fetchval(
+            "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots"
+            " WHERE slot_name = $1", self.m.name,
+        )
+        return None if lag is None else max(int(lag), 0)
+
+    async def _catch_up(self) -> None:
+        started = time.monotonic()
+        while True:
+            lag = await self._lag()
+            self.progress.lag(lag)
+            held = time.monotonic() - started >= self.opts.hold_before_fence
+            if held and lag is not None and lag <= self.opts.catchup_bytes:
+                return
+            if time.monotonic() - started > self.opts.catchup_timeout:
+                raise Aborted(f"the target did not catch up in {self.opts.catchup_timeout:.0f} s")
+            await asyncio.sleep(0.1)
+
+    # -- fence and flip --------------------------------------------------------------------
+
+    async def _fence(self) -> None:
+        await set_phase(self.registry, self.m, "fence")
+        limit = self.opts.fence_limit
+        lo, hi = self.m.lo, self.m.hi
+        started = time.monotonic()
+
+        def check(what: str) -> None:
+            if time.monotonic() - started > limit:
+                raise Aborted(f"fence limit {limit:g} s exceeded waiting for {what}")
+
+        fence = await self._connect(self.src.postgres)
+        b_flipped = committed = False
+        tx = fence.transaction()
+        try:
+            await fence.execute(f"SET lock_timeout = '{max(int(limit * 1000), 1)}ms'")
+            await tx.start()
+            try:
+                # Every write to these buckets now waits in its ownership trigger.
+                await fence.execute(
+                    "SELECT bucket FROM shard_buckets WHERE bucket BETWEEN $1 AND $2 FOR UPDATE", lo, hi
+                )
+            except asyncpg.LockNotAvailableError as exc:
+                raise Aborted("fence limit exceeded waiting for writes in flight") from exc
+            nonce = uuid.uuid4()
+            await self.a.execute("INSERT INTO move_markers (move_name, nonce) VALUES ($1, $2)", self.m.name, nonce)
+            while not await self.b.fetchval(
+                "SELECT 1 FROM move_markers WHERE move_name = $1 AND nonce = $2", self.m.name, nonce
+            ):
+                check("the target to catch up")
+                await asyncio.sleep(0.005)
+            while await self.a.fetchval(
+                "SELECT count(*) FROM audit_outbox"
+                " WHERE medsvc_bucket(split_part(entity_id, '/', 1)) BETWEEN $1 AND $2", lo, hi,
+            ):
+                check("the source's outbox to ship the moving users' audit events")
+                await asyncio.sleep(0.01)
+            # B as it is at the flip, for the verification (A stays frozen after it).
+            snap = await self._connect(self.dst.postgres)
+            await snap.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            await snap.fetchval("SELECT count(*) FROM shard_buckets")
+            self.b_snapshot = snap
+            check("the flip")
+            await self._set_owner(self.b, self.m.target)
+            b_flipped = True
+            check("the flip")
+            await self._set_owner(fence, self.m.target)
+            await tx.commit()
+            committed = True
+        except BaseException:
+            if not committed:
+                with contextlib.suppress(Exception):  # the connection is closed below either way
+                    await tx.rollback()
+            if b_flipped and not await self._owned_by_target(self.a):
+                await self._set_owner(self.b, self.m.source)
+            raise
+        finally:
+            await fence.close()
+        self._fence_started = started
+
+    async def _switch(self) -> None:
+        await set_phase(self.registry, self.m, "switch")
+        names = [r["user_name"] for r in await self.a.fetch(
+            "SELECT user_name FROM users WHERE bucket BETWEEN $1 AND $2", self.m.lo, self.m.hi)]
+        # Both shards: the source's entries would be served by a gateway still on the old
+        # map, the target's could be left from an earlier move of these buckets. A failure
+        # stops the move here (before the new map): run it again to resume.
+        await asyncio.gather(*(invalidate(s.redis, names) for s in (self.src, self.dst) if s.redis))
+        self.summary.map_version = await publish.publish(
+            self.map_path, self.m.lo, self.m.hi, self.m.target, self.configmap
+        )
+        started = getattr(self, "_fence_started", None)
+        if started is not None:
+            self.summary.fence_seconds = time.monotonic() - started
+
+    # -- verify and clean up ---------------------------------------------------------------
+
+    async def _columns(self, table: str) -> list[str]:
+        rows = await self.a.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public'"
+            " AND table_name = $1 ORDER BY ordinal_position", table,
+        )
+        return [r["column_name"] for r in rows if r["column_name"] not in _NOT_COMPARED]
+
+    async def _verify(self, exact: bool) -> bool:
+        """Compare A (frozen) with B at the flip; without the flip's snapshot (resumed), with
+        B's rows not written since the flip."""
+        b = self.b_snapshot if self.b_snapshot is not None else self.b
+        ok = True
+        for table, key in TABLES:
+            cols = ", ".join(await self._columns(table))
+            query = (f"SELECT {key} AS k, md5(ROW({cols})::text) AS h FROM {table}"
+                     " WHERE bucket BETWEEN $1 AND $2")  # fmt: skip
+            a_rows = {r["k"]: r["h"] for r in await self.a.fetch(query, self.m.lo, self.m.hi)}
+            if exact:
+                b_rows = {r["k"]: r["h"] for r in await b.fetch(query, self.m.lo, self.m.hi)}
+                skipped: set[str] = set()
+            else:
+                since = (f"SELECT {key} AS k FROM {table} t WHERE bucket BETWEEN $1 AND $2 AND"
+                         " updated_xid >= (SELECT max(since_xid) FROM shard_buckets"
+                         " WHERE bucket BETWEEN $1 AND $2)")  # fmt: skip
+                skipped = {r["k"] for r in await b.fetch(since, self.m.lo, self.m.hi)}
+                b_rows = {r["k"]: r["h"] for r in await b.fetch(query, self.m.lo, self.m.hi)
+                          if r["k"] not in skipped}
+                a_rows = {k: h for k, h in a_rows.items() if k not in skipped}
+            missing = len(a_rows.keys() - b_rows.keys())
+            extra = len(b_rows.keys() - a_rows.keys())
+            mismatched = sum(1 for k in a_rows.keys() & b_rows.keys() if a_rows[k] != b_rows[k])
+            self.summary.rows[table] = len(a_rows) + len(skipped)
+            self.summary.diff[table] = {"missing": missing, "extra": extra, "mismatched": mismatched,
+                                        "notCompared": len(skipped)}
+            ok = ok and missing == extra == mismatched == 0
+        if self.b_snapshot is not None:
+            await self.b_snapshot.execute("COMMIT")
+        return ok
+
+    async def _drop_replication(self) -> None:
+        name = self.m.name
+        if await self.b.fetchval("SELECT 1 FROM pg_subscription WHERE subname = $1", name):
+            await self.b.execute(f"DROP SUBSCRIPTION {name}")  # drops its slot on A too
+        if await self.a.fetchval("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", name):
+            await self.a.execute("SELECT pg_drop_replication_slot($1)", name)
+        await self.a.execute(f"DROP PUBLICATION IF EXISTS {name}")
+        for conn in (self.a, self.b):
+            await conn.execute("DELETE FROM move_markers WHERE move_name = $1", name)
+
+    async def _delete_unowned(self, conn: asyncpg.Connection) -> dict[str, int]:
+        """Delete the range's rows where this database does not own them (children first)."""
+        deleted = {}
+        async with conn.transaction():
+            for table, _ in reversed(TABLES):
+                status = await conn.execute(
+                    f"DELETE FROM {table} WHERE bucket BETWEEN $1 AND $2 AND NOT medsvc_owns(bucket)",
+                    self.m.lo, self.m.hi,
+                )
+                deleted[table] = int(status.split()[-1])
+        return deleted
+
+    async def _cleanup(self) -> None:
+        await self._drop_replication()
+        await self._delete_unowned(self.a)
+
+    async def _rollback(self, reason: str) -> None:
+        """Undo a move that did not flip: A owns, B's copies and the replication go."""
+        self.progress.phase("rollback")
+        await set_phase(self.registry, self.m, "rollback", reason=reason)
+        if self.b_snapshot is not None:
+            await self.b_snapshot.close()
+            self.b_snapshot = None
+        await self._drop_replication()
+        await self._delete_unowned(self.b)
+        self.summary.outcome = "aborted"
+        self.summary.reason = reason
+        await set_phase(self.registry, self.m, "aborted", reason=reason)

@@ -1,0 +1,23 @@
+"""The resharder's settings: the shared ones (shard map path, PostgreSQL password) and where
+its move registry lives."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.settings import CommonSettings
+
+
+class ResharderSettings(CommonSettings):
+    """``MEDSVC_RESHARDER_DSN`` (else ``MEDSVC_CENTRAL_DSN``): the database of the registry."""
+
+    resharder_dsn: str = ""
+    central_dsn: str = ""
+    # Seconds writes to the moving buckets may stay fenced before the move aborts.
+    fence_limit: float = Field(default=2.0, gt=0)
+    # In Kubernetes: publish a new map version by patching this ConfigMap (in-cluster API).
+    shardmap_configmap: str = ""
+
+    @property
+    def registry_dsn(self) -> str:
+        return self.resharder_dsn or self.central_dsn

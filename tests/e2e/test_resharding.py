@@ -1,0 +1,465 @@
+"""Growth, end to end: a shard added to a running stack, buckets moved to it under load.
+
+Its own stack (2 shards × 2 FE servers, 2 gateways, nginx): adding a shard and moving buckets
+must not disturb the other modules' session stack. The resharder runs as the operator runs it,
+``python -m resharder move ...`` in a subprocess, while a load generator reads and writes
+users and visits of moving and non-moving buckets through nginx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+import pytest
+import pytest_asyncio
+
+from deploy.localstack import Stack, StackConfig
+from deploy.localstack.stack import REPO_ROOT
+from shared.shardmap import bucket_of, load_shard_map
+from tests.e2e.api import Api
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def grow(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
+    base = Path(tempfile.mkdtemp(prefix="medsvc-grow-"))
+    base.chmod(0o755)
+    st = Stack(StackConfig(base_dir=base, http_port=0, https_port=0, fast=True))
+    try:
+        await st.start()
+        yield st
+    finally:
+        await st.stop()
+        if request.session.testsfailed or os.environ.get("MEDSVC_KEEP_E2E") == "1":
+            print(f"\ngrowth stack folder kept (logs in {st.logs_dir})")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest_asyncio.fixture
+async def admin(grow: Stack) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        yield Api(http, grow.base_url, grow.token("admin", ["admin"]))
+
+
+def env(stack: Stack) -> dict[str, str]:
+    return {**os.environ, "MEDSVC_SHARD_MAP": str(stack.shard_map_path),
+            "MEDSVC_CENTRAL_DSN": stack.central_dsn, "PYTHONUNBUFFERED": "1"}
+
+
+async def resharder(stack: Stack, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "resharder", *args, cwd=REPO_ROOT, env=env(stack),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def finish(proc: asyncio.subprocess.Process) -> tuple[int, dict[str, Any], str]:
+    out, err = await proc.communicate()
+    text = out.decode()
+    doc = orjson.loads(text.strip().splitlines()[-1]) if text.strip().startswith("{") else {}
+    return proc.returncode or 0, doc, err.decode()
+
+
+async def move_phase(stack: Stack, move_id: int | None = None) -> tuple[int, str] | None:
+    conn = await asyncpg.connect(stack.central_dsn)
+    try:
+        if not await conn.fetchval("SELECT to_regclass('resharder_moves') IS NOT NULL"):
+            return None
+        row = await conn.fetchrow("SELECT move_id, phase FROM resharder_moves ORDER BY move_id DESC LIMIT 1")
+        return (row["move_id"], row["phase"]) if row else None
+    finally:
+        await conn.close()
+
+
+async def wait_phase(stack: Stack, phases: set[str], after: int = 0, timeout: float = 120) -> int:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        got = await move_phase(stack)
+        if got and got[0] > after and got[1] in phases:
+            return got[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no move reached {phases}")
+
+
+async def last_move_id(stack: Stack) -> int:
+    got = await move_phase(stack)
+    return got[0] if got else 0
+
+
+def names_in(lo: int, hi: int, count: int, prefix: str) -> list[str]:
+    """``count`` userNames whose buckets fall in lo..hi."""
+    out = []
+    for i in itertools.count():
+        name = f"{prefix}.{i}"
+        if lo <= bucket_of(name) <= hi:
+            out.append(name)
+            if len(out) == count:
+                return out
+    raise AssertionError("unreachable")
+
+
+async def owners(stack: Stack, shard: int, lo: int, hi: int) -> set[int]:
+    conn = await asyncpg.connect(stack.postgres[shard].dsn)
+    try:
+        rows = await conn.fetch("SELECT DISTINCT owner FROM shard_buckets WHERE bucket BETWEEN $1 AND $2", lo, hi)
+        return {r["owner"] for r in rows}
+    finally:
+        await conn.close()
+
+
+async def rows_in(stack: Stack, shard: int, lo: int, hi: int) -> int:
+    conn = await asyncpg.connect(stack.postgres[shard].dsn)
+    try:
+        return sum([await conn.fetchval(f"SELECT count(*) FROM {t} WHERE bucket BETWEEN $1 AND $2", lo, hi)
+                    for t in ("users", "visits", "study_consents")])
+    finally:
+        await conn.close()
+
+
+# -- ownership in the databases ------------------------------------------------------------
+
+
+async def test_the_databases_compute_the_buckets_and_refuse_what_they_do_not_own(
+    grow: Stack, admin: Api
+) -> None:
+    name = names_in(0, 511, 1, "own")[0]  # shard 0's
+    await admin.create_patient(name)
+    conn = await asyncpg.connect(grow.postgres[1].dsn)
+    try:
+        for probe in ("alice.smith", "bob", "zed", name):
+            assert await conn.fetchval("SELECT medsvc_bucket($1)", probe) == bucket_of(probe)
+        # A write on the wrong shard is refused by the database itself, whatever the caller.
+        with pytest.raises(asyncpg.PostgresError) as refused:
+            async with conn.transaction():
+                await conn.execute("SELECT set_config('medsvc.actor', 'test', true)")
+                await conn.execute(
+                    "INSERT INTO users (user_name, role, given_name, family_name, birth_date)"
+                    " VALUES ($1, 'patient', 'A', 'B', '1980-01-01')", name)
+        assert refused.value.sqlstate == "MS421"
+    finally:
+        await conn.close()
+    # A process with a stale map (here: shard 1's FE server asked directly) answers 421 and
+    # changes nothing; through nginx the same user is served by its owner.
+    fe1 = grow.fe[1][0].url
+    headers = {"Authorization": f"Bearer {admin.token}", "Content-Type": "application/merge-patch+json"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{fe1}/v1/users/{name}", headers=headers) as resp:
+            assert resp.status == 421
+            assert resp.headers["Content-Type"].startswith("application/problem+json")
+        async with http.patch(f"{fe1}/v1/users/{name}", data=b'{"phone": "+1-555-0199"}',
+                              headers=headers) as resp:
+            assert resp.status == 421
+    reply = await admin.call("GET", f"/v1/users/{name}")
+    assert reply.status == 200 and reply.body["phone"] is None and reply.body["version"] == 1
+
+
+# -- add a shard, then move a quarter of shard 0 under load --------------------------------
+
+
+@dataclass
+class Load:
+    """Readers and writers through nginx; what was acknowledged, what failed."""
+
+    api: Api
+    users: list[str]
+    failures: list[str] = field(default_factory=list)
+    phones: dict[str, str] = field(default_factory=dict)  # last acknowledged phone per user
+    visits: dict[str, dict[str, Any]] = field(default_factory=dict)  # acknowledged visits
+    requests: int = 0
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def worker(self, mine: list[str], seed: int) -> None:
+        rnd = random.Random(seed)
+        counter = itertools.count()
+        while not self.stop.is_set():
+            user = rnd.choice(mine)
+            op = rnd.random()
+            self.requests += 1
+            try:
+                if op < 0.5:
+                    r = await self.api.call("GET", f"/v1/users/{user}")
+                    ok = r.status == 200 and (user not in self.phones or r.body["phone"] == self.phones[user])
+                    if not ok:
+                        self.failures.append(f"GET {user}: {r.status} {r.body}")
+                elif op < 0.65:
+                    r = await self.api.call("GET", f"/v1/users/{user}/visits", params={"limit": "50"})
+                    if r.status != 200:
+                        self.failures.append(f"GET visits {user}: {r.status}")
+                elif op < 0.85:
+                    phone = f"+1-555-{next(counter) % 10000:04d}"
+                    r = await self.api.call("PATCH", f"/v1/users/{user}", raw=orjson.dumps({"phone": phone}),
+                                            headers={"Content-Type": "application/merge-patch+json"})
+                    if r.status == 200:
+                        self.phones[user] = phone
+                    else:
+                        self.failures.append(f"PATCH {user}: {r.status} {r.body}")
+                else:
+                    r = await self.api.call("POST", f"/v1/users/{user}/visits",
+                                            {"type": "outpatient", "startedAt": "2026-11-20T09:00:00Z",
+                                             "reason": f"load {seed}"})
+                    if r.status == 201:
+                        self.visits[r.body["visitId"]] = r.body
+                    else:
+                        self.failures.append(f"POST visit {user}: {r.status} {r.body}")
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                self.failures.append(f"{user}: {type(exc).__name__}")
+
+    async def run(self, workers: int) -> None:
+        # Each user has one writer, so that its last acknowledged write is well defined.
+        parts = [self.users[i::workers] for i in range(workers)]
+        await asyncio.gather(*(self.worker(p, i) for i, p in enumerate(parts)))
+
+
+async def test_add_a_shard_and_move_a_quarter_of_shard_0_under_load(grow: Stack, admin: Api) -> None:
+    before = load_shard_map(grow.shard_map_path)
+    new_id = await grow.add_shard()
+    after = load_shard_map(grow.shard_map_path)
+    assert new_id == 2 and after.version > before.version and after.shard(2).buckets == []
+
+    # The running gateways learn of it without a restart (each reports the map it routes with).
+    async with aiohttp.ClientSession() as http:
+        for gw in grow.gateways:
+            for _ in range(100):
+                async with http.get(f"{gw.url}/metrics") as resp:
+                    text = await resp.text()
+                if f"medsvc_shard_map_version {float(after.version)}" in text:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"{gw.name} still runs an older map")
+
+    moving = names_in(0, 127, 24, "mv")
+    staying = names_in(128, 511, 8, "st") + names_in(512, 1023, 8, "other")
+    for name in moving + staying:
+        await admin.create_patient(name, familyName="Growth")
+        await admin.create_visit(name)
+    load = Load(admin, moving + staying)
+    generator = asyncio.create_task(load.run(workers=6))
+    await asyncio.sleep(1.0)
+
+    proc = await resharder(grow, "move", "--buckets", "0-127", "--to", "2", "--json")
+    code, summary, err = await finish(proc)
+    await asyncio.sleep(1.0)  # and some load on the new owner
+    load.stop.set()
+    await generator
+
+    print(f"\nmove under load: {summary}; {load.requests} requests, "
+          f"{len(load.phones)} users written, {len(load.visits)} visits created")
+    assert code == 0, err
+    assert summary["outcome"] == "done"
+    for table, diff in summary["diff"].items():
+        assert diff == {"missing": 0, "extra": 0, "mismatched": 0, "notCompared": 0}, table
+    assert summary["rows"]["users"] == len(moving)
+    assert load.failures == [] and load.requests > 100
+
+    # Ownership flipped in the databases; the source's copies are gone; the map says so.
+    assert await owners(grow, 0, 0, 127) == {2} and await owners(grow, 2, 0, 127) == {2}
+    assert await rows_in(grow, 0, 0, 127) == 0 and await rows_in(grow, 2, 0, 127) > 0
+    final = load_shard_map(grow.shard_map_path)
+    assert final.shard(2).buckets == [(0, 127)] and final.version == summary["mapVersion"]
+
+    # Every acknowledged write reads back, moved or not.
+    for user, phone in load.phones.items():
+        reply = await admin.call("GET", f"/v1/users/{user}")
+        assert reply.status == 200 and reply.body["phone"] == phone, user
+    for visit_id, visit in load.visits.items():
+        reply = await admin.call("GET", f"/v1/users/{visit['userName']}/visits/{visit_id}")
+        assert reply.status == 200 and reply.body == visit
+
+    # A search lists each user once.
+    found: list[str] = []
+    cursor = None
+    while True:
+        params = {"familyName": "Growth", "limit": "100", **({"cursor": cursor} if cursor else {})}
+        reply = await admin.call("GET", "/v1/users", params=params)
+        assert reply.status == 200
+        found += [u["userName"] for u in reply.body["items"]]
+        cursor = reply.body["nextCursor"]
+        if not cursor:
+            break
+    assert sorted(found) == sorted(moving + staying)
+
+    # Audit: each moved user's events are exactly its create and its acknowledged updates, in
+    # version order (none added by the copy, none lost or doubled), and the chain verifies.
+    for user in moving:
+        reply = await admin.call("GET", f"/v1/users/{user}")
+        expected = reply.body["version"]
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            events = (await admin.call("GET", "/v1/audit/events",
+                                       params={"entityType": "user", "entityId": user, "limit": "200"})).body["items"]
+            if len(events) >= expected or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert [e["after"]["version"] for e in events] == list(range(1, expected + 1)), user
+        assert events[0]["action"] == "create"
+    verdict = await admin.call("GET", "/v1/audit/verify")
+    assert verdict.status == 200 and verdict.body["ok"] is True
+
+    # status names the finished move and the map version of the processes it can reach.
+    proc = await resharder(grow, "status", "--json", *(f"--url={g.url}" for g in grow.gateways))
+    out, _ = await proc.communicate()
+    status = orjson.loads(out)
+    assert status["mapVersion"] == final.version
+    assert status["moves"][0]["phase"] == "done"
+    assert all(v == final.version for v in status["processes"].values()), status["processes"]
+
+
+async def test_a_move_stalled_past_the_fence_limit_aborts_and_the_source_keeps_everything(
+    grow: Stack, admin: Api
+) -> None:
+    lo, hi = 128, 191
+    users = names_in(lo, hi, 6, "ab")
+    for name in users:
+        await admin.create_patient(name)
+    target = grow.postgres[2].dsn
+    version_before = load_shard_map(grow.shard_map_path).version
+    previous = await last_move_id(grow)
+    proc = await resharder(grow, "move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json",
+                           "--fence-limit", "1", "--hold-before-fence", "3")
+    await wait_phase(grow, {"catchup"}, after=previous)
+    # Stall the catch-up: hold a lock on the target's copy of a moving user, then change that
+    # user on the source. The target cannot apply it, so the fence never sees it arrive.
+    blocker = await asyncpg.connect(target)
+    tx = blocker.transaction()
+    await tx.start()
+    await blocker.execute("SELECT 1 FROM users WHERE user_name = $1 FOR UPDATE", users[0])
+    patched = await admin.call("PATCH", f"/v1/users/{users[0]}", raw=b'{"phone": "+1-555-0142"}',
+                               headers={"Content-Type": "application/merge-patch+json"})
+    assert patched.status == 200
+    try:
+        await wait_phase(grow, {"rollback", "aborted"}, after=previous)
+    finally:
+        await tx.rollback()
+        await blocker.close()
+    code, summary, err = await finish(proc)
+    assert code == 1, err
+    assert summary["outcome"] == "aborted" and "fence limit" in summary["reason"]
+
+    # The source owns the buckets, in its database and in the map; the target kept nothing.
+    assert await owners(grow, 0, lo, hi) == {0} and await owners(grow, 2, lo, hi) == {0}
+    assert await rows_in(grow, 2, lo, hi) == 0
+    assert load_shard_map(grow.shard_map_path).version == version_before
+    conn = await asyncpg.connect(target)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM pg_subscription") == 0
+    finally:
+        await conn.close()
+    # Nothing lost: the write made during the move is there, every user reads and writes.
+    reply = await admin.call("GET", f"/v1/users/{users[0]}")
+    assert reply.status == 200 and reply.body["phone"] == "+1-555-0142"
+    for name in users:
+        assert (await admin.call("PATCH", f"/v1/users/{name}", raw=b'{"phone": "+1-555-0143"}',
+                                 headers={"Content-Type": "application/merge-patch+json"})).status == 200
+
+
+async def test_overlapping_moves_refuse_each_other_and_a_killed_move_resumes(
+    grow: Stack, admin: Api
+) -> None:
+    lo, hi = 192, 255
+    users = names_in(lo, hi, 6, "rs")
+    for name in users:
+        await admin.create_patient(name)
+        await admin.create_visit(name)
+    previous = await last_move_id(grow)
+    first = await resharder(grow, "move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json",
+                            "--hold-before-fence", "30")
+    await wait_phase(grow, {"catchup"}, after=previous)
+    # Another move of overlapping buckets is refused while this one is unfinished.
+    other = await resharder(grow, "move", "--buckets", f"{hi}-{hi + 10}", "--to", "2", "--json")
+    code, _, err = await finish(other)
+    assert code == 2 and "overlaps" in err
+    # Kill the first in its catch-up, then run the same move again: it resumes and finishes.
+    first.send_signal(signal.SIGKILL)
+    await first.wait()
+    again = await resharder(grow, "move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json")
+    code, summary, err = await finish(again)
+    assert code == 0, err
+    assert summary["resumed"] is True and summary["outcome"] == "done"
+    assert all(d["missing"] == d["extra"] == d["mismatched"] == 0 for d in summary["diff"].values())
+    assert await owners(grow, 0, lo, hi) == {2} and await rows_in(grow, 0, lo, hi) == 0
+    for name in users:
+        reply = await admin.call("GET", f"/v1/users/{name}/visits")
+        assert reply.status == 200 and len(reply.body["items"]) == 1
+
+
+async def test_a_study_misses_no_change_made_during_a_move_and_settles_after_it(
+    grow: Stack, admin: Api
+) -> None:
+    from tests.e2e.studies_client import Researcher, by_kind, consent, keys
+
+    lo, hi = 256, 319
+    users = names_in(lo, hi, 4, "sy")
+    for name in users:
+        await admin.create_patient(name)
+        await admin.create_visit(name)
+    research = Researcher(admin)
+    study = await research.create_study()
+    for name in users:
+        await consent(admin, name, study)
+    _, first = await research.run(study)
+    assert len(by_kind(first)["participant"]) == 4 and len(by_kind(first)["visit"]) == 4
+
+    previous = await last_move_id(grow)
+    proc = await resharder(grow, "move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json",
+                           "--hold-before-fence", "2")
+    await wait_phase(grow, {"catchup"}, after=previous)
+    during = await admin.create_visit(users[0], reason="during the move")  # on the source
+    code, summary, err = await finish(proc)
+    assert code == 0 and summary["outcome"] == "done", err
+    after = await admin.create_visit(users[1], reason="after the move")  # on the target
+
+    k = keys(study)
+    _, second = await research.run(study)
+    vids = [r["vid"] for r in by_kind(second)["visit"]]
+    assert k.vid(during["visitId"]) in vids and k.vid(after["visitId"]) in vids
+    assert len(vids) == len(set(vids))  # nothing twice in one run
+    # The next run, with no change since, emits nothing: the move is not a change forever.
+    _, third = await research.run(study)
+    assert third == []
+
+
+async def test_a_move_killed_in_its_fence_resumes_and_loses_nothing(grow: Stack, admin: Api) -> None:
+    lo, hi = 320, 383
+    users = names_in(lo, hi, 6, "kf")
+    for name in users:
+        await admin.create_patient(name)
+        await admin.create_visit(name)
+    previous = await last_move_id(grow)
+    first = await resharder(grow, "move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json")
+    # Killed as soon as it enters the fence (or just after: either way it must recover).
+    await wait_phase(grow, {"fence", "switch", "verify", "cleanup"}, after=previous)
+    first.send_signal(signal.SIGKILL)
+    await first.wait()
+    # Meanwhile writes to the moving users go on; none may be lost.
+    for name in users:
+        reply = await admin.call("PATCH", f"/v1/users/{name}", raw=b'{"phone": "+1-555-0177"}',
+                                 headers={"Content-Type": "application/merge-patch+json"})
+        assert reply.status == 200, reply.body
+    again = await resharder(grow, "move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json")
+    code, summary, err = await finish(again)
+    assert code == 0, err
+    assert summary["outcome"] == "done"
+    assert all(d["missing"] == d["extra"] == d["mismatched"] == 0 for d in summary["diff"].values())
+    assert await owners(grow, 0, lo, hi) == {2} and await rows_in(grow, 0, lo, hi) == 0
+    for name in users:
+        reply = await admin.call("GET", f"/v1/users/{name}")
+        assert reply.status == 200 and reply.body["phone"] == "+1-555-0177"
+        visits = await admin.call("GET", f"/v1/users/{name}/visits")
+        assert visits.status == 200 and len(visits.body["items"]) == 1
