@@ -221,11 +221,13 @@ async def _on_a_throwaway_stack(visits: int) -> dict[str, Any]:
     import tempfile
 
     from deploy.localstack import Stack, StackConfig
+    from deploy.localstack.nginx import UNTHROTTLED_BURST, UNTHROTTLED_RATE
     from shared.settings import load
 
     base = Path(tempfile.mkdtemp(prefix="medsvc-xbench-"))
     base.chmod(0o755)
-    stack = Stack(StackConfig(base_dir=base, http_port=0, https_port=0, fast=True))
+    stack = Stack(StackConfig(base_dir=base, http_port=0, https_port=0, fast=True,  # load from one address
+                              rate=UNTHROTTLED_RATE, burst=UNTHROTTLED_BURST))
     try:
         await stack.start()
         settings = load(

@@ -27,6 +27,7 @@ import asyncpg
 import orjson
 
 from deploy.localstack import Stack, StackConfig
+from deploy.localstack.nginx import UNTHROTTLED_BURST, UNTHROTTLED_RATE
 from deploy.localstack.stack import REPO_ROOT
 
 LO, HI = 0, 127
@@ -113,7 +114,8 @@ class Mix:
 async def main_async(opts: argparse.Namespace) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="medsvc-bench-move-"))
     base.chmod(0o755)
-    stack = Stack(StackConfig(base_dir=base, http_port=0, https_port=0))
+    stack = Stack(StackConfig(base_dir=base, http_port=0, https_port=0,  # load from one address
+                              rate=UNTHROTTLED_RATE, burst=UNTHROTTLED_BURST))
     try:
         await stack.start()
         src = stack.postgres[0].dsn

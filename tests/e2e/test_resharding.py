@@ -28,6 +28,7 @@ import pytest
 import pytest_asyncio
 
 from deploy.localstack import Stack, StackConfig
+from deploy.localstack.nginx import UNTHROTTLED_BURST, UNTHROTTLED_RATE
 from deploy.localstack.stack import REPO_ROOT
 from shared.shardmap import bucket_of, load_shard_map
 from tests.e2e.api import Api
@@ -39,7 +40,8 @@ pytestmark = pytest.mark.timeout(600)
 async def grow(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
     base = Path(tempfile.mkdtemp(prefix="medsvc-grow-"))
     base.chmod(0o755)
-    st = Stack(StackConfig(base_dir=base, http_port=0, https_port=0, fast=True))
+    st = Stack(StackConfig(base_dir=base, http_port=0, https_port=0, fast=True,  # load from one address
+                           rate=UNTHROTTLED_RATE, burst=UNTHROTTLED_BURST))
     try:
         await st.start()
         yield st
