@@ -48,5 +48,7 @@ async def test_a_large_download_streams_with_the_first_byte_soon_and_flat_memory
           f"{got['rssPeakKiB']}")
     for hop, peak in got["rssPeakKiB"].items():
         growth = peak - got["rssBeforeKiB"][hop]
-        # Holding the body (or a good part of it) would grow a hop by tens of MiB.
-        assert growth < body_kib // 8, (hop, growth, body_kib, got)
+        # Holding the body (or a good part of it) would grow a hop by tens of MiB. A hop's
+        # fixed working set (the anonymizer's decompression and pool buffers: ~7 MiB, the same
+        # for a 1,000,000-visit body in make bench) is no growth with the body: allow a quarter.
+        assert growth < body_kib // 4, (hop, growth, body_kib, got)
