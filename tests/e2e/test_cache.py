@@ -180,7 +180,12 @@ async def test_redis_stopped_and_restarted_fails_no_read_and_serves_nothing_stal
     try:
         await asyncio.sleep(0.5)
         await stack.redis[0].stop()
-        await asyncio.sleep(1.5)
+        # Down until shard 0's writes have met it (bounded): on a loaded machine a fixed 1.5 s
+        # may end before any write got through its fence retries to the refusal.
+        deadline = asyncio.get_running_loop().time() + 15
+        while refused[users[0]["userName"]] == 0 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
         await stack.redis[0].start()
         await asyncio.sleep(2.5)  # past the breaker's cool-down: the cache is back in use
     finally:
