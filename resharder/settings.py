@@ -4,12 +4,19 @@ its move registry lives."""
 from __future__ import annotations
 
 from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
 from shared.settings import CommonSettings
 
 
 class ResharderSettings(CommonSettings):
-    """``MEDSVC_RESHARDER_DSN`` (else ``MEDSVC_CENTRAL_DSN``): the database of the registry."""
+    """``MEDSVC_RESHARDER_DSN`` (else ``MEDSVC_CENTRAL_DSN``): the database of the registry.
+
+    Beside a running ``make run`` nothing needs setting: the local stack writes its shard map
+    path and central DSN to ``var/stack.env``, read when the environment does not say.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MEDSVC_", extra="ignore", env_file="var/stack.env")
 
     resharder_dsn: str = ""
     central_dsn: str = ""

@@ -293,6 +293,10 @@ class Stack:
             tiers = self.tiers()
             await _all(p.start() for p in tiers[0])
             write_shard_map(self.shard_map_path, self.shard_map)
+            # Where the tools run beside the stack find it (resharder/settings.py reads this).
+            (self.base_dir / "stack.env").write_text(
+                f"MEDSVC_SHARD_MAP={self.shard_map_path}\nMEDSVC_CENTRAL_DSN={self.central_dsn}\n"
+            )
             env = self._python_env()
             for tier in tiers[1:]:
                 for proc in tier:
