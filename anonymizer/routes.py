@@ -12,6 +12,9 @@ import asyncpg
 import orjson
 from aiohttp import web
 
+from anonymizer.contract import OPERATIONS
+from shared.contract import Handler, register_routes
+
 from anonymizer import shards, store
 from anonymizer.extract import Extractor, begin_run, execute
 from anonymizer.models import StudyIn
@@ -251,13 +254,19 @@ async def internal_study(request: web.Request) -> web.Response:
     return json_response({"studyId": study_id})
 
 
+# The handler of each operation of anonymizer/contract.py, by operation id.
+HANDLERS: dict[str, Handler] = {
+    "createStudy": create_study,
+    "listStudies": list_studies,
+    "getStudy": get_study,
+    "startRun": start_run,
+    "listRuns": list_runs,
+    "getRun": get_run,
+    "getRunRecords": run_records,
+}
+
+
 def setup_routes(app: web.Application) -> None:
-    """Mount the studies API and the internal existence check."""
-    app.router.add_post("/v1/studies", create_study)
-    app.router.add_get("/v1/studies", list_studies, allow_head=False)
-    app.router.add_get("/v1/studies/{studyId}", get_study, allow_head=False)
-    app.router.add_post("/v1/studies/{studyId}/runs", start_run)
-    app.router.add_get("/v1/studies/{studyId}/runs", list_runs, allow_head=False)
-    app.router.add_get("/v1/studies/{studyId}/runs/{runId}", get_run, allow_head=False)
-    app.router.add_get("/v1/studies/{studyId}/runs/{runId}/records", run_records, allow_head=False)
+    """Mount the studies API as the contract declares it, and the internal existence check."""
+    register_routes(app, OPERATIONS, HANDLERS)
     app.router.add_get("/internal/studies/{studyId}", internal_study, allow_head=False)

@@ -30,13 +30,15 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from audit_service import store
+from audit_service.contract import OPERATIONS
 from audit_service.checkpoints import CheckpointLog, Notary
 from audit_service.verify import make_checkpoint, verify_database
 from audit_service.metrics import APPEND_SECONDS, CHAIN_LAST_SEQ, EVENTS_APPENDED, EVENTS_DUPLICATE
 from audit_service.models import FILTER_MAX_LENGTH, NAME_PATTERN, EventBatch, EventIn, NewEvent
 from audit_service.settings import AuditSettings
-from shared import idempotency
+from shared import idempotency, policy
 from shared.appkeys import PG_POOL
+from shared.contract import Handler, register_routes
 from shared.auth import Principal
 from shared.db import db_errors, transaction
 from shared.errors import (
@@ -53,28 +55,6 @@ _QUERY = frozenset({"entityType", "entityId", "actor", "since", "until", "limit"
 _NAME = re.compile(NAME_PATTERN)
 # The namespace of the eventIds given to keyed POSTs that name none.
 _KEYED_EVENTS = uuid.UUID("5f0c8a52-6a5e-4d0e-9d43-2b4f3c1d7e90")
-
-
-# -- access -----------------------------------------------------------------------------------
-
-
-def _readers_scope(p: Principal) -> bool:
-    """Whether the caller may read events, and if so whether only those about patients."""
-    if p.has("admin", "auditor"):
-        return False
-    if p.has("clinician"):
-        return True
-    raise Forbidden("only admins, auditors and clinicians may read audit events")
-
-
-def _may_verify(p: Principal) -> None:
-    if not p.has("admin", "auditor"):
-        raise Forbidden("only admins and auditors may verify the audit chain")
-
-
-def _may_record(p: Principal) -> None:
-    if not p.has("admin"):
-        raise Forbidden("only admins and internal services may record audit events")
 
 
 # -- plumbing ---------------------------------------------------------------------------------
@@ -160,7 +140,7 @@ def after_seq(raw: str | None) -> int | None:
 
 async def list_events(request: web.Request) -> web.Response:
     """``GET /v1/audit/events``: events oldest first, filtered, keyset-paginated by seq."""
-    patients_only = _readers_scope(principal(request))
+    patients_only = policy.audit_patients_only(principal(request))
     q = request.query
     unknown = set(q) - _QUERY
     if unknown:
@@ -190,7 +170,7 @@ async def list_events(request: web.Request) -> web.Response:
 
 async def get_event(request: web.Request) -> web.Response:
     """``GET /v1/audit/events/{eventId}``: one event, with the same access rules as the list."""
-    patients_only = _readers_scope(principal(request))
+    patients_only = policy.audit_patients_only(principal(request))
     try:
         event_id = uuid.UUID(request.match_info["eventId"])
     except ValueError as exc:
@@ -206,7 +186,7 @@ async def get_event(request: web.Request) -> web.Response:
 async def record_event(request: web.Request) -> web.Response:
     """``POST /v1/audit/events``: record an event of any entity type (201; 200 if known)."""
     caller = principal(request)
-    _may_record(caller)
+    policy.may_record_audit(caller)
     raw = await _read_json(request, MAX_BODY)
     try:
         parsed = orjson.loads(raw)
@@ -243,7 +223,7 @@ async def _append(request: web.Request, new: NewEvent, caller: Principal) -> web
 
 async def verify(request: web.Request) -> web.Response:
     """``GET /v1/audit/verify``: the whole log against the signed checkpoints (verify.py)."""
-    _may_verify(principal(request))
+    policy.may_prove_audit(principal(request))
     notary = request.app[NOTARY]
     # What an earlier call found of the checkpoint log (an append-only file, outside the
     # database): its unchanged prefix is not re-checked. Every event is, on every call.
@@ -266,7 +246,7 @@ def _notary(request: web.Request) -> Notary:
 
 async def latest_checkpoint(request: web.Request) -> web.Response:
     """``GET /v1/audit/checkpoints/latest``: the newest signed checkpoint."""
-    _may_verify(principal(request))
+    policy.may_prove_audit(principal(request))
     last = _notary(request).log.last()
     if last is None:
         raise NotFound("no audit checkpoint has been signed yet")
@@ -275,7 +255,7 @@ async def latest_checkpoint(request: web.Request) -> web.Response:
 
 async def sign_checkpoint(request: web.Request) -> web.Response:
     """``POST /internal/checkpoints``: sign one now if the log grew; answer the newest."""
-    _may_record(principal(request))
+    policy.may_record_audit(principal(request))
     notary = _notary(request)
     if notary.key is None:
         raise Unavailable("this server has no audit signing key", retry_after=60)
@@ -307,7 +287,7 @@ def _only(query: MultiMapping[str], allowed: frozenset[str]) -> None:
 async def inclusion_proof(request: web.Request) -> web.Response:
     """``GET /v1/audit/events/{eventId}/proof?treeSize=N``: the RFC 6962 audit path of the
     event in the tree of N events (default: the latest checkpoint's, else the current tree)."""
-    _may_verify(principal(request))
+    policy.may_prove_audit(principal(request))
     _only(request.query, frozenset({"treeSize"}))
     tree_size = _size_param(request.query, "treeSize", required=False)
     try:
@@ -334,7 +314,7 @@ async def inclusion_proof(request: web.Request) -> web.Response:
 
 async def consistency_proof(request: web.Request) -> web.Response:
     """``GET /v1/audit/consistency?from=M&to=N``: the RFC 6962 consistency proof."""
-    _may_verify(principal(request))
+    policy.may_prove_audit(principal(request))
     _only(request.query, frozenset({"from", "to"}))
     old = _size_param(request.query, "from", required=True)
     new = _size_param(request.query, "to", required=True)
@@ -356,7 +336,7 @@ async def _proof(pending: Awaitable[list[bytes]]) -> list[bytes]:
 
 async def ingest_batch(request: web.Request) -> web.Response:
     """``POST /internal/events/batch``: a relay's batch, appended in order, idempotently."""
-    _may_record(principal(request))
+    policy.may_record_audit(principal(request))
     raw = await _read_json(request, request.app[SETTINGS].audit_max_batch_bytes)
     batch = EventBatch.model_validate_json(raw)
     events = _checked([_pending(ev, actor=ev.actor, source=ev.source) for ev in batch.events])
@@ -370,15 +350,21 @@ async def ingest_batch(request: web.Request) -> web.Response:
     return _json(orjson.dumps({"appended": len(stored), "duplicates": duplicates}))
 
 
+# The handler of each operation of audit_service/contract.py, by operation id.
+HANDLERS: dict[str, Handler] = {
+    "listAuditEvents": list_events,
+    "recordAuditEvent": record_event,
+    "getAuditEvent": get_event,
+    "verifyAuditChain": verify,
+    "getLatestAuditCheckpoint": latest_checkpoint,
+    "getAuditInclusionProof": inclusion_proof,
+    "getAuditConsistencyProof": consistency_proof,
+}
+
+
 def setup_routes(app: web.Application) -> None:
-    """Mount the audit API and the internal ingest endpoint."""
+    """Mount the audit API as the contract declares it, and the internal endpoints."""
     app[LOG_MEMO] = {}
-    app.router.add_get("/v1/audit/events", list_events, allow_head=False)
-    app.router.add_post("/v1/audit/events", record_event)
-    app.router.add_get("/v1/audit/events/{eventId}", get_event, allow_head=False)
-    app.router.add_get("/v1/audit/verify", verify, allow_head=False)
-    app.router.add_get("/v1/audit/checkpoints/latest", latest_checkpoint, allow_head=False)
-    app.router.add_get("/v1/audit/events/{eventId}/proof", inclusion_proof, allow_head=False)
-    app.router.add_get("/v1/audit/consistency", consistency_proof, allow_head=False)
+    register_routes(app, OPERATIONS, HANDLERS)
     app.router.add_post("/internal/checkpoints", sign_checkpoint)
     app.router.add_post("/internal/events/batch", ingest_batch)

@@ -8,6 +8,7 @@ import re
 import orjson
 from aiohttp import web
 
+from gateway.api import api_table
 from gateway.central import audit
 from gateway.fastpath import cached_response
 from gateway.docs import only, setup_docs
@@ -24,8 +25,8 @@ from shared.problems import Handler
 from shared.types import USER_NAME_PATTERN
 
 _USER_NAME = re.compile(USER_NAME_PATTERN)
-# Sub-resources of a user and the service that owns each.
-_SUBRESOURCE_SERVICE = {"visits": "visit", "studies": "user"}
+# Sub-resources of a user and the service that owns each, from the services' contracts.
+_SUBRESOURCE_SERVICE = api_table().user_subresources()
 
 
 @web.middleware

@@ -15,6 +15,7 @@ import re
 import aiohttp
 from aiohttp import web
 
+from gateway.api import api_table
 from gateway.balancer import Cluster
 from gateway.central import CENTRAL
 from gateway.proxy import forward
@@ -32,8 +33,13 @@ _CHUNK = 64 * 1024
 _PASSED_ON = ("Content-Type", "ETag", "Retry-After")
 
 
+# Who may use the studies API at all, from the anonymizer's contract.
+STUDIES_ROLES = api_table().service_roles("anonymizer")
+
+
 async def studies(request: web.Request) -> web.StreamResponse:
-    policy.may_use_studies_api(request.app[VERIFIER].from_request(request))
+    principal = request.app[VERIFIER].from_request(request)
+    policy.may_use_service(principal, STUDIES_ROLES, "the studies API")
     cluster = request.app[CENTRAL].get("anonymizer")
     if cluster is None:
         raise Unavailable("no anonymizer is configured", retry_after=30)

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from shared import policy
 from shared.appkeys import FE_SETTINGS
+from shared.contract import Handler
 from shared.db import transaction
 from shared.errors import FieldError, NotFound, Unavailable, ValidationFailed
 from shared.httpio import json_response
@@ -125,8 +126,8 @@ async def delete_consent(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def setup_consent_routes(app: web.Application) -> None:
-    """Mount the consent endpoints and the study registry client."""
-    app.cleanup_ctx.append(studies_context)
-    app.router.add_put("/v1/users/{userName}/studies/{studyId}", put_consent)
-    app.router.add_delete("/v1/users/{userName}/studies/{studyId}", delete_consent)
+# The handler of each consent operation of user_service/contract.py, by operation id.
+HANDLERS: dict[str, Handler] = {
+    "giveConsent": put_consent,
+    "withdrawConsent": delete_consent,
+}

@@ -18,6 +18,7 @@ from shared import idempotency
 from shared.writes import begin_write
 from shared.cache import pack_entry, unpack_entry
 from shared.cachekeys import USER_FIELD, user_group
+from shared.contract import Handler
 from shared.service import cache, path_user_name, pool, principal, require_owned
 from user_service import store
 from user_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, UserIn
@@ -131,9 +132,10 @@ async def search_users(request: web.Request) -> web.Response:
     return json_response({"items": items, "nextCursor": next_cursor})
 
 
-def setup_routes(app: web.Application) -> None:
-    """Mount the users API."""
-    app.router.add_post("/v1/users", create_user)
-    app.router.add_get("/v1/users", search_users, allow_head=False)
-    app.router.add_get("/v1/users/{userName}", get_user, allow_head=False)
-    app.router.add_patch("/v1/users/{userName}", patch_user)
+# The handler of each operation of user_service/contract.py, by operation id.
+HANDLERS: dict[str, Handler] = {
+    "createUser": create_user,
+    "searchUsers": search_users,
+    "getUser": get_user,
+    "patchUser": patch_user,
+}

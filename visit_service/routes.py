@@ -9,6 +9,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from shared.contract import Handler, register_routes
+from visit_service.contract import OPERATIONS
+
 from shared import policy
 from shared.db import transaction
 from shared.errors import BadRequest, FieldError, NotFound, ValidationFailed
@@ -175,9 +178,15 @@ async def patch_visit(request: web.Request) -> web.Response:
     return visit_response(row)
 
 
+# The handler of each operation of visit_service/contract.py, by operation id.
+HANDLERS: dict[str, Handler] = {
+    "createVisit": create_visit,
+    "listVisits": list_visits,
+    "getVisit": get_visit,
+    "patchVisit": patch_visit,
+}
+
+
 def setup_routes(app: web.Application) -> None:
-    """Mount the visits API."""
-    app.router.add_post("/v1/users/{userName}/visits", create_visit)
-    app.router.add_get("/v1/users/{userName}/visits", list_visits, allow_head=False)
-    app.router.add_get("/v1/users/{userName}/visits/{visitId}", get_visit, allow_head=False)
-    app.router.add_patch("/v1/users/{userName}/visits/{visitId}", patch_visit)
+    """Mount the visits API as the contract declares it."""
+    register_routes(app, OPERATIONS, HANDLERS)
