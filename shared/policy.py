@@ -78,6 +78,12 @@ def may_change_consent(p: Principal, user_name: str, role: str) -> None:
         raise Forbidden("your role may not change this patient's study consent")
 
 
+def may_read_consents(p: Principal, user_name: str, role: str) -> None:
+    """The studies a patient takes part in: the patient themself, their clinicians, admins."""
+    if not (_cares_for(p, role) or _is_patient_self(p, user_name)):
+        raise Forbidden("your role may not read this patient's study consents")
+
+
 def may_use_studies_api(p: Principal) -> None:
     """``/v1/studies...``: researchers and admins."""
     if not p.has("admin", "researcher"):

@@ -126,8 +126,21 @@ async def delete_consent(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def list_consents(request: web.Request) -> web.Response:
+    """The studies the patient takes part in: 200 with the consents in force."""
+    caller = principal(request)
+    user_name = path_user_name(request)
+    policy.may_use_users_api(caller, user_name)
+    await require_owned(request, user_name)
+    async with pool(request).acquire() as conn:
+        policy.may_read_consents(caller, user_name, await user_role(conn, user_name))
+        items = await consent_store.consents_in_force(conn, user_name)
+    return json_response({"items": items, "nextCursor": None})
+
+
 # The handler of each consent operation of user_service/contract.py, by operation id.
 HANDLERS: dict[str, Handler] = {
+    "listConsents": list_consents,
     "giveConsent": put_consent,
     "withdrawConsent": delete_consent,
 }

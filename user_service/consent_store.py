@@ -56,3 +56,15 @@ async def withdraw_consent(conn: asyncpg.Connection, user_name: str, study_id: s
             user_name, study_id,
         )
     return status != "UPDATE 0"
+
+
+async def consents_in_force(conn: asyncpg.Connection, user_name: str) -> list[dict[str, Any]]:
+    """The studies the user takes part in now, in studyId order, as the API lists them."""
+    with db_errors("the shard database"):
+        # consents_in_force: the user's consents not withdrawn.
+        rows = await conn.fetch(
+            """SELECT study_id, consented_at FROM study_consents
+               WHERE user_name = $1 AND withdrawn_at IS NULL ORDER BY study_id""",
+            user_name,
+        )
+    return [{"studyId": r["study_id"], "consentedAt": r["consented_at"]} for r in rows]

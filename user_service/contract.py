@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.contract import PATCH_DESCRIPTION, WRITE_ERRORS, Link, Operation, served_by
-from user_service.models import Consent, User, UserIn, UserPage, UserPatch
+from user_service.models import Consent, StudiesTaken, User, UserIn, UserPage, UserPatch
 
 SERVICE = "user"
 
@@ -53,6 +53,12 @@ OPERATIONS: tuple[Operation, ...] = served_by(SERVICE, (
         errors=(*WRITE_ERRORS, 403, 404, 412),
         description=f"{PATCH_DESCRIPTION} `userName` and `role` cannot change; a patient may "
         "change only their own `email`, `phone` and `address`.",
+    ),
+    Operation(
+        "listConsents", "GET", "/v1/users/{userName}/studies", "The studies a patient takes part in",
+        "studies", roles=("admin", "clinician", "patient"), success=200, response=StudiesTaken,
+        errors=(403, 404),
+        description="The consents in force, in studyId order. A patient only for themself.",
     ),
     Operation(
         "giveConsent", "PUT", _CONSENT, "Take part in a study", "studies",

@@ -131,3 +131,17 @@ class Consent(BaseModel):
     consentedAt: dt.datetime
     withdrawnAt: dt.datetime | None
     version: int
+
+
+class StudyTaken(BaseModel):
+    """A study the patient takes part in (a consent in force)."""
+
+    studyId: UserName
+    consentedAt: dt.datetime
+
+
+class StudiesTaken(BaseModel):
+    """The studies a patient takes part in, as ``GET /v1/users/{userName}/studies`` lists them."""
+
+    items: list[StudyTaken]
+    nextCursor: None

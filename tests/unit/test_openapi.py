@@ -40,7 +40,7 @@ from visit_service.models import VisitIn
 OPERATION_IDS = {
     "createUser", "searchUsers", "getUser", "patchUser",
     "createVisit", "listVisits", "getVisit", "patchVisit",
-    "giveConsent", "withdrawConsent",
+    "listConsents", "giveConsent", "withdrawConsent",
     "createStudy", "listStudies", "getStudy", "startRun", "listRuns", "getRun", "getRunRecords",
     "listAuditEvents", "recordAuditEvent", "getAuditEvent", "verifyAuditChain",
     "getLatestAuditCheckpoint", "getAuditInclusionProof", "getAuditConsistencyProof",
