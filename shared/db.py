@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import orjson
@@ -19,6 +22,7 @@ from prometheus_client.registry import Collector
 from shared.errors import Misdirected, Unavailable
 
 log = logging.getLogger("medsvc.db")
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 # Errors meaning "the database cannot be reached now", as opposed to a bad query.
 _UNAVAILABLE = (
@@ -95,6 +99,43 @@ def db_errors(what: str) -> Iterator[None]:
             raise Misdirected("this shard does not own the user's bucket",
                               owner=int(owner) if owner and owner.isdigit() else None) from exc
         raise
+
+
+def maps_db_errors(what: str) -> Callable[[_F], _F]:
+    """Decorate a store function so that driver errors leave it translated, as :func:`db_errors`.
+
+    The store modules' one mapping at their boundary (procrastinate's ``wrap_exceptions``):
+    each module makes one ``_mapped = maps_db_errors("the shard database")`` and decorates its
+    coroutine functions and async generators with it, so that nothing above ``store.py`` sees asyncpg's exceptions.
+    """
+
+    def decorate(fn: _F) -> _F:
+        if inspect.isasyncgenfunction(fn):
+
+            @functools.wraps(fn)
+            async def mapped_rows(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+                rows = fn(*args, **kwargs)
+                try:
+                    with db_errors(what):
+                        async for item in rows:
+                            yield item
+                finally:
+                    # A consumer that stops early closes the inner generator now (its
+                    # connection goes back to the pool), not whenever it is collected.
+                    await rows.aclose()
+
+            return cast(_F, mapped_rows)
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"{fn.__qualname__} is neither a coroutine nor an async generator")
+
+        @functools.wraps(fn)
+        async def mapped(*args: Any, **kwargs: Any) -> Any:
+            with db_errors(what):
+                return await fn(*args, **kwargs)
+
+        return cast(_F, mapped)
+
+    return decorate
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

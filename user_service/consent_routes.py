@@ -23,7 +23,7 @@ from shared.db import transaction
 from shared.errors import FieldError, NotFound, Unavailable, ValidationFailed
 from shared.httpio import json_response
 from shared.logs import request_id_var
-from shared.service import path_user_name, pool, principal, require_owned
+from shared.service import pool, principal, user_request
 from shared.types import USER_NAME_PATTERN
 from shared.writes import begin_write
 from user_service import consent_store
@@ -89,10 +89,7 @@ def _path_study_id(request: web.Request) -> str:
 
 async def _checked(request: web.Request) -> tuple[str, str]:
     """(userName, studyId) of a consent request the caller may make, for an existing study."""
-    caller = principal(request)
-    user_name = path_user_name(request)
-    policy.may_use_users_api(caller, user_name)
-    await require_owned(request, user_name)
+    caller, user_name = await user_request(request)
     study_id = _path_study_id(request)
     if request.body_exists and (await request.read()).strip() not in (b"", b"{}"):
         raise ValidationFailed(errors=[FieldError("body", "a consent takes no body")])
@@ -128,10 +125,7 @@ async def delete_consent(request: web.Request) -> web.Response:
 
 async def list_consents(request: web.Request) -> web.Response:
     """The studies the patient takes part in: 200 with the consents in force."""
-    caller = principal(request)
-    user_name = path_user_name(request)
-    policy.may_use_users_api(caller, user_name)
-    await require_owned(request, user_name)
+    caller, user_name = await user_request(request)
     async with pool(request).acquire() as conn:
         policy.may_read_consents(caller, user_name, await user_role(conn, user_name))
         items = await consent_store.consents_in_force(conn, user_name)

@@ -19,7 +19,7 @@ from shared.writes import begin_write
 from shared.cache import pack_entry, unpack_entry
 from shared.cachekeys import USER_FIELD, user_group
 from shared.contract import Handler
-from shared.service import cache, path_user_name, pool, principal, require_owned
+from shared.service import cache, pool, principal, require_owned, user_request
 from user_service import store
 from user_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, UserIn
 
@@ -57,10 +57,7 @@ async def create_user(request: web.Request) -> web.Response:
 
 
 async def get_user(request: web.Request) -> web.Response:
-    caller = principal(request)
-    user_name = path_user_name(request)
-    policy.may_use_users_api(caller, user_name)
-    await require_owned(request, user_name)
+    caller, user_name = await user_request(request)
     db = pool(request)
 
     async def load() -> bytes | None:
@@ -89,10 +86,7 @@ def _check_patch_fields(body: dict[str, Any]) -> None:
 
 
 async def patch_user(request: web.Request) -> web.Response:
-    caller = principal(request)
-    user_name = path_user_name(request)
-    policy.may_use_users_api(caller, user_name)
-    await require_owned(request, user_name)
+    caller, user_name = await user_request(request)
     body = await read_json_object(request)
     _check_patch_fields(body)
     expected = if_match_version(request)

@@ -24,7 +24,7 @@ from shared import idempotency
 from shared.writes import begin_write
 from shared.cache import pack_entry, unpack_entry
 from shared.cachekeys import VISIT_LIST_PARAMS, visit_field, visit_list_field, visits_group
-from shared.service import cache, path_user_name, pool, principal, require_owned
+from shared.service import cache, pool, user_request
 from shared.shard_users import user_role
 from visit_service import store
 from visit_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, REQUIRED_FIELDS, VisitIn
@@ -67,10 +67,7 @@ def _client_state(visit: dict[str, Any]) -> dict[str, Any]:
 
 
 async def create_visit(request: web.Request) -> web.Response:
-    caller = principal(request)
-    user_name = path_user_name(request)
-    policy.may_use_users_api(caller, user_name)
-    await require_owned(request, user_name)
+    caller, user_name = await user_request(request)
     body = await read_json_object(request)
     visit = VisitIn.model_validate_json(orjson.dumps(body))
     if visit.clinician is None:
@@ -94,10 +91,7 @@ async def create_visit(request: web.Request) -> web.Response:
 
 
 async def get_visit(request: web.Request) -> web.Response:
-    caller = principal(request)
-    user_name = path_user_name(request)
-    policy.may_use_users_api(caller, user_name)
-    await require_owned(request, user_name)
+    caller, user_name = await user_request(request)
     visit_id = _visit_id(request)
     db = pool(request)
 
@@ -117,10 +111,7 @@ async def get_visit(request: web.Request) -> web.Response:
 
 
 async def list_visits(request: web.Request) -> web.Response:
-    caller = principal(request)
-    user_name = path_user_name(request)
-    policy.may_use_users_api(caller, user_name)
-    await require_owned(request, user_name)
+    caller, user_name = await user_request(request)
     errors = [FieldError(k, "is not a query parameter") for k in sorted(set(request.query) - set(VISIT_LIST_PARAMS))]
     errors += [FieldError(k, "is given more than once") for k in VISIT_LIST_PARAMS if len(request.query.getall(k, [])) > 1]
     if errors:
@@ -150,10 +141,7 @@ async def list_visits(request: web.Request) -> web.Response:
 
 
 async def patch_visit(request: web.Request) -> web.Response:
-    caller = principal(request)
-    user_name = path_user_name(request)
-    policy.may_use_users_api(caller, user_name)
-    await require_owned(request, user_name)
+    caller, user_name = await user_request(request)
     visit_id = _visit_id(request)
     body = await read_json_object(request)
     errors = [
