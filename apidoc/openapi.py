@@ -1,8 +1,9 @@
 """The OpenAPI 3.1 document of the public API, built from the models the services validate with.
 
 :func:`build_document` turns the operations the services declare in their contracts
-(gathered by :mod:`apidoc.operations`) into the document the gateway serves at ``/v1/openapi.json``. Schemas come from
-pydantic (``model_json_schema``) and are never written out by hand; their ``$defs`` become
+(gathered by :mod:`apidoc.operations`) into the document the gateway serves at
+``/v1/openapi.json``. Schemas come from pydantic (``model_json_schema``) and are never written
+out by hand; their ``$defs`` become
 ``components/schemas``. Errors are RFC 9457 problem documents (:class:`Problem`), as
 :func:`shared.problems.problem` writes them.
 """

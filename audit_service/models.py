@@ -114,16 +114,18 @@ class ChainVerdict(BaseModel):
 
 
 class SignedCheckpoint(BaseModel):
-    """``GET /v1/audit/checkpoints/latest``: a signed statement of the log's first treeSize events."""
+    """``GET /v1/audit/checkpoints/latest``: a signed statement of the first treeSize events."""
 
     treeSize: int = Field(ge=0, description="events covered (seq 1..treeSize)")
     rootHash: Hash = Field(description="RFC 6962 Merkle root of those events, hex")
     signedAt: str = Field(description="when it was signed (RFC 3339, UTC)")
     keyId: str = Field(description="the signing key: first 16 hex digits of SHA-256 of the raw "
                        "Ed25519 public key")  # fmt: skip
-    signature: str = Field(description="base64 Ed25519 signature of the statement "
-                           "'medsvc-audit-checkpoint/v1\\n{treeSize}\\n{rootHash}\\n{signedAt}\\n"
-                           "{keyId}\\n'")  # fmt: skip
+    signature: str = Field(
+        description="base64 Ed25519 signature of the statement "
+        "'medsvc-audit-checkpoint/v1\\n{treeSize}\\n{rootHash}\\n{signedAt}\\n"
+        "{keyId}\\n'"
+    )
 
 
 class InclusionProof(BaseModel):

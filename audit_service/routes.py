@@ -30,23 +30,34 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from audit_service import store
-from audit_service.contract import OPERATIONS
 from audit_service.checkpoints import CheckpointLog, Notary
-from audit_service.verify import make_checkpoint, verify_database
+from audit_service.contract import OPERATIONS
 from audit_service.metrics import APPEND_SECONDS, CHAIN_LAST_SEQ, EVENTS_APPENDED, EVENTS_DUPLICATE
 from audit_service.models import FILTER_MAX_LENGTH, NAME_PATTERN, EventBatch, EventIn, NewEvent
 from audit_service.settings import AuditSettings
+from audit_service.verify import make_checkpoint, verify_database
 from shared import idempotency, policy
 from shared.appkeys import PG_POOL
-from shared.contract import Handler, register_routes
 from shared.auth import Principal
+from shared.contract import Handler, register_routes
 from shared.db import db_errors, transaction
 from shared.errors import (
-    BadRequest, FieldError, Forbidden, NotFound, PayloadTooLarge, Unavailable,
-    UnsupportedMediaType, ValidationFailed,
+    BadRequest,
+    FieldError,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+    UnsupportedMediaType,
+    ValidationFailed,
 )
 from shared.httpio import (
-    JSON_TYPES, MAX_BODY, decode_cursor, encode_cursor, limit_param, parse_instant,
+    JSON_TYPES,
+    MAX_BODY,
+    decode_cursor,
+    encode_cursor,
+    limit_param,
+    parse_instant,
 )
 from shared.service import principal
 
@@ -104,7 +115,9 @@ def _checked(events: list[store.Pending]) -> list[store.Pending]:
         try:
             ev.body(0)
         except (TypeError, ValueError) as exc:
-            raise ValidationFailed(errors=[FieldError(f"events.{i}", f"cannot be encoded: {exc}")]) from exc
+            raise ValidationFailed(
+                errors=[FieldError(f"events.{i}", f"cannot be encoded: {exc}")]
+            ) from exc
     return events
 
 
@@ -139,7 +152,9 @@ async def list_events(request: web.Request) -> web.Response:
     q = request.query
     unknown = set(q) - _QUERY
     if unknown:
-        raise ValidationFailed(errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)])
+        raise ValidationFailed(
+            errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)]
+        )
     if "entityType" in q and not _NAME.fullmatch(q["entityType"]):
         raise BadRequest("entityType must be an entity type such as user or visit")
     for name in ("entityId", "actor"):
@@ -196,7 +211,9 @@ async def record_event(request: web.Request) -> web.Response:
     if new.eventId is None:
         # A retry with this key names the same event, so even one whose first answer was never
         # kept (the process died after the append) stores nothing twice.
-        new = new.model_copy(update={"eventId": uuid.uuid5(_KEYED_EVENTS, f"{caller.sub}\0{key.key}")})
+        new = new.model_copy(
+            update={"eventId": uuid.uuid5(_KEYED_EVENTS, f"{caller.sub}\0{key.key}")}
+        )
     async with transaction(request.app[PG_POOL], "the audit database") as conn:
         if (replay := await idempotency.claim(conn, key)) is not None:
             return replay
@@ -206,7 +223,9 @@ async def record_event(request: web.Request) -> web.Response:
 
 
 async def _append(request: web.Request, new: NewEvent, caller: Principal) -> web.Response:
-    pending = _checked([_pending(new, actor=new.actor or caller.sub, source=f"api/{caller.sub}")])[0]
+    pending = _checked([_pending(new, actor=new.actor or caller.sub, source=f"api/{caller.sub}")])[
+        0
+    ]
     started = time.perf_counter()
     stored, created = await store.append_one(request.app[PG_POOL], pending)
     APPEND_SECONDS.labels("api").observe(time.perf_counter() - started)
@@ -276,7 +295,9 @@ def _size_param(query: MultiMapping[str], name: str, *, required: bool) -> int |
 def _only(query: MultiMapping[str], allowed: frozenset[str]) -> None:
     unknown = set(query) - allowed
     if unknown:
-        raise ValidationFailed(errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)])
+        raise ValidationFailed(
+            errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)]
+        )
 
 
 async def inclusion_proof(request: web.Request) -> web.Response:
@@ -303,7 +324,11 @@ async def inclusion_proof(request: web.Request) -> web.Response:
             f"treeSize must be between the event's seq ({row['seq']}) and the tree size ({current})"
         )
     path = await _proof(store.inclusion_proof(pool, row["seq"], tree_size))
-    body = {"leafIndex": row["seq"] - 1, "treeSize": tree_size, "auditPath": [h.hex() for h in path]}
+    body = {
+        "leafIndex": row["seq"] - 1,
+        "treeSize": tree_size,
+        "auditPath": [h.hex() for h in path],
+    }
     return _json(orjson.dumps(body))
 
 
@@ -336,7 +361,9 @@ async def ingest_batch(request: web.Request) -> web.Response:
     batch = EventBatch.model_validate_json(raw)
     events = _checked([_pending(ev, actor=ev.actor, source=ev.source) for ev in batch.events])
     started = time.perf_counter()
-    stored, duplicates = await store.append_events(request.app[PG_POOL], events, trusted_source=True)
+    stored, duplicates = await store.append_events(
+        request.app[PG_POOL], events, trusted_source=True
+    )
     APPEND_SECONDS.labels("internal").observe(time.perf_counter() - started)
     EVENTS_APPENDED.labels("internal").inc(len(stored))
     EVENTS_DUPLICATE.labels("internal").inc(duplicates)

@@ -19,11 +19,22 @@ import asyncpg
 import orjson
 
 from audit_service.chain import (
-    StoredEvent, canonical, chain_hash, registers_patient, subject_of,
+    StoredEvent,
+    canonical,
+    chain_hash,
+    registers_patient,
+    subject_of,
 )
 from audit_service.merkle import (
-    CompactRange, Node, consistency_ranges, hash_ranges, inclusion_ranges, leaf_hash,
-    node_row, nodes_for, nodes_from_rows,
+    CompactRange,
+    Node,
+    consistency_ranges,
+    hash_ranges,
+    inclusion_ranges,
+    leaf_hash,
+    node_row,
+    nodes_for,
+    nodes_from_rows,
 )
 from shared.db import maps_db_errors
 from shared.errors import Conflict
@@ -137,7 +148,10 @@ async def append_events(
             await conn.execute(
                 "UPDATE audit_chain_head SET last_seq = $1, last_hash = $2, tree_size = $3,"
                 " tree_range = $4 WHERE id",
-                seq, prev, tree.size, tree.to_bytes(),
+                seq,
+                prev,
+                tree.size,
+                tree.to_bytes(),
             )
     return stored, len(events) - len(stored)
 
@@ -158,7 +172,9 @@ async def append_one(pool: asyncpg.Pool, event: Pending) -> tuple[Stored, bool]:
     # that a stored JSON string may contain.
     action = orjson.loads(row["body"])["action"]
     if (row["entity_type"], row["entity_id"], action) != (
-        event.entity_type, event.entity_id, event.action,
+        event.entity_type,
+        event.entity_id,
+        event.action,
     ):
         raise Conflict(f"event {event.event_id} exists with other content")
     return Stored(row["seq"], row["body"], row["prev_hash"], row["hash"]), False
@@ -215,8 +231,9 @@ async def events_page(pool: asyncpg.Pool, f: EventFilter, limit: int) -> list[as
     if f.after_seq is not None:
         cond("seq > {}", f.after_seq)
     if f.patients_only:
-        where.append("entity_type IN ('user', 'visit')"
-                     " AND subject IN (SELECT user_name FROM audit_patients)")
+        where.append(
+            "entity_type IN ('user', 'visit') AND subject IN (SELECT user_name FROM audit_patients)"
+        )
     args.append(limit)
     sql = (
         "SELECT seq, body, prev_hash, hash FROM audit_events"
@@ -270,7 +287,9 @@ async def tree_head(pool: asyncpg.Pool) -> CompactRange:
 
 
 @_mapped
-async def fetch_nodes(conn: asyncpg.Pool | asyncpg.Connection, wanted: set[Node]) -> dict[Node, bytes]:
+async def fetch_nodes(
+    conn: asyncpg.Pool | asyncpg.Connection, wanted: set[Node]
+) -> dict[Node, bytes]:
     """The stored hashes of ``wanted`` perfect subtrees (one query by primary key)."""
     seqs = sorted({node_row(n)[0] for n in wanted})
     # tree_nodes_by_seq: primary key lookups, O(log n) rows.
@@ -281,7 +300,9 @@ async def fetch_nodes(conn: asyncpg.Pool | asyncpg.Connection, wanted: set[Node]
     return nodes_from_rows(wanted, by_seq.get)
 
 
-async def hashes_of(conn: asyncpg.Pool | asyncpg.Connection, ranges: list[tuple[int, int]]) -> list[bytes]:
+async def hashes_of(
+    conn: asyncpg.Pool | asyncpg.Connection, ranges: list[tuple[int, int]]
+) -> list[bytes]:
     """The MTH of each leaf range, from stored nodes; LookupError when the store lacks one."""
     nodes = await fetch_nodes(conn, nodes_for(ranges))
     try:
@@ -295,7 +316,9 @@ async def inclusion_proof(pool: asyncpg.Pool, seq: int, tree_size: int) -> list[
     return await hashes_of(pool, inclusion_ranges(seq - 1, tree_size))
 
 
-async def consistency_proof(conn: asyncpg.Pool | asyncpg.Connection, old: int, new: int) -> list[bytes]:
+async def consistency_proof(
+    conn: asyncpg.Pool | asyncpg.Connection, old: int, new: int
+) -> list[bytes]:
     """RFC 6962 consistency proof between the trees of ``old`` and ``new`` events."""
     if old == new:
         return []
@@ -303,8 +326,10 @@ async def consistency_proof(conn: asyncpg.Pool | asyncpg.Connection, old: int, n
 
 
 @_mapped
-async def leaves_between(conn: asyncpg.Connection, after: int, upto: int) -> list[tuple[int, bytes]]:
-    """(seq, leaf hash) of the events after ``after`` up to ``upto``, recomputed from their bodies."""
+async def leaves_between(
+    conn: asyncpg.Connection, after: int, upto: int
+) -> list[tuple[int, bytes]]:
+    """(seq, leaf hash) of the events after ``after`` up to ``upto``, from their bodies."""
     rows = await conn.fetch(
         "SELECT seq, body FROM audit_events WHERE seq > $1 AND seq <= $2 ORDER BY seq",
         after, upto,
@@ -329,7 +354,9 @@ async def backfill_tree(conn: asyncpg.Connection) -> int:
         updates = []
         async for r in conn.cursor("SELECT seq, body FROM audit_events ORDER BY seq"):
             if r["seq"] != tree.size + 1:
-                raise RuntimeError(f"audit event seq {tree.size + 1} is missing: cannot build the tree")
+                raise RuntimeError(
+                    f"audit event seq {tree.size + 1} is missing: cannot build the tree"
+                )
             updates.append((r["seq"], b"".join(tree.append(leaf_hash(r["body"].encode("utf-8"))))))
         await conn.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only")
         await conn.executemany("UPDATE audit_events SET tree_nodes = $2 WHERE seq = $1", updates)

@@ -82,7 +82,10 @@ class LogVerifier:
         completed = self.tree.append(leaf_hash(ev.body.encode("utf-8")))
         if self.check_nodes and ev.tree_nodes != b"".join(completed):
             return self._fail(ev.seq, f"event seq {ev.seq}: its stored tree nodes were altered")
-        while self._next < len(self.checkpoints) and self.checkpoints[self._next].tree_size == self.tree.size:
+        while (
+            self._next < len(self.checkpoints)
+            and self.checkpoints[self._next].tree_size == self.tree.size
+        ):
             cp = self.checkpoints[self._next]
             if self.tree.root().hex() != cp.root_hash:
                 start, end = self._rewritten_span(cp)
@@ -104,7 +107,9 @@ class LogVerifier:
             start += width
         return self._verified_size + 1, cp.tree_size
 
-    def finish(self, head: Mapping[str, object] | None, patients: set[str] | None = None) -> Verdict:
+    def finish(
+        self, head: Mapping[str, object] | None, patients: set[str] | None = None
+    ) -> Verdict:
         """After the last event: every checkpoint reached, the head (if any) matches, and the
         patients table (if given) is the one the events register."""
         if not self.verdict.ok:
@@ -121,7 +126,9 @@ class LogVerifier:
             if self.verdict.ok and (
                 head["tree_size"] != self.tree.size or head["tree_range"] != self.tree.to_bytes()
             ):
-                self._fail(self.tree.size, "the tree the chain head records does not match the events")
+                self._fail(
+                    self.tree.size, "the tree the chain head records does not match the events"
+                )
         if self.verdict.ok and patients is not None and patients != self.patients:
             extra, missing = sorted(patients - self.patients), sorted(self.patients - patients)
             self._fail(None, (

@@ -47,8 +47,9 @@ async def studies(request: web.Request) -> web.StreamResponse:
         return await stream_records(request, cluster)
     body = await request.read() if request.body_exists else None
     # The anonymizer keeps the answers of keyed POSTs: a lost one may be sent again.
-    up = await forward(cluster, request.method, request.raw_path, dict(request.headers), body,
-                       keyed_posts=True)
+    up = await forward(
+        cluster, request.method, request.raw_path, dict(request.headers), body, keyed_posts=True
+    )
     return up.response()
 
 
@@ -86,10 +87,13 @@ async def stream_records(request: web.Request, cluster: Cluster) -> web.StreamRe
                 await out.write(chunk)
             await out.write_eof()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            # Upstream failed or the client left. The status is sent: the only honest signal left is a cut connection (the client
-            # sees a body shorter than its Content-Length, or no final chunk).
-            log.warning("records stream cut", extra={"action": "gateway.records_cut",
-                                                     "error": type(exc).__name__})
+            # Upstream failed or the client left. The status is sent: the only honest signal
+            # left is a cut connection (the client sees a body shorter than its
+            # Content-Length, or no final chunk).
+            log.warning(
+                "records stream cut",
+                extra={"action": "gateway.records_cut", "error": type(exc).__name__},
+            )
             if request.transport is not None:
                 request.transport.close()
         return out

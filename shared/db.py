@@ -96,8 +96,10 @@ def db_errors(what: str) -> Iterator[None]:
         # MS421: the shard's ownership check (medsvc_check_owner) refused the write.
         if getattr(exc, "sqlstate", None) == MISDIRECTED_SQLSTATE:
             owner = getattr(exc, "detail", None)
-            raise Misdirected("this shard does not own the user's bucket",
-                              owner=int(owner) if owner and owner.isdigit() else None) from exc
+            raise Misdirected(
+                "this shard does not own the user's bucket",
+                owner=int(owner) if owner and owner.isdigit() else None,
+            ) from exc
         raise
 
 
@@ -106,7 +108,8 @@ def maps_db_errors(what: str) -> Callable[[_F], _F]:
 
     The store modules' one mapping at their boundary (procrastinate's ``wrap_exceptions``):
     each module makes one ``_mapped = maps_db_errors("the shard database")`` and decorates its
-    coroutine functions and async generators with it, so that nothing above ``store.py`` sees asyncpg's exceptions.
+    coroutine functions and async generators with it, so that nothing above ``store.py`` sees
+    asyncpg's exceptions.
     """
 
     def decorate(fn: _F) -> _F:
@@ -141,7 +144,9 @@ def maps_db_errors(what: str) -> Callable[[_F], _F]:
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # jsonb in and out as Python objects, encoded with orjson.
     await conn.set_type_codec(
-        "jsonb", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
+        "jsonb",
+        encoder=lambda v: orjson.dumps(v).decode(),
+        decoder=orjson.loads,
         schema="pg_catalog",
     )
 
@@ -151,8 +156,14 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(
-    dsn: str, *, password: str | None = None, min_size: int = 2, max_size: int = 10,
-    attempts: int = 30, what: str = "database", reset_sessions: bool = True,
+    dsn: str,
+    *,
+    password: str | None = None,
+    min_size: int = 2,
+    max_size: int = 10,
+    attempts: int = 30,
+    what: str = "database",
+    reset_sessions: bool = True,
 ) -> asyncpg.Pool:
     """Open a pool, retrying a bounded number of times with one warning per try.
 
@@ -163,21 +174,32 @@ async def create_pool(
     for attempt in range(1, attempts + 1):
         try:
             pool = await asyncpg.create_pool(
-                dsn, password=password, min_size=min_size, max_size=max_size,
-                init=_init_connection, command_timeout=30, timeout=5,
+                dsn,
+                password=password,
+                min_size=min_size,
+                max_size=max_size,
+                init=_init_connection,
+                command_timeout=30,
+                timeout=5,
                 reset=None if reset_sessions else _keep_session,
             )
             async with pool.acquire() as conn:
                 await conn.execute("SELECT 1")
-            log.info("connected", extra={"action": "db.connected", "dsn": mask_dsn(dsn), "what": what})
+            log.info(
+                "connected", extra={"action": "db.connected", "dsn": mask_dsn(dsn), "what": what}
+            )
             return pool
         except _UNAVAILABLE as exc:
             if attempt == attempts:
                 raise
             log.warning(
                 "connect failed; retrying",
-                extra={"action": "db.connect_retry", "dsn": mask_dsn(dsn), "error": type(exc).__name__,
-                       "attempt": attempt},
+                extra={
+                    "action": "db.connect_retry",
+                    "dsn": mask_dsn(dsn),
+                    "error": type(exc).__name__,
+                    "attempt": attempt,
+                },
             )
             await asyncio.sleep(min(0.2 * attempt, 2.0))
     raise AssertionError("unreachable")
@@ -198,7 +220,9 @@ async def pool_scope(dsn: str, **kwargs: object) -> AsyncIterator[asyncpg.Pool]:
 
 
 @contextlib.asynccontextmanager
-async def transaction(pool: asyncpg.Pool, what: str = "the shard database") -> AsyncIterator[asyncpg.Connection]:
+async def transaction(
+    pool: asyncpg.Pool, what: str = "the shard database"
+) -> AsyncIterator[asyncpg.Connection]:
     """A pooled connection in a transaction; a lost or refused connection is Unavailable.
 
     A connection lost at COMMIT leaves the outcome unknown to us: the caller gets 503, never

@@ -120,7 +120,9 @@ async def claim(conn: asyncpg.Connection, key: IdempotencyKey | None) -> web.Res
         f"""SELECT fingerprint, status, headers, body FROM idempotency_keys
             WHERE caller = $1 AND path = $2 AND key = $3
               AND created_at > now() - interval '{RETENTION}'""",
-        key.caller, key.path, key.key,
+        key.caller,
+        key.path,
+        key.key,
     )
     if row is None:
         return None
@@ -136,11 +138,15 @@ async def claim(conn: asyncpg.Connection, key: IdempotencyKey | None) -> web.Res
 
 
 @_mapped
-async def record(conn: asyncpg.Connection, key: IdempotencyKey | None, response: web.Response) -> None:
+async def record(
+    conn: asyncpg.Connection, key: IdempotencyKey | None, response: web.Response
+) -> None:
     """Inside the write's transaction, after writing: keep ``response`` as the key's answer."""
     if key is None:
         return
-    headers = [v for name in KEPT_HEADERS if (value := response.headers.get(name)) for v in (name, value)]
+    headers = [
+        v for name in KEPT_HEADERS if (value := response.headers.get(name)) for v in (name, value)
+    ]
     body = response.body if isinstance(response.body, bytes) else b""
     # keep_answer: replaces an expired row of the same key (claim ignored it).
     await conn.execute(
@@ -149,7 +155,13 @@ async def record(conn: asyncpg.Connection, key: IdempotencyKey | None, response:
            ON CONFLICT (caller, path, key) DO UPDATE
            SET fingerprint = EXCLUDED.fingerprint, status = EXCLUDED.status,
                headers = EXCLUDED.headers, body = EXCLUDED.body, created_at = now()""",
-        key.caller, key.path, key.key, key.fingerprint, response.status, headers, body,
+        key.caller,
+        key.path,
+        key.key,
+        key.fingerprint,
+        response.status,
+        headers,
+        body,
     )
     if random.randrange(PURGE_EVERY) == 0:  # noqa: S311 - spreading work, not security
         await purge_expired(conn)

@@ -104,5 +104,7 @@ def load(cls: type[S], **overrides: object) -> S:
         return cls(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         err = exc.errors()[0]
-        name = "MEDSVC_" + "_".join(str(p) for p in err["loc"]).upper() if err["loc"] else "settings"
+        name = (
+            "MEDSVC_" + "_".join(str(p) for p in err["loc"]).upper() if err["loc"] else "settings"
+        )
         sys.exit(f"configuration error: {name}: {err['msg']}")

@@ -6,7 +6,12 @@ import datetime as dt
 from typing import Annotated, Literal
 
 from pydantic import (
-    BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
 
@@ -23,7 +28,9 @@ _EMAIL_PART = r"[^@\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f
 Email = Annotated[
     str, StringConstraints(max_length=254, pattern=rf"^{_EMAIL_PART}@{_EMAIL_PART}\.{_EMAIL_PART}$")
 ]
-Phone = Annotated[str, StringConstraints(min_length=3, max_length=32, pattern=r"^\+?[0-9][0-9 ().-]*$")]
+Phone = Annotated[
+    str, StringConstraints(min_length=3, max_length=32, pattern=r"^\+?[0-9][0-9 ().-]*$")
+]
 Country = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
 
 EARLIEST_BIRTH = dt.date(1900, 1, 1)

@@ -7,19 +7,24 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from shared import policy
-from shared.db import transaction
-from shared.errors import BadRequest, FieldError, NotFound, ValidationFailed
-from shared.httpio import (
-    decode_cursor, encode_cursor, etag, if_match_version, json_response, limit_param,
-    merge_patch, read_json_object,
-)
-from shared import idempotency
-from shared.writes import begin_write
+from shared import idempotency, policy
 from shared.cache import pack_entry, unpack_entry
 from shared.cachekeys import USER_FIELD, user_group
 from shared.contract import Handler
+from shared.db import transaction
+from shared.errors import BadRequest, FieldError, NotFound, ValidationFailed
+from shared.httpio import (
+    decode_cursor,
+    encode_cursor,
+    etag,
+    if_match_version,
+    json_response,
+    limit_param,
+    merge_patch,
+    read_json_object,
+)
 from shared.service import cache, pool, principal, require_owned, user_request
+from shared.writes import begin_write
 from user_service import store
 from user_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, UserIn
 
@@ -34,7 +39,11 @@ def user_response(row: Any, status: int = 200) -> web.Response:
 
 def _client_state(user: dict[str, Any]) -> dict[str, Any]:
     """The stored user as a client would send it (no server fields, no nulls)."""
-    state = {k: v for k, v in user.items() if v is not None and k not in ("createdAt", "updatedAt", "version")}
+    state = {
+        k: v
+        for k, v in user.items()
+        if v is not None and k not in ("createdAt", "updatedAt", "version")
+    }
     state["birthDate"] = user["birthDate"].isoformat()
     return state
 
@@ -64,7 +73,11 @@ async def get_user(request: web.Request) -> web.Response:
         row = await store.get_user(db, user_name)
         if row is None:
             return None
-        return pack_entry(row["role"], row["version"], orjson.dumps(store.row_to_user(row), option=orjson.OPT_UTC_Z))
+        return pack_entry(
+            row["role"],
+            row["version"],
+            orjson.dumps(store.row_to_user(row), option=orjson.OPT_UTC_Z),
+        )
 
     entry = await cache(request).get("user", user_group(user_name), USER_FIELD, load)
     if entry is None:
@@ -72,7 +85,9 @@ async def get_user(request: web.Request) -> web.Response:
     role, version, body = unpack_entry(entry)
     policy.may_read_user(caller, user_name, role)
     # The cached bytes are served as they are: encoded once, when the cache was filled.
-    return web.Response(body=body, content_type="application/json", headers={"ETag": etag(version or 0)})
+    return web.Response(
+        body=body, content_type="application/json", headers={"ETag": etag(version or 0)}
+    )
 
 
 def _check_patch_fields(body: dict[str, Any]) -> None:
@@ -109,7 +124,9 @@ async def search_users(request: web.Request) -> web.Response:
     policy.may_search_users(caller)
     unknown = set(request.query) - {"familyName", "limit", "cursor"}
     if unknown:
-        raise ValidationFailed(errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)])
+        raise ValidationFailed(
+            errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)]
+        )
     limit = limit_param(request.query)
     after = decode_cursor(request.query.get("cursor"), 3)
     prefix = request.query.get("familyName", "")

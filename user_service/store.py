@@ -50,15 +50,24 @@ async def insert_user(conn: asyncpg.Connection, user: UserIn) -> asyncpg.Record:
             f"""INSERT INTO users (user_name, role, given_name, family_name, birth_date, sex,
                                    email, phone, address)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {_COLUMNS}""",
-            user.userName, user.role, user.givenName, user.familyName, user.birthDate,
-            user.sex, user.email, user.phone, _address(user),
+            user.userName,
+            user.role,
+            user.givenName,
+            user.familyName,
+            user.birthDate,
+            user.sex,
+            user.email,
+            user.phone,
+            _address(user),
         )
     except asyncpg.UniqueViolationError as exc:
         raise Conflict(f"user {user.userName} already exists") from exc
 
 
 @_mapped
-async def get_user(conn: asyncpg.Connection | asyncpg.Pool, user_name: str) -> asyncpg.Record | None:
+async def get_user(
+    conn: asyncpg.Connection | asyncpg.Pool, user_name: str
+) -> asyncpg.Record | None:
     """The user row, or None."""
     # get_user: by primary key.
     return await conn.fetchrow(f"SELECT {_COLUMNS} FROM users WHERE user_name = $1", user_name)
@@ -91,8 +100,14 @@ async def update_user(
                    email = $6, phone = $7, address = $8, updated_at = now(),
                    version = version + 1
             WHERE user_name = $1 RETURNING {_COLUMNS}""",
-        user.userName, user.givenName, user.familyName, user.birthDate, user.sex,
-        user.email, user.phone, _address(user),
+        user.userName,
+        user.givenName,
+        user.familyName,
+        user.birthDate,
+        user.sex,
+        user.email,
+        user.phone,
+        _address(user),
     )
 
 
@@ -103,7 +118,10 @@ def _like_prefix(prefix: str) -> str:
 
 @_mapped
 async def search_users(
-    conn: asyncpg.Pool, family_prefix: str, after: list[str] | None, limit: int,
+    conn: asyncpg.Pool,
+    family_prefix: str,
+    after: list[str] | None,
+    limit: int,
     patients_only: bool,
 ) -> list[asyncpg.Record]:
     """Users whose familyName starts with ``family_prefix`` (any case), in merge order."""
@@ -120,6 +138,10 @@ async def search_users(
                              JOIN shard_identity si ON sb.owner = si.shard_id)
             ORDER BY family_name COLLATE "C", given_name COLLATE "C", user_name COLLATE "C"
             LIMIT $6""",
-        _like_prefix(family_prefix), after_key[0], after_key[1], after_key[2],
-        patients_only, limit,
+        _like_prefix(family_prefix),
+        after_key[0],
+        after_key[1],
+        after_key[2],
+        patients_only,
+        limit,
     )

@@ -6,7 +6,13 @@ import datetime as dt
 from typing import Literal
 
 from pydantic import (
-    AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
 
@@ -18,7 +24,17 @@ VisitType = Literal["outpatient", "inpatient", "emergency", "telehealth"]
 # A merge patch may not remove these (``null``): a stored visit always has them.
 REQUIRED_FIELDS = frozenset({"clinician", "type", "startedAt"})
 MUTABLE_FIELDS = frozenset(
-    {"clinician", "type", "startedAt", "endedAt", "reason", "diagnoses", "vitals", "medications", "notes"}
+    {
+        "clinician",
+        "type",
+        "startedAt",
+        "endedAt",
+        "reason",
+        "diagnoses",
+        "vitals",
+        "medications",
+        "notes",
+    }
 )
 IMMUTABLE_FIELDS = frozenset({"visitId", "userName", "createdAt", "updatedAt", "version"})
 
@@ -34,12 +50,15 @@ class Diagnosis(BaseModel):
     """A coded diagnosis: ``code`` has its ``system``'s form (shared/codes.py), ASCII only."""
 
     model_config = ConfigDict(
-        extra="forbid", strict=True, json_schema_extra=coded_schema(DIAGNOSIS_SYSTEMS, optional=False)
+        extra="forbid",
+        strict=True,
+        json_schema_extra=coded_schema(DIAGNOSIS_SYSTEMS, optional=False),
     )
 
     system: DiagnosisSystem
     code: text(32, 1) = Field(
-        description="ICD-10/ICD-10-CM: ^[A-Z][0-9][0-9A-Z](\\.[0-9A-Z]{1,4})?$; SNOMED-CT: 6-18 digits"
+        description="ICD-10/ICD-10-CM: ^[A-Z][0-9][0-9A-Z](\\.[0-9A-Z]{1,4})?$; "
+        "SNOMED-CT: 6-18 digits"
     )
     display: text(200) | None = None
 
@@ -69,7 +88,9 @@ class Medication(BaseModel):
     """A medication: free text (never released) and, optionally, a code (released)."""
 
     model_config = ConfigDict(
-        extra="forbid", strict=True, json_schema_extra=coded_schema(MEDICATION_SYSTEMS, optional=True)
+        extra="forbid",
+        strict=True,
+        json_schema_extra=coded_schema(MEDICATION_SYSTEMS, optional=True),
     )
 
     name: text(200, 1)
@@ -135,7 +156,9 @@ class VisitIn(BaseModel):
 
     @field_validator("endedAt")
     @classmethod
-    def _ends_after_start(cls, value: dt.datetime | None, info: ValidationInfo) -> dt.datetime | None:
+    def _ends_after_start(
+        cls, value: dt.datetime | None, info: ValidationInfo
+    ) -> dt.datetime | None:
         started = info.data.get("startedAt")
         if value is not None and started is not None and value < started:
             raise ValueError("must not be before startedAt")

@@ -9,24 +9,28 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from shared import idempotency, policy
+from shared.cache import pack_entry, unpack_entry
+from shared.cachekeys import VISIT_LIST_PARAMS, visit_field, visit_list_field, visits_group
 from shared.contract import Handler, register_routes
-from visit_service.contract import OPERATIONS
-
-from shared import policy
 from shared.db import transaction
 from shared.errors import BadRequest, FieldError, NotFound, ValidationFailed
 from shared.httpio import (
-    decode_instant_cursor, encode_instant_cursor, etag, if_match_version, json_response,
-    limit_param, parse_instant,
-    merge_patch, read_json_object,
+    decode_instant_cursor,
+    encode_instant_cursor,
+    etag,
+    if_match_version,
+    json_response,
+    limit_param,
+    merge_patch,
+    parse_instant,
+    read_json_object,
 )
-from shared import idempotency
-from shared.writes import begin_write
-from shared.cache import pack_entry, unpack_entry
-from shared.cachekeys import VISIT_LIST_PARAMS, visit_field, visit_list_field, visits_group
 from shared.service import cache, pool, user_request
 from shared.shard_users import user_role
+from shared.writes import begin_write
 from visit_service import store
+from visit_service.contract import OPERATIONS
 from visit_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, REQUIRED_FIELDS, VisitIn
 
 
@@ -82,7 +86,9 @@ async def create_visit(request: web.Request) -> web.Response:
             role = await user_role(conn, user_name, lock=True)
             policy.may_write_visits(caller, role)
             if role != "patient":
-                raise ValidationFailed(errors=[FieldError("userName", "visits are recorded for patients only")])
+                raise ValidationFailed(
+                    errors=[FieldError("userName", "visits are recorded for patients only")]
+                )
             row = await store.insert_visit(conn, user_name, visit)
             response = visit_response(row, status=201)
             await idempotency.record(conn, key, response)
@@ -102,7 +108,9 @@ async def get_visit(request: web.Request) -> web.Response:
             return pack_entry(role, None, b"")
         return pack_entry(role, row["version"], _encode(store.row_to_visit(row)))
 
-    entry = await cache(request).get("visit", visits_group(user_name), visit_field(str(visit_id)), load)
+    entry = await cache(request).get(
+        "visit", visits_group(user_name), visit_field(str(visit_id)), load
+    )
     role, version, body = unpack_entry(entry or b"")
     policy.may_read_visits(caller, user_name, role)
     if version is None:
@@ -112,8 +120,15 @@ async def get_visit(request: web.Request) -> web.Response:
 
 async def list_visits(request: web.Request) -> web.Response:
     caller, user_name = await user_request(request)
-    errors = [FieldError(k, "is not a query parameter") for k in sorted(set(request.query) - set(VISIT_LIST_PARAMS))]
-    errors += [FieldError(k, "is given more than once") for k in VISIT_LIST_PARAMS if len(request.query.getall(k, [])) > 1]
+    errors = [
+        FieldError(k, "is not a query parameter")
+        for k in sorted(set(request.query) - set(VISIT_LIST_PARAMS))
+    ]
+    errors += [
+        FieldError(k, "is given more than once")
+        for k in VISIT_LIST_PARAMS
+        if len(request.query.getall(k, [])) > 1
+    ]
     if errors:
         raise ValidationFailed(errors=errors)
     limit = limit_param(request.query)
@@ -149,7 +164,11 @@ async def patch_visit(request: web.Request) -> web.Response:
         for k in body
         if k not in MUTABLE_FIELDS
     ]
-    errors += [FieldError(k, "cannot be removed") for k in sorted(REQUIRED_FIELDS) if k in body and body[k] is None]
+    errors += [
+        FieldError(k, "cannot be removed")
+        for k in sorted(REQUIRED_FIELDS)
+        if k in body and body[k] is None
+    ]
     if errors:
         raise ValidationFailed(errors=errors)
     expected = if_match_version(request)

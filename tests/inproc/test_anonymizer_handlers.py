@@ -97,11 +97,14 @@ async def test_bad_studies_and_wrong_roles_are_refused_and_change_nothing(
     as_role: Callable[[str, str], Api],
 ) -> None:
     rita = as_role("rita", "researcher")
-    bad = await rita.call("POST", "/v1/studies", {"studyId": "x-1", "title": "t",
-                                                   "schedule": "every day"})
+    bad = await rita.call(
+        "POST", "/v1/studies", {"studyId": "x-1", "title": "t", "schedule": "every day"}
+    )
     assert bad.status == 422 and bad.problem
     for sub, role in (("alice", "patient"), ("dr.who", "clinician"), ("aud", "auditor")):
-        reply = await as_role(sub, role).call("POST", "/v1/studies", {"studyId": "y-1", "title": "t"})
+        reply = await as_role(sub, role).call(
+            "POST", "/v1/studies", {"studyId": "y-1", "title": "t"}
+        )
         assert reply.status == 403 and reply.problem, role
     assert (await rita.call("GET", "/v1/studies")).body["items"] == []
 
@@ -110,7 +113,9 @@ async def test_a_run_of_an_empty_shard_succeeds_with_a_verifiable_download(
     as_role: Callable[[str, str], Api],
 ) -> None:
     rita = as_role("rita", "researcher")
-    assert (await rita.call("POST", "/v1/studies", {"studyId": "empty-1", "title": "t"})).status == 201
+    assert (
+        await rita.call("POST", "/v1/studies", {"studyId": "empty-1", "title": "t"})
+    ).status == 201
     started = await rita.call("POST", "/v1/studies/empty-1/runs")
     assert started.status == 202, started.body
     location = started.headers["Location"]
@@ -121,7 +126,9 @@ async def test_a_run_of_an_empty_shard_succeeds_with_a_verifiable_download(
         await asyncio.sleep(0.05)
         run = (await rita.call("GET", location)).body
     assert run["status"] == "succeeded", run
-    records = await rita.http.get(f"{rita.base_url}{location}/records", headers={"Authorization": f"Bearer {rita.token}"})
+    records = await rita.http.get(
+        f"{rita.base_url}{location}/records", headers={"Authorization": f"Bearer {rita.token}"}
+    )
     async with records:
         body = await records.read()
         assert records.status == 200

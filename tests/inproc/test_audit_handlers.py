@@ -64,7 +64,9 @@ async def audit(pg: PostgresServer, audit_template: str) -> AsyncIterator[TestCl
 @pytest_asyncio.fixture(loop_scope="session")
 async def as_role(audit: TestClient) -> Callable[[str, str], Api]:
     def make(sub: str, role: str) -> Api:
-        return Api(audit.session, str(audit.make_url("")).rstrip("/"), make_token(SECRET, sub, [role]))
+        return Api(
+            audit.session, str(audit.make_url("")).rstrip("/"), make_token(SECRET, sub, [role])
+        )
 
     return make
 
@@ -94,15 +96,18 @@ async def test_an_event_is_recorded_once_and_read_back(as_role: Callable[[str, s
 
 async def test_who_may_read_record_and_verify(as_role: Callable[[str, str], Api]) -> None:
     admin = as_role("admin", "admin")
-    created = await admin.call("POST", "/v1/audit/events", _event(entityType="user",
-                                                                 entityId="alice.smith"))
+    created = await admin.call(
+        "POST", "/v1/audit/events", _event(entityType="user", entityId="alice.smith")
+    )
     assert created.status == 201, created.body
     clinician, auditor = as_role("dr.who", "clinician"), as_role("aud", "auditor")
     assert (await auditor.call("GET", f"/v1/audit/events/{created.body['eventId']}")).status == 200
     # Not known to be a patient's: a clinician may not read it.
     denied = await clinician.call("GET", f"/v1/audit/events/{created.body['eventId']}")
     assert denied.status == 403 and denied.problem
-    assert (await clinician.call("GET", "/v1/audit/events?entityId=alice.smith")).body["items"] == []
+    assert (await clinician.call("GET", "/v1/audit/events?entityId=alice.smith")).body[
+        "items"
+    ] == []
     assert (await clinician.call("GET", "/v1/audit/events?entityType=study")).status == 403
     assert (await clinician.call("GET", "/v1/audit/verify")).status == 403
     assert (await auditor.call("POST", "/v1/audit/events", _event())).status == 403
@@ -116,8 +121,13 @@ async def test_bad_queries_and_bodies_are_problems_that_change_nothing(
     as_role: Callable[[str, str], Api],
 ) -> None:
     admin = as_role("admin", "admin")
-    for query, status in (("since=yesterday", 400), ("since=2026-01-01T00:00:00", 400),
-                          ("cursor=nope", 400), ("colour=blue", 422), ("limit=0", 400)):
+    for query, status in (
+        ("since=yesterday", 400),
+        ("since=2026-01-01T00:00:00", 400),
+        ("cursor=nope", 400),
+        ("colour=blue", 422),
+        ("limit=0", 400),
+    ):
         reply = await admin.call("GET", f"/v1/audit/events?{query}")
         assert reply.status == status and reply.problem, (query, reply.body)
     bad = await admin.call("POST", "/v1/audit/events", {"entityType": "study"})

@@ -13,24 +13,24 @@ from aiohttp.test_utils import make_mocked_request
 from openapi_spec_validator import validate
 
 from anonymizer import deidentify, kanon
-from anonymizer.app import create_app as create_anonymizer
 from anonymizer import routes as anonymizer_routes
+from anonymizer.app import create_app as create_anonymizer
 from anonymizer.models import Record, Run, Study, StudyIn
 from anonymizer.settings import AnonymizerSettings
-from audit_service.app import create_app as create_audit
+from apidoc.openapi import build_document
+from apidoc.operations import OPERATIONS, Operation
 from audit_service import chain
 from audit_service import routes as audit_routes
 from audit_service import store as audit_store
+from audit_service.app import create_app as create_audit
 from audit_service.models import ChainVerdict, Event, NewEvent
 from audit_service.settings import AuditSettings
+from fe_server.app import SERVICES
+from fe_server.app import create_app as create_fe
 from gateway.api import ApiTable, api_table
 from gateway.app import create_app as create_gateway
 from gateway.routes import not_found
-from fe_server.app import SERVICES
 from shared.httpio import json_response
-from fe_server.app import create_app as create_fe
-from apidoc.openapi import build_document
-from apidoc.operations import OPERATIONS, Operation
 from shared.settings import FESettings, GatewaySettings
 from shared.shardmap import Shard, ShardMap, even_ranges
 from user_service import consent_store
