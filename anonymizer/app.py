@@ -96,7 +96,8 @@ def create_app(
                 yield
             finally:
                 # Runs still going when the process stops: cancelled, marked failed.
-                tasks = list(app[RUN_TASKS])
+                running = app[RUN_TASKS]
+                tasks = list(running)
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)

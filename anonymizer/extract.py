@@ -58,7 +58,7 @@ class RunHandle:
 
     @property
     def study_id(self) -> str:
-        return self.study["study_id"]
+        return str(self.study["study_id"])
 
 
 async def begin_run(
@@ -373,6 +373,7 @@ async def _participants(
         if (
             pid in fresh
             or changed
+            or before is None  # (changed already says so; this tells the type checker)
             or before["record"] != record
             or before["shard_id"] != shard_id
             or before["consent_version"] != version

@@ -35,7 +35,7 @@ from shared.service import principal
 from shared.types import USER_NAME_PATTERN
 
 EXTRACTOR = web.AppKey("extractor", Extractor)
-RUN_TASKS = web.AppKey("run_tasks", set)
+RUN_TASKS = web.AppKey("run_tasks", set[asyncio.Task[None]])
 NDJSON = "application/x-ndjson"
 _STUDY_ID = re.compile(USER_NAME_PATTERN)
 

@@ -218,7 +218,7 @@ async def read_shard(
                 )  # fmt: skip
                 result.fresh[record["pid"]] = record
             await head_done(result)
-            queries = []
+            queries: list[tuple[str, tuple[Any, ...]]] = []
             if new:
                 queries.append((_VISITS_ALL, (new, [pid_of[u] for u in new])))
             if continuing:
@@ -290,7 +290,7 @@ async def _stream_visits(
     diag_memo, vital_memo, med_memo = memo["diagnoses"], memo["vitals"], memo["medications"]
     cursor = await conn.cursor(query, *args)
     while rows := await cursor.fetch(batch_rows):
-        lines = []
+        lines: list[str] = []
         append = lines.append
         bad_types = 0
         for head, start, visit_id, type_ok, diagnoses, vitals, medications in rows:

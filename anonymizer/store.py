@@ -58,22 +58,22 @@ async def get_study(db: asyncpg.Pool | asyncpg.Connection, study_id: str) -> asy
 async def studies_page(pool: asyncpg.Pool, after: str | None, limit: int) -> list[asyncpg.Record]:
     """Studies in studyId order, after a keyset position."""
     # studies_page: keyset page on the primary key.
-    return await pool.fetch(
+    return list(await pool.fetch(
         """SELECT * FROM studies WHERE $1::text IS NULL OR study_id > $1
            ORDER BY study_id LIMIT $2""",
         after, limit,
-    )
+    ))
 
 
 @_mapped
 async def scheduled_studies(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     """Studies with a schedule, each with the start of its latest run (None if never run)."""
     # scheduled_studies: the scheduler's view.
-    return await pool.fetch(
+    return list(await pool.fetch(
         """SELECT s.study_id, s.schedule, s.created_at,
                   (SELECT max(started_at) FROM runs r WHERE r.study_id = s.study_id) AS last_started
            FROM studies s WHERE s.schedule IS NOT NULL ORDER BY s.study_id"""
-    )
+    ))
 
 
 # -- the run lock and the run rows ------------------------------------------------------------
@@ -82,9 +82,9 @@ async def scheduled_studies(pool: asyncpg.Pool) -> list[asyncpg.Record]:
 async def try_lock_study(conn: asyncpg.Connection, study_id: str) -> bool:
     """Take the study's run lock for this session (False when another session holds it)."""
     # try_lock_study: session-level, so it lives exactly as long as the connection.
-    return await conn.fetchval(
+    return bool(await conn.fetchval(
         "SELECT pg_try_advisory_lock(hashtextextended('anonymizer.run:' || $1, 0))", study_id
-    )
+    ))
 
 
 @_mapped
@@ -113,10 +113,10 @@ async def fail_orphaned_runs(db: asyncpg.Pool | asyncpg.Connection, study_id: st
 async def started_since(conn: asyncpg.Connection, study_id: str, since: dt.datetime) -> bool:
     """True when a run of the study started at or after ``since``."""
     # started_since: has the scheduled run already happened?
-    return await conn.fetchval(
+    return bool(await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM runs WHERE study_id = $1 AND started_at >= $2)",
         study_id, since,
-    )
+    ))
 
 
 @_mapped
@@ -173,13 +173,13 @@ async def runs_page(
 ) -> list[asyncpg.Record]:
     """The study's runs, newest first, after a keyset position."""
     # runs_page: keyset page on (started_at, run_id) descending.
-    return await pool.fetch(
+    return list(await pool.fetch(
         f"""SELECT {_RUN_COLUMNS} FROM runs
             WHERE study_id = $1
               AND ($2::timestamptz IS NULL OR (started_at, run_id) < ($2, $3::uuid))
             ORDER BY started_at DESC, run_id DESC LIMIT $4""",
         study_id, after[0] if after else None, after[1] if after else None, limit,
-    )
+    ))
 
 
 @_mapped
@@ -202,10 +202,10 @@ async def last_runs(pool: asyncpg.Pool, study_id: str) -> tuple[asyncpg.Record |
 async def last_successes(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     """Each study's latest successful run's finish time (for the metrics)."""
     # last_successes: one row per study that has succeeded once.
-    return await pool.fetch(
+    return list(await pool.fetch(
         """SELECT study_id, max(finished_at) AS finished_at FROM runs
            WHERE status = 'succeeded' GROUP BY study_id"""
-    )
+    ))
 
 
 # -- watermarks, participants and records (inside the run's transaction) ----------------------

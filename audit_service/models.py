@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from shared.types import text
+from shared.types import no_nul
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
@@ -33,13 +33,13 @@ class EventIn(BaseModel):
 
     eventId: uuid.UUID
     entityType: Name
-    entityId: text(1 << 20, 1)
+    entityId: Annotated[str, no_nul(1 << 20, 1)]
     action: Name
-    actor: text(1 << 20, 1)
+    actor: Annotated[str, no_nul(1 << 20, 1)]
     occurredAt: AwareDatetime
-    source: text(1 << 20, 1)
-    requestId: text(1 << 20) | None = None
-    changes: list[text(1 << 20)] = Field(default_factory=list)
+    source: Annotated[str, no_nul(1 << 20, 1)]
+    requestId: Annotated[str, no_nul(1 << 20)] | None = None
+    changes: list[Annotated[str, no_nul(1 << 20)]] = Field(default_factory=list)
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
 
@@ -63,11 +63,11 @@ class NewEvent(BaseModel):
 
     eventId: uuid.UUID | None = None
     entityType: Name
-    entityId: text(512, 1)
+    entityId: Annotated[str, no_nul(512, 1)]
     action: Name
-    actor: text(256, 1) | None = None
+    actor: Annotated[str, no_nul(256, 1)] | None = None
     occurredAt: AwareDatetime | None = None
-    changes: list[text(128)] = Field(default_factory=list, max_length=256)
+    changes: list[Annotated[str, no_nul(128)]] = Field(default_factory=list, max_length=256)
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
 

@@ -62,7 +62,7 @@ from shared.httpio import (
 from shared.service import principal
 
 SETTINGS = web.AppKey("audit_settings", AuditSettings)
-NOTARY = web.AppKey("audit_notary", Notary | None)
+NOTARY: web.AppKey[Notary | None] = web.AppKey("audit_notary")
 LOG_MEMO = web.AppKey("audit_log_memo", dict)
 _QUERY = frozenset({"entityType", "entityId", "actor", "since", "until", "limit", "cursor"})
 _NAME = re.compile(NAME_PATTERN)

@@ -241,7 +241,7 @@ async def events_page(pool: asyncpg.Pool, f: EventFilter, limit: int) -> list[as
         + f" ORDER BY seq LIMIT ${len(args)}"
     )
     # events_page: built from the filters present so each can use its (…, seq) index.
-    return await pool.fetch(sql, *args)
+    return list(await pool.fetch(sql, *args))
 
 
 def _head_tree(head: asyncpg.Record) -> CompactRange:

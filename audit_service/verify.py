@@ -190,22 +190,27 @@ async def make_checkpoint(pool: asyncpg.Pool, cp_log: CheckpointLog,
         last_size = last.tree_size if last else 0
         if size <= last_size:
             if size < last_size:
-                return _refuse(f"audit tree size {size} is below the last checkpoint's {last_size}")
+                _refuse(f"audit tree size {size} is below the last checkpoint's {last_size}")
+                return None
             return None
         tree = last.range() if last else CompactRange()
         if last and tree.root().hex() != last.root_hash:
-            return _refuse("the last checkpoint's compact range does not match its root")
+            _refuse("the last checkpoint's compact range does not match its root")
+            return None
         for seq, leaf in await store.leaves_between(conn, last_size, size):
             if seq != tree.size + 1:
-                return _refuse(f"audit event seq {tree.size + 1} is missing")
+                _refuse(f"audit event seq {tree.size + 1} is missing")
+                return None
             tree.append(leaf)
         recorded = CompactRange.from_bytes(size, head["tree_range"])
         if tree.size != size or tree.root() != recorded.root():
-            return _refuse("the audit events do not extend the last checkpoint")
+            _refuse("the audit events do not extend the last checkpoint")
+            return None
         proof = await store.consistency_proof(conn, last_size, size) if last_size else []
         if last and not check_consistency(last_size, size, bytes.fromhex(last.root_hash),
                                           tree.root(), proof):  # fmt: skip
-            return _refuse("the audit tree is not consistent with the last checkpoint")
+            _refuse("the audit tree is not consistent with the last checkpoint")
+            return None
         cp = sign(key, tree, proof)
         cp_log.append(cp)
     CHECKPOINT_TREE_SIZE.set(cp.tree_size)

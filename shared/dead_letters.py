@@ -55,12 +55,12 @@ async def bury(conn: asyncpg.Connection, ids: list[int], reason: str) -> int:
 
 async def exist(conn: asyncpg.Connection) -> bool:
     """Whether the shard has any dead letter (the relay's cheap check before each batch)."""
-    return await conn.fetchval("SELECT EXISTS (SELECT 1 FROM audit_dead_letters)")
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM audit_dead_letters)"))
 
 
 async def count(conn: asyncpg.Connection) -> int:
     """How many dead letters the shard holds."""
-    return await conn.fetchval("SELECT count(*) FROM audit_dead_letters")
+    return int(await conn.fetchval("SELECT count(*) FROM audit_dead_letters"))
 
 
 async def restore_requested(conn: asyncpg.Connection) -> int:

@@ -236,7 +236,7 @@ class OutboxRelay:
         if any(r["entity_type"] not in self._types for r in rows):
             self._query, self._types = await fetch_query(conn)
             rows = await conn.fetch(self._query, self.cfg.batch_rows)
-        return rows
+        return list(rows)
 
     async def _ship_forever(self, conn: asyncpg.Connection) -> None:
         self._query, self._types = await fetch_query(conn)

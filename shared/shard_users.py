@@ -29,4 +29,4 @@ async def user_role(
     )
     if row is None:
         raise NotFound(f"user {user_name} does not exist")
-    return row["role"]
+    return str(row["role"])

@@ -97,7 +97,9 @@ class ShardMap(BaseModel):
 
     def shard_id_for(self, user_name: str) -> int:
         """Return the id of the shard owning ``user_name``."""
-        return self._owner[bucket_of(user_name, self.buckets)]  # type: ignore[attr-defined]
+        # _owner is set in the validator above with object.__setattr__ (not a declared field).
+        owner: int = self._owner[bucket_of(user_name, self.buckets)]  # type: ignore[attr-defined]
+        return owner
 
     def shard_for(self, user_name: str) -> Shard:
         """Return the shard owning ``user_name``."""

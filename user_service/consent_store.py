@@ -52,7 +52,7 @@ async def give_consent(conn: asyncpg.Connection, user_name: str, study_id: str) 
 async def withdraw_consent(conn: asyncpg.Connection, user_name: str, study_id: str) -> bool:
     """Withdraw a consent in force; False when there was none (nothing to do)."""
     # withdraw_consent: only a consent in force changes.
-    status = await conn.execute(
+    status: str = await conn.execute(
         """UPDATE study_consents SET withdrawn_at = now(), updated_at = now(),
                   version = version + 1
            WHERE user_name = $1 AND study_id = $2 AND withdrawn_at IS NULL""",

@@ -16,7 +16,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from shared.codes import US_POSTAL_CODE_SCHEMA, us_zip3
-from shared.types import UserName, text
+from shared.types import UserName, no_nul
 
 Role = Literal["admin", "clinician", "patient", "researcher", "auditor"]
 Sex = Literal["female", "male", "other", "unknown"]
@@ -56,11 +56,11 @@ class Address(BaseModel):
         extra="forbid", strict=True, populate_by_name=False, json_schema_extra=US_POSTAL_CODE_SCHEMA
     )
 
-    line: text(200) | None = None
-    city: text(100) | None = None
-    region: text(100) | None = None
+    line: Annotated[str, no_nul(200)] | None = None
+    city: Annotated[str, no_nul(100)] | None = None
+    region: Annotated[str, no_nul(100)] | None = None
     country: Country | None = None
-    postalCode: text(20) | None = Field(
+    postalCode: Annotated[str, no_nul(20)] | None = Field(
         default=None, description="for country US: ^[0-9]{5}(-[0-9]{4})?$ in ASCII digits"
     )
 
@@ -79,8 +79,8 @@ class UserIn(BaseModel):
 
     userName: UserName
     role: Role
-    givenName: text(100, 1)
-    familyName: text(100, 1)
+    givenName: Annotated[str, no_nul(100, 1)]
+    familyName: Annotated[str, no_nul(100, 1)]
     birthDate: dt.date
     sex: Sex = "unknown"
     email: Email | None = None
@@ -105,8 +105,8 @@ class UserPatch(BaseModel):
 
     model_config = _STRICT
 
-    givenName: text(100, 1) | SkipJsonSchema[None] = None
-    familyName: text(100, 1) | SkipJsonSchema[None] = None
+    givenName: Annotated[str, no_nul(100, 1)] | SkipJsonSchema[None] = None
+    familyName: Annotated[str, no_nul(100, 1)] | SkipJsonSchema[None] = None
     birthDate: dt.date | SkipJsonSchema[None] = None
     sex: Sex | None = None
     email: Email | None = None

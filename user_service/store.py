@@ -125,9 +125,9 @@ async def search_users(
     patients_only: bool,
 ) -> list[asyncpg.Record]:
     """Users whose familyName starts with ``family_prefix`` (any case), in merge order."""
-    after_key = after or [None, None, None]
+    after_key: list[str | None] = [*after] if after else [None, None, None]
     # search_users: keyset page in (familyName, givenName, userName) byte order.
-    return await conn.fetch(
+    return list(await conn.fetch(
         f"""SELECT {_COLUMNS} FROM users
             WHERE lower(family_name) LIKE $1
               AND ($2::text IS NULL OR (family_name COLLATE "C", given_name COLLATE "C",
@@ -144,4 +144,4 @@ async def search_users(
         after_key[2],
         patients_only,
         limit,
-    )
+    ))

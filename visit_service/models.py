@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -17,7 +17,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from shared.codes import DIAGNOSIS_SYSTEMS, MEDICATION_SYSTEMS, code_problem, coded_schema
-from shared.types import UserName, json_int, text
+from shared.types import INTEGRAL, UserName, no_nul
 
 VisitType = Literal["outpatient", "inpatient", "emergency", "telehealth"]
 
@@ -56,11 +56,11 @@ class Diagnosis(BaseModel):
     )
 
     system: DiagnosisSystem
-    code: text(32, 1) = Field(
+    code: Annotated[str, no_nul(32, 1)] = Field(
         description="ICD-10/ICD-10-CM: ^[A-Z][0-9][0-9A-Z](\\.[0-9A-Z]{1,4})?$; "
         "SNOMED-CT: 6-18 digits"
     )
-    display: text(200) | None = None
+    display: Annotated[str, no_nul(200)] | None = None
 
     @field_validator("code")
     @classmethod
@@ -78,9 +78,9 @@ class Vitals(BaseModel):
 
     heightCm: float | None = Field(default=None, ge=20, le=300)
     weightKg: float | None = Field(default=None, ge=0.2, le=700)
-    systolic: json_int(40, 300) | None = None
-    diastolic: json_int(20, 200) | None = None
-    heartRate: json_int(20, 300) | None = None
+    systolic: Annotated[int, Field(ge=40, le=300), INTEGRAL] | None = None
+    diastolic: Annotated[int, Field(ge=20, le=200), INTEGRAL] | None = None
+    heartRate: Annotated[int, Field(ge=20, le=300), INTEGRAL] | None = None
     temperatureC: float | None = Field(default=None, ge=25, le=45)
 
 
@@ -93,11 +93,11 @@ class Medication(BaseModel):
         json_schema_extra=coded_schema(MEDICATION_SYSTEMS, optional=True),
     )
 
-    name: text(200, 1)
-    dose: text(100) | None = None
-    frequency: text(100) | None = None
+    name: Annotated[str, no_nul(200, 1)]
+    dose: Annotated[str, no_nul(100)] | None = None
+    frequency: Annotated[str, no_nul(100)] | None = None
     system: MedicationSystem | None = None
-    code: text(32, 1) | None = Field(
+    code: Annotated[str, no_nul(32, 1)] | None = Field(
         default=None, description="RxNorm: 1-10 digits; ATC: ^[A-Z][0-9]{2}[A-Z]{2}[0-9]{2}$"
     )
 
@@ -134,11 +134,11 @@ class VisitIn(BaseModel):
     type: VisitType
     startedAt: AwareDatetime
     endedAt: AwareDatetime | None = None
-    reason: text(500) | None = None
+    reason: Annotated[str, no_nul(500)] | None = None
     diagnoses: list[Diagnosis] = Field(default_factory=list, max_length=50)
     vitals: Vitals | None = None
     medications: list[Medication] = Field(default_factory=list, max_length=100)
-    notes: text(20000) | None = None
+    notes: Annotated[str, no_nul(20000)] | None = None
 
     @field_validator("startedAt", "endedAt")
     @classmethod
@@ -177,11 +177,11 @@ class VisitPatch(BaseModel):
     type: VisitType | SkipJsonSchema[None] = None
     startedAt: AwareDatetime | SkipJsonSchema[None] = None
     endedAt: AwareDatetime | None = None
-    reason: text(500) | None = None
+    reason: Annotated[str, no_nul(500)] | None = None
     diagnoses: list[Diagnosis] | None = None
     vitals: Vitals | None = Field(default=None, description="merged into the stored vitals")
     medications: list[Medication] | None = None
-    notes: text(20000) | None = None
+    notes: Annotated[str, no_nul(20000)] | None = None
 
 
 class Visit(VisitIn):

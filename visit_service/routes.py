@@ -67,7 +67,8 @@ def _timestamp(query: Any, name: str) -> dt.datetime | None:
 def _client_state(visit: dict[str, Any]) -> dict[str, Any]:
     """The stored visit as a client would send it (JSON-ready, no server fields, no nulls)."""
     keep = {k: v for k, v in visit.items() if v is not None and k in MUTABLE_FIELDS}
-    return orjson.loads(orjson.dumps(keep, option=orjson.OPT_UTC_Z))
+    state: dict[str, Any] = orjson.loads(orjson.dumps(keep, option=orjson.OPT_UTC_Z))
+    return state
 
 
 async def create_visit(request: web.Request) -> web.Response:

@@ -132,7 +132,7 @@ async def visits_page(
 ) -> list[asyncpg.Record]:
     """A patient's visits in [since, until), newest startedAt first, after a keyset position."""
     # visits_page: keyset page on (started_at, visit_id) descending.
-    return await conn.fetch(
+    return list(await conn.fetch(
         f"""SELECT {_COLUMNS} FROM visits
             WHERE user_name = $1
               AND ($2::timestamptz IS NULL OR started_at >= $2)
@@ -146,4 +146,4 @@ async def visits_page(
         after[0] if after else None,
         after[1] if after else None,
         limit,
-    )
+    ))
