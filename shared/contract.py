@@ -55,7 +55,8 @@ COMMON_QUERY: dict[str, dict[str, Any]] = {
     },
     "cursor": {
         "description": "Opaque position: the previous page's `nextCursor`.",
-        "schema": {"type": "string"},
+        # The form of every cursor the server writes (unpadded base64url, shared/httpio.py).
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"},
     },
     "since": {
         "description": "Only what happened at or after this instant (RFC 3339, offset): a visit's "
