@@ -27,7 +27,7 @@ help:
 	@echo "  make test     run the test suite (unit and end-to-end, on a throwaway stack)"
 	@echo "  make bench    run the load benchmarks (results in bench/results/); BENCH=overload: only the overload table"
 	@echo "  make token SUB=alice ROLE=clinician   print a bearer token (ROLE may be a,b)"
-	@echo "  make lint     ruff check"
+	@echo "  make lint     ruff check and mypy (strict on shared/ and the services)"
 	@echo "  make openapi  regenerate gateway/openapi.json from the services' models (committed)"
 	@echo "  make fuzz     fuzz the whole API against its OpenAPI document (schemathesis, 200 examples/operation)"
 	@echo "  make deps     install the missing system packages (nginx, redis, PostgreSQL 15, openssl, wrk, prometheus)"
@@ -93,8 +93,10 @@ openapi: venv
 	$(PY) -m apidoc
 
 lint: venv
-	@echo "==> lint: ruff check"
+	@echo "==> lint: ruff check (pyflakes, pycodestyle with the 100-column line, sorted imports)"
 	$(VENV)/bin/ruff check .
+	@echo "==> lint: mypy (strict on shared/ and the services)"
+	$(VENV)/bin/mypy
 
 # The bounded pass of the same test runs in `make test`; this one goes deep. FUZZ_SEED=n
 # replays a run; the stack is a throwaway one, as in `make test`.

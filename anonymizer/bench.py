@@ -31,11 +31,11 @@ from typing import Any
 import asyncpg
 import orjson
 
+from anonymizer import store
 from anonymizer.app import extractor_scope
 from anonymizer.extract import begin_run, execute
 from anonymizer.models import StudyIn
 from anonymizer.settings import AnonymizerSettings
-from anonymizer import store
 from shared.shardmap import ShardMap, load_shard_map
 
 PREFIX = "bench-x"
@@ -77,7 +77,10 @@ async def _superuser(dsn: str, password: str | None) -> asyncpg.Connection:
 
 
 async def seed(
-    shard_map: ShardMap, patients: int, per_patient: int, password: str | None = None,
+    shard_map: ShardMap,
+    patients: int,
+    per_patient: int,
+    password: str | None = None,
     prefix: str = PREFIX,
 ) -> None:
     """Bench patients with ``per_patient`` visits each, on their own shards (kept if present).
@@ -90,25 +93,49 @@ async def seed(
         conn = await _superuser(shard_map.shard(shard_id).postgres, password)
         try:
             have = await conn.fetchval(
-                "SELECT count(*) FROM visits WHERE user_name LIKE $1", prefix + ".%")
+                "SELECT count(*) FROM visits WHERE user_name LIKE $1", prefix + ".%"
+            )
             if have == len(names) * per_patient:
                 return
             async with conn.transaction():
-                await conn.execute("DELETE FROM study_consents WHERE user_name LIKE $1", prefix + ".%")
+                await conn.execute(
+                    "DELETE FROM study_consents WHERE user_name LIKE $1", prefix + ".%"
+                )
                 await conn.execute("DELETE FROM visits WHERE user_name LIKE $1", prefix + ".%")
                 await conn.execute("DELETE FROM users WHERE user_name LIKE $1", prefix + ".%")
                 await conn.copy_records_to_table(
-                    "users", columns=["user_name", "role", "given_name", "family_name", "birth_date",
-                                      "sex", "address"],
-                    records=[(n, "patient", "Bench", "Patient", _birth(i), ("female", "male")[i % 2],
-                              orjson.dumps({"postalCode": f"{600 + i % 50}01", "country": "US"}).decode())
-                             for i, n in enumerate(names)],
-                )  # fmt: skip
+                    "users",
+                    columns=[
+                        "user_name",
+                        "role",
+                        "given_name",
+                        "family_name",
+                        "birth_date",
+                        "sex",
+                        "address",
+                    ],
+                    records=[
+                        (
+                            n,
+                            "patient",
+                            "Bench",
+                            "Patient",
+                            _birth(i),
+                            ("female", "male")[i % 2],
+                            orjson.dumps(
+                                {"postalCode": f"{600 + i % 50}01", "country": "US"}
+                            ).decode(),
+                        )
+                        for i, n in enumerate(names)
+                    ],
+                )
                 await conn.execute(_VISITS, names, per_patient)
         finally:
             await conn.close()
 
-    await asyncio.gather(*(one(s, n) for s, n in _names_by_shard(shard_map, patients, prefix).items()))
+    await asyncio.gather(
+        *(one(s, n) for s, n in _names_by_shard(shard_map, patients, prefix).items())
+    )
 
 
 def _birth(i: int) -> Any:
@@ -128,7 +155,8 @@ async def consent_all(
             await conn.execute(
                 """INSERT INTO study_consents (user_name, study_id)
                    SELECT user_name, $2 FROM users WHERE user_name LIKE $1""",
-                prefix + ".%", study_id,
+                prefix + ".%",
+                study_id,
             )
         finally:
             await conn.close()
@@ -136,7 +164,9 @@ async def consent_all(
     await asyncio.gather(*(one(s.postgres) for s in shard_map.shards))
 
 
-async def raw_copy(shard_map: ShardMap, study_id: str, password: str | None = None) -> tuple[int, float]:
+async def raw_copy(
+    shard_map: ShardMap, study_id: str, password: str | None = None
+) -> tuple[int, float]:
     """(rows, seconds) of the COPY ceiling over every shard in parallel."""
     conns = [await asyncpg.connect(s.postgres, password=password) for s in shard_map.shards]
     rows = 0
@@ -184,8 +214,12 @@ async def extraction_benchmark(
 
 
 async def streaming_benchmark(
-    settings: AnonymizerSettings, base_url: str, token: str, hops: dict[str, int],
-    visits: int = 1_000_000, per_patient: int = 50,
+    settings: AnonymizerSettings,
+    base_url: str,
+    token: str,
+    hops: dict[str, int],
+    visits: int = 1_000_000,
+    per_patient: int = 50,
 ) -> dict[str, Any]:
     """Seed ``visits`` (prefix ``bench-s``), run a study over them, download its records
     through ``base_url`` (nginx) while sampling each hop's RSS (``hops``: name → pid)."""
@@ -226,8 +260,16 @@ async def _on_a_throwaway_stack(visits: int) -> dict[str, Any]:
 
     base = Path(tempfile.mkdtemp(prefix="medsvc-xbench-"))
     base.chmod(0o755)
-    stack = Stack(StackConfig(base_dir=base, http_port=0, https_port=0, fast=True,  # load from one address
-                              rate=UNTHROTTLED_RATE, burst=UNTHROTTLED_BURST))
+    stack = Stack(
+        StackConfig(
+            base_dir=base,
+            http_port=0,
+            https_port=0,
+            fast=True,  # load from one address
+            rate=UNTHROTTLED_RATE,
+            burst=UNTHROTTLED_BURST,
+        )
+    )
     try:
         await stack.start()
         settings = load(
@@ -260,6 +302,7 @@ if __name__ == "__main__":
 
 
 # -- the download through the load balancer, with every hop's memory sampled ----------------------
+
 
 def rss_kib(pid: int) -> int:
     """Resident memory of ``pid`` and its children (nginx's workers), from ``/proc``."""

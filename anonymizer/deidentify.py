@@ -84,7 +84,8 @@ class StudyKeys:
     def _pseudonym(self, prefix: bytes, value: str) -> str:
         h = self._base.copy()
         h.update(prefix + value.encode())
-        return h.hexdigest()[:_PSEUDONYM_HEX]
+        digest: str = h.hexdigest()
+        return digest[:_PSEUDONYM_HEX]
 
     def pid(self, user_name: str) -> str:
         """The participant pseudonym of ``user_name`` in this study."""

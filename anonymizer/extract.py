@@ -58,7 +58,7 @@ class RunHandle:
 
     @property
     def study_id(self) -> str:
-        return self.study["study_id"]
+        return str(self.study["study_id"])
 
 
 async def begin_run(
@@ -81,14 +81,23 @@ async def begin_run(
         # Any run still marked running now is an orphan: we hold the lock.
         await store.fail_orphaned_runs(conn, study_id)
         if due is None or not await store.started_since(conn, study_id, due):
-            row = await store.insert_run(conn, study_id, trigger, requested_by, deidentify.POLICY_VERSION)
+            row = await store.insert_run(
+                conn, study_id, trigger, requested_by, deidentify.POLICY_VERSION
+            )
     finally:
         if row is None:  # refused, skipped or failed: give the lock and the connection back
             await _give_back(ex, conn, study_id)
     if row is None:
         return None
-    log.info("run started", extra={"action": "run.started", "study": study_id,
-                                   "run": str(row["run_id"]), "trigger": trigger})
+    log.info(
+        "run started",
+        extra={
+            "action": "run.started",
+            "study": study_id,
+            "run": str(row["run_id"]),
+            "trigger": trigger,
+        },
+    )
     return RunHandle(ex, study, conn, row)
 
 
@@ -99,9 +108,16 @@ async def execute(handle: RunHandle) -> asyncpg.Record:
     try:
         row = await _extract(handle)
     except BaseException as exc:
-        error = exc.detail if isinstance(exc, ServiceError) else f"the run failed ({type(exc).__name__})"
-        log.error("run failed", exc_info=not isinstance(exc, ServiceError | asyncio.CancelledError),
-                  extra={"action": "run.failed", "study": study_id, "run": str(run_id), "error": error})
+        error = (
+            exc.detail
+            if isinstance(exc, ServiceError)
+            else f"the run failed ({type(exc).__name__})"
+        )
+        log.error(
+            "run failed",
+            exc_info=not isinstance(exc, ServiceError | asyncio.CancelledError),
+            extra={"action": "run.failed", "study": study_id, "run": str(run_id), "error": error},
+        )
         metrics.RUNS.labels("failed").inc()
         # Shielded: a cancelled run (the process is stopping) is still marked failed if we can.
         await asyncio.shield(_mark_failed(ex, run_id, error))
@@ -119,9 +135,16 @@ async def execute(handle: RunHandle) -> asyncpg.Record:
     metrics.RUN_DURATION.observe(elapsed)
     metrics.RUNS.labels("succeeded").inc()
     metrics.LAST_SUCCESS.labels(study_id).set(row["finished_at"].timestamp())
-    log.info("run succeeded", extra={"action": "run.succeeded", "study": study_id,
-                                     "run": str(run_id), "counts": counts,
-                                     "durationMs": round(elapsed * 1000, 1)})
+    log.info(
+        "run succeeded",
+        extra={
+            "action": "run.succeeded",
+            "study": study_id,
+            "run": str(run_id),
+            "counts": counts,
+            "durationMs": round(elapsed * 1000, 1),
+        },
+    )
     return row
 
 
@@ -129,8 +152,10 @@ async def _mark_failed(ex: Extractor, run_id: Any, error: str) -> None:
     try:
         await store.fail_run(ex.registry, run_id, error)
     except Exception:  # noqa: BLE001 - the orphan check fails it later
-        log.warning("could not mark the run failed", extra={"action": "run.mark_failed_error",
-                                                            "run": str(run_id)})
+        log.warning(
+            "could not mark the run failed",
+            extra={"action": "run.mark_failed_error", "run": str(run_id)},
+        )
 
 
 async def _release(handle: RunHandle) -> None:
@@ -156,7 +181,12 @@ async def _final_row(ex: Extractor, study_id: str, run_id: Any) -> asyncpg.Recor
 
 
 async def _extract(handle: RunHandle) -> asyncpg.Record:
-    ex, conn, study_id, run_id = handle.extractor, handle.conn, handle.study_id, handle.row["run_id"]
+    ex, conn, study_id, run_id = (
+        handle.extractor,
+        handle.conn,
+        handle.study_id,
+        handle.row["run_id"],
+    )
     keys = StudyKeys(ex.master_key, study_id)
     cutoff = deidentify.ninety_plus_cutoff(shards.today())
     async with conn.transaction():
@@ -166,7 +196,9 @@ async def _extract(handle: RunHandle) -> asyncpg.Record:
         head: dict[str, Any] = {}
 
         async def write_head(results: list[ShardResult]) -> None:
-            head.update(await _participants(conn, study_id, handle.study["k"], known, results, cutoff))
+            head.update(
+                await _participants(conn, study_id, handle.study["k"], known, results, cutoff)
+            )
             body.add(head.pop("body"))
             await body.flush()
 
@@ -226,8 +258,14 @@ class BodyWriter:
 
 
 async def _read_all(
-    ex: Extractor, body: BodyWriter, study_id: str, keys: StudyKeys, marks: dict[int, str],
-    known: dict[str, Any], cutoff: int, write_head: Callable[[list[ShardResult]], Awaitable[None]],
+    ex: Extractor,
+    body: BodyWriter,
+    study_id: str,
+    keys: StudyKeys,
+    marks: dict[int, str],
+    known: dict[str, Any],
+    cutoff: int,
+    write_head: Callable[[list[ShardResult]], Awaitable[None]],
 ) -> list[ShardResult]:
     """Read every shard in parallel; write the head once all have their participants, then
     the visit records as they come.
@@ -272,7 +310,9 @@ async def _read_all(
         )  # fmt: skip
         remaining -= 1
         if remaining == 0:
-            await queue.put(None)  # the last reader done: the coordinator stops after the last batch
+            await queue.put(
+                None
+            )  # the last reader done: the coordinator stops after the last batch
         return result
 
     if not shard_list:
@@ -290,8 +330,12 @@ async def _read_all(
 
 
 async def _participants(
-    conn: asyncpg.Connection, study_id: str, k: int | None, known: dict[str, asyncpg.Record],
-    results: Iterable[ShardResult], cutoff: int,
+    conn: asyncpg.Connection,
+    study_id: str,
+    k: int | None,
+    known: dict[str, asyncpg.Record],
+    results: Iterable[ShardResult],
+    cutoff: int,
 ) -> dict[str, Any]:
     """Withdrawals, participant records and k-anonymity over everyone participating now.
 
@@ -326,10 +370,18 @@ async def _participants(
         if pid in fresh or changed:
             lines.append(_json(released[pid]))
             reemitted += pid not in fresh
-        if pid in fresh or changed or before["record"] != record \
-                or before["shard_id"] != shard_id or before["consent_version"] != version:
+        if (
+            pid in fresh
+            or changed
+            or before is None  # (changed already says so; this tells the type checker)
+            or before["record"] != record
+            or before["shard_id"] != shard_id
+            or before["consent_version"] != version
+        ):
             upserts.append((pid, shard_id, record, released[pid], version))
-    await store.save_participants(conn, study_id, upserts, [p for p in withdrawn if p not in active])
+    await store.save_participants(
+        conn, study_id, upserts, [p for p in withdrawn if p not in active]
+    )
     report["reemitted"] = reemitted
     counts = {"participant": len(lines) - len(withdrawn), "withdrawal": len(withdrawn)}
     return {"body": b"".join(line + b"\n" for line in lines), "counts": counts, "report": report}

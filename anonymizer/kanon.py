@@ -80,7 +80,8 @@ def _levels(records: Mapping[str, Mapping[str, Any]], k: int) -> dict[str, int]:
         for pid, key in keys.items():
             groups.setdefault(key, []).append(pid)
         small = sorted(
-            (kv for kv in groups.items() if len(kv[1]) < k), key=lambda kv: (len(kv[1]), repr(kv[0]))
+            (kv for kv in groups.items() if len(kv[1]) < k),
+            key=lambda kv: (len(kv[1]), repr(kv[0])),
         )
         if not small:
             break

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, field_validator
 
-from shared.types import UserName, json_int, text
+from shared.types import INTEGRAL, UserName, no_nul
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
@@ -27,11 +27,11 @@ class StudyIn(BaseModel):
     model_config = _STRICT
 
     studyId: UserName
-    title: text(200, 1)
-    schedule: text(100) | None = Field(
+    title: Annotated[str, no_nul(200, 1)]
+    schedule: Annotated[str, no_nul(100)] | None = Field(
         default=None, description="cron expression (UTC); none: manual runs only"
     )
-    k: json_int(2, 1000) | None = Field(
+    k: Annotated[int, Field(ge=2, le=1000), INTEGRAL] | None = Field(
         default=None,
         description="k-anonymity threshold: smaller (birthYear, sex, zip3) groups are generalised",
     )
@@ -159,7 +159,9 @@ class WithdrawalRecord(BaseModel):
     pid: Pseudonym
 
 
-class Record(RootModel[Annotated[
-    ParticipantRecord | VisitRecord | WithdrawalRecord, Field(discriminator="kind")
-]]):
+class Record(
+    RootModel[
+        Annotated[ParticipantRecord | VisitRecord | WithdrawalRecord, Field(discriminator="kind")]
+    ]
+):
     """One line of a run's records (``application/x-ndjson``)."""

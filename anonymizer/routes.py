@@ -13,14 +13,20 @@ import orjson
 from aiohttp import web
 
 from anonymizer import shards, store
+from anonymizer.contract import OPERATIONS
 from anonymizer.extract import Extractor, begin_run, execute
 from anonymizer.models import StudyIn
 from shared import idempotency, policy
 from shared.auth import Principal
+from shared.contract import Handler, register_routes
 from shared.db import transaction
 from shared.errors import Conflict, FieldError, NotFound, ValidationFailed
 from shared.httpio import (
-    decode_cursor, decode_instant_cursor, encode_cursor, encode_instant_cursor, json_response,
+    decode_cursor,
+    decode_instant_cursor,
+    encode_cursor,
+    encode_instant_cursor,
+    json_response,
     limit_param,
     read_json_object,
 )
@@ -29,7 +35,7 @@ from shared.service import principal
 from shared.types import USER_NAME_PATTERN
 
 EXTRACTOR = web.AppKey("extractor", Extractor)
-RUN_TASKS = web.AppKey("run_tasks", set)
+RUN_TASKS = web.AppKey("run_tasks", set[asyncio.Task[None]])
 NDJSON = "application/x-ndjson"
 _STUDY_ID = re.compile(USER_NAME_PATTERN)
 
@@ -110,8 +116,11 @@ async def create_study(request: web.Request) -> web.Response:
         if (replay := await idempotency.claim(conn, key)) is not None:
             return replay
         row = await store.insert_study(conn, study, caller.sub)
-        response = json_response(study_json(row, 0, None, None), status=201,
-                                 headers={"Location": f"/v1/studies/{study.studyId}"})
+        response = json_response(
+            study_json(row, 0, None, None),
+            status=201,
+            headers={"Location": f"/v1/studies/{study.studyId}"},
+        )
         await idempotency.record(conn, key, response)
     return response
 
@@ -120,10 +129,14 @@ async def list_studies(request: web.Request) -> web.Response:
     researcher(request)
     unknown = set(request.query) - {"limit", "cursor"}
     if unknown:
-        raise ValidationFailed(errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)])
+        raise ValidationFailed(
+            errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)]
+        )
     limit = limit_param(request.query)
     after = decode_cursor(request.query.get("cursor"), 1)
-    rows = await store.studies_page(extractor(request).registry, after[0] if after else None, limit + 1)
+    rows = await store.studies_page(
+        extractor(request).registry, after[0] if after else None, limit + 1
+    )
     items = [
         {"studyId": r["study_id"], "title": r["title"], "schedule": r["schedule"], "k": r["k"],
          "createdBy": r["created_by"], "createdAt": r["created_at"]}
@@ -165,8 +178,11 @@ async def start_run(request: web.Request) -> web.Response:
         task = asyncio.create_task(execute(handle), name=f"run-{handle.row['run_id']}")
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-        response = json_response(run_json(handle.row), status=202,
-                                 headers={"Location": _run_location(study_id, handle.row["run_id"])})
+        response = json_response(
+            run_json(handle.row),
+            status=202,
+            headers={"Location": _run_location(study_id, handle.row["run_id"])},
+        )
         await idempotency.record(conn, key, response)
     return response
 
@@ -197,7 +213,9 @@ async def list_runs(request: web.Request) -> web.Response:
     study_id = path_study_id(request)
     unknown = set(request.query) - {"limit", "cursor"}
     if unknown:
-        raise ValidationFailed(errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)])
+        raise ValidationFailed(
+            errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)]
+        )
     limit = limit_param(request.query)
     after = decode_instant_cursor(request.query.get("cursor"))
     ex = extractor(request)
@@ -224,7 +242,11 @@ async def run_records(request: web.Request) -> web.StreamResponse:
         raise Conflict(f"run {run_id} is {row['status']}: only a succeeded run has records")
     registry = extractor(request).registry
     # Set before the headers go out (the middleware's own setting comes too late for a stream).
-    headers = {"Content-Type": NDJSON, "X-Accel-Buffering": "no", "X-Request-ID": request_id_var.get()}
+    headers = {
+        "Content-Type": NDJSON,
+        "X-Accel-Buffering": "no",
+        "X-Request-ID": request_id_var.get(),
+    }
     manifest = row["manifest"]
     if manifest is None:  # a run from before run bodies: its records are rows
         resp = web.StreamResponse(headers=headers)
@@ -251,13 +273,19 @@ async def internal_study(request: web.Request) -> web.Response:
     return json_response({"studyId": study_id})
 
 
+# The handler of each operation of anonymizer/contract.py, by operation id.
+HANDLERS: dict[str, Handler] = {
+    "createStudy": create_study,
+    "listStudies": list_studies,
+    "getStudy": get_study,
+    "startRun": start_run,
+    "listRuns": list_runs,
+    "getRun": get_run,
+    "getRunRecords": run_records,
+}
+
+
 def setup_routes(app: web.Application) -> None:
-    """Mount the studies API and the internal existence check."""
-    app.router.add_post("/v1/studies", create_study)
-    app.router.add_get("/v1/studies", list_studies, allow_head=False)
-    app.router.add_get("/v1/studies/{studyId}", get_study, allow_head=False)
-    app.router.add_post("/v1/studies/{studyId}/runs", start_run)
-    app.router.add_get("/v1/studies/{studyId}/runs", list_runs, allow_head=False)
-    app.router.add_get("/v1/studies/{studyId}/runs/{runId}", get_run, allow_head=False)
-    app.router.add_get("/v1/studies/{studyId}/runs/{runId}/records", run_records, allow_head=False)
+    """Mount the studies API as the contract declares it, and the internal existence check."""
+    register_routes(app, OPERATIONS, HANDLERS)
     app.router.add_get("/internal/studies/{studyId}", internal_study, allow_head=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from pydantic import Field, SecretStr, model_validator
 
 from shared.dbsetup import dsn_with

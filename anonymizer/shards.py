@@ -35,8 +35,8 @@ import orjson
 
 from anonymizer import deidentify
 from anonymizer.deidentify import StudyKeys
-from shared.dbsetup import dsn_with
 from shared.db import create_pool, db_errors
+from shared.dbsetup import dsn_with
 from shared.errors import Unavailable
 from shared.shardmap import MapWatcher, Shard, ShardMap
 
@@ -82,22 +82,31 @@ SELECT '","year":' || CASE WHEN v.started_at >= '1900-01-01Z' AND v.started_at <
        v.diagnoses::text AS diagnoses, v.vitals::text AS vitals, v.medications::text AS medications
 FROM unnest($1::text[], $2::text[]) AS p(user_name, pid) JOIN visits v USING (user_name)"""
 # visits_changed: the same for continuing participants, the rows written since $3.
-_VISITS_CHANGED = _VISITS_ALL + """
+_VISITS_CHANGED = (
+    _VISITS_ALL
+    + """
 WHERE v.updated_xid >= pg_snapshot_xmin($3::text::pg_snapshot)
   AND NOT pg_visible_in_snapshot(v.updated_xid, $3::text::pg_snapshot)"""
+)
 # users_changed: continuing participants' ($1) rows whose writer the previous
 # snapshot ($2) did not see. The xmin bound follows from the visibility test; it lets the
 # index on updated_xid skip the older rows.
-_USERS_CHANGED = _USERS_ALL + """
+_USERS_CHANGED = (
+    _USERS_ALL
+    + """
 WHERE u.updated_xid >= pg_snapshot_xmin($2::text::pg_snapshot)
   AND NOT pg_visible_in_snapshot(u.updated_xid, $2::text::pg_snapshot)"""
+)
 
 
 class ShardPools:
     """One small pool per shard, opened on first use (a shard that is down fails its use only)."""
 
     def __init__(
-        self, shard_map: ShardMap | MapWatcher, password: str | None, max_size: int,
+        self,
+        shard_map: ShardMap | MapWatcher,
+        password: str | None,
+        max_size: int,
         user: str | None = None,
     ) -> None:
         self._map = shard_map
@@ -123,7 +132,9 @@ class ShardPools:
         async with self._lock:
             if shard.id not in self._pools:
                 with db_errors(f"shard {shard.id}"):
-                    dsn = dsn_with(shard.postgres, user=self._user) if self._user else shard.postgres
+                    dsn = (
+                        dsn_with(shard.postgres, user=self._user) if self._user else shard.postgres
+                    )
                     self._pools[shard.id] = await create_pool(
                         dsn, password=self._password, min_size=0,
                         max_size=self._max_size, attempts=1, what=f"shard-{shard.id}",
@@ -161,8 +172,15 @@ def is_new(pid: str, version: int, previous: str | None, known: Mapping[str, Any
 
 
 async def read_shard(
-    pool: asyncpg.Pool, shard_id: int, study_id: str, keys: StudyKeys, previous: str | None,
-    known: Mapping[str, int | None], cutoff: int, head_done: HeadDone, emit: Emit,
+    pool: asyncpg.Pool,
+    shard_id: int,
+    study_id: str,
+    keys: StudyKeys,
+    previous: str | None,
+    known: Mapping[str, int | None],
+    cutoff: int,
+    head_done: HeadDone,
+    emit: Emit,
     batch_rows: int = 2000,
 ) -> ShardResult:
     """Read one shard for one run: its participants to ``head_done``, its visits to ``emit``.
@@ -171,7 +189,10 @@ async def read_shard(
     ``known``: pid → consent version of the participants at the last successful run.
     """
     with db_errors(f"shard {shard_id}"):
-        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        async with (
+            pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
             # The first statement fixes the transaction's snapshot; this is it.
             snapshot = await conn.fetchval("SELECT pg_current_snapshot()::text")
             # Compiling the visit query costs more than it saves (over a second, measured).
@@ -197,12 +218,13 @@ async def read_shard(
                 )  # fmt: skip
                 result.fresh[record["pid"]] = record
             await head_done(result)
-            queries = []
+            queries: list[tuple[str, tuple[Any, ...]]] = []
             if new:
                 queries.append((_VISITS_ALL, (new, [pid_of[u] for u in new])))
             if continuing:
-                queries.append((_VISITS_CHANGED, (
-                    continuing, [pid_of[u] for u in continuing], previous)))
+                queries.append(
+                    (_VISITS_CHANGED, (continuing, [pid_of[u] for u in continuing], previous))
+                )
             coded = CodedFields(keys)
             for query, args in queries:
                 result.visits += await _stream_visits(conn, query, args, emit, batch_rows, coded)
@@ -255,7 +277,11 @@ class CodedFields:
 
 
 async def _stream_visits(
-    conn: asyncpg.Connection, query: str, args: tuple[Any, ...], emit: Emit, batch_rows: int,
+    conn: asyncpg.Connection,
+    query: str,
+    args: tuple[Any, ...],
+    emit: Emit,
+    batch_rows: int,
     coded: CodedFields,
 ) -> int:
     """The visit lines ``query`` selects, ``batch_rows`` at a time, to ``emit``; how many."""
@@ -264,7 +290,7 @@ async def _stream_visits(
     diag_memo, vital_memo, med_memo = memo["diagnoses"], memo["vitals"], memo["medications"]
     cursor = await conn.cursor(query, *args)
     while rows := await cursor.fetch(batch_rows):
-        lines = []
+        lines: list[str] = []
         append = lines.append
         bad_types = 0
         for head, start, visit_id, type_ok, diagnoses, vitals, medications in rows:
@@ -276,8 +302,10 @@ async def _stream_visits(
             d[2] += 1
             v[2] += 1
             m[2] += 1
-            append(f'{start}{vid(visit_id)}{head},"diagnoses":{d[0]},"vitals":{v[0]},'
-                   f'"medications":{m[0]}}}\n')
+            append(
+                f'{start}{vid(visit_id)}{head},"diagnoses":{d[0]},"vitals":{v[0]},'
+                f'"medications":{m[0]}}}\n'
+            )
         coded.left["invalidVisitType"] += bad_types
         await emit("".join(lines).encode(), len(rows))
         n += len(rows)

@@ -16,13 +16,15 @@ import asyncpg
 import orjson
 
 from anonymizer.models import StudyIn
-from shared.db import db_errors
+from shared.db import maps_db_errors
 from shared.errors import Conflict
 
 log = logging.getLogger("medsvc.anonymizer.store")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 WHAT = "the study registry"
+# Driver errors leave every function of this module translated (shared/db.py).
+_mapped = maps_db_errors(WHAT)
 _RUN_COLUMNS = (
     "run_id, study_id, status, trigger, requested_by, started_at, finished_at, policy_version,"
     " counts, k_anonymity, error, manifest"
@@ -31,288 +33,288 @@ _RUN_COLUMNS = (
 
 # -- studies ----------------------------------------------------------------------------------
 
+@_mapped
 async def insert_study(pool: asyncpg.Pool, study: StudyIn, created_by: str) -> asyncpg.Record:
     """Register a study; Conflict when the studyId exists."""
-    with db_errors(WHAT):
-        try:
-            # insert_study: one row.
-            return await pool.fetchrow(
-                """INSERT INTO studies (study_id, title, schedule, k, created_by)
-                   VALUES ($1, $2, $3, $4, $5) RETURNING *""",
-                study.studyId, study.title, study.schedule, study.k, created_by,
-            )
-        except asyncpg.UniqueViolationError as exc:
-            raise Conflict(f"study {study.studyId} already exists") from exc
+    try:
+        # insert_study: one row.
+        return await pool.fetchrow(
+            """INSERT INTO studies (study_id, title, schedule, k, created_by)
+               VALUES ($1, $2, $3, $4, $5) RETURNING *""",
+            study.studyId, study.title, study.schedule, study.k, created_by,
+        )
+    except asyncpg.UniqueViolationError as exc:
+        raise Conflict(f"study {study.studyId} already exists") from exc
 
 
+@_mapped
 async def get_study(db: asyncpg.Pool | asyncpg.Connection, study_id: str) -> asyncpg.Record | None:
     """The study row, or None."""
-    with db_errors(WHAT):
-        # get_study: by primary key.
-        return await db.fetchrow("SELECT * FROM studies WHERE study_id = $1", study_id)
+    # get_study: by primary key.
+    return await db.fetchrow("SELECT * FROM studies WHERE study_id = $1", study_id)
 
 
+@_mapped
 async def studies_page(pool: asyncpg.Pool, after: str | None, limit: int) -> list[asyncpg.Record]:
     """Studies in studyId order, after a keyset position."""
-    with db_errors(WHAT):
-        # studies_page: keyset page on the primary key.
-        return await pool.fetch(
-            """SELECT * FROM studies WHERE $1::text IS NULL OR study_id > $1
-               ORDER BY study_id LIMIT $2""",
-            after, limit,
-        )
+    # studies_page: keyset page on the primary key.
+    return list(await pool.fetch(
+        """SELECT * FROM studies WHERE $1::text IS NULL OR study_id > $1
+           ORDER BY study_id LIMIT $2""",
+        after, limit,
+    ))
 
 
+@_mapped
 async def scheduled_studies(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     """Studies with a schedule, each with the start of its latest run (None if never run)."""
-    with db_errors(WHAT):
-        # scheduled_studies: the scheduler's view.
-        return await pool.fetch(
-            """SELECT s.study_id, s.schedule, s.created_at,
-                      (SELECT max(started_at) FROM runs r WHERE r.study_id = s.study_id) AS last_started
-               FROM studies s WHERE s.schedule IS NOT NULL ORDER BY s.study_id"""
-        )
+    # scheduled_studies: the scheduler's view.
+    return list(await pool.fetch(
+        """SELECT s.study_id, s.schedule, s.created_at,
+                  (SELECT max(started_at) FROM runs r WHERE r.study_id = s.study_id) AS last_started
+           FROM studies s WHERE s.schedule IS NOT NULL ORDER BY s.study_id"""
+    ))
 
 
 # -- the run lock and the run rows ------------------------------------------------------------
 
+@_mapped
 async def try_lock_study(conn: asyncpg.Connection, study_id: str) -> bool:
     """Take the study's run lock for this session (False when another session holds it)."""
-    with db_errors(WHAT):
-        # try_lock_study: session-level, so it lives exactly as long as the connection.
-        return await conn.fetchval(
-            "SELECT pg_try_advisory_lock(hashtextextended('anonymizer.run:' || $1, 0))", study_id
-        )
+    # try_lock_study: session-level, so it lives exactly as long as the connection.
+    return bool(await conn.fetchval(
+        "SELECT pg_try_advisory_lock(hashtextextended('anonymizer.run:' || $1, 0))", study_id
+    ))
 
 
+@_mapped
 async def unlock_study(conn: asyncpg.Connection, study_id: str) -> None:
-    with db_errors(WHAT):
-        # unlock_study: the session's lock from try_lock_study.
-        await conn.execute(
-            "SELECT pg_advisory_unlock(hashtextextended('anonymizer.run:' || $1, 0))", study_id
-        )
+    # unlock_study: the session's lock from try_lock_study.
+    await conn.execute(
+        "SELECT pg_advisory_unlock(hashtextextended('anonymizer.run:' || $1, 0))", study_id
+    )
 
 
+@_mapped
 async def fail_orphaned_runs(db: asyncpg.Pool | asyncpg.Connection, study_id: str) -> None:
     """Mark failed the study's runs whose lock-holding backend is gone (the process died)."""
-    with db_errors(WHAT):
-        # fail_orphaned_runs: a running run whose owner backend no longer exists.
-        await db.execute(
-            """UPDATE runs SET status = 'failed', finished_at = clock_timestamp(),
-                      error = 'the process running it stopped before it finished'
-               WHERE study_id = $1 AND status = 'running' AND NOT EXISTS (
-                   SELECT 1 FROM pg_stat_activity a
-                   WHERE a.pid = runs.owner_pid AND a.backend_start = runs.owner_started)""",
-            study_id,
-        )
+    # fail_orphaned_runs: a running run whose owner backend no longer exists.
+    await db.execute(
+        """UPDATE runs SET status = 'failed', finished_at = clock_timestamp(),
+                  error = 'the process running it stopped before it finished'
+           WHERE study_id = $1 AND status = 'running' AND NOT EXISTS (
+               SELECT 1 FROM pg_stat_activity a
+               WHERE a.pid = runs.owner_pid AND a.backend_start = runs.owner_started)""",
+        study_id,
+    )
 
 
+@_mapped
 async def started_since(conn: asyncpg.Connection, study_id: str, since: dt.datetime) -> bool:
     """True when a run of the study started at or after ``since``."""
-    with db_errors(WHAT):
-        # started_since: has the scheduled run already happened?
-        return await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM runs WHERE study_id = $1 AND started_at >= $2)",
-            study_id, since,
-        )
+    # started_since: has the scheduled run already happened?
+    return bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM runs WHERE study_id = $1 AND started_at >= $2)",
+        study_id, since,
+    ))
 
 
+@_mapped
 async def insert_run(
     conn: asyncpg.Connection, study_id: str, trigger: str, requested_by: str, policy: str
 ) -> asyncpg.Record:
     """A new running run owned by this session's backend."""
-    with db_errors(WHAT):
-        # insert_run: the owner is this connection's backend (see fail_orphaned_runs).
-        return await conn.fetchrow(
-            f"""INSERT INTO runs (run_id, study_id, status, trigger, requested_by, policy_version,
-                                  owner_pid, owner_started)
-                SELECT $1, $2, 'running', $3, $4, $5, pid, backend_start
-                FROM pg_stat_activity WHERE pid = pg_backend_pid()
-                RETURNING {_RUN_COLUMNS}""",
-            uuid.uuid4(), study_id, trigger, requested_by, policy,
-        )
+    # insert_run: the owner is this connection's backend (see fail_orphaned_runs).
+    return await conn.fetchrow(
+        f"""INSERT INTO runs (run_id, study_id, status, trigger, requested_by, policy_version,
+                              owner_pid, owner_started)
+            SELECT $1, $2, 'running', $3, $4, $5, pid, backend_start
+            FROM pg_stat_activity WHERE pid = pg_backend_pid()
+            RETURNING {_RUN_COLUMNS}""",
+        uuid.uuid4(), study_id, trigger, requested_by, policy,
+    )
 
 
+@_mapped
 async def finish_run(
     conn: asyncpg.Connection, run_id: uuid.UUID, manifest: dict[str, Any]
 ) -> asyncpg.Record:
     """Mark the run succeeded with its manifest (inside the transaction that wrote its body)."""
-    with db_errors(WHAT):
-        # finish_run: records, watermarks and this commit together.
-        return await conn.fetchrow(
-            f"""UPDATE runs SET status = 'succeeded', finished_at = clock_timestamp(),
-                       counts = $2, k_anonymity = $3, manifest = $4
-                WHERE run_id = $1 RETURNING {_RUN_COLUMNS}""",
-            run_id, manifest["counts"], manifest["kAnonymity"], manifest,
-        )
+    # finish_run: records, watermarks and this commit together.
+    return await conn.fetchrow(
+        f"""UPDATE runs SET status = 'succeeded', finished_at = clock_timestamp(),
+                   counts = $2, k_anonymity = $3, manifest = $4
+            WHERE run_id = $1 RETURNING {_RUN_COLUMNS}""",
+        run_id, manifest["counts"], manifest["kAnonymity"], manifest,
+    )
 
 
+@_mapped
 async def fail_run(db: asyncpg.Pool | asyncpg.Connection, run_id: uuid.UUID, error: str) -> None:
-    with db_errors(WHAT):
-        # fail_run: only a run still running (never undo a success).
-        await db.execute(
-            """UPDATE runs SET status = 'failed', finished_at = clock_timestamp(), error = $2
-               WHERE run_id = $1 AND status = 'running'""",
-            run_id, error,
-        )
+    # fail_run: only a run still running (never undo a success).
+    await db.execute(
+        """UPDATE runs SET status = 'failed', finished_at = clock_timestamp(), error = $2
+           WHERE run_id = $1 AND status = 'running'""",
+        run_id, error,
+    )
 
 
+@_mapped
 async def get_run(pool: asyncpg.Pool, study_id: str, run_id: uuid.UUID) -> asyncpg.Record | None:
-    with db_errors(WHAT):
-        # get_run: by primary key, scoped to the study.
-        return await pool.fetchrow(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = $1 AND study_id = $2", run_id, study_id
-        )
+    # get_run: by primary key, scoped to the study.
+    return await pool.fetchrow(
+        f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = $1 AND study_id = $2", run_id, study_id
+    )
 
 
+@_mapped
 async def runs_page(
     pool: asyncpg.Pool, study_id: str, after: tuple[dt.datetime, uuid.UUID] | None, limit: int
 ) -> list[asyncpg.Record]:
     """The study's runs, newest first, after a keyset position."""
-    with db_errors(WHAT):
-        # runs_page: keyset page on (started_at, run_id) descending.
-        return await pool.fetch(
-            f"""SELECT {_RUN_COLUMNS} FROM runs
-                WHERE study_id = $1
-                  AND ($2::timestamptz IS NULL OR (started_at, run_id) < ($2, $3::uuid))
-                ORDER BY started_at DESC, run_id DESC LIMIT $4""",
-            study_id, after[0] if after else None, after[1] if after else None, limit,
-        )
+    # runs_page: keyset page on (started_at, run_id) descending.
+    return list(await pool.fetch(
+        f"""SELECT {_RUN_COLUMNS} FROM runs
+            WHERE study_id = $1
+              AND ($2::timestamptz IS NULL OR (started_at, run_id) < ($2, $3::uuid))
+            ORDER BY started_at DESC, run_id DESC LIMIT $4""",
+        study_id, after[0] if after else None, after[1] if after else None, limit,
+    ))
 
 
+@_mapped
 async def last_runs(pool: asyncpg.Pool, study_id: str) -> tuple[asyncpg.Record | None, Any]:
     """The study's latest run and the finish time of its latest successful one."""
-    with db_errors(WHAT):
-        # last_runs: newest run; newest success.
-        last = await pool.fetchrow(
-            f"""SELECT {_RUN_COLUMNS} FROM runs WHERE study_id = $1
-                ORDER BY started_at DESC, run_id DESC LIMIT 1""",
-            study_id,
-        )
-        success = await pool.fetchval(
-            "SELECT max(finished_at) FROM runs WHERE study_id = $1 AND status = 'succeeded'",
-            study_id,
-        )
+    # last_runs: newest run; newest success.
+    last = await pool.fetchrow(
+        f"""SELECT {_RUN_COLUMNS} FROM runs WHERE study_id = $1
+            ORDER BY started_at DESC, run_id DESC LIMIT 1""",
+        study_id,
+    )
+    success = await pool.fetchval(
+        "SELECT max(finished_at) FROM runs WHERE study_id = $1 AND status = 'succeeded'",
+        study_id,
+    )
     return last, success
 
 
+@_mapped
 async def last_successes(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     """Each study's latest successful run's finish time (for the metrics)."""
-    with db_errors(WHAT):
-        # last_successes: one row per study that has succeeded once.
-        return await pool.fetch(
-            """SELECT study_id, max(finished_at) AS finished_at FROM runs
-               WHERE status = 'succeeded' GROUP BY study_id"""
-        )
+    # last_successes: one row per study that has succeeded once.
+    return list(await pool.fetch(
+        """SELECT study_id, max(finished_at) AS finished_at FROM runs
+           WHERE status = 'succeeded' GROUP BY study_id"""
+    ))
 
 
 # -- watermarks, participants and records (inside the run's transaction) ----------------------
 
+@_mapped
 async def watermarks(conn: asyncpg.Connection, study_id: str) -> dict[int, str]:
     """Shard id → the snapshot the study's last successful run read it at."""
-    with db_errors(WHAT):
-        # watermarks: per shard.
-        rows = await conn.fetch(
-            "SELECT shard_id, snapshot FROM study_watermarks WHERE study_id = $1", study_id
-        )
+    # watermarks: per shard.
+    rows = await conn.fetch(
+        "SELECT shard_id, snapshot FROM study_watermarks WHERE study_id = $1", study_id
+    )
     return {r["shard_id"]: r["snapshot"] for r in rows}
 
 
+@_mapped
 async def save_watermarks(
     conn: asyncpg.Connection, study_id: str, snapshots: dict[int, str], run_id: uuid.UUID
 ) -> None:
-    with db_errors(WHAT):
-        # save_watermarks: upsert one row per shard read.
-        await conn.executemany(
-            """INSERT INTO study_watermarks (study_id, shard_id, snapshot, run_id)
-               VALUES ($1, $2, $3, $4)
-               ON CONFLICT (study_id, shard_id) DO UPDATE
-               SET snapshot = EXCLUDED.snapshot, run_id = EXCLUDED.run_id""",
-            [(study_id, shard, snap, run_id) for shard, snap in snapshots.items()],
-        )
+    # save_watermarks: upsert one row per shard read.
+    await conn.executemany(
+        """INSERT INTO study_watermarks (study_id, shard_id, snapshot, run_id)
+           VALUES ($1, $2, $3, $4)
+           ON CONFLICT (study_id, shard_id) DO UPDATE
+           SET snapshot = EXCLUDED.snapshot, run_id = EXCLUDED.run_id""",
+        [(study_id, shard, snap, run_id) for shard, snap in snapshots.items()],
+    )
 
 
+@_mapped
 async def participants(conn: asyncpg.Connection, study_id: str) -> dict[str, asyncpg.Record]:
     """pid → (shard_id, record, released, consent_version) of the participants as of the last
     success."""
-    with db_errors(WHAT):
-        # participants: the whole study (k-anonymity needs everyone).
-        rows = await conn.fetch(
-            """SELECT pid, shard_id, record, released, consent_version
-               FROM study_participants WHERE study_id = $1""",
-            study_id,
-        )
+    # participants: the whole study (k-anonymity needs everyone).
+    rows = await conn.fetch(
+        """SELECT pid, shard_id, record, released, consent_version
+           FROM study_participants WHERE study_id = $1""",
+        study_id,
+    )
     return {r["pid"]: r for r in rows}
 
 
+@_mapped
 async def save_participants(
     conn: asyncpg.Connection, study_id: str,
     upserts: Sequence[tuple[str, int, dict[str, Any], dict[str, Any], int | None]],
     removed: Sequence[str],
 ) -> None:
     """Write (pid, shard, record, released, consent version) rows; drop the ``removed`` pids."""
-    with db_errors(WHAT):
-        if removed:
-            # drop_participants: withdrawn since the last run.
-            await conn.execute(
-                "DELETE FROM study_participants WHERE study_id = $1 AND pid = ANY($2::text[])",
-                study_id, list(removed),
-            )
-        if upserts:
-            # upsert_participants: new or changed, one statement (arrays, not a row a round trip).
-            pids, shard_ids, records, released, versions = zip(*upserts, strict=True)
-            await conn.execute(
-                """INSERT INTO study_participants
-                       (study_id, pid, shard_id, record, released, consent_version)
-                   SELECT $1, u.pid, u.shard_id, u.record::jsonb, u.released::jsonb, u.version
-                   FROM unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::int[])
-                        AS u(pid, shard_id, record, released, version)
-                   ON CONFLICT (study_id, pid) DO UPDATE
-                   SET shard_id = EXCLUDED.shard_id, record = EXCLUDED.record,
-                       released = EXCLUDED.released, consent_version = EXCLUDED.consent_version""",
-                study_id, list(pids), list(shard_ids), [orjson.dumps(r).decode() for r in records],
-                [orjson.dumps(r).decode() for r in released], list(versions),
-            )  # fmt: skip
+    if removed:
+        # drop_participants: withdrawn since the last run.
+        await conn.execute(
+            "DELETE FROM study_participants WHERE study_id = $1 AND pid = ANY($2::text[])",
+            study_id, list(removed),
+        )
+    if upserts:
+        # upsert_participants: new or changed, one statement (arrays, not a row a round trip).
+        pids, shard_ids, records, released, versions = zip(*upserts, strict=True)
+        await conn.execute(
+            """INSERT INTO study_participants
+                   (study_id, pid, shard_id, record, released, consent_version)
+               SELECT $1, u.pid, u.shard_id, u.record::jsonb, u.released::jsonb, u.version
+               FROM unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::int[])
+                    AS u(pid, shard_id, record, released, version)
+               ON CONFLICT (study_id, pid) DO UPDATE
+               SET shard_id = EXCLUDED.shard_id, record = EXCLUDED.record,
+                   released = EXCLUDED.released, consent_version = EXCLUDED.consent_version""",
+            study_id, list(pids), list(shard_ids), [orjson.dumps(r).decode() for r in records],
+            [orjson.dumps(r).decode() for r in released], list(versions),
+        )  # fmt: skip
 
 
+@_mapped
 async def save_chunk(conn: asyncpg.Connection, run_id: uuid.UUID, seq: int, data: bytes) -> None:
     """Add one chunk (about 1 MiB) of the run's NDJSON body, in the run's transaction."""
-    with db_errors(WHAT):
-        # save_chunk: one row per chunk, not per record (the bulk write).
-        await conn.execute(
-            "INSERT INTO run_chunks (run_id, seq, data) VALUES ($1, $2, $3)", run_id, seq, data
-        )
+    # save_chunk: one row per chunk, not per record (the bulk write).
+    await conn.execute(
+        "INSERT INTO run_chunks (run_id, seq, data) VALUES ($1, $2, $3)", run_id, seq, data
+    )
 
 
+@_mapped
 async def body_chunks(pool: asyncpg.Pool, run_id: uuid.UUID) -> AsyncIterator[bytes]:
     """The run's NDJSON body, a chunk at a time, in order (one chunk in memory, plus one ahead)."""
-    with db_errors(WHAT):
-        async with pool.acquire() as conn, conn.transaction(readonly=True):
-            # body_chunks: the primary key's order.
-            cursor = conn.cursor(
-                "SELECT data FROM run_chunks WHERE run_id = $1 ORDER BY seq", run_id, prefetch=2
-            )
-            async for row in cursor:
-                yield row["data"]
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        # body_chunks: the primary key's order.
+        cursor = conn.cursor(
+            "SELECT data FROM run_chunks WHERE run_id = $1 ORDER BY seq", run_id, prefetch=2
+        )
+        async for row in cursor:
+            yield row["data"]
 
 
+@_mapped
 async def legacy_record_bodies(
     pool: asyncpg.Pool, run_id: uuid.UUID, batch: int = 2000
 ) -> AsyncIterator[list[str]]:
     """The records of a run made before run bodies (one row per record), in (kind, pid, vid)
     order, a batch at a time."""
-    with db_errors(WHAT):
-        async with pool.acquire() as conn, conn.transaction(readonly=True):
-            # record_bodies: the primary key's order.
-            cursor = conn.cursor(
-                "SELECT body FROM run_records WHERE run_id = $1 ORDER BY kind, pid, vid",
-                run_id, prefetch=batch,
-            )
-            out: list[str] = []
-            async for row in cursor:
-                out.append(row["body"])
-                if len(out) >= batch:
-                    yield out
-                    out = []
-            if out:
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        # record_bodies: the primary key's order.
+        cursor = conn.cursor(
+            "SELECT body FROM run_records WHERE run_id = $1 ORDER BY kind, pid, vid",
+            run_id, prefetch=batch,
+        )
+        out: list[str] = []
+        async for row in cursor:
+            out.append(row["body"])
+            if len(out) >= batch:
                 yield out
+                out = []
+        if out:
+            yield out

@@ -1,8 +1,9 @@
 """The OpenAPI 3.1 document of the public API, built from the models the services validate with.
 
-:func:`build_document` turns the table of operations (:mod:`apidoc.operations`, the single
-source) into the document the gateway serves at ``/v1/openapi.json``. Schemas come from
-pydantic (``model_json_schema``) and are never written out by hand; their ``$defs`` become
+:func:`build_document` turns the operations the services declare in their contracts
+(gathered by :mod:`apidoc.operations`) into the document the gateway serves at
+``/v1/openapi.json``. Schemas come from pydantic (``model_json_schema``) and are never written
+out by hand; their ``$defs`` become
 ``components/schemas``. Errors are RFC 9457 problem documents (:class:`Problem`), as
 :func:`shared.problems.problem` writes them.
 """
@@ -223,6 +224,9 @@ def _operation(op: Operation, schemas: _Schemas) -> dict[str, Any]:
     if op.roles:
         description = f"Roles: {', '.join(op.roles)}. {description}".strip()
         doc["x-roles"] = list(op.roles)
+    # What the gateway builds its routing table from (gateway/api.py): it imports no service.
+    doc["x-service"] = op.service
+    doc["x-cacheable"] = op.cacheable
     if description:
         doc["description"] = description
     if params := _parameters(op):

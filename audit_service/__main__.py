@@ -1,4 +1,6 @@
-"""Run audit_service: ``python -m audit_service --port 8300`` (``MEDSVC_AUDIT_DSN`` names its database).
+"""Run audit_service: ``python -m audit_service --port 8300``.
+
+``MEDSVC_AUDIT_DSN`` names its database.
 
 ``python -m audit_service verify --checkpoints FILE --public-key PEM [--dsn DSN | --export FILE]``
 checks the log offline (audit_service/offline.py).

@@ -13,16 +13,16 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from shared import idempotency
-from shared.dbsetup import connect_with_retry, ensure_database, migrate
 from audit_service import store
 from audit_service.checkpoints import Notary
 from audit_service.routes import NOTARY, SETTINGS, setup_routes
-from audit_service.verify import make_checkpoint
 from audit_service.settings import AuditSettings
+from audit_service.verify import make_checkpoint
+from shared import idempotency
 from shared.appkeys import PG_POOL, VERIFIER
 from shared.auth import TokenVerifier
 from shared.db import pool_scope
+from shared.dbsetup import connect_with_retry, ensure_database, migrate
 from shared.ops import setup_ops
 from shared.problems import error_middleware, observe_middleware
 from shared.tasks import background

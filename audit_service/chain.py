@@ -143,14 +143,17 @@ class ChainVerifier:
                 f"event seq {self.expected_seq} is missing (the next stored event is seq {ev.seq})",
             )
         if chain_hash(ev.prev_hash, ev.body.encode("utf-8")) != ev.hash:
-            return self._fail(ev.seq, f"event seq {ev.seq} does not match its hash (content or hash altered)")
+            return self._fail(
+                ev.seq, f"event seq {ev.seq} does not match its hash (content or hash altered)"
+            )
         problem = _columns_problem(ev)
         if problem:
             return self._fail(ev.seq, f"event seq {ev.seq}: {problem}")
         if ev.prev_hash != self.prev_hash:
             return self._fail(
                 ev.seq - 1,
-                f"event seq {ev.seq - 1} was rewritten: its hash is not the prevHash of seq {ev.seq}",
+                f"event seq {ev.seq - 1} was rewritten: "
+                f"its hash is not the prevHash of seq {ev.seq}",
             )
         self.verdict.checked += 1
         self.verdict.last_seq = ev.seq
@@ -164,9 +167,14 @@ class ChainVerifier:
             return self.verdict
         last = self.expected_seq - 1
         if head_seq > last:
-            self._fail(last + 1, f"events {last + 1}..{head_seq} are missing from the end of the chain")
+            self._fail(
+                last + 1, f"events {last + 1}..{head_seq} are missing from the end of the chain"
+            )
         elif head_seq < last or head_hash != self.prev_hash:
-            self._fail(head_seq if head_seq < last else last, "the chain head does not match the last event")
+            self._fail(
+                head_seq if head_seq < last else last,
+                "the chain head does not match the last event",
+            )
         return self.verdict
 
 
@@ -176,8 +184,11 @@ def _columns_problem(ev: StoredEvent) -> str | None:
     except orjson.JSONDecodeError:
         return "the stored body is not JSON"
     expected = {
-        "seq": ev.seq, "eventId": ev.event_id, "entityType": ev.entity_type,
-        "entityId": ev.entity_id, "actor": ev.actor,
+        "seq": ev.seq,
+        "eventId": ev.event_id,
+        "entityType": ev.entity_type,
+        "entityId": ev.entity_id,
+        "actor": ev.actor,
     }
     for key, value in expected.items():
         if body.get(key) != value:
@@ -186,7 +197,9 @@ def _columns_problem(ev: StoredEvent) -> str | None:
     if ev.subject != subject_of(str(body.get("entityType")), str(body.get("entityId"))):
         return "column subject does not match the hashed event"
     occurred = ev.occurred_at.astimezone(dt.UTC)
-    if orjson.dumps(occurred, option=orjson.OPT_UTC_Z).decode().strip('"') != body.get("occurredAt"):
+    if orjson.dumps(occurred, option=orjson.OPT_UTC_Z).decode().strip('"') != body.get(
+        "occurredAt"
+    ):
         return "column occurredAt does not match the hashed event"
     return None
 

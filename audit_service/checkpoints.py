@@ -77,7 +77,9 @@ def load_public_keys(paths: list[Path]) -> dict[str, Ed25519PublicKey]:
 
 def public_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
     public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def new_private_pem() -> bytes:
@@ -138,8 +140,11 @@ def sign(key: Ed25519PrivateKey, tree: CompactRange, consistency: list[bytes],
          at: dt.datetime | None = None) -> Checkpoint:  # fmt: skip
     """A checkpoint of ``tree`` signed with ``key``."""
     unsigned = Checkpoint(
-        tree.size, tree.root().hex(), _rfc3339(at or dt.datetime.now(dt.UTC)),
-        key_id(key.public_key()), "",
+        tree.size,
+        tree.root().hex(),
+        _rfc3339(at or dt.datetime.now(dt.UTC)),
+        key_id(key.public_key()),
+        "",
     )
     signature = base64.b64encode(key.sign(unsigned.statement())).decode()
     return Checkpoint(

@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 
-Node = tuple[int, int]  # (level, index): the perfect subtree of leaves [index << level, (index + 1) << level)
+Node = tuple[
+    int, int
+]  # (level, index): the perfect subtree of leaves [index << level, (index + 1) << level)
 
 
 def leaf_hash(data: bytes) -> bytes:
@@ -167,7 +169,9 @@ def node_row(node: Node) -> tuple[int, int]:
     return (k + 1) << level, level
 
 
-def nodes_from_rows(wanted: Iterable[Node], rows: Callable[[int], bytes | None]) -> dict[Node, bytes]:
+def nodes_from_rows(
+    wanted: Iterable[Node], rows: Callable[[int], bytes | None]
+) -> dict[Node, bytes]:
     """Pick ``wanted`` nodes out of ``tree_nodes`` values (``rows(seq)``); missing ones skipped."""
     out: dict[Node, bytes] = {}
     for node in wanted:

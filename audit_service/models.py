@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from shared.types import text
+from shared.types import no_nul
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
@@ -33,13 +33,13 @@ class EventIn(BaseModel):
 
     eventId: uuid.UUID
     entityType: Name
-    entityId: text(1 << 20, 1)
+    entityId: Annotated[str, no_nul(1 << 20, 1)]
     action: Name
-    actor: text(1 << 20, 1)
+    actor: Annotated[str, no_nul(1 << 20, 1)]
     occurredAt: AwareDatetime
-    source: text(1 << 20, 1)
-    requestId: text(1 << 20) | None = None
-    changes: list[text(1 << 20)] = Field(default_factory=list)
+    source: Annotated[str, no_nul(1 << 20, 1)]
+    requestId: Annotated[str, no_nul(1 << 20)] | None = None
+    changes: list[Annotated[str, no_nul(1 << 20)]] = Field(default_factory=list)
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
 
@@ -63,11 +63,11 @@ class NewEvent(BaseModel):
 
     eventId: uuid.UUID | None = None
     entityType: Name
-    entityId: text(512, 1)
+    entityId: Annotated[str, no_nul(512, 1)]
     action: Name
-    actor: text(256, 1) | None = None
+    actor: Annotated[str, no_nul(256, 1)] | None = None
     occurredAt: AwareDatetime | None = None
-    changes: list[text(128)] = Field(default_factory=list, max_length=256)
+    changes: list[Annotated[str, no_nul(128)]] = Field(default_factory=list, max_length=256)
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
 
@@ -114,16 +114,18 @@ class ChainVerdict(BaseModel):
 
 
 class SignedCheckpoint(BaseModel):
-    """``GET /v1/audit/checkpoints/latest``: a signed statement of the log's first treeSize events."""
+    """``GET /v1/audit/checkpoints/latest``: a signed statement of the first treeSize events."""
 
     treeSize: int = Field(ge=0, description="events covered (seq 1..treeSize)")
     rootHash: Hash = Field(description="RFC 6962 Merkle root of those events, hex")
     signedAt: str = Field(description="when it was signed (RFC 3339, UTC)")
     keyId: str = Field(description="the signing key: first 16 hex digits of SHA-256 of the raw "
                        "Ed25519 public key")  # fmt: skip
-    signature: str = Field(description="base64 Ed25519 signature of the statement "
-                           "'medsvc-audit-checkpoint/v1\\n{treeSize}\\n{rootHash}\\n{signedAt}\\n"
-                           "{keyId}\\n'")  # fmt: skip
+    signature: str = Field(
+        description="base64 Ed25519 signature of the statement "
+        "'medsvc-audit-checkpoint/v1\\n{treeSize}\\n{rootHash}\\n{signedAt}\\n"
+        "{keyId}\\n'"
+    )
 
 
 class InclusionProof(BaseModel):

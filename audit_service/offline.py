@@ -25,8 +25,11 @@ from audit_service.verify import LogVerifier, verify_database
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m audit_service verify", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m audit_service verify",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--checkpoints", required=True, type=Path, help="the checkpoint log file")
     parser.add_argument("--public-key", required=True, type=Path, action="append",
                         help="PEM file of public key(s); repeat for old keys")  # fmt: skip

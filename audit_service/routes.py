@@ -31,50 +31,43 @@ from multidict import MultiMapping
 
 from audit_service import store
 from audit_service.checkpoints import CheckpointLog, Notary
-from audit_service.verify import make_checkpoint, verify_database
+from audit_service.contract import OPERATIONS
 from audit_service.metrics import APPEND_SECONDS, CHAIN_LAST_SEQ, EVENTS_APPENDED, EVENTS_DUPLICATE
 from audit_service.models import FILTER_MAX_LENGTH, NAME_PATTERN, EventBatch, EventIn, NewEvent
 from audit_service.settings import AuditSettings
-from shared import idempotency
+from audit_service.verify import make_checkpoint, verify_database
+from shared import idempotency, policy
 from shared.appkeys import PG_POOL
 from shared.auth import Principal
+from shared.contract import Handler, register_routes
 from shared.db import db_errors, transaction
 from shared.errors import (
-    BadRequest, FieldError, Forbidden, NotFound, PayloadTooLarge, Unavailable,
-    UnsupportedMediaType, ValidationFailed,
+    BadRequest,
+    FieldError,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+    UnsupportedMediaType,
+    ValidationFailed,
 )
-from shared.httpio import JSON_TYPES, MAX_BODY, decode_cursor, encode_cursor, limit_param
+from shared.httpio import (
+    JSON_TYPES,
+    MAX_BODY,
+    decode_cursor,
+    encode_cursor,
+    limit_param,
+    parse_instant,
+)
 from shared.service import principal
 
 SETTINGS = web.AppKey("audit_settings", AuditSettings)
-NOTARY = web.AppKey("audit_notary", Notary | None)
+NOTARY: web.AppKey[Notary | None] = web.AppKey("audit_notary")
 LOG_MEMO = web.AppKey("audit_log_memo", dict)
 _QUERY = frozenset({"entityType", "entityId", "actor", "since", "until", "limit", "cursor"})
 _NAME = re.compile(NAME_PATTERN)
 # The namespace of the eventIds given to keyed POSTs that name none.
 _KEYED_EVENTS = uuid.UUID("5f0c8a52-6a5e-4d0e-9d43-2b4f3c1d7e90")
-
-
-# -- access -----------------------------------------------------------------------------------
-
-
-def _readers_scope(p: Principal) -> bool:
-    """Whether the caller may read events, and if so whether only those about patients."""
-    if p.has("admin", "auditor"):
-        return False
-    if p.has("clinician"):
-        return True
-    raise Forbidden("only admins, auditors and clinicians may read audit events")
-
-
-def _may_verify(p: Principal) -> None:
-    if not p.has("admin", "auditor"):
-        raise Forbidden("only admins and auditors may verify the audit chain")
-
-
-def _may_record(p: Principal) -> None:
-    if not p.has("admin"):
-        raise Forbidden("only admins and internal services may record audit events")
 
 
 # -- plumbing ---------------------------------------------------------------------------------
@@ -122,12 +115,10 @@ def _checked(events: list[store.Pending]) -> list[store.Pending]:
         try:
             ev.body(0)
         except (TypeError, ValueError) as exc:
-            raise ValidationFailed(errors=[FieldError(f"events.{i}", f"cannot be encoded: {exc}")]) from exc
+            raise ValidationFailed(
+                errors=[FieldError(f"events.{i}", f"cannot be encoded: {exc}")]
+            ) from exc
     return events
-
-
-# RFC 3339 date-time with its offset (fromisoformat alone also takes "20260101T00", no offset).
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 
 def _timestamp(query: MultiMapping[str], name: str) -> dt.datetime | None:
@@ -135,13 +126,10 @@ def _timestamp(query: MultiMapping[str], name: str) -> dt.datetime | None:
     raw = query.get(name)
     if raw is None:
         return None
-    if not _RFC3339.fullmatch(raw):
-        raise BadRequest(f"{name} must be an RFC 3339 timestamp with a UTC offset")
-    value = dt.datetime.fromisoformat(raw.upper())
     try:
-        return value.astimezone(dt.UTC)
-    except OverflowError:  # year 1 or 9999 pushed past the representable range: sorts at the end
-        return (dt.datetime.min if value.year == 1 else dt.datetime.max).replace(tzinfo=dt.UTC)
+        return parse_instant(raw)
+    except ValueError as exc:
+        raise BadRequest(f"{name} must be an RFC 3339 timestamp with a UTC offset") from exc
 
 
 def after_seq(raw: str | None) -> int | None:
@@ -160,11 +148,13 @@ def after_seq(raw: str | None) -> int | None:
 
 async def list_events(request: web.Request) -> web.Response:
     """``GET /v1/audit/events``: events oldest first, filtered, keyset-paginated by seq."""
-    patients_only = _readers_scope(principal(request))
+    patients_only = policy.audit_patients_only(principal(request))
     q = request.query
     unknown = set(q) - _QUERY
     if unknown:
-        raise ValidationFailed(errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)])
+        raise ValidationFailed(
+            errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)]
+        )
     if "entityType" in q and not _NAME.fullmatch(q["entityType"]):
         raise BadRequest("entityType must be an entity type such as user or visit")
     for name in ("entityId", "actor"):
@@ -190,7 +180,7 @@ async def list_events(request: web.Request) -> web.Response:
 
 async def get_event(request: web.Request) -> web.Response:
     """``GET /v1/audit/events/{eventId}``: one event, with the same access rules as the list."""
-    patients_only = _readers_scope(principal(request))
+    patients_only = policy.audit_patients_only(principal(request))
     try:
         event_id = uuid.UUID(request.match_info["eventId"])
     except ValueError as exc:
@@ -206,7 +196,7 @@ async def get_event(request: web.Request) -> web.Response:
 async def record_event(request: web.Request) -> web.Response:
     """``POST /v1/audit/events``: record an event of any entity type (201; 200 if known)."""
     caller = principal(request)
-    _may_record(caller)
+    policy.may_record_audit(caller)
     raw = await _read_json(request, MAX_BODY)
     try:
         parsed = orjson.loads(raw)
@@ -221,7 +211,9 @@ async def record_event(request: web.Request) -> web.Response:
     if new.eventId is None:
         # A retry with this key names the same event, so even one whose first answer was never
         # kept (the process died after the append) stores nothing twice.
-        new = new.model_copy(update={"eventId": uuid.uuid5(_KEYED_EVENTS, f"{caller.sub}\0{key.key}")})
+        new = new.model_copy(
+            update={"eventId": uuid.uuid5(_KEYED_EVENTS, f"{caller.sub}\0{key.key}")}
+        )
     async with transaction(request.app[PG_POOL], "the audit database") as conn:
         if (replay := await idempotency.claim(conn, key)) is not None:
             return replay
@@ -231,7 +223,9 @@ async def record_event(request: web.Request) -> web.Response:
 
 
 async def _append(request: web.Request, new: NewEvent, caller: Principal) -> web.Response:
-    pending = _checked([_pending(new, actor=new.actor or caller.sub, source=f"api/{caller.sub}")])[0]
+    pending = _checked([_pending(new, actor=new.actor or caller.sub, source=f"api/{caller.sub}")])[
+        0
+    ]
     started = time.perf_counter()
     stored, created = await store.append_one(request.app[PG_POOL], pending)
     APPEND_SECONDS.labels("api").observe(time.perf_counter() - started)
@@ -243,7 +237,7 @@ async def _append(request: web.Request, new: NewEvent, caller: Principal) -> web
 
 async def verify(request: web.Request) -> web.Response:
     """``GET /v1/audit/verify``: the whole log against the signed checkpoints (verify.py)."""
-    _may_verify(principal(request))
+    policy.may_prove_audit(principal(request))
     notary = request.app[NOTARY]
     # What an earlier call found of the checkpoint log (an append-only file, outside the
     # database): its unchanged prefix is not re-checked. Every event is, on every call.
@@ -266,7 +260,7 @@ def _notary(request: web.Request) -> Notary:
 
 async def latest_checkpoint(request: web.Request) -> web.Response:
     """``GET /v1/audit/checkpoints/latest``: the newest signed checkpoint."""
-    _may_verify(principal(request))
+    policy.may_prove_audit(principal(request))
     last = _notary(request).log.last()
     if last is None:
         raise NotFound("no audit checkpoint has been signed yet")
@@ -275,7 +269,7 @@ async def latest_checkpoint(request: web.Request) -> web.Response:
 
 async def sign_checkpoint(request: web.Request) -> web.Response:
     """``POST /internal/checkpoints``: sign one now if the log grew; answer the newest."""
-    _may_record(principal(request))
+    policy.may_record_audit(principal(request))
     notary = _notary(request)
     if notary.key is None:
         raise Unavailable("this server has no audit signing key", retry_after=60)
@@ -301,13 +295,15 @@ def _size_param(query: MultiMapping[str], name: str, *, required: bool) -> int |
 def _only(query: MultiMapping[str], allowed: frozenset[str]) -> None:
     unknown = set(query) - allowed
     if unknown:
-        raise ValidationFailed(errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)])
+        raise ValidationFailed(
+            errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)]
+        )
 
 
 async def inclusion_proof(request: web.Request) -> web.Response:
     """``GET /v1/audit/events/{eventId}/proof?treeSize=N``: the RFC 6962 audit path of the
     event in the tree of N events (default: the latest checkpoint's, else the current tree)."""
-    _may_verify(principal(request))
+    policy.may_prove_audit(principal(request))
     _only(request.query, frozenset({"treeSize"}))
     tree_size = _size_param(request.query, "treeSize", required=False)
     try:
@@ -328,13 +324,17 @@ async def inclusion_proof(request: web.Request) -> web.Response:
             f"treeSize must be between the event's seq ({row['seq']}) and the tree size ({current})"
         )
     path = await _proof(store.inclusion_proof(pool, row["seq"], tree_size))
-    body = {"leafIndex": row["seq"] - 1, "treeSize": tree_size, "auditPath": [h.hex() for h in path]}
+    body = {
+        "leafIndex": row["seq"] - 1,
+        "treeSize": tree_size,
+        "auditPath": [h.hex() for h in path],
+    }
     return _json(orjson.dumps(body))
 
 
 async def consistency_proof(request: web.Request) -> web.Response:
     """``GET /v1/audit/consistency?from=M&to=N``: the RFC 6962 consistency proof."""
-    _may_verify(principal(request))
+    policy.may_prove_audit(principal(request))
     _only(request.query, frozenset({"from", "to"}))
     old = _size_param(request.query, "from", required=True)
     new = _size_param(request.query, "to", required=True)
@@ -356,12 +356,14 @@ async def _proof(pending: Awaitable[list[bytes]]) -> list[bytes]:
 
 async def ingest_batch(request: web.Request) -> web.Response:
     """``POST /internal/events/batch``: a relay's batch, appended in order, idempotently."""
-    _may_record(principal(request))
+    policy.may_record_audit(principal(request))
     raw = await _read_json(request, request.app[SETTINGS].audit_max_batch_bytes)
     batch = EventBatch.model_validate_json(raw)
     events = _checked([_pending(ev, actor=ev.actor, source=ev.source) for ev in batch.events])
     started = time.perf_counter()
-    stored, duplicates = await store.append_events(request.app[PG_POOL], events, trusted_source=True)
+    stored, duplicates = await store.append_events(
+        request.app[PG_POOL], events, trusted_source=True
+    )
     APPEND_SECONDS.labels("internal").observe(time.perf_counter() - started)
     EVENTS_APPENDED.labels("internal").inc(len(stored))
     EVENTS_DUPLICATE.labels("internal").inc(duplicates)
@@ -370,15 +372,21 @@ async def ingest_batch(request: web.Request) -> web.Response:
     return _json(orjson.dumps({"appended": len(stored), "duplicates": duplicates}))
 
 
+# The handler of each operation of audit_service/contract.py, by operation id.
+HANDLERS: dict[str, Handler] = {
+    "listAuditEvents": list_events,
+    "recordAuditEvent": record_event,
+    "getAuditEvent": get_event,
+    "verifyAuditChain": verify,
+    "getLatestAuditCheckpoint": latest_checkpoint,
+    "getAuditInclusionProof": inclusion_proof,
+    "getAuditConsistencyProof": consistency_proof,
+}
+
+
 def setup_routes(app: web.Application) -> None:
-    """Mount the audit API and the internal ingest endpoint."""
+    """Mount the audit API as the contract declares it, and the internal endpoints."""
     app[LOG_MEMO] = {}
-    app.router.add_get("/v1/audit/events", list_events, allow_head=False)
-    app.router.add_post("/v1/audit/events", record_event)
-    app.router.add_get("/v1/audit/events/{eventId}", get_event, allow_head=False)
-    app.router.add_get("/v1/audit/verify", verify, allow_head=False)
-    app.router.add_get("/v1/audit/checkpoints/latest", latest_checkpoint, allow_head=False)
-    app.router.add_get("/v1/audit/events/{eventId}/proof", inclusion_proof, allow_head=False)
-    app.router.add_get("/v1/audit/consistency", consistency_proof, allow_head=False)
+    register_routes(app, OPERATIONS, HANDLERS)
     app.router.add_post("/internal/checkpoints", sign_checkpoint)
     app.router.add_post("/internal/events/batch", ingest_batch)

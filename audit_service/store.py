@@ -19,19 +19,32 @@ import asyncpg
 import orjson
 
 from audit_service.chain import (
-    StoredEvent, canonical, chain_hash, registers_patient, subject_of,
+    StoredEvent,
+    canonical,
+    chain_hash,
+    registers_patient,
+    subject_of,
 )
 from audit_service.merkle import (
-    CompactRange, Node, consistency_ranges, hash_ranges, inclusion_ranges, leaf_hash,
-    node_row, nodes_for, nodes_from_rows,
+    CompactRange,
+    Node,
+    consistency_ranges,
+    hash_ranges,
+    inclusion_ranges,
+    leaf_hash,
+    node_row,
+    nodes_for,
+    nodes_from_rows,
 )
-from shared.db import db_errors
+from shared.db import maps_db_errors
 from shared.errors import Conflict
 
 log = logging.getLogger("medsvc.audit.store")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _WHAT = "the audit database"
+# Driver errors leave every function of this module translated (shared/db.py).
+_mapped = maps_db_errors(_WHAT)
 _VERIFY_PREFETCH = 2000
 
 
@@ -74,6 +87,7 @@ class Stored:
 # -- appending --------------------------------------------------------------------------------
 
 
+@_mapped
 async def append_events(
     pool: asyncpg.Pool, events: Sequence[Pending], *, trusted_source: bool
 ) -> tuple[list[Stored], int]:
@@ -82,61 +96,63 @@ async def append_events(
     ``trusted_source``: the events come from a shard's outbox (the internal endpoint), so a
     user create event may register its user as a patient for the clinician rule.
     """
-    with db_errors(_WHAT):
-        async with pool.acquire() as conn, conn.transaction():
-            # lock_chain_head: serialises every append in every audit_service process.
-            head = await conn.fetchrow(
-                "SELECT last_seq, last_hash, tree_size, tree_range FROM audit_chain_head"
-                " WHERE id FOR UPDATE"
+    async with pool.acquire() as conn, conn.transaction():
+        # lock_chain_head: serialises every append in every audit_service process.
+        head = await conn.fetchrow(
+            "SELECT last_seq, last_hash, tree_size, tree_range FROM audit_chain_head"
+            " WHERE id FOR UPDATE"
+        )
+        tree = _head_tree(head)
+        # known_event_ids: which of these are stored already (none can appear meanwhile).
+        known = {
+            r["event_id"]
+            for r in await conn.fetch(
+                "SELECT event_id FROM audit_events WHERE event_id = ANY($1::uuid[])",
+                list({e.event_id for e in events}),
             )
-            tree = _head_tree(head)
-            # known_event_ids: which of these are stored already (none can appear meanwhile).
-            known = {
-                r["event_id"]
-                for r in await conn.fetch(
-                    "SELECT event_id FROM audit_events WHERE event_id = ANY($1::uuid[])",
-                    list({e.event_id for e in events}),
+        }
+        seq, prev = head["last_seq"], head["last_hash"]
+        records, stored, patients = [], [], []
+        for ev in events:
+            if ev.event_id in known:
+                continue
+            known.add(ev.event_id)
+            seq += 1
+            body = ev.body(seq)
+            digest = chain_hash(prev, body)
+            text = body.decode("utf-8")
+            nodes = b"".join(tree.append(leaf_hash(body)))
+            records.append((
+                seq, ev.event_id, ev.entity_type, ev.entity_id,
+                subject_of(ev.entity_type, ev.entity_id), ev.actor, ev.occurred_at, text,
+                prev, digest, nodes,
+            ))  # fmt: skip
+            stored.append(Stored(seq, text, prev, digest))
+            prev = digest
+            if trusted_source and _registers_patient(ev):
+                patients.append((ev.entity_id,))
+        if records:
+            # insert_events: COPY is the cheapest way to add a batch.
+            await conn.copy_records_to_table(
+                "audit_events", records=records,
+                columns=["seq", "event_id", "entity_type", "entity_id", "subject", "actor",
+                         "occurred_at", "body", "prev_hash", "hash", "tree_nodes"],
+            )  # fmt: skip
+            if patients:
+                # register_patients: users a clinician may see the history of.
+                await conn.executemany(
+                    "INSERT INTO audit_patients (user_name) VALUES ($1) ON CONFLICT DO NOTHING",
+                    patients,
                 )
-            }
-            seq, prev = head["last_seq"], head["last_hash"]
-            records, stored, patients = [], [], []
-            for ev in events:
-                if ev.event_id in known:
-                    continue
-                known.add(ev.event_id)
-                seq += 1
-                body = ev.body(seq)
-                digest = chain_hash(prev, body)
-                text = body.decode("utf-8")
-                nodes = b"".join(tree.append(leaf_hash(body)))
-                records.append((
-                    seq, ev.event_id, ev.entity_type, ev.entity_id,
-                    subject_of(ev.entity_type, ev.entity_id), ev.actor, ev.occurred_at, text,
-                    prev, digest, nodes,
-                ))  # fmt: skip
-                stored.append(Stored(seq, text, prev, digest))
-                prev = digest
-                if trusted_source and _registers_patient(ev):
-                    patients.append((ev.entity_id,))
-            if records:
-                # insert_events: COPY is the cheapest way to add a batch.
-                await conn.copy_records_to_table(
-                    "audit_events", records=records,
-                    columns=["seq", "event_id", "entity_type", "entity_id", "subject", "actor",
-                             "occurred_at", "body", "prev_hash", "hash", "tree_nodes"],
-                )  # fmt: skip
-                if patients:
-                    # register_patients: users a clinician may see the history of.
-                    await conn.executemany(
-                        "INSERT INTO audit_patients (user_name) VALUES ($1) ON CONFLICT DO NOTHING",
-                        patients,
-                    )
-                # move_chain_head: the trigger checks it lands on a stored event.
-                await conn.execute(
-                    "UPDATE audit_chain_head SET last_seq = $1, last_hash = $2, tree_size = $3,"
-                    " tree_range = $4 WHERE id",
-                    seq, prev, tree.size, tree.to_bytes(),
-                )
+            # move_chain_head: the trigger checks it lands on a stored event.
+            await conn.execute(
+                "UPDATE audit_chain_head SET last_seq = $1, last_hash = $2, tree_size = $3,"
+                " tree_range = $4 WHERE id",
+                seq,
+                prev,
+                tree.size,
+                tree.to_bytes(),
+            )
     return stored, len(events) - len(stored)
 
 
@@ -156,7 +172,9 @@ async def append_one(pool: asyncpg.Pool, event: Pending) -> tuple[Stored, bool]:
     # that a stored JSON string may contain.
     action = orjson.loads(row["body"])["action"]
     if (row["entity_type"], row["entity_id"], action) != (
-        event.entity_type, event.entity_id, event.action,
+        event.entity_type,
+        event.entity_id,
+        event.action,
     ):
         raise Conflict(f"event {event.event_id} exists with other content")
     return Stored(row["seq"], row["body"], row["prev_hash"], row["hash"]), False
@@ -165,17 +183,17 @@ async def append_one(pool: asyncpg.Pool, event: Pending) -> tuple[Stored, bool]:
 # -- reading ----------------------------------------------------------------------------------
 
 
+@_mapped
 async def event_by_id(pool: asyncpg.Pool, event_id: uuid.UUID) -> asyncpg.Record | None:
     """The stored event with this id, or None."""
-    with db_errors(_WHAT):
-        # event_by_id: unique index on event_id.
-        return await pool.fetchrow(
-            """SELECT seq, entity_type, entity_id, subject, body, prev_hash, hash,
-                      coalesce(subject IN (SELECT user_name FROM audit_patients), false)
-                          AS of_patient
-               FROM audit_events WHERE event_id = $1""",
-            event_id,
-        )
+    # event_by_id: unique index on event_id.
+    return await pool.fetchrow(
+        """SELECT seq, entity_type, entity_id, subject, body, prev_hash, hash,
+                  coalesce(subject IN (SELECT user_name FROM audit_patients), false)
+                      AS of_patient
+           FROM audit_events WHERE event_id = $1""",
+        event_id,
+    )
 
 
 @dataclass(frozen=True)
@@ -191,6 +209,7 @@ class EventFilter:
     patients_only: bool = False
 
 
+@_mapped
 async def events_page(pool: asyncpg.Pool, f: EventFilter, limit: int) -> list[asyncpg.Record]:
     """Events matching ``f`` in seq order, after ``f.after_seq``, at most ``limit``."""
     where, args = [], []
@@ -212,17 +231,17 @@ async def events_page(pool: asyncpg.Pool, f: EventFilter, limit: int) -> list[as
     if f.after_seq is not None:
         cond("seq > {}", f.after_seq)
     if f.patients_only:
-        where.append("entity_type IN ('user', 'visit')"
-                     " AND subject IN (SELECT user_name FROM audit_patients)")
+        where.append(
+            "entity_type IN ('user', 'visit') AND subject IN (SELECT user_name FROM audit_patients)"
+        )
     args.append(limit)
     sql = (
         "SELECT seq, body, prev_hash, hash FROM audit_events"
         + (" WHERE " + " AND ".join(where) if where else "")
         + f" ORDER BY seq LIMIT ${len(args)}"
     )
-    with db_errors(_WHAT):
-        # events_page: built from the filters present so each can use its (…, seq) index.
-        return await pool.fetch(sql, *args)
+    # events_page: built from the filters present so each can use its (…, seq) index.
+    return list(await pool.fetch(sql, *args))
 
 
 def _head_tree(head: asyncpg.Record) -> CompactRange:
@@ -248,18 +267,18 @@ async def scan_events(conn: asyncpg.Connection, after_seq: int = 0) -> AsyncIter
         yield StoredEvent(*r)
 
 
+@_mapped
 async def chain_head(pool: asyncpg.Pool | asyncpg.Connection) -> asyncpg.Record:
     """The chain head row: last_seq, last_hash, tree_size, tree_range."""
-    with db_errors(_WHAT):
-        return await pool.fetchrow(
-            "SELECT last_seq, last_hash, tree_size, tree_range FROM audit_chain_head WHERE id"
-        )
+    return await pool.fetchrow(
+        "SELECT last_seq, last_hash, tree_size, tree_range FROM audit_chain_head WHERE id"
+    )
 
 
+@_mapped
 async def patients(conn: asyncpg.Connection) -> set[str]:
     """The userNames audit_patients lists (clinicians read their events)."""
-    with db_errors(_WHAT):
-        return {r["user_name"] for r in await conn.fetch("SELECT user_name FROM audit_patients")}
+    return {r["user_name"] for r in await conn.fetch("SELECT user_name FROM audit_patients")}
 
 
 async def tree_head(pool: asyncpg.Pool) -> CompactRange:
@@ -267,19 +286,23 @@ async def tree_head(pool: asyncpg.Pool) -> CompactRange:
     return _head_tree(await chain_head(pool))
 
 
-async def fetch_nodes(conn: asyncpg.Pool | asyncpg.Connection, wanted: set[Node]) -> dict[Node, bytes]:
+@_mapped
+async def fetch_nodes(
+    conn: asyncpg.Pool | asyncpg.Connection, wanted: set[Node]
+) -> dict[Node, bytes]:
     """The stored hashes of ``wanted`` perfect subtrees (one query by primary key)."""
     seqs = sorted({node_row(n)[0] for n in wanted})
-    with db_errors(_WHAT):
-        # tree_nodes_by_seq: primary key lookups, O(log n) rows.
-        rows = await conn.fetch(
-            "SELECT seq, tree_nodes FROM audit_events WHERE seq = ANY($1::bigint[])", seqs
-        )
+    # tree_nodes_by_seq: primary key lookups, O(log n) rows.
+    rows = await conn.fetch(
+        "SELECT seq, tree_nodes FROM audit_events WHERE seq = ANY($1::bigint[])", seqs
+    )
     by_seq = {r["seq"]: r["tree_nodes"] for r in rows}
     return nodes_from_rows(wanted, by_seq.get)
 
 
-async def hashes_of(conn: asyncpg.Pool | asyncpg.Connection, ranges: list[tuple[int, int]]) -> list[bytes]:
+async def hashes_of(
+    conn: asyncpg.Pool | asyncpg.Connection, ranges: list[tuple[int, int]]
+) -> list[bytes]:
     """The MTH of each leaf range, from stored nodes; LookupError when the store lacks one."""
     nodes = await fetch_nodes(conn, nodes_for(ranges))
     try:
@@ -293,20 +316,24 @@ async def inclusion_proof(pool: asyncpg.Pool, seq: int, tree_size: int) -> list[
     return await hashes_of(pool, inclusion_ranges(seq - 1, tree_size))
 
 
-async def consistency_proof(conn: asyncpg.Pool | asyncpg.Connection, old: int, new: int) -> list[bytes]:
+async def consistency_proof(
+    conn: asyncpg.Pool | asyncpg.Connection, old: int, new: int
+) -> list[bytes]:
     """RFC 6962 consistency proof between the trees of ``old`` and ``new`` events."""
     if old == new:
         return []
     return await hashes_of(conn, consistency_ranges(old, new))
 
 
-async def leaves_between(conn: asyncpg.Connection, after: int, upto: int) -> list[tuple[int, bytes]]:
-    """(seq, leaf hash) of the events after ``after`` up to ``upto``, recomputed from their bodies."""
-    with db_errors(_WHAT):
-        rows = await conn.fetch(
-            "SELECT seq, body FROM audit_events WHERE seq > $1 AND seq <= $2 ORDER BY seq",
-            after, upto,
-        )  # fmt: skip
+@_mapped
+async def leaves_between(
+    conn: asyncpg.Connection, after: int, upto: int
+) -> list[tuple[int, bytes]]:
+    """(seq, leaf hash) of the events after ``after`` up to ``upto``, from their bodies."""
+    rows = await conn.fetch(
+        "SELECT seq, body FROM audit_events WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+        after, upto,
+    )  # fmt: skip
     return [(r["seq"], leaf_hash(r["body"].encode("utf-8"))) for r in rows]
 
 
@@ -327,7 +354,9 @@ async def backfill_tree(conn: asyncpg.Connection) -> int:
         updates = []
         async for r in conn.cursor("SELECT seq, body FROM audit_events ORDER BY seq"):
             if r["seq"] != tree.size + 1:
-                raise RuntimeError(f"audit event seq {tree.size + 1} is missing: cannot build the tree")
+                raise RuntimeError(
+                    f"audit event seq {tree.size + 1} is missing: cannot build the tree"
+                )
             updates.append((r["seq"], b"".join(tree.append(leaf_hash(r["body"].encode("utf-8"))))))
         await conn.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only")
         await conn.executemany("UPDATE audit_events SET tree_nodes = $2 WHERE seq = $1", updates)

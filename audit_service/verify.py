@@ -82,7 +82,10 @@ class LogVerifier:
         completed = self.tree.append(leaf_hash(ev.body.encode("utf-8")))
         if self.check_nodes and ev.tree_nodes != b"".join(completed):
             return self._fail(ev.seq, f"event seq {ev.seq}: its stored tree nodes were altered")
-        while self._next < len(self.checkpoints) and self.checkpoints[self._next].tree_size == self.tree.size:
+        while (
+            self._next < len(self.checkpoints)
+            and self.checkpoints[self._next].tree_size == self.tree.size
+        ):
             cp = self.checkpoints[self._next]
             if self.tree.root().hex() != cp.root_hash:
                 start, end = self._rewritten_span(cp)
@@ -104,7 +107,9 @@ class LogVerifier:
             start += width
         return self._verified_size + 1, cp.tree_size
 
-    def finish(self, head: Mapping[str, object] | None, patients: set[str] | None = None) -> Verdict:
+    def finish(
+        self, head: Mapping[str, object] | None, patients: set[str] | None = None
+    ) -> Verdict:
         """After the last event: every checkpoint reached, the head (if any) matches, and the
         patients table (if given) is the one the events register."""
         if not self.verdict.ok:
@@ -121,7 +126,9 @@ class LogVerifier:
             if self.verdict.ok and (
                 head["tree_size"] != self.tree.size or head["tree_range"] != self.tree.to_bytes()
             ):
-                self._fail(self.tree.size, "the tree the chain head records does not match the events")
+                self._fail(
+                    self.tree.size, "the tree the chain head records does not match the events"
+                )
         if self.verdict.ok and patients is not None and patients != self.patients:
             extra, missing = sorted(patients - self.patients), sorted(self.patients - patients)
             self._fail(None, (
@@ -183,22 +190,27 @@ async def make_checkpoint(pool: asyncpg.Pool, cp_log: CheckpointLog,
         last_size = last.tree_size if last else 0
         if size <= last_size:
             if size < last_size:
-                return _refuse(f"audit tree size {size} is below the last checkpoint's {last_size}")
+                _refuse(f"audit tree size {size} is below the last checkpoint's {last_size}")
+                return None
             return None
         tree = last.range() if last else CompactRange()
         if last and tree.root().hex() != last.root_hash:
-            return _refuse("the last checkpoint's compact range does not match its root")
+            _refuse("the last checkpoint's compact range does not match its root")
+            return None
         for seq, leaf in await store.leaves_between(conn, last_size, size):
             if seq != tree.size + 1:
-                return _refuse(f"audit event seq {tree.size + 1} is missing")
+                _refuse(f"audit event seq {tree.size + 1} is missing")
+                return None
             tree.append(leaf)
         recorded = CompactRange.from_bytes(size, head["tree_range"])
         if tree.size != size or tree.root() != recorded.root():
-            return _refuse("the audit events do not extend the last checkpoint")
+            _refuse("the audit events do not extend the last checkpoint")
+            return None
         proof = await store.consistency_proof(conn, last_size, size) if last_size else []
         if last and not check_consistency(last_size, size, bytes.fromhex(last.root_hash),
                                           tree.root(), proof):  # fmt: skip
-            return _refuse("the audit tree is not consistent with the last checkpoint")
+            _refuse("the audit tree is not consistent with the last checkpoint")
+            return None
         cp = sign(key, tree, proof)
         cp_log.append(cp)
     CHECKPOINT_TREE_SIZE.set(cp.tree_size)

@@ -38,7 +38,14 @@ from bench.probes import Probe, close_connections, default_probes, scalars
 from bench.procstat import Component, CpuMeter, MemoryMeter, kind_of
 from bench.report import RESULTS_DIR, Measurement, Report, Row
 from bench.scenarios import (
-    DEFAULT_SCENARIOS, DEFAULT_VARIANTS, HELLO, SCENARIOS, STEPS, VARIANTS, Scenario, Variant,
+    DEFAULT_SCENARIOS,
+    DEFAULT_VARIANTS,
+    HELLO,
+    SCENARIOS,
+    STEPS,
+    VARIANTS,
+    Scenario,
+    Variant,
 )  # fmt: skip
 from bench.seed import Dataset, load_dataset, make_dataset
 from deploy.localstack import Stack, StackConfig, binaries

@@ -23,8 +23,8 @@ from shared.idempotency import migration_set as idempotency_migration_set
 from shared.migrate import apply_migrations
 from shared.ops import setup_ops
 from shared.outbox import RelayConfig, outbox_migration_sets, relay_context
-from shared.problems import error_middleware, observe_middleware
 from shared.ownership import seed_ownership
+from shared.problems import error_middleware, observe_middleware
 from shared.settings import FESettings, redis_credentials
 from shared.shardmap import MapWatcher, ShardMap
 from shared.tasks import background_context

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway.fastpath import CACHES
 from gateway.central import CENTRAL, central_clusters
+from gateway.fastpath import CACHES
 from gateway.routes import plain_path_middleware, setup_routes
 from gateway.routing import MOVE_HOLD, ROUTING, Routing
 from gateway.state import CLUSTERS, SHARD_MAP, VERIFIER
@@ -20,7 +20,6 @@ from shared.problems import error_middleware, observe_middleware
 from shared.settings import GatewaySettings, redis_credentials
 from shared.shardmap import MapWatcher, ShardMap
 from shared.tasks import background
-
 
 CACHED_READ, OTHER = "cached-read", "request"
 

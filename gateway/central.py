@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.api import api_table
 from gateway.balancer import Cluster, Member, SessionFactory
 from gateway.proxy import forward
 from gateway.state import VERIFIER
-from shared.errors import Forbidden, Unavailable
+from shared import policy
+from shared.errors import Unavailable
 
 CENTRAL = web.AppKey("central_clusters", dict)
 # The shard label central clusters carry in the gateway's per-shard metrics.
 CENTRAL_SHARD_LABEL = -1
-AUDIT_ROLES = ("admin", "auditor", "clinician")
+# Who may use the audit API at all: whoever audit_service's contract lets call one of its
+# operations (the service applies the finer rules).
+AUDIT_ROLES = api_table().service_roles("audit")
 
 
 def central_clusters(
@@ -35,8 +39,7 @@ def central_clusters(
 async def audit(request: web.Request) -> web.Response:
     """``/v1/audit/...``: admins, auditors and clinicians, to the audit_service cluster."""
     principal = request.app[VERIFIER].from_request(request)
-    if not principal.has(*AUDIT_ROLES):
-        raise Forbidden("only admins, auditors and clinicians may use the audit API")
+    policy.may_use_service(principal, AUDIT_ROLES, "the audit API")
     cluster = request.app[CENTRAL].get("audit")
     if cluster is None:
         raise Unavailable("no audit service is configured", retry_after=30)

@@ -23,7 +23,12 @@ log = logging.getLogger("medsvc.gateway")
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _FORWARD_REQUEST = ("Authorization", "Content-Type", "If-Match", "Accept", "Idempotency-Key")
 _FORWARD_RESPONSE = (
-    "Content-Type", "ETag", "Location", "Retry-After", "Allow", "Idempotent-Replayed",
+    "Content-Type",
+    "ETag",
+    "Location",
+    "Retry-After",
+    "Allow",
+    "Idempotent-Replayed",
 )
 
 
@@ -53,8 +58,13 @@ class Upstream:
 
 
 async def forward(
-    cluster: Cluster, method: str, path_qs: str, headers: dict[str, str], body: bytes | None,
-    *, keyed_posts: bool = False,
+    cluster: Cluster,
+    method: str,
+    path_qs: str,
+    headers: dict[str, str],
+    body: bytes | None,
+    *,
+    keyed_posts: bool = False,
 ) -> Upstream:
     """Send the request to a live member of ``cluster``, failing over where that is safe.
 
@@ -100,8 +110,14 @@ async def forward(
         )
         log.warning(
             "member failed",
-            extra={"action": "gateway.member_failed", "member": member.url, "shard": cluster.shard_id,
-                   "service": service, "error": type(error).__name__, "outcome": outcome},
+            extra={
+                "action": "gateway.member_failed",
+                "member": member.url,
+                "shard": cluster.shard_id,
+                "service": service,
+                "error": type(error).__name__,
+                "outcome": outcome,
+            },
         )
         if not retry:
             raise Unavailable(

@@ -8,13 +8,14 @@ import re
 import orjson
 from aiohttp import web
 
+from gateway.api import api_table
 from gateway.central import audit
-from gateway.fastpath import cached_response
 from gateway.docs import only, setup_docs
+from gateway.fastpath import cached_response
 from gateway.proxy import Upstream, forward
 from gateway.routing import MOVE_HOLD, ROUTING, Routing
-from gateway.studies import studies
 from gateway.state import CLUSTERS, VERIFIER, cluster_for
+from gateway.studies import studies
 from shared import policy
 from shared.auth import Principal
 from shared.errors import NotFound, Unavailable
@@ -24,8 +25,8 @@ from shared.problems import Handler
 from shared.types import USER_NAME_PATTERN
 
 _USER_NAME = re.compile(USER_NAME_PATTERN)
-# Sub-resources of a user and the service that owns each.
-_SUBRESOURCE_SERVICE = {"visits": "visit", "studies": "user"}
+# Sub-resources of a user and the service that owns each, from the services' contracts.
+_SUBRESOURCE_SERVICE = api_table().user_subresources()
 
 
 @web.middleware
@@ -84,7 +85,9 @@ async def forward_to_owner(
         if routing.map.version != shard_map.version:
             continue
         if loop.time() >= deadline:
-            raise Unavailable(f"the shard of {user_name} is being moved; retry shortly", retry_after=1)
+            raise Unavailable(
+                f"the shard of {user_name} is being moved; retry shortly", retry_after=1
+            )
         # The map normally follows a flip within a second (the resharder publishes it right
         # after). Where its distribution lags (a Kubernetes ConfigMap refresh takes up to a
         # minute), follow the owner the refusing database names, once the move is surely
@@ -172,7 +175,9 @@ async def search_users(request: web.Request) -> web.Response:
     pages = []
     for cluster, answer in zip(clusters, answers, strict=True):
         if isinstance(answer, Unavailable):
-            raise Unavailable(f"shard {cluster.shard_id} is unavailable; the search cannot be complete")
+            raise Unavailable(
+                f"shard {cluster.shard_id} is unavailable; the search cannot be complete"
+            )
         assert isinstance(answer, Upstream)
         if answer.status != 200:
             return answer.response()
@@ -207,6 +212,3 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_route("*", "/v1/studies", studies)
     app.router.add_route("*", "/v1/studies/{tail:.+}", studies)
     app.router.add_route("*", "/v1/{tail:.*}", not_found)
-
-
-

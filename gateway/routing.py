@@ -28,7 +28,11 @@ class Routing:
     """The current map and what it takes to reach each of its shards."""
 
     def __init__(
-        self, watcher: MapWatcher, new_session: SessionFactory, cooldown: float, cache: bool,
+        self,
+        watcher: MapWatcher,
+        new_session: SessionFactory,
+        cooldown: float,
+        cache: bool,
         cache_credentials: Mapping[str, str | None] | None = None,
     ) -> None:
         self.watcher = watcher
@@ -54,15 +58,21 @@ class Routing:
                 if old is not None and [m.url for m in old.members] == wanted:
                     continue
                 members = [Member(u, self._new_session) for u in wanted]
-                self.clusters[(shard.id, service)] = Cluster(shard.id, service, members, self._cooldown)
+                self.clusters[(shard.id, service)] = Cluster(
+                    shard.id, service, members, self._cooldown
+                )
                 if old is not None:
                     self._retired.append(old)
-                log.info("shard cluster added", extra={"action": "gateway.cluster_added",
-                                                       "shard": shard.id, "service": service})
-            if self._cache and shard.redis and shard.id not in self.caches:
-                self.caches[shard.id] = ReadCache(
-                    shard.redis, shard.id, **self._cache_credentials
+                log.info(
+                    "shard cluster added",
+                    extra={
+                        "action": "gateway.cluster_added",
+                        "shard": shard.id,
+                        "service": service,
+                    },
                 )
+            if self._cache and shard.redis and shard.id not in self.caches:
+                self.caches[shard.id] = ReadCache(shard.redis, shard.id, **self._cache_credentials)
 
     async def close(self) -> None:
         for cluster in [*self.clusters.values(), *self._retired]:

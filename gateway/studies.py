@@ -15,6 +15,7 @@ import re
 import aiohttp
 from aiohttp import web
 
+from gateway.api import api_table
 from gateway.balancer import Cluster
 from gateway.central import CENTRAL
 from gateway.proxy import forward
@@ -32,8 +33,13 @@ _CHUNK = 64 * 1024
 _PASSED_ON = ("Content-Type", "ETag", "Retry-After")
 
 
+# Who may use the studies API at all, from the anonymizer's contract.
+STUDIES_ROLES = api_table().service_roles("anonymizer")
+
+
 async def studies(request: web.Request) -> web.StreamResponse:
-    policy.may_use_studies_api(request.app[VERIFIER].from_request(request))
+    principal = request.app[VERIFIER].from_request(request)
+    policy.may_use_service(principal, STUDIES_ROLES, "the studies API")
     cluster = request.app[CENTRAL].get("anonymizer")
     if cluster is None:
         raise Unavailable("no anonymizer is configured", retry_after=30)
@@ -41,8 +47,9 @@ async def studies(request: web.Request) -> web.StreamResponse:
         return await stream_records(request, cluster)
     body = await request.read() if request.body_exists else None
     # The anonymizer keeps the answers of keyed POSTs: a lost one may be sent again.
-    up = await forward(cluster, request.method, request.raw_path, dict(request.headers), body,
-                       keyed_posts=True)
+    up = await forward(
+        cluster, request.method, request.raw_path, dict(request.headers), body, keyed_posts=True
+    )
     return up.response()
 
 
@@ -80,10 +87,13 @@ async def stream_records(request: web.Request, cluster: Cluster) -> web.StreamRe
                 await out.write(chunk)
             await out.write_eof()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            # Upstream failed or the client left. The status is sent: the only honest signal left is a cut connection (the client
-            # sees a body shorter than its Content-Length, or no final chunk).
-            log.warning("records stream cut", extra={"action": "gateway.records_cut",
-                                                     "error": type(exc).__name__})
+            # Upstream failed or the client left. The status is sent: the only honest signal
+            # left is a cut connection (the client sees a body shorter than its
+            # Content-Length, or no final chunk).
+            log.warning(
+                "records stream cut",
+                extra={"action": "gateway.records_cut", "error": type(exc).__name__},
+            )
             if request.transport is not None:
                 request.transport.close()
         return out

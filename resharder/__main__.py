@@ -24,9 +24,9 @@ import orjson
 from resharder import state
 from resharder.move import Mover, Options, Summary
 from resharder.progress import Progress
+from resharder.publish import current_map
 from resharder.settings import ResharderSettings
 from shared.settings import load
-from resharder.publish import current_map
 from shared.shardmap import ShardMap, parse_range
 
 USAGE, DONE, ABORTED = 2, 0, 1
@@ -42,8 +42,10 @@ def _print_summary(s: Summary) -> None:
     if s.copy_rows_per_second is not None:
         print(f"  copy rate {s.copy_rows_per_second:.0f} rows/s")
     for table, diff in s.diff.items():
-        print(f"  {table:<15} rows {s.rows.get(table, 0):>8}  missing {diff['missing']}  "
-              f"extra {diff['extra']}  mismatched {diff['mismatched']}")
+        print(
+            f"  {table:<15} rows {s.rows.get(table, 0):>8}  missing {diff['missing']}  "
+            f"extra {diff['extra']}  mismatched {diff['mismatched']}"
+        )
     if s.map_version is not None:
         print(f"  shard map version {s.map_version}")
 
@@ -76,8 +78,11 @@ async def move(args: argparse.Namespace, settings: ResharderSettings) -> int:
     try:
         owners = shard_map.owners()
         sources = {owners[b] for b in range(lo, hi + 1)} - {args.to}
-        resumable = [m for m in await state.recent(registry, 50)
-                     if m.phase in state.ACTIVE and (m.lo, m.hi, m.target) == (lo, hi, args.to)]
+        resumable = [
+            m
+            for m in await state.recent(registry, 50)
+            if m.phase in state.ACTIVE and (m.lo, m.hi, m.target) == (lo, hi, args.to)
+        ]
         if resumable:
             source = resumable[0].source  # the map may already name the target
         elif not sources:
@@ -118,8 +123,10 @@ _VERSION = re.compile(r"^medsvc_shard_map_version\s+([0-9.e+]+)", re.M)
 
 async def _process_versions(shard_map: ShardMap, urls: list[str]) -> dict[str, Any]:
     """The map version each process reports on /metrics (None: did not answer)."""
-    targets = sorted({u.rstrip("/") for s in shard_map.shards for us in s.members.values() for u in us}
-                     | {u.rstrip("/") for u in urls})  # fmt: skip
+    targets = sorted(
+        {u.rstrip("/") for s in shard_map.shards for us in s.members.values() for u in us}
+        | {u.rstrip("/") for u in urls}
+    )
     out: dict[str, Any] = {}
     timeout = aiohttp.ClientTimeout(total=3)
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -157,11 +164,15 @@ async def status(args: argparse.Namespace, settings: ResharderSettings) -> int:
         return 0
     print(f"shard map version {shard_map.version}")
     for s in doc["shards"]:
-        print(f"  shard {s['id']}: buckets {', '.join(f'{a}-{b}' for a, b in s['buckets']) or 'none'}")
+        print(
+            f"  shard {s['id']}: buckets {', '.join(f'{a}-{b}' for a, b in s['buckets']) or 'none'}"
+        )
     active = [m for m in moves if m.phase in state.ACTIVE]
     print(f"moves in progress: {len(active) or 'none'}")
     for m in moves:
-        print(f"  move {m.move_id}: buckets {m.lo}-{m.hi} shard {m.source} -> {m.target}: {m.phase}")
+        print(
+            f"  move {m.move_id}: buckets {m.lo}-{m.hi} shard {m.source} -> {m.target}: {m.phase}"
+        )
     print("map version per process:")
     for url, v in sorted(versions.items()):
         print(f"  {url}  {v if v is not None else 'no answer'}")
@@ -169,16 +180,27 @@ async def status(args: argparse.Namespace, settings: ResharderSettings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m resharder", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m resharder",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     mv = sub.add_parser("move", help="move a bucket range to a shard, online")
     mv.add_argument("--buckets", required=True, help="LO-HI, inclusive (or one bucket N)")
     mv.add_argument("--to", type=int, required=True, help="the shard that takes them")
-    mv.add_argument("--fence-limit", type=float, default=None,
-                    help="seconds writes may stay fenced before the move aborts (2)")
-    mv.add_argument("--hold-before-fence", type=float, default=0.0,
-                    help="catch up at least this many seconds before fencing (0)")
+    mv.add_argument(
+        "--fence-limit",
+        type=float,
+        default=None,
+        help="seconds writes may stay fenced before the move aborts (2)",
+    )
+    mv.add_argument(
+        "--hold-before-fence",
+        type=float,
+        default=0.0,
+        help="catch up at least this many seconds before fencing (0)",
+    )
     mv.add_argument("--json", action="store_true", help="print the summary as JSON")
     st = sub.add_parser("status", help="moves in progress and each process's map version")
     st.add_argument("--url", action="append", help="another process to ask (a gateway...)")

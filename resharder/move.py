@@ -33,12 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from redis import asyncio as aioredis
 
 from resharder import publish
 from resharder.progress import Progress
 from resharder.state import Move, set_phase
-from redis import asyncio as aioredis
-
 from shared.cache import _keys as cache_keys  # the one place that knows the key layout
 from shared.cachekeys import user_group, visits_group
 from shared.shardmap import ShardMap
@@ -62,7 +61,7 @@ async def invalidate(redis_url: str, user_names: list[str]) -> None:
         # One round trip: the switch is inside the time writes to these users wait.
         pipe = client.pipeline(transaction=False)
         for i in range(0, len(keys), 1000):
-            pipe.delete(*keys[i:i + 1000])
+            pipe.delete(*keys[i : i + 1000])
         await pipe.execute()
     finally:
         await client.aclose()
@@ -102,13 +101,20 @@ class Summary:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "moveId": self.move_id, "buckets": [self.lo, self.hi], "source": self.source,
-            "target": self.target, "outcome": self.outcome, "reason": self.reason,
-            "resumed": self.resumed, "phaseSeconds": {k: round(v, 3) for k, v in self.phases.items()},
+            "moveId": self.move_id,
+            "buckets": [self.lo, self.hi],
+            "source": self.source,
+            "target": self.target,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "resumed": self.resumed,
+            "phaseSeconds": {k: round(v, 3) for k, v in self.phases.items()},
             "fenceSeconds": None if self.fence_seconds is None else round(self.fence_seconds, 3),
-            "rows": self.rows, "copyRowsPerSecond": self.copy_rows_per_second,
-            "diff": self.diff, "mapVersion": self.map_version,
-        }  # fmt: skip
+            "rows": self.rows,
+            "copyRowsPerSecond": self.copy_rows_per_second,
+            "diff": self.diff,
+            "mapVersion": self.map_version,
+        }
 
 
 def conninfo(dsn: str, password: str | None) -> str:
@@ -125,8 +131,15 @@ class Mover:
     """Runs one move against the shard databases named by the map."""
 
     def __init__(
-        self, move: Move, shard_map: ShardMap, registry: asyncpg.Connection, map_path: str,
-        password: str | None, options: Options, progress: Progress, configmap: str = "",
+        self,
+        move: Move,
+        shard_map: ShardMap,
+        registry: asyncpg.Connection,
+        map_path: str,
+        password: str | None,
+        options: Options,
+        progress: Progress,
+        configmap: str = "",
     ) -> None:
         self.m = move
         self.map = shard_map
@@ -189,20 +202,27 @@ class Mover:
         try:
             return await coro
         finally:
-            self.summary.phases[phase] = self.summary.phases.get(phase, 0.0) + time.monotonic() - started
+            self.summary.phases[phase] = (
+                self.summary.phases.get(phase, 0.0) + time.monotonic() - started
+            )
 
     # -- ownership -------------------------------------------------------------------------
 
     async def _owned_by_target(self, conn: asyncpg.Connection) -> bool:
         owners = await conn.fetch(
-            "SELECT DISTINCT owner FROM shard_buckets WHERE bucket BETWEEN $1 AND $2", self.m.lo, self.m.hi
+            "SELECT DISTINCT owner FROM shard_buckets WHERE bucket BETWEEN $1 AND $2",
+            self.m.lo,
+            self.m.hi,
         )
         return [r["owner"] for r in owners] == [self.m.target]
 
     async def _set_owner(self, conn: asyncpg.Connection, owner: int) -> None:
         await conn.execute(
             "UPDATE shard_buckets SET owner = $3, since_xid = pg_current_xact_id()"
-            " WHERE bucket BETWEEN $1 AND $2", self.m.lo, self.m.hi, owner,
+            " WHERE bucket BETWEEN $1 AND $2",
+            self.m.lo,
+            self.m.hi,
+            owner,
         )
 
     # -- copy and catch up -----------------------------------------------------------------
@@ -228,7 +248,8 @@ class Mover:
             # Leftovers of an earlier aborted move of these buckets would collide with the copy.
             await self._delete_unowned(self.b)
             await self.b.execute(
-                f"CREATE SUBSCRIPTION {name} CONNECTION {conninfo(self.src.postgres, self.password)}"
+                f"CREATE SUBSCRIPTION {name} "
+                f"CONNECTION {conninfo(self.src.postgres, self.password)}"
                 f" PUBLICATION {name} WITH (copy_data = true)"
             )
         total = sum((await self._count(self.a)).values())
@@ -239,19 +260,28 @@ class Mover:
             states = await self.b.fetch(
                 "SELECT r.srrelid::regclass::text AS rel, r.srsubstate::text AS state"
                 " FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid"
-                " WHERE s.subname = $1", name,
+                " WHERE s.subname = $1",
+                name,
             )
             for row in states:
-                if row["state"] in ("r", "s") and row["rel"] not in synced and row["rel"] != "move_markers":
+                if (
+                    row["state"] in ("r", "s")
+                    and row["rel"] not in synced
+                    and row["rel"] != "move_markers"
+                ):
                     synced[row["rel"]] = await self.b.fetchval(
-                        f"SELECT count(*) FROM {row['rel']} WHERE bucket BETWEEN $1 AND $2", lo, hi)
+                        f"SELECT count(*) FROM {row['rel']} WHERE bucket BETWEEN $1 AND $2", lo, hi
+                    )
             # The copies in progress, as PostgreSQL reports them (no count over growing tables).
             running = await self.b.fetchval(
                 "SELECT coalesce(sum(tuples_processed), 0) FROM pg_stat_progress_copy"
-                " WHERE datname = current_database() AND command = 'COPY FROM'")
+                " WHERE datname = current_database() AND command = 'COPY FROM'"
+            )
             copied = sum(synced.values()) + int(running)
             elapsed = time.monotonic() - started
-            self.progress.copy(copied, total, copied / elapsed if elapsed > 0 else 0.0, await self._lag())
+            self.progress.copy(
+                copied, total, copied / elapsed if elapsed > 0 else 0.0, await self._lag()
+            )
             if len(states) == len(TABLES) + 1 and all(r["state"] in ("r", "s") for r in states):
                 break
             if time.monotonic() > deadline:
@@ -264,7 +294,8 @@ class Mover:
     async def _lag(self) -> int | None:
         lag = await self.a.fetchval(
             "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots"
-            " WHERE slot_name = $1", self.m.name,
+            " WHERE slot_name = $1",
+            self.m.name,
         )
         return None if lag is None else max(int(lag), 0)
 
@@ -301,12 +332,16 @@ class Mover:
             try:
                 # Every write to these buckets now waits in its ownership trigger.
                 await fence.execute(
-                    "SELECT bucket FROM shard_buckets WHERE bucket BETWEEN $1 AND $2 FOR UPDATE", lo, hi
+                    "SELECT bucket FROM shard_buckets WHERE bucket BETWEEN $1 AND $2 FOR UPDATE",
+                    lo,
+                    hi,
                 )
             except asyncpg.LockNotAvailableError as exc:
                 raise Aborted("fence limit exceeded waiting for writes in flight") from exc
             nonce = uuid.uuid4()
-            await self.a.execute("INSERT INTO move_markers (move_name, nonce) VALUES ($1, $2)", self.m.name, nonce)
+            await self.a.execute(
+                "INSERT INTO move_markers (move_name, nonce) VALUES ($1, $2)", self.m.name, nonce
+            )
             while not await self.b.fetchval(
                 "SELECT 1 FROM move_markers WHERE move_name = $1 AND nonce = $2", self.m.name, nonce
             ):
@@ -314,7 +349,9 @@ class Mover:
                 await asyncio.sleep(0.005)
             while await self.a.fetchval(
                 "SELECT count(*) FROM audit_outbox"
-                " WHERE medsvc_bucket(split_part(entity_id, '/', 1)) BETWEEN $1 AND $2", lo, hi,
+                " WHERE medsvc_bucket(split_part(entity_id, '/', 1)) BETWEEN $1 AND $2",
+                lo,
+                hi,
             ):
                 check("the source's outbox to ship the moving users' audit events")
                 await asyncio.sleep(0.01)
@@ -343,8 +380,12 @@ class Mover:
 
     async def _switch(self) -> None:
         await set_phase(self.registry, self.m, "switch")
-        names = [r["user_name"] for r in await self.a.fetch(
-            "SELECT user_name FROM users WHERE bucket BETWEEN $1 AND $2", self.m.lo, self.m.hi)]
+        names = [
+            r["user_name"]
+            for r in await self.a.fetch(
+                "SELECT user_name FROM users WHERE bucket BETWEEN $1 AND $2", self.m.lo, self.m.hi
+            )
+        ]
         # Both shards: the source's entries would be served by a gateway still on the old
         # map, the target's could be left from an earlier move of these buckets. A failure
         # stops the move here (before the new map): run it again to resume.
@@ -361,7 +402,8 @@ class Mover:
     async def _columns(self, table: str) -> list[str]:
         rows = await self.a.fetch(
             "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public'"
-            " AND table_name = $1 ORDER BY ordinal_position", table,
+            " AND table_name = $1 ORDER BY ordinal_position",
+            table,
         )
         return [r["column_name"] for r in rows if r["column_name"] not in _NOT_COMPARED]
 
@@ -383,15 +425,22 @@ class Mover:
                          " updated_xid >= (SELECT max(since_xid) FROM shard_buckets"
                          " WHERE bucket BETWEEN $1 AND $2)")  # fmt: skip
                 skipped = {r["k"] for r in await b.fetch(since, self.m.lo, self.m.hi)}
-                b_rows = {r["k"]: r["h"] for r in await b.fetch(query, self.m.lo, self.m.hi)
-                          if r["k"] not in skipped}
+                b_rows = {
+                    r["k"]: r["h"]
+                    for r in await b.fetch(query, self.m.lo, self.m.hi)
+                    if r["k"] not in skipped
+                }
                 a_rows = {k: h for k, h in a_rows.items() if k not in skipped}
             missing = len(a_rows.keys() - b_rows.keys())
             extra = len(b_rows.keys() - a_rows.keys())
             mismatched = sum(1 for k in a_rows.keys() & b_rows.keys() if a_rows[k] != b_rows[k])
             self.summary.rows[table] = len(a_rows) + len(skipped)
-            self.summary.diff[table] = {"missing": missing, "extra": extra, "mismatched": mismatched,
-                                        "notCompared": len(skipped)}
+            self.summary.diff[table] = {
+                "missing": missing,
+                "extra": extra,
+                "mismatched": mismatched,
+                "notCompared": len(skipped),
+            }
             ok = ok and missing == extra == mismatched == 0
         if self.b_snapshot is not None:
             await self.b_snapshot.execute("COMMIT")
@@ -413,8 +462,10 @@ class Mover:
         async with conn.transaction():
             for table, _ in reversed(TABLES):
                 status = await conn.execute(
-                    f"DELETE FROM {table} WHERE bucket BETWEEN $1 AND $2 AND NOT medsvc_owns(bucket)",
-                    self.m.lo, self.m.hi,
+                    f"DELETE FROM {table} "
+                    "WHERE bucket BETWEEN $1 AND $2 AND NOT medsvc_owns(bucket)",
+                    self.m.lo,
+                    self.m.hi,
                 )
                 deleted[table] = int(status.split()[-1])
         return deleted

@@ -55,8 +55,16 @@ class Move:
 
 def _move(row: asyncpg.Record) -> Move:
     detail = row["detail"]
-    return Move(row["move_id"], row["lo"], row["hi"], row["source"], row["target"], row["phase"],
-                row["started_at"], orjson.loads(detail) if isinstance(detail, str) else detail)
+    return Move(
+        row["move_id"],
+        row["lo"],
+        row["hi"],
+        row["source"],
+        row["target"],
+        row["phase"],
+        row["started_at"],
+        orjson.loads(detail) if isinstance(detail, str) else detail,
+    )
 
 
 async def ensure_schema(conn: asyncpg.Connection) -> None:
@@ -67,14 +75,18 @@ async def ensure_schema(conn: asyncpg.Connection) -> None:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK)
 
 
-async def claim(conn: asyncpg.Connection, lo: int, hi: int, source: int, target: int) -> tuple[Move, bool]:
+async def claim(
+    conn: asyncpg.Connection, lo: int, hi: int, source: int, target: int
+) -> tuple[Move, bool]:
     """The move of exactly these buckets to ``target`` in progress (resumed: True), or a new
     one (False). Raises :class:`Refused` when an unfinished move overlaps them otherwise."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
         rows = await conn.fetch(
             "SELECT * FROM resharder_moves WHERE phase = ANY($1::text[]) AND lo <= $3 AND hi >= $2",
-            list(ACTIVE), lo, hi,
+            list(ACTIVE),
+            lo,
+            hi,
         )
         for row in rows:
             m = _move(row)
@@ -82,11 +94,18 @@ async def claim(conn: asyncpg.Connection, lo: int, hi: int, source: int, target:
                 return m, True
         if rows:
             m = _move(rows[0])
-            raise Refused(f"move {m.move_id} (buckets {m.lo}-{m.hi} to shard {m.target}, phase "
-                          f"{m.phase}) overlaps buckets {lo}-{hi}; finish or resume it first")
+            raise Refused(
+                f"move {m.move_id} (buckets {m.lo}-{m.hi} to shard {m.target}, phase "
+                f"{m.phase}) overlaps buckets {lo}-{hi}; finish or resume it first"
+            )
         row = await conn.fetchrow(
-            "INSERT INTO resharder_moves (lo, hi, source, target, phase) VALUES ($1, $2, $3, $4, 'copy')"
-            " RETURNING *", lo, hi, source, target,
+            "INSERT INTO resharder_moves (lo, hi, source, target, phase)"
+            " VALUES ($1, $2, $3, $4, 'copy')"
+            " RETURNING *",
+            lo,
+            hi,
+            source,
+            target,
         )
         return _move(row), False
 
@@ -95,14 +114,19 @@ async def set_phase(conn: asyncpg.Connection, move: Move, phase: str, **detail: 
     move.phase = phase
     move.detail.update(detail)
     await conn.execute(
-        "UPDATE resharder_moves SET phase = $2, updated_at = now(), detail = $3::jsonb WHERE move_id = $1",
-        move.move_id, phase, orjson.dumps(move.detail).decode(),
+        "UPDATE resharder_moves SET phase = $2, updated_at = now(), detail = $3::jsonb"
+        " WHERE move_id = $1",
+        move.move_id,
+        phase,
+        orjson.dumps(move.detail).decode(),
     )
 
 
 async def recent(conn: asyncpg.Connection, limit: int = 10) -> list[Move]:
     rows = await conn.fetch(
-        "SELECT * FROM resharder_moves ORDER BY (phase = ANY($1::text[])) DESC, move_id DESC LIMIT $2",
-        list(ACTIVE), limit,
+        "SELECT * FROM resharder_moves"
+        " ORDER BY (phase = ANY($1::text[])) DESC, move_id DESC LIMIT $2",
+        list(ACTIVE),
+        limit,
     )
     return [_move(r) for r in rows]

@@ -48,7 +48,9 @@ class AuditRejected(AuditError):
 class AuditClient:
     """POSTs event batches to one of ``urls`` (round-robin, failing over on errors)."""
 
-    def __init__(self, urls: list[str], session: aiohttp.ClientSession, secret: str, sub: str) -> None:
+    def __init__(
+        self, urls: list[str], session: aiohttp.ClientSession, secret: str, sub: str
+    ) -> None:
         if not urls:
             raise ValueError("at least one audit_service URL is needed")
         self._urls = [u.rstrip("/") for u in urls]
@@ -81,7 +83,9 @@ class AuditClient:
                     if resp.status < 300:
                         return
                     if resp.status < 500:
-                        raise AuditRejected(resp.status, f"{url} answered {resp.status}: {detail[:500]!r}")
+                        raise AuditRejected(
+                            resp.status, f"{url} answered {resp.status}: {detail[:500]!r}"
+                        )
                     failures.append(f"{url}: {resp.status}")
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 failures.append(f"{url}: {type(exc).__name__}")

@@ -10,6 +10,7 @@ match before a trailing newline).
 from __future__ import annotations
 
 import re
+from typing import Any
 
 _A = re.ASCII
 _ICD10 = re.compile(r"[A-Z][0-9][0-9A-Z](?:\.[0-9A-Z]{1,4})?", _A)
@@ -53,14 +54,14 @@ def _form(pattern: re.Pattern[str]) -> dict[str, str]:
     return {"type": "string", "pattern": f"^{pattern.pattern}$"}
 
 
-def coded_schema(systems: dict[str, re.Pattern[str]], *, optional: bool) -> dict[str, object]:
+def coded_schema(systems: dict[str, re.Pattern[str]], *, optional: bool) -> dict[str, Any]:
     """JSON Schema (``anyOf``) of an object whose ``code`` has the form of its ``system``.
 
     The OpenAPI document says what the validators check, so that a client (or a fuzzer
     generating from the schema) knows which codes are accepted. ``optional``: both may be
     absent or null together (an uncoded medication).
     """
-    alternatives: list[dict[str, object]] = [
+    alternatives: list[dict[str, Any]] = [
         {"required": ["system", "code"],
          "properties": {"system": {"const": system}, "code": _form(pattern)}}
         for system, pattern in systems.items()
@@ -71,7 +72,7 @@ def coded_schema(systems: dict[str, re.Pattern[str]], *, optional: bool) -> dict
 
 
 # JSON Schema of an address: a US one has a ZIP or ZIP+4 postal code (or none).
-US_POSTAL_CODE_SCHEMA: dict[str, object] = {
+US_POSTAL_CODE_SCHEMA: dict[str, Any] = {
     "anyOf": [
         {"properties": {"country": {"not": {"const": "US"}}}},
         {"properties": {"postalCode": {"anyOf": [{"type": "null"}, _form(US_POSTAL_CODE)]}}},

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import orjson
@@ -19,6 +22,7 @@ from prometheus_client.registry import Collector
 from shared.errors import Misdirected, Unavailable
 
 log = logging.getLogger("medsvc.db")
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 # Errors meaning "the database cannot be reached now", as opposed to a bad query.
 _UNAVAILABLE = (
@@ -92,15 +96,57 @@ def db_errors(what: str) -> Iterator[None]:
         # MS421: the shard's ownership check (medsvc_check_owner) refused the write.
         if getattr(exc, "sqlstate", None) == MISDIRECTED_SQLSTATE:
             owner = getattr(exc, "detail", None)
-            raise Misdirected("this shard does not own the user's bucket",
-                              owner=int(owner) if owner and owner.isdigit() else None) from exc
+            raise Misdirected(
+                "this shard does not own the user's bucket",
+                owner=int(owner) if owner and owner.isdigit() else None,
+            ) from exc
         raise
+
+
+def maps_db_errors(what: str) -> Callable[[_F], _F]:
+    """Decorate a store function so that driver errors leave it translated, as :func:`db_errors`.
+
+    The store modules' one mapping at their boundary (procrastinate's ``wrap_exceptions``):
+    each module makes one ``_mapped = maps_db_errors("the shard database")`` and decorates its
+    coroutine functions and async generators with it, so that nothing above ``store.py`` sees
+    asyncpg's exceptions.
+    """
+
+    def decorate(fn: _F) -> _F:
+        if inspect.isasyncgenfunction(fn):
+
+            @functools.wraps(fn)
+            async def mapped_rows(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+                rows = fn(*args, **kwargs)
+                try:
+                    with db_errors(what):
+                        async for item in rows:
+                            yield item
+                finally:
+                    # A consumer that stops early closes the inner generator now (its
+                    # connection goes back to the pool), not whenever it is collected.
+                    await rows.aclose()
+
+            return cast(_F, mapped_rows)
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"{fn.__qualname__} is neither a coroutine nor an async generator")
+
+        @functools.wraps(fn)
+        async def mapped(*args: Any, **kwargs: Any) -> Any:
+            with db_errors(what):
+                return await fn(*args, **kwargs)
+
+        return cast(_F, mapped)
+
+    return decorate
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # jsonb in and out as Python objects, encoded with orjson.
     await conn.set_type_codec(
-        "jsonb", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
+        "jsonb",
+        encoder=lambda v: orjson.dumps(v).decode(),
+        decoder=orjson.loads,
         schema="pg_catalog",
     )
 
@@ -110,8 +156,14 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(
-    dsn: str, *, password: str | None = None, min_size: int = 2, max_size: int = 10,
-    attempts: int = 30, what: str = "database", reset_sessions: bool = True,
+    dsn: str,
+    *,
+    password: str | None = None,
+    min_size: int = 2,
+    max_size: int = 10,
+    attempts: int = 30,
+    what: str = "database",
+    reset_sessions: bool = True,
 ) -> asyncpg.Pool:
     """Open a pool, retrying a bounded number of times with one warning per try.
 
@@ -122,21 +174,32 @@ async def create_pool(
     for attempt in range(1, attempts + 1):
         try:
             pool = await asyncpg.create_pool(
-                dsn, password=password, min_size=min_size, max_size=max_size,
-                init=_init_connection, command_timeout=30, timeout=5,
+                dsn,
+                password=password,
+                min_size=min_size,
+                max_size=max_size,
+                init=_init_connection,
+                command_timeout=30,
+                timeout=5,
                 reset=None if reset_sessions else _keep_session,
             )
             async with pool.acquire() as conn:
                 await conn.execute("SELECT 1")
-            log.info("connected", extra={"action": "db.connected", "dsn": mask_dsn(dsn), "what": what})
+            log.info(
+                "connected", extra={"action": "db.connected", "dsn": mask_dsn(dsn), "what": what}
+            )
             return pool
         except _UNAVAILABLE as exc:
             if attempt == attempts:
                 raise
             log.warning(
                 "connect failed; retrying",
-                extra={"action": "db.connect_retry", "dsn": mask_dsn(dsn), "error": type(exc).__name__,
-                       "attempt": attempt},
+                extra={
+                    "action": "db.connect_retry",
+                    "dsn": mask_dsn(dsn),
+                    "error": type(exc).__name__,
+                    "attempt": attempt,
+                },
             )
             await asyncio.sleep(min(0.2 * attempt, 2.0))
     raise AssertionError("unreachable")
@@ -157,7 +220,9 @@ async def pool_scope(dsn: str, **kwargs: object) -> AsyncIterator[asyncpg.Pool]:
 
 
 @contextlib.asynccontextmanager
-async def transaction(pool: asyncpg.Pool, what: str = "the shard database") -> AsyncIterator[asyncpg.Connection]:
+async def transaction(
+    pool: asyncpg.Pool, what: str = "the shard database"
+) -> AsyncIterator[asyncpg.Connection]:
     """A pooled connection in a transaction; a lost or refused connection is Unavailable.
 
     A connection lost at COMMIT leaves the outcome unknown to us: the caller gets 503, never

@@ -42,21 +42,25 @@ def _count(status: str) -> int:
 async def bury(conn: asyncpg.Connection, ids: list[int], reason: str) -> int:
     """Move these outbox rows to the dead letters with ``reason``; how many moved."""
     # bury: one statement, so a row is in exactly one of the two tables at any time.
-    return _count(await conn.execute(
-        f"""WITH moved AS (DELETE FROM audit_outbox WHERE id = ANY($1::bigint[]) RETURNING {_COLUMNS})
+    return _count(
+        await conn.execute(
+            f"""WITH moved AS (
+                DELETE FROM audit_outbox WHERE id = ANY($1::bigint[]) RETURNING {_COLUMNS})
             INSERT INTO audit_dead_letters ({_COLUMNS}, reason) SELECT {_COLUMNS}, $2 FROM moved""",
-        ids, reason,
-    ))  # fmt: skip
+            ids,
+            reason,
+        )
+    )
 
 
 async def exist(conn: asyncpg.Connection) -> bool:
     """Whether the shard has any dead letter (the relay's cheap check before each batch)."""
-    return await conn.fetchval("SELECT EXISTS (SELECT 1 FROM audit_dead_letters)")
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM audit_dead_letters)"))
 
 
 async def count(conn: asyncpg.Connection) -> int:
     """How many dead letters the shard holds."""
-    return await conn.fetchval("SELECT count(*) FROM audit_dead_letters")
+    return int(await conn.fetchval("SELECT count(*) FROM audit_dead_letters"))
 
 
 async def restore_requested(conn: asyncpg.Connection) -> int:
@@ -66,16 +70,21 @@ async def restore_requested(conn: asyncpg.Connection) -> int:
     ships ahead of its entity's later events, which waited in the outbox.
     """
     # restore_requested: one statement, so a row is in exactly one of the two tables.
-    return _count(await conn.execute(
-        f"""WITH back AS (DELETE FROM audit_dead_letters WHERE replay RETURNING {_COLUMNS})
-            INSERT INTO audit_outbox ({_COLUMNS}) OVERRIDING SYSTEM VALUE SELECT {_COLUMNS} FROM back""",
-    ))  # fmt: skip
+    return _count(
+        await conn.execute(
+            f"""WITH back AS (DELETE FROM audit_dead_letters WHERE replay RETURNING {_COLUMNS})
+            INSERT INTO audit_outbox ({_COLUMNS}) OVERRIDING SYSTEM VALUE
+            SELECT {_COLUMNS} FROM back""",
+        )
+    )
 
 
 async def request_replay(conn: asyncpg.Connection) -> int:
     """Mark every dead letter for replay; how many were marked."""
     # request_replay: the relay acts on the mark between two batches.
-    return _count(await conn.execute("UPDATE audit_dead_letters SET replay = true WHERE NOT replay"))
+    return _count(
+        await conn.execute("UPDATE audit_dead_letters SET replay = true WHERE NOT replay")
+    )
 
 
 async def _replay(conn: asyncpg.Connection, wait: float) -> int:
@@ -98,8 +107,10 @@ async def _list(conn: asyncpg.Connection) -> int:
            FROM audit_dead_letters ORDER BY id"""
     )
     for r in rows:
-        print(f"{r['id']}\t{r['entity_type']}\t{r['action']}\t{r['occurred_at'].isoformat()}\t"
-              f"dead {r['dead_at'].isoformat()}\t{'replaying' if r['replay'] else ''}\t{r['reason']}")
+        print(
+            f"{r['id']}\t{r['entity_type']}\t{r['action']}\t{r['occurred_at'].isoformat()}\t"
+            f"dead {r['dead_at'].isoformat()}\t{'replaying' if r['replay'] else ''}\t{r['reason']}"
+        )
     print(f"{len(rows)} dead letters")
     return 0
 
@@ -116,8 +127,11 @@ async def _main(command: str, shard_id: int, wait: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m shared.dead_letters", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.dead_letters",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("command", choices=["replay", "list"])
     parser.add_argument("--shard", type=int, required=True, help="the shard's id in the shard map")
     parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the relay")

@@ -41,7 +41,7 @@ import asyncpg
 from aiohttp import web
 
 from shared.auth import Principal
-from shared.db import db_errors
+from shared.db import maps_db_errors
 from shared.errors import BadRequest, Conflict, FieldError, ValidationFailed
 
 MIGRATIONS = Path(__file__).parent / "idempotency_migrations"
@@ -57,6 +57,8 @@ PURGE_EVERY, PURGE_BATCH = 64, 500
 
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _WHAT = "the database"
+# Driver errors leave every function of this module translated (shared/db.py).
+_mapped = maps_db_errors(_WHAT)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ async def key_of(
     return IdempotencyKey(caller.sub, request.path, raw, hashlib.sha256(body).digest())
 
 
+@_mapped
 async def claim(conn: asyncpg.Connection, key: IdempotencyKey | None) -> web.Response | None:
     """Inside the write's transaction, before writing: the first answer to replay, or None.
 
@@ -106,20 +109,21 @@ async def claim(conn: asyncpg.Connection, key: IdempotencyKey | None) -> web.Res
     """
     if key is None:
         return None
-    with db_errors(_WHAT):
-        deadline = time.monotonic() + IN_FLIGHT_WAIT
-        # try_lock_key: held until this transaction ends (commit or rollback).
-        while not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", key.lock_id):
-            if time.monotonic() >= deadline:
-                raise Conflict(f"a request with this {HEADER} is still in progress; retry it later")
-            await asyncio.sleep(0.02)
-        # stored_answer: the live answer to this key, if any.
-        row = await conn.fetchrow(
-            f"""SELECT fingerprint, status, headers, body FROM idempotency_keys
-                WHERE caller = $1 AND path = $2 AND key = $3
-                  AND created_at > now() - interval '{RETENTION}'""",
-            key.caller, key.path, key.key,
-        )
+    deadline = time.monotonic() + IN_FLIGHT_WAIT
+    # try_lock_key: held until this transaction ends (commit or rollback).
+    while not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", key.lock_id):
+        if time.monotonic() >= deadline:
+            raise Conflict(f"a request with this {HEADER} is still in progress; retry it later")
+        await asyncio.sleep(0.02)
+    # stored_answer: the live answer to this key, if any.
+    row = await conn.fetchrow(
+        f"""SELECT fingerprint, status, headers, body FROM idempotency_keys
+            WHERE caller = $1 AND path = $2 AND key = $3
+              AND created_at > now() - interval '{RETENTION}'""",
+        key.caller,
+        key.path,
+        key.key,
+    )
     if row is None:
         return None
     if row["fingerprint"] != key.fingerprint:
@@ -133,35 +137,45 @@ async def claim(conn: asyncpg.Connection, key: IdempotencyKey | None) -> web.Res
     return web.Response(status=row["status"], body=row["body"], headers=headers)
 
 
-async def record(conn: asyncpg.Connection, key: IdempotencyKey | None, response: web.Response) -> None:
+@_mapped
+async def record(
+    conn: asyncpg.Connection, key: IdempotencyKey | None, response: web.Response
+) -> None:
     """Inside the write's transaction, after writing: keep ``response`` as the key's answer."""
     if key is None:
         return
-    headers = [v for name in KEPT_HEADERS if (value := response.headers.get(name)) for v in (name, value)]
+    headers = [
+        v for name in KEPT_HEADERS if (value := response.headers.get(name)) for v in (name, value)
+    ]
     body = response.body if isinstance(response.body, bytes) else b""
-    with db_errors(_WHAT):
-        # keep_answer: replaces an expired row of the same key (claim ignored it).
-        await conn.execute(
-            """INSERT INTO idempotency_keys (caller, path, key, fingerprint, status, headers, body)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)
-               ON CONFLICT (caller, path, key) DO UPDATE
-               SET fingerprint = EXCLUDED.fingerprint, status = EXCLUDED.status,
-                   headers = EXCLUDED.headers, body = EXCLUDED.body, created_at = now()""",
-            key.caller, key.path, key.key, key.fingerprint, response.status, headers, body,
-        )
-        if random.randrange(PURGE_EVERY) == 0:  # noqa: S311 - spreading work, not security
-            await purge_expired(conn)
+    # keep_answer: replaces an expired row of the same key (claim ignored it).
+    await conn.execute(
+        """INSERT INTO idempotency_keys (caller, path, key, fingerprint, status, headers, body)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
+           ON CONFLICT (caller, path, key) DO UPDATE
+           SET fingerprint = EXCLUDED.fingerprint, status = EXCLUDED.status,
+               headers = EXCLUDED.headers, body = EXCLUDED.body, created_at = now()""",
+        key.caller,
+        key.path,
+        key.key,
+        key.fingerprint,
+        response.status,
+        headers,
+        body,
+    )
+    if random.randrange(PURGE_EVERY) == 0:  # noqa: S311 - spreading work, not security
+        await purge_expired(conn)
 
 
+@_mapped
 async def purge_expired(conn: asyncpg.Connection | asyncpg.Pool, limit: int = PURGE_BATCH) -> int:
     """Delete up to ``limit`` keys older than the retention; return how many went."""
-    with db_errors(_WHAT):
-        # purge_expired: oldest first; rows another purge is deleting are skipped, not waited on.
-        result = await conn.execute(
-            f"""DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
-                    SELECT ctid FROM idempotency_keys
-                    WHERE created_at <= now() - interval '{RETENTION}'
-                    ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED))""",
-            limit,
-        )
+    # purge_expired: oldest first; rows another purge is deleting are skipped, not waited on.
+    result = await conn.execute(
+        f"""DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+                SELECT ctid FROM idempotency_keys
+                WHERE created_at <= now() - interval '{RETENTION}'
+                ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED))""",
+        limit,
+    )
     return int(result.rsplit(" ", 1)[-1])

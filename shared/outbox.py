@@ -62,19 +62,23 @@ OUTBOX_BACKLOG = Gauge(
 )
 OUTBOX_OLDEST_AGE = Gauge(
     "medsvc_audit_outbox_oldest_age_seconds",
-    "Age of the oldest audit event waiting in the shard's outbox (0 when empty)", ["shard"],
+    "Age of the oldest audit event waiting in the shard's outbox (0 when empty)",
+    ["shard"],
 )
 OUTBOX_SHIPPED = Counter(
-    "medsvc_audit_outbox_shipped_total", "Audit events shipped to audit_service and acknowledged",
+    "medsvc_audit_outbox_shipped_total",
+    "Audit events shipped to audit_service and acknowledged",
     ["shard"],
 )
 OUTBOX_LAG = Histogram(
     "medsvc_audit_outbox_lag_seconds",
-    "Time from an audited change to audit_service's acknowledgement of its event", ["shard"],
+    "Time from an audited change to audit_service's acknowledgement of its event",
+    ["shard"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 RELAY_ERRORS = Counter(
-    "medsvc_audit_relay_errors_total", "Relay failures, by kind (audit_down, rejected, database)",
+    "medsvc_audit_relay_errors_total",
+    "Relay failures, by kind (audit_down, rejected, database)",
     ["shard", "kind"],
 )
 DEAD_LETTERED = Counter(
@@ -84,7 +88,8 @@ DEAD_LETTERED = Counter(
 )
 DEAD_LETTERS = Gauge(
     "medsvc_audit_dead_letters",
-    "Audit events in the shard's dead-letter table, waiting for an operator's replay", ["shard"],
+    "Audit events in the shard's dead-letter table, waiting for an operator's replay",
+    ["shard"],
 )
 # Times a batch is refused for good before it is split to find the refused events.
 REFUSALS_BEFORE_SPLIT = 3
@@ -154,7 +159,9 @@ async def fetch_query(conn: asyncpg.Connection) -> tuple[str, frozenset[str]]:
     def shaped(column: str) -> str:
         if not types:
             return f"o.{column}"
-        whens = " ".join(f"WHEN {_literal(t['entity_type'])} THEN {t['fn']}(o.{column})" for t in types)
+        whens = " ".join(
+            f"WHEN {_literal(t['entity_type'])} THEN {t['fn']}(o.{column})" for t in types
+        )
         return f"CASE o.entity_type {whens} ELSE o.{column} END"
 
     sql = _FETCH.format(before=shaped("row_before"), after=shaped("row_after"))
@@ -184,7 +191,12 @@ class OutboxRelay:
                     self.cfg.dsn, password=self.cfg.password, timeout=5, command_timeout=30
                 )
                 await self._stand(conn)
-            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (
+                OSError,
+                asyncio.TimeoutError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+            ) as exc:
                 RELAY_ERRORS.labels(self.shard, "database").inc()
                 log.warning("relay lost its database; retrying", extra={
                     "action": "outbox.db_error", "shard": self.cfg.shard_id,
@@ -224,7 +236,7 @@ class OutboxRelay:
         if any(r["entity_type"] not in self._types for r in rows):
             self._query, self._types = await fetch_query(conn)
             rows = await conn.fetch(self._query, self.cfg.batch_rows)
-        return rows
+        return list(rows)
 
     async def _ship_forever(self, conn: asyncpg.Connection) -> None:
         self._query, self._types = await fetch_query(conn)
@@ -254,7 +266,9 @@ class OutboxRelay:
             if len(batch) == len(rows) and len(rows) < self.cfg.batch_rows:
                 await asyncio.sleep(self.cfg.poll_interval)
 
-    async def _shipped(self, conn: asyncpg.Connection, batch: list[asyncpg.Record], fetched: float) -> None:
+    async def _shipped(
+        self, conn: asyncpg.Connection, batch: list[asyncpg.Record], fetched: float
+    ) -> None:
         """Delete the rows audit_service stored and count them."""
         # delete_shipped: exactly the rows audit_service acknowledged.
         await conn.execute(
@@ -266,7 +280,10 @@ class OutboxRelay:
             OUTBOX_LAG.labels(self.shard).observe(r["age"] + waited)
 
     async def _split(
-        self, conn: asyncpg.Connection, rows: list[asyncpg.Record], buried: set[tuple[str, str]],
+        self,
+        conn: asyncpg.Connection,
+        rows: list[asyncpg.Record],
+        buried: set[tuple[str, str]],
         fetched: float,
     ) -> bool:
         """Ship ``rows`` in halves until each refused event stands alone; bury those.
@@ -307,8 +324,14 @@ class OutboxRelay:
         if await dead_letters.exist(conn):
             restored = await dead_letters.restore_requested(conn)
             if restored:
-                log.info("dead letters put back in the outbox", extra={
-                    "action": "outbox.replayed", "shard": self.cfg.shard_id, "events": restored})  # fmt: skip
+                log.info(
+                    "dead letters put back in the outbox",
+                    extra={
+                        "action": "outbox.replayed",
+                        "shard": self.cfg.shard_id,
+                        "events": restored,
+                    },
+                )
                 DEAD_LETTERS.labels(self.shard).set(await dead_letters.count(conn))
 
     async def _back_off(self, conn: asyncpg.Connection) -> None:
@@ -381,10 +404,14 @@ def relay_context(
     async def context(app: web.Application) -> AsyncIterator[None]:
         timeout = aiohttp.ClientTimeout(total=30, sock_connect=2)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            client = AuditClient(audit_urls, session, jwt_secret, f"outbox-relay.shard-{cfg.shard_id}")
+            client = AuditClient(
+                audit_urls, session, jwt_secret, f"outbox-relay.shard-{cfg.shard_id}"
+            )
             async with background(OutboxRelay(cfg, client).run(), f"outbox-relay-{cfg.shard_id}"):
-                log.info("relay started", extra={
-                    "action": "outbox.started", "shard": cfg.shard_id, "audit": audit_urls})  # fmt: skip
+                log.info(
+                    "relay started",
+                    extra={"action": "outbox.started", "shard": cfg.shard_id, "audit": audit_urls},
+                )
                 yield
 
     return context

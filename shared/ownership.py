@@ -28,7 +28,9 @@ async def seed_ownership(conn: asyncpg.Connection, shard_id: int, shard_map: Sha
     pointing shard N at shard M's database would otherwise serve M's users as N's).
     """
     if shard_map.buckets != DB_BUCKETS:
-        raise RuntimeError(f"the shard databases compute {DB_BUCKETS} buckets, the map has {shard_map.buckets}")
+        raise RuntimeError(
+            f"the shard databases compute {DB_BUCKETS} buckets, the map has {shard_map.buckets}"
+        )
     async with conn.transaction():
         # Several FE servers start at once: one seeds, the others find it done.
         await conn.execute("LOCK TABLE shard_identity IN EXCLUSIVE MODE")
@@ -45,8 +47,10 @@ async def seed_ownership(conn: asyncpg.Connection, shard_id: int, shard_map: Sha
             " ON CONFLICT (bucket) DO NOTHING",
             list(enumerate(shard_map.owners())),
         )
-    log.info("bucket ownership seeded", extra={"action": "ownership.seeded", "shard": shard_id,
-                                               "mapVersion": shard_map.version})
+    log.info(
+        "bucket ownership seeded",
+        extra={"action": "ownership.seeded", "shard": shard_id, "mapVersion": shard_map.version},
+    )
     return True
 
 

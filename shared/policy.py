@@ -78,7 +78,48 @@ def may_change_consent(p: Principal, user_name: str, role: str) -> None:
         raise Forbidden("your role may not change this patient's study consent")
 
 
+def may_read_consents(p: Principal, user_name: str, role: str) -> None:
+    """The studies a patient takes part in: the patient themself, their clinicians, admins."""
+    if not (_cares_for(p, role) or _is_patient_self(p, user_name)):
+        raise Forbidden("your role may not read this patient's study consents")
+
+
 def may_use_studies_api(p: Principal) -> None:
     """``/v1/studies...``: researchers and admins."""
     if not p.has("admin", "researcher"):
         raise Forbidden("only researchers and admins may use the studies API")
+
+
+def _plural(roles: tuple[str, ...]) -> str:
+    names = [f"{r}s" for r in roles]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def may_use_service(p: Principal, roles: tuple[str, ...], what: str) -> None:
+    """Coarse gate for a whole service: the caller has one of the roles its contract names."""
+    if not p.has(*roles):
+        raise Forbidden(f"only {_plural(roles)} may use {what}")
+
+
+def audit_patients_only(p: Principal) -> bool:
+    """Whether the caller may read audit events, and if so whether only those about patients.
+
+    Admins and auditors read every event; a clinician only those about patients.
+    """
+    if p.has("admin", "auditor"):
+        return False
+    if p.has("clinician"):
+        return True
+    raise Forbidden("only admins, auditors and clinicians may read audit events")
+
+
+def may_prove_audit(p: Principal) -> None:
+    """Verifying the chain, checkpoints and proofs: admins and auditors."""
+    if not p.has("admin", "auditor"):
+        raise Forbidden("only admins and auditors may verify the audit chain")
+
+
+def may_record_audit(p: Principal) -> None:
+    """Recording audit events (and signing checkpoints): admins and internal services."""
+    if not p.has("admin"):
+        raise Forbidden("only admins and internal services may record audit events")

@@ -7,6 +7,7 @@ import re
 import asyncpg
 from aiohttp import web
 
+from shared import policy
 from shared.appkeys import CACHE, PG_POOL, SHARD_ID, VERIFIER
 from shared.auth import Principal
 from shared.cache import ReadCache
@@ -17,7 +18,9 @@ from shared.types import USER_NAME_PATTERN
 _USER_NAME = re.compile(USER_NAME_PATTERN)
 
 
-__all__ = ["Misdirected", "cache", "path_user_name", "pool", "principal", "require_owned"]
+__all__ = [
+    "Misdirected", "cache", "path_user_name", "pool", "principal", "require_owned", "user_request",
+]
 
 
 def principal(request: web.Request) -> Principal:
@@ -53,3 +56,18 @@ async def require_owned(request: web.Request, user_name: str) -> None:
         owner = await request.app[PG_POOL].fetchval("SELECT medsvc_owner($1)", user_name)
     if owner != shard_id:
         raise Misdirected(f"{user_name} belongs to shard {owner}, not {shard_id}", owner=owner)
+
+
+async def user_request(request: web.Request) -> tuple[Principal, str]:
+    """The caller and the path's userName of a request on one user's resources.
+
+    What every such handler checks first, in this order: a valid token (401), a path that can
+    name a user (404), a role that may use the users API for that user at all (403), and a
+    shard whose database owns the user's bucket (421). The finer rule, which needs the stored
+    user's role, is the handler's.
+    """
+    caller = principal(request)
+    user_name = path_user_name(request)
+    policy.may_use_users_api(caller, user_name)
+    await require_owned(request, user_name)
+    return caller, user_name

@@ -7,7 +7,7 @@ one-line message naming the variable (see :func:`load`).
 from __future__ import annotations
 
 import sys
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -89,7 +89,14 @@ class GatewaySettings(CommonSettings):
     anonymizer_urls: str = ""
 
 
-def redis_credentials(settings: CommonSettings) -> dict[str, str | None]:
+class RedisCredentials(TypedDict):
+    """The keyword arguments a Redis client takes to log in."""
+
+    username: str | None
+    password: str | None
+
+
+def redis_credentials(settings: CommonSettings) -> RedisCredentials:
     """``username`` and ``password`` for a Redis client, from the settings."""
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
     return {"username": settings.redis_username, "password": password}
@@ -101,8 +108,11 @@ S = TypeVar("S", bound=BaseSettings)
 def load(cls: type[S], **overrides: object) -> S:
     """Build ``cls`` from the environment plus ``overrides``; exit with one line on error."""
     try:
-        return cls(**{k: v for k, v in overrides.items() if v is not None})
+        given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**given)
     except ValidationError as exc:
         err = exc.errors()[0]
-        name = "MEDSVC_" + "_".join(str(p) for p in err["loc"]).upper() if err["loc"] else "settings"
+        name = (
+            "MEDSVC_" + "_".join(str(p) for p in err["loc"]).upper() if err["loc"] else "settings"
+        )
         sys.exit(f"configuration error: {name}: {err['msg']}")

@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import asyncpg
 
-from shared.db import db_errors
+from shared.db import maps_db_errors
 from shared.errors import NotFound
 
+# Driver errors leave every function of this module translated (shared/db.py).
+_mapped = maps_db_errors("the shard database")
 
+
+@_mapped
 async def user_role(
     conn: asyncpg.Connection | asyncpg.Pool, user_name: str, *, lock: bool = False
 ) -> str:
     """The user's role; NotFound when absent. ``lock`` share-locks the row for the transaction,
     keeping the user in place under a new visit or consent."""
-    with db_errors("the shard database"):
-        # user_role: by primary key, FOR SHARE when the caller writes beside the user.
-        row = await conn.fetchrow(
-            "SELECT role FROM users WHERE user_name = $1" + (" FOR SHARE" if lock else ""),
-            user_name,
-        )
+    # user_role: by primary key, FOR SHARE when the caller writes beside the user.
+    row = await conn.fetchrow(
+        "SELECT role FROM users WHERE user_name = $1" + (" FOR SHARE" if lock else ""),
+        user_name,
+    )
     if row is None:
         raise NotFound(f"user {user_name} does not exist")
-    return row["role"]
+    return str(row["role"])

@@ -97,7 +97,9 @@ class ShardMap(BaseModel):
 
     def shard_id_for(self, user_name: str) -> int:
         """Return the id of the shard owning ``user_name``."""
-        return self._owner[bucket_of(user_name, self.buckets)]  # type: ignore[attr-defined]
+        # _owner is set in the validator above with object.__setattr__ (not a declared field).
+        owner: int = self._owner[bucket_of(user_name, self.buckets)]  # type: ignore[attr-defined]
+        return owner
 
     def shard_for(self, user_name: str) -> Shard:
         """Return the shard owning ``user_name``."""
@@ -122,7 +124,9 @@ class ShardMap(BaseModel):
             raise ValueError("a new shard owns no bucket: move buckets to it afterwards")
         if any(s.id == shard.id for s in self.shards):
             raise ValueError(f"shard {shard.id} exists")
-        return ShardMap(version=self.version + 1, buckets=self.buckets, shards=[*self.shards, shard])
+        return ShardMap(
+            version=self.version + 1, buckets=self.buckets, shards=[*self.shards, shard]
+        )
 
     def shard(self, shard_id: int) -> Shard:
         """Return the shard with id ``shard_id`` (KeyError when absent)."""
@@ -194,7 +198,9 @@ class MapWatcher:
     ``deploy.localstack add-shard`` rewrite it with :func:`write_shard_map`.
     """
 
-    def __init__(self, path: str | Path, initial: ShardMap | None = None, interval: float = 0.5) -> None:
+    def __init__(
+        self, path: str | Path, initial: ShardMap | None = None, interval: float = 0.5
+    ) -> None:
         self.path = Path(path)
         self.interval = interval
         self.current = initial if initial is not None else load_shard_map(self.path)
@@ -226,15 +232,20 @@ class MapWatcher:
         try:
             new = load_shard_map(self.path)
         except (OSError, ValueError) as exc:
-            log.warning("shard map unreadable; keeping version %s", self.current.version,
-                        extra={"action": "shardmap.unreadable", "error": type(exc).__name__})
+            log.warning(
+                "shard map unreadable; keeping version %s",
+                self.current.version,
+                extra={"action": "shardmap.unreadable", "error": type(exc).__name__},
+            )
             return False
         if new.version <= self.current.version:
             return False
         old, self.current = self.current, new
         MAP_VERSION.set(new.version)
-        log.info("shard map switched", extra={"action": "shardmap.switched",
-                                              "from": old.version, "to": new.version})
+        log.info(
+            "shard map switched",
+            extra={"action": "shardmap.switched", "from": old.version, "to": new.version},
+        )
         for listener in self._listeners:
             listener(new)
         return True

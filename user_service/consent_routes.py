@@ -1,4 +1,5 @@
-"""Study consent: ``PUT`` / ``DELETE /v1/users/{userName}/studies/{studyId}`` on the patient's shard.
+"""Study consent on the patient's shard: ``GET /v1/users/{userName}/studies``, and ``PUT`` /
+``DELETE /v1/users/{userName}/studies/{studyId}``.
 
 The study registry belongs to the anonymizer, so before it writes, the FE server asks the
 anonymizer API whether the study exists (``GET /internal/studies/{studyId}`` with the caller's
@@ -18,15 +19,16 @@ from aiohttp import web
 
 from shared import policy
 from shared.appkeys import FE_SETTINGS
+from shared.contract import Handler
 from shared.db import transaction
 from shared.errors import FieldError, NotFound, Unavailable, ValidationFailed
 from shared.httpio import json_response
 from shared.logs import request_id_var
-from shared.service import path_user_name, pool, principal, require_owned
+from shared.service import pool, principal, user_request
+from shared.shard_users import user_role
 from shared.types import USER_NAME_PATTERN
 from shared.writes import begin_write
 from user_service import consent_store
-from shared.shard_users import user_role
 
 log = logging.getLogger("medsvc.consent")
 _STUDY_ID = re.compile(USER_NAME_PATTERN)
@@ -46,16 +48,26 @@ class StudyDirectory:
         if study_id in self._known:
             return
         if not self._urls or self._session is None:
-            raise Unavailable("no study registry is configured (MEDSVC_ANONYMIZER_URLS)", retry_after=30)
+            raise Unavailable(
+                "no study registry is configured (MEDSVC_ANONYMIZER_URLS)", retry_after=30
+            )
         start = next(self._rr) % len(self._urls)
         headers = {"Authorization": authorization, "X-Request-ID": request_id_var.get()}
         for url in self._urls[start:] + self._urls[:start]:
             try:
-                async with self._session.get(f"{url}/internal/studies/{study_id}", headers=headers) as resp:
+                async with self._session.get(
+                    f"{url}/internal/studies/{study_id}", headers=headers
+                ) as resp:
                     status = resp.status
             except (aiohttp.ClientError, TimeoutError) as exc:
-                log.warning("study registry unreachable", extra={
-                    "action": "consent.registry_unreachable", "url": url, "error": type(exc).__name__})  # fmt: skip
+                log.warning(
+                    "study registry unreachable",
+                    extra={
+                        "action": "consent.registry_unreachable",
+                        "url": url,
+                        "error": type(exc).__name__,
+                    },
+                )
                 continue
             if status == 200:
                 self._known.add(study_id)
@@ -88,10 +100,7 @@ def _path_study_id(request: web.Request) -> str:
 
 async def _checked(request: web.Request) -> tuple[str, str]:
     """(userName, studyId) of a consent request the caller may make, for an existing study."""
-    caller = principal(request)
-    user_name = path_user_name(request)
-    policy.may_use_users_api(caller, user_name)
-    await require_owned(request, user_name)
+    caller, user_name = await user_request(request)
     study_id = _path_study_id(request)
     if request.body_exists and (await request.read()).strip() not in (b"", b"{}"):
         raise ValidationFailed(errors=[FieldError("body", "a consent takes no body")])
@@ -108,7 +117,9 @@ async def put_consent(request: web.Request) -> web.Response:
         role = await user_role(conn, user_name, lock=True)
         policy.may_change_consent(caller, user_name, role)
         if role != "patient":
-            raise ValidationFailed(errors=[FieldError("userName", "only patients take part in studies")])
+            raise ValidationFailed(
+                errors=[FieldError("userName", "only patients take part in studies")]
+            )
         row = await consent_store.give_consent(conn, user_name, study_id)
     return json_response(consent_store.row_to_consent(row))
 
@@ -125,8 +136,18 @@ async def delete_consent(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def setup_consent_routes(app: web.Application) -> None:
-    """Mount the consent endpoints and the study registry client."""
-    app.cleanup_ctx.append(studies_context)
-    app.router.add_put("/v1/users/{userName}/studies/{studyId}", put_consent)
-    app.router.add_delete("/v1/users/{userName}/studies/{studyId}", delete_consent)
+async def list_consents(request: web.Request) -> web.Response:
+    """The studies the patient takes part in: 200 with the consents in force."""
+    caller, user_name = await user_request(request)
+    async with pool(request).acquire() as conn:
+        policy.may_read_consents(caller, user_name, await user_role(conn, user_name))
+        items = await consent_store.consents_in_force(conn, user_name)
+    return json_response({"items": items, "nextCursor": None})
+
+
+# The handler of each consent operation of user_service/contract.py, by operation id.
+HANDLERS: dict[str, Handler] = {
+    "listConsents": list_consents,
+    "giveConsent": put_consent,
+    "withdrawConsent": delete_consent,
+}

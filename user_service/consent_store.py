@@ -6,7 +6,10 @@ from typing import Any
 
 import asyncpg
 
-from shared.db import db_errors
+from shared.db import maps_db_errors
+
+# Driver errors leave every function of this module translated (shared/db.py).
+_mapped = maps_db_errors("the shard database")
 
 _COLUMNS = "user_name, study_id, consented_at, withdrawn_at, updated_at, version"
 
@@ -23,36 +26,48 @@ def row_to_consent(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
+@_mapped
 async def give_consent(conn: asyncpg.Connection, user_name: str, study_id: str) -> asyncpg.Record:
     """Record consent; a consent already in force is left as it is (no write, no audit event)."""
-    with db_errors("the shard database"):
-        # give_consent: insert, or renew a withdrawn consent; a consent in force returns no row.
+    # give_consent: insert, or renew a withdrawn consent; a consent in force returns no row.
+    row = await conn.fetchrow(
+        f"""INSERT INTO study_consents AS c (user_name, study_id) VALUES ($1, $2)
+            ON CONFLICT (user_name, study_id) DO UPDATE
+            SET consented_at = now(), withdrawn_at = NULL, updated_at = now(),
+                version = c.version + 1
+            WHERE c.withdrawn_at IS NOT NULL
+            RETURNING {_COLUMNS}""",
+        user_name, study_id,
+    )
+    if row is None:
+        # consent_in_force: what the idempotent PUT answers with.
         row = await conn.fetchrow(
-            f"""INSERT INTO study_consents AS c (user_name, study_id) VALUES ($1, $2)
-                ON CONFLICT (user_name, study_id) DO UPDATE
-                SET consented_at = now(), withdrawn_at = NULL, updated_at = now(),
-                    version = c.version + 1
-                WHERE c.withdrawn_at IS NOT NULL
-                RETURNING {_COLUMNS}""",
+            f"SELECT {_COLUMNS} FROM study_consents WHERE user_name = $1 AND study_id = $2",
             user_name, study_id,
         )
-        if row is None:
-            # consent_in_force: what the idempotent PUT answers with.
-            row = await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM study_consents WHERE user_name = $1 AND study_id = $2",
-                user_name, study_id,
-            )
     return row
 
 
+@_mapped
 async def withdraw_consent(conn: asyncpg.Connection, user_name: str, study_id: str) -> bool:
     """Withdraw a consent in force; False when there was none (nothing to do)."""
-    with db_errors("the shard database"):
-        # withdraw_consent: only a consent in force changes.
-        status = await conn.execute(
-            """UPDATE study_consents SET withdrawn_at = now(), updated_at = now(),
-                      version = version + 1
-               WHERE user_name = $1 AND study_id = $2 AND withdrawn_at IS NULL""",
-            user_name, study_id,
-        )
+    # withdraw_consent: only a consent in force changes.
+    status: str = await conn.execute(
+        """UPDATE study_consents SET withdrawn_at = now(), updated_at = now(),
+                  version = version + 1
+           WHERE user_name = $1 AND study_id = $2 AND withdrawn_at IS NULL""",
+        user_name, study_id,
+    )
     return status != "UPDATE 0"
+
+
+@_mapped
+async def consents_in_force(conn: asyncpg.Connection, user_name: str) -> list[dict[str, Any]]:
+    """The studies the user takes part in now, in studyId order, as the API lists them."""
+    # consents_in_force: the user's consents not withdrawn.
+    rows = await conn.fetch(
+        """SELECT study_id, consented_at FROM study_consents
+           WHERE user_name = $1 AND withdrawn_at IS NULL ORDER BY study_id""",
+        user_name,
+    )
+    return [{"studyId": r["study_id"], "consentedAt": r["consented_at"]} for r in rows]

@@ -6,12 +6,17 @@ import datetime as dt
 from typing import Annotated, Literal
 
 from pydantic import (
-    BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
 
 from shared.codes import US_POSTAL_CODE_SCHEMA, us_zip3
-from shared.types import UserName, text
+from shared.types import UserName, no_nul
 
 Role = Literal["admin", "clinician", "patient", "researcher", "auditor"]
 Sex = Literal["female", "male", "other", "unknown"]
@@ -23,7 +28,9 @@ _EMAIL_PART = r"[^@\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f
 Email = Annotated[
     str, StringConstraints(max_length=254, pattern=rf"^{_EMAIL_PART}@{_EMAIL_PART}\.{_EMAIL_PART}$")
 ]
-Phone = Annotated[str, StringConstraints(min_length=3, max_length=32, pattern=r"^\+?[0-9][0-9 ().-]*$")]
+Phone = Annotated[
+    str, StringConstraints(min_length=3, max_length=32, pattern=r"^\+?[0-9][0-9 ().-]*$")
+]
 Country = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
 
 EARLIEST_BIRTH = dt.date(1900, 1, 1)
@@ -49,11 +56,11 @@ class Address(BaseModel):
         extra="forbid", strict=True, populate_by_name=False, json_schema_extra=US_POSTAL_CODE_SCHEMA
     )
 
-    line: text(200) | None = None
-    city: text(100) | None = None
-    region: text(100) | None = None
+    line: Annotated[str, no_nul(200)] | None = None
+    city: Annotated[str, no_nul(100)] | None = None
+    region: Annotated[str, no_nul(100)] | None = None
     country: Country | None = None
-    postalCode: text(20) | None = Field(
+    postalCode: Annotated[str, no_nul(20)] | None = Field(
         default=None, description="for country US: ^[0-9]{5}(-[0-9]{4})?$ in ASCII digits"
     )
 
@@ -72,8 +79,8 @@ class UserIn(BaseModel):
 
     userName: UserName
     role: Role
-    givenName: text(100, 1)
-    familyName: text(100, 1)
+    givenName: Annotated[str, no_nul(100, 1)]
+    familyName: Annotated[str, no_nul(100, 1)]
     birthDate: dt.date
     sex: Sex = "unknown"
     email: Email | None = None
@@ -98,8 +105,8 @@ class UserPatch(BaseModel):
 
     model_config = _STRICT
 
-    givenName: text(100, 1) | SkipJsonSchema[None] = None
-    familyName: text(100, 1) | SkipJsonSchema[None] = None
+    givenName: Annotated[str, no_nul(100, 1)] | SkipJsonSchema[None] = None
+    familyName: Annotated[str, no_nul(100, 1)] | SkipJsonSchema[None] = None
     birthDate: dt.date | SkipJsonSchema[None] = None
     sex: Sex | None = None
     email: Email | None = None
@@ -131,3 +138,17 @@ class Consent(BaseModel):
     consentedAt: dt.datetime
     withdrawnAt: dt.datetime | None
     version: int
+
+
+class StudyTaken(BaseModel):
+    """A study the patient takes part in (a consent in force)."""
+
+    studyId: UserName
+    consentedAt: dt.datetime
+
+
+class StudiesTaken(BaseModel):
+    """The studies a patient takes part in, as ``GET /v1/users/{userName}/studies`` lists them."""
+
+    items: list[StudyTaken]
+    nextCursor: None

@@ -7,18 +7,24 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from shared import policy
+from shared import idempotency, policy
+from shared.cache import pack_entry, unpack_entry
+from shared.cachekeys import USER_FIELD, user_group
+from shared.contract import Handler
 from shared.db import transaction
 from shared.errors import BadRequest, FieldError, NotFound, ValidationFailed
 from shared.httpio import (
-    decode_cursor, encode_cursor, etag, if_match_version, json_response, limit_param,
-    merge_patch, read_json_object,
+    decode_cursor,
+    encode_cursor,
+    etag,
+    if_match_version,
+    json_response,
+    limit_param,
+    merge_patch,
+    read_json_object,
 )
-from shared import idempotency
+from shared.service import cache, pool, principal, require_owned, user_request
 from shared.writes import begin_write
-from shared.cache import pack_entry, unpack_entry
-from shared.cachekeys import USER_FIELD, user_group
-from shared.service import cache, path_user_name, pool, principal, require_owned
 from user_service import store
 from user_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, UserIn
 
@@ -33,7 +39,11 @@ def user_response(row: Any, status: int = 200) -> web.Response:
 
 def _client_state(user: dict[str, Any]) -> dict[str, Any]:
     """The stored user as a client would send it (no server fields, no nulls)."""
-    state = {k: v for k, v in user.items() if v is not None and k not in ("createdAt", "updatedAt", "version")}
+    state = {
+        k: v
+        for k, v in user.items()
+        if v is not None and k not in ("createdAt", "updatedAt", "version")
+    }
     state["birthDate"] = user["birthDate"].isoformat()
     return state
 
@@ -56,17 +66,18 @@ async def create_user(request: web.Request) -> web.Response:
 
 
 async def get_user(request: web.Request) -> web.Response:
-    caller = principal(request)
-    user_name = path_user_name(request)
-    policy.may_use_users_api(caller, user_name)
-    await require_owned(request, user_name)
+    caller, user_name = await user_request(request)
     db = pool(request)
 
     async def load() -> bytes | None:
         row = await store.get_user(db, user_name)
         if row is None:
             return None
-        return pack_entry(row["role"], row["version"], orjson.dumps(store.row_to_user(row), option=orjson.OPT_UTC_Z))
+        return pack_entry(
+            row["role"],
+            row["version"],
+            orjson.dumps(store.row_to_user(row), option=orjson.OPT_UTC_Z),
+        )
 
     entry = await cache(request).get("user", user_group(user_name), USER_FIELD, load)
     if entry is None:
@@ -74,7 +85,9 @@ async def get_user(request: web.Request) -> web.Response:
     role, version, body = unpack_entry(entry)
     policy.may_read_user(caller, user_name, role)
     # The cached bytes are served as they are: encoded once, when the cache was filled.
-    return web.Response(body=body, content_type="application/json", headers={"ETag": etag(version or 0)})
+    return web.Response(
+        body=body, content_type="application/json", headers={"ETag": etag(version or 0)}
+    )
 
 
 def _check_patch_fields(body: dict[str, Any]) -> None:
@@ -88,10 +101,7 @@ def _check_patch_fields(body: dict[str, Any]) -> None:
 
 
 async def patch_user(request: web.Request) -> web.Response:
-    caller = principal(request)
-    user_name = path_user_name(request)
-    policy.may_use_users_api(caller, user_name)
-    await require_owned(request, user_name)
+    caller, user_name = await user_request(request)
     body = await read_json_object(request)
     _check_patch_fields(body)
     expected = if_match_version(request)
@@ -114,7 +124,9 @@ async def search_users(request: web.Request) -> web.Response:
     policy.may_search_users(caller)
     unknown = set(request.query) - {"familyName", "limit", "cursor"}
     if unknown:
-        raise ValidationFailed(errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)])
+        raise ValidationFailed(
+            errors=[FieldError(k, "is not a query parameter") for k in sorted(unknown)]
+        )
     limit = limit_param(request.query)
     after = decode_cursor(request.query.get("cursor"), 3)
     prefix = request.query.get("familyName", "")
@@ -131,9 +143,10 @@ async def search_users(request: web.Request) -> web.Response:
     return json_response({"items": items, "nextCursor": next_cursor})
 
 
-def setup_routes(app: web.Application) -> None:
-    """Mount the users API."""
-    app.router.add_post("/v1/users", create_user)
-    app.router.add_get("/v1/users", search_users, allow_head=False)
-    app.router.add_get("/v1/users/{userName}", get_user, allow_head=False)
-    app.router.add_patch("/v1/users/{userName}", patch_user)
+# The handler of each operation of user_service/contract.py, by operation id.
+HANDLERS: dict[str, Handler] = {
+    "createUser": create_user,
+    "searchUsers": search_users,
+    "getUser": get_user,
+    "patchUser": patch_user,
+}

@@ -3,22 +3,38 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
-    AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
 
 from shared.codes import DIAGNOSIS_SYSTEMS, MEDICATION_SYSTEMS, code_problem, coded_schema
-from shared.types import UserName, json_int, text
+from shared.types import INTEGRAL, UserName, no_nul
 
 VisitType = Literal["outpatient", "inpatient", "emergency", "telehealth"]
 
 # A merge patch may not remove these (``null``): a stored visit always has them.
 REQUIRED_FIELDS = frozenset({"clinician", "type", "startedAt"})
 MUTABLE_FIELDS = frozenset(
-    {"clinician", "type", "startedAt", "endedAt", "reason", "diagnoses", "vitals", "medications", "notes"}
+    {
+        "clinician",
+        "type",
+        "startedAt",
+        "endedAt",
+        "reason",
+        "diagnoses",
+        "vitals",
+        "medications",
+        "notes",
+    }
 )
 IMMUTABLE_FIELDS = frozenset({"visitId", "userName", "createdAt", "updatedAt", "version"})
 
@@ -34,14 +50,17 @@ class Diagnosis(BaseModel):
     """A coded diagnosis: ``code`` has its ``system``'s form (shared/codes.py), ASCII only."""
 
     model_config = ConfigDict(
-        extra="forbid", strict=True, json_schema_extra=coded_schema(DIAGNOSIS_SYSTEMS, optional=False)
+        extra="forbid",
+        strict=True,
+        json_schema_extra=coded_schema(DIAGNOSIS_SYSTEMS, optional=False),
     )
 
     system: DiagnosisSystem
-    code: text(32, 1) = Field(
-        description="ICD-10/ICD-10-CM: ^[A-Z][0-9][0-9A-Z](\\.[0-9A-Z]{1,4})?$; SNOMED-CT: 6-18 digits"
+    code: Annotated[str, no_nul(32, 1)] = Field(
+        description="ICD-10/ICD-10-CM: ^[A-Z][0-9][0-9A-Z](\\.[0-9A-Z]{1,4})?$; "
+        "SNOMED-CT: 6-18 digits"
     )
-    display: text(200) | None = None
+    display: Annotated[str, no_nul(200)] | None = None
 
     @field_validator("code")
     @classmethod
@@ -59,9 +78,9 @@ class Vitals(BaseModel):
 
     heightCm: float | None = Field(default=None, ge=20, le=300)
     weightKg: float | None = Field(default=None, ge=0.2, le=700)
-    systolic: json_int(40, 300) | None = None
-    diastolic: json_int(20, 200) | None = None
-    heartRate: json_int(20, 300) | None = None
+    systolic: Annotated[int, Field(ge=40, le=300), INTEGRAL] | None = None
+    diastolic: Annotated[int, Field(ge=20, le=200), INTEGRAL] | None = None
+    heartRate: Annotated[int, Field(ge=20, le=300), INTEGRAL] | None = None
     temperatureC: float | None = Field(default=None, ge=25, le=45)
 
 
@@ -69,14 +88,16 @@ class Medication(BaseModel):
     """A medication: free text (never released) and, optionally, a code (released)."""
 
     model_config = ConfigDict(
-        extra="forbid", strict=True, json_schema_extra=coded_schema(MEDICATION_SYSTEMS, optional=True)
+        extra="forbid",
+        strict=True,
+        json_schema_extra=coded_schema(MEDICATION_SYSTEMS, optional=True),
     )
 
-    name: text(200, 1)
-    dose: text(100) | None = None
-    frequency: text(100) | None = None
+    name: Annotated[str, no_nul(200, 1)]
+    dose: Annotated[str, no_nul(100)] | None = None
+    frequency: Annotated[str, no_nul(100)] | None = None
     system: MedicationSystem | None = None
-    code: text(32, 1) | None = Field(
+    code: Annotated[str, no_nul(32, 1)] | None = Field(
         default=None, description="RxNorm: 1-10 digits; ATC: ^[A-Z][0-9]{2}[A-Z]{2}[0-9]{2}$"
     )
 
@@ -113,11 +134,11 @@ class VisitIn(BaseModel):
     type: VisitType
     startedAt: AwareDatetime
     endedAt: AwareDatetime | None = None
-    reason: text(500) | None = None
+    reason: Annotated[str, no_nul(500)] | None = None
     diagnoses: list[Diagnosis] = Field(default_factory=list, max_length=50)
     vitals: Vitals | None = None
     medications: list[Medication] = Field(default_factory=list, max_length=100)
-    notes: text(20000) | None = None
+    notes: Annotated[str, no_nul(20000)] | None = None
 
     @field_validator("startedAt", "endedAt")
     @classmethod
@@ -135,7 +156,9 @@ class VisitIn(BaseModel):
 
     @field_validator("endedAt")
     @classmethod
-    def _ends_after_start(cls, value: dt.datetime | None, info: ValidationInfo) -> dt.datetime | None:
+    def _ends_after_start(
+        cls, value: dt.datetime | None, info: ValidationInfo
+    ) -> dt.datetime | None:
         started = info.data.get("startedAt")
         if value is not None and started is not None and value < started:
             raise ValueError("must not be before startedAt")
@@ -154,11 +177,11 @@ class VisitPatch(BaseModel):
     type: VisitType | SkipJsonSchema[None] = None
     startedAt: AwareDatetime | SkipJsonSchema[None] = None
     endedAt: AwareDatetime | None = None
-    reason: text(500) | None = None
+    reason: Annotated[str, no_nul(500)] | None = None
     diagnoses: list[Diagnosis] | None = None
     vitals: Vitals | None = Field(default=None, description="merged into the stored vitals")
     medications: list[Medication] | None = None
-    notes: text(20000) | None = None
+    notes: Annotated[str, no_nul(20000)] | None = None
 
 
 class Visit(VisitIn):

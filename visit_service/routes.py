@@ -9,21 +9,28 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from shared import policy
+from shared import idempotency, policy
+from shared.cache import pack_entry, unpack_entry
+from shared.cachekeys import VISIT_LIST_PARAMS, visit_field, visit_list_field, visits_group
+from shared.contract import Handler, register_routes
 from shared.db import transaction
 from shared.errors import BadRequest, FieldError, NotFound, ValidationFailed
 from shared.httpio import (
-    decode_instant_cursor, encode_instant_cursor, etag, if_match_version, json_response,
-    limit_param, parse_instant,
-    merge_patch, read_json_object,
+    decode_instant_cursor,
+    encode_instant_cursor,
+    etag,
+    if_match_version,
+    json_response,
+    limit_param,
+    merge_patch,
+    parse_instant,
+    read_json_object,
 )
-from shared import idempotency
-from shared.writes import begin_write
-from shared.cache import pack_entry, unpack_entry
-from shared.cachekeys import VISIT_LIST_PARAMS, visit_field, visit_list_field, visits_group
-from shared.service import cache, path_user_name, pool, principal, require_owned
+from shared.service import cache, pool, user_request
 from shared.shard_users import user_role
+from shared.writes import begin_write
 from visit_service import store
+from visit_service.contract import OPERATIONS
 from visit_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, REQUIRED_FIELDS, VisitIn
 
 
@@ -60,14 +67,12 @@ def _timestamp(query: Any, name: str) -> dt.datetime | None:
 def _client_state(visit: dict[str, Any]) -> dict[str, Any]:
     """The stored visit as a client would send it (JSON-ready, no server fields, no nulls)."""
     keep = {k: v for k, v in visit.items() if v is not None and k in MUTABLE_FIELDS}
-    return orjson.loads(orjson.dumps(keep, option=orjson.OPT_UTC_Z))
+    state: dict[str, Any] = orjson.loads(orjson.dumps(keep, option=orjson.OPT_UTC_Z))
+    return state
 
 
 async def create_visit(request: web.Request) -> web.Response:
-    caller = principal(request)
-    user_name = path_user_name(request)
-    policy.may_use_users_api(caller, user_name)
-    await require_owned(request, user_name)
+    caller, user_name = await user_request(request)
     body = await read_json_object(request)
     visit = VisitIn.model_validate_json(orjson.dumps(body))
     if visit.clinician is None:
@@ -82,7 +87,9 @@ async def create_visit(request: web.Request) -> web.Response:
             role = await user_role(conn, user_name, lock=True)
             policy.may_write_visits(caller, role)
             if role != "patient":
-                raise ValidationFailed(errors=[FieldError("userName", "visits are recorded for patients only")])
+                raise ValidationFailed(
+                    errors=[FieldError("userName", "visits are recorded for patients only")]
+                )
             row = await store.insert_visit(conn, user_name, visit)
             response = visit_response(row, status=201)
             await idempotency.record(conn, key, response)
@@ -91,10 +98,7 @@ async def create_visit(request: web.Request) -> web.Response:
 
 
 async def get_visit(request: web.Request) -> web.Response:
-    caller = principal(request)
-    user_name = path_user_name(request)
-    policy.may_use_users_api(caller, user_name)
-    await require_owned(request, user_name)
+    caller, user_name = await user_request(request)
     visit_id = _visit_id(request)
     db = pool(request)
 
@@ -105,7 +109,9 @@ async def get_visit(request: web.Request) -> web.Response:
             return pack_entry(role, None, b"")
         return pack_entry(role, row["version"], _encode(store.row_to_visit(row)))
 
-    entry = await cache(request).get("visit", visits_group(user_name), visit_field(str(visit_id)), load)
+    entry = await cache(request).get(
+        "visit", visits_group(user_name), visit_field(str(visit_id)), load
+    )
     role, version, body = unpack_entry(entry or b"")
     policy.may_read_visits(caller, user_name, role)
     if version is None:
@@ -114,12 +120,16 @@ async def get_visit(request: web.Request) -> web.Response:
 
 
 async def list_visits(request: web.Request) -> web.Response:
-    caller = principal(request)
-    user_name = path_user_name(request)
-    policy.may_use_users_api(caller, user_name)
-    await require_owned(request, user_name)
-    errors = [FieldError(k, "is not a query parameter") for k in sorted(set(request.query) - set(VISIT_LIST_PARAMS))]
-    errors += [FieldError(k, "is given more than once") for k in VISIT_LIST_PARAMS if len(request.query.getall(k, [])) > 1]
+    caller, user_name = await user_request(request)
+    errors = [
+        FieldError(k, "is not a query parameter")
+        for k in sorted(set(request.query) - set(VISIT_LIST_PARAMS))
+    ]
+    errors += [
+        FieldError(k, "is given more than once")
+        for k in VISIT_LIST_PARAMS
+        if len(request.query.getall(k, [])) > 1
+    ]
     if errors:
         raise ValidationFailed(errors=errors)
     limit = limit_param(request.query)
@@ -147,10 +157,7 @@ async def list_visits(request: web.Request) -> web.Response:
 
 
 async def patch_visit(request: web.Request) -> web.Response:
-    caller = principal(request)
-    user_name = path_user_name(request)
-    policy.may_use_users_api(caller, user_name)
-    await require_owned(request, user_name)
+    caller, user_name = await user_request(request)
     visit_id = _visit_id(request)
     body = await read_json_object(request)
     errors = [
@@ -158,7 +165,11 @@ async def patch_visit(request: web.Request) -> web.Response:
         for k in body
         if k not in MUTABLE_FIELDS
     ]
-    errors += [FieldError(k, "cannot be removed") for k in sorted(REQUIRED_FIELDS) if k in body and body[k] is None]
+    errors += [
+        FieldError(k, "cannot be removed")
+        for k in sorted(REQUIRED_FIELDS)
+        if k in body and body[k] is None
+    ]
     if errors:
         raise ValidationFailed(errors=errors)
     expected = if_match_version(request)
@@ -175,9 +186,15 @@ async def patch_visit(request: web.Request) -> web.Response:
     return visit_response(row)
 
 
+# The handler of each operation of visit_service/contract.py, by operation id.
+HANDLERS: dict[str, Handler] = {
+    "createVisit": create_visit,
+    "listVisits": list_visits,
+    "getVisit": get_visit,
+    "patchVisit": patch_visit,
+}
+
+
 def setup_routes(app: web.Application) -> None:
-    """Mount the visits API."""
-    app.router.add_post("/v1/users/{userName}/visits", create_visit)
-    app.router.add_get("/v1/users/{userName}/visits", list_visits, allow_head=False)
-    app.router.add_get("/v1/users/{userName}/visits/{visitId}", get_visit, allow_head=False)
-    app.router.add_patch("/v1/users/{userName}/visits/{visitId}", patch_visit)
+    """Mount the visits API as the contract declares it."""
+    register_routes(app, OPERATIONS, HANDLERS)

@@ -41,9 +41,17 @@ SECRET = "medsvc-secrets"
 # Each PostgreSQL role its own password: pg-password (the shards' owner, the FE servers),
 # shard-reader-password (the anonymizer's read-only role on the shards), audit-pg-password and
 # audit-writer-password (audit_service), anonymizer-pg-password (the study registry).
-SECRET_KEYS = ("jwt-secret", "pseudonym-key", "pg-password", "audit-pg-password",
-               "audit-writer-password", "redis-password", "anonymizer-pg-password",
-               "shard-reader-password", "pg-admin-password")
+SECRET_KEYS = (
+    "jwt-secret",
+    "pseudonym-key",
+    "pg-password",
+    "audit-pg-password",
+    "audit-writer-password",
+    "redis-password",
+    "anonymizer-pg-password",
+    "shard-reader-password",
+    "pg-admin-password",
+)
 ENV_CONFIG = "medsvc-env"
 SHARDMAP_CONFIG = "shardmap"
 NGINX_CONFIG = "nginx-conf"
@@ -53,12 +61,18 @@ COMPONENT = "app.kubernetes.io/component"
 SHARD = "medsvc.io/shard"
 SCRAPE = "medsvc.io/metrics"
 
-PYTHON_RESOURCES = {"requests": {"cpu": "250m", "memory": "128Mi"},
-                    "limits": {"cpu": "1", "memory": "256Mi"}}
-NGINX_RESOURCES = {"requests": {"cpu": "100m", "memory": "32Mi"},
-                   "limits": {"cpu": "1", "memory": "128Mi"}}
-JOB_RESOURCES = {"requests": {"cpu": "250m", "memory": "128Mi"},
-                 "limits": {"cpu": "1", "memory": "512Mi"}}
+PYTHON_RESOURCES = {
+    "requests": {"cpu": "250m", "memory": "128Mi"},
+    "limits": {"cpu": "1", "memory": "256Mi"},
+}
+NGINX_RESOURCES = {
+    "requests": {"cpu": "100m", "memory": "32Mi"},
+    "limits": {"cpu": "1", "memory": "128Mi"},
+}
+JOB_RESOURCES = {
+    "requests": {"cpu": "250m", "memory": "128Mi"},
+    "limits": {"cpu": "1", "memory": "512Mi"},
+}
 
 
 # -- labels and small pieces -------------------------------------------------------------
@@ -73,8 +87,11 @@ def selector(component: str, shard: int | None = None) -> dict[str, str]:
 
 
 def meta(name: str, component: str, shard: int | None = None, **extra: Any) -> Obj:
-    return {"name": name, "labels": {**selector(component, shard),
-                                     "app.kubernetes.io/part-of": "medsvc"}, **extra}
+    return {
+        "name": name,
+        "labels": {**selector(component, shard), "app.kubernetes.io/part-of": "medsvc"},
+        **extra,
+    }
 
 
 def secret_env(var: str, key: str) -> Obj:
@@ -83,32 +100,56 @@ def secret_env(var: str, key: str) -> Obj:
 
 
 def container_security() -> Obj:
-    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
 
 
 def pod_security(uid: int) -> Obj:
-    return {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid,
-            "seccompProfile": {"type": "RuntimeDefault"}}
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def http_probes(port: int | str = "http", ready_path: str = "/readyz") -> Obj:
     """Startup (migrations may take a while), liveness (/healthz), readiness."""
-    def get(path: str, period: int, failures: int) -> Obj:
-        return {"httpGet": {"path": path, "port": port}, "periodSeconds": period,
-                "timeoutSeconds": 2, "failureThreshold": failures}
 
-    return {"startupProbe": get("/healthz", 2, 60), "livenessProbe": get("/healthz", 10, 3),
-            "readinessProbe": get(ready_path, 5, 2)}
+    def get(path: str, period: int, failures: int) -> Obj:
+        return {
+            "httpGet": {"path": path, "port": port},
+            "periodSeconds": period,
+            "timeoutSeconds": 2,
+            "failureThreshold": failures,
+        }
+
+    return {
+        "startupProbe": get("/healthz", 2, 60),
+        "livenessProbe": get("/healthz", 10, 3),
+        "readinessProbe": get(ready_path, 5, 2),
+    }
 
 
 def exec_probes(command: list[str]) -> Obj:
     def probe(period: int, failures: int) -> Obj:
-        return {"exec": {"command": command}, "periodSeconds": period, "timeoutSeconds": 5,
-                "failureThreshold": failures}
+        return {
+            "exec": {"command": command},
+            "periodSeconds": period,
+            "timeoutSeconds": 5,
+            "failureThreshold": failures,
+        }
 
-    return {"startupProbe": probe(2, 90), "livenessProbe": probe(10, 6),
-            "readinessProbe": probe(5, 2)}
+    return {
+        "startupProbe": probe(2, 90),
+        "livenessProbe": probe(10, 6),
+        "readinessProbe": probe(5, 2),
+    }
 
 
 TMP_VOLUME = {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}
@@ -119,30 +160,50 @@ SHARDMAP_MOUNT = {"name": "shardmap", "mountPath": "/etc/medsvc", "readOnly": Tr
 
 def spread(component: str, shard: int | None = None) -> list[Obj]:
     """Keep the replicas of one workload on different nodes where there are enough."""
-    return [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
-             "whenUnsatisfiable": "ScheduleAnyway",
-             "labelSelector": {"matchLabels": selector(component, shard)}}]
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector(component, shard)},
+        }
+    ]
 
 
 def python_pod(
-    component: str, command: list[str], *, env: list[Obj], shard: int | None = None,
-    shard_map: bool = False, probes: bool = True, resources: Obj = PYTHON_RESOURCES,
+    component: str,
+    command: list[str],
+    *,
+    env: list[Obj],
+    shard: int | None = None,
+    shard_map: bool = False,
+    probes: bool = True,
+    resources: Obj = PYTHON_RESOURCES,
 ) -> Obj:
     """A pod running one of the project's processes from the project's image."""
     mounts = [TMP_MOUNT] + ([SHARDMAP_MOUNT] if shard_map else [])
     volumes = [TMP_VOLUME] + ([SHARDMAP_VOLUME] if shard_map else [])
     container: Obj = {
-        "name": component, "image": IMAGE, "command": command,
-        "envFrom": [{"configMapRef": {"name": ENV_CONFIG}}], "env": env,
-        "resources": resources, "securityContext": container_security(), "volumeMounts": mounts,
+        "name": component,
+        "image": IMAGE,
+        "command": command,
+        "envFrom": [{"configMapRef": {"name": ENV_CONFIG}}],
+        "env": env,
+        "resources": resources,
+        "securityContext": container_security(),
+        "volumeMounts": mounts,
     }
     if probes:
         container["ports"] = [{"name": "http", "containerPort": PORT}]
         container.update(http_probes())
         # Let the Service drop this pod from its endpoints before the process stops.
         container["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", "5"]}}}
-    spec: Obj = {"automountServiceAccountToken": False, "securityContext": pod_security(APP_UID),
-                 "containers": [container], "volumes": volumes}
+    spec: Obj = {
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security(APP_UID),
+        "containers": [container],
+        "volumes": volumes,
+    }
     if probes:
         spec["terminationGracePeriodSeconds"] = 30
         spec["topologySpreadConstraints"] = spread(component, shard)
@@ -154,48 +215,77 @@ def template(component: str, shard: int | None, spec: Obj, *, scrape: bool) -> O
     md: Obj = {"labels": labels}
     if scrape:
         labels[SCRAPE] = "true"
-        md["annotations"] = {"prometheus.io/scrape": "true", "prometheus.io/port": str(PORT),
-                             "prometheus.io/path": "/metrics"}
+        md["annotations"] = {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(PORT),
+            "prometheus.io/path": "/metrics",
+        }
     return {"metadata": md, "spec": spec}
 
 
-def deployment(name: str, component: str, replicas: int, spec: Obj, shard: int | None = None,
-               *, scrape: bool = True) -> Obj:
+def deployment(
+    name: str,
+    component: str,
+    replicas: int,
+    spec: Obj,
+    shard: int | None = None,
+    *,
+    scrape: bool = True,
+) -> Obj:
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(name, component, shard),
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta(name, component, shard),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector(component, shard)},
-            "strategy": {"type": "RollingUpdate",
-                         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
             "template": template(component, shard, spec, scrape=scrape),
         },
     }
 
 
-def service(name: str, component: str, ports: list[tuple[str, int, int]],
-            shard: int | None = None, *, headless: bool = False) -> Obj:
-    spec: Obj = {"selector": selector(component, shard),
-                 "ports": [{"name": n, "port": p, "targetPort": t, "protocol": "TCP"}
-                           for n, p, t in ports]}
+def service(
+    name: str,
+    component: str,
+    ports: list[tuple[str, int, int]],
+    shard: int | None = None,
+    *,
+    headless: bool = False,
+) -> Obj:
+    spec: Obj = {
+        "selector": selector(component, shard),
+        "ports": [{"name": n, "port": p, "targetPort": t, "protocol": "TCP"} for n, p, t in ports],
+    }
     if headless:
         spec["clusterIP"] = "None"
-    return {"apiVersion": "v1", "kind": "Service", "metadata": meta(name, component, shard),
-            "spec": spec}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(name, component, shard),
+        "spec": spec,
+    }
 
 
 def pdb(name: str, component: str, shard: int | None = None, *, max_unavailable: int = 1) -> Obj:
-    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-            "metadata": meta(name, component, shard),
-            "spec": {"maxUnavailable": max_unavailable,
-                     "selector": {"matchLabels": selector(component, shard)}}}
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": meta(name, component, shard),
+        "spec": {
+            "maxUnavailable": max_unavailable,
+            "selector": {"matchLabels": selector(component, shard)},
+        },
+    }
 
 
 def peer(component: str | list[str], shard: int | None = None) -> Obj:
     """A NetworkPolicy peer: pods of ``component`` (one or several), of one shard or any."""
     if isinstance(component, list):
-        sel: Obj = {"matchExpressions": [{"key": COMPONENT, "operator": "In",
-                                          "values": component}]}
+        sel: Obj = {"matchExpressions": [{"key": COMPONENT, "operator": "In", "values": component}]}
         if shard is not None:
             sel["matchLabels"] = {SHARD: str(shard)}
         return {"podSelector": sel}
@@ -212,8 +302,9 @@ def rule(peers: list[Obj], ports: list[int], direction: str) -> Obj:
     return out
 
 
-def netpol(name: str, pods: Obj, *, ingress: list[Obj] | None = None,
-           egress: list[Obj] | None = None) -> Obj:
+def netpol(
+    name: str, pods: Obj, *, ingress: list[Obj] | None = None, egress: list[Obj] | None = None
+) -> Obj:
     """A policy for ``pods``; a direction left None is not governed by this policy."""
     spec: Obj = {"podSelector": pods, "policyTypes": []}
     if ingress is not None:
@@ -222,9 +313,12 @@ def netpol(name: str, pods: Obj, *, ingress: list[Obj] | None = None,
     if egress is not None:
         spec["policyTypes"].append("Egress")
         spec["egress"] = egress
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "medsvc"}},
-            "spec": spec}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "medsvc"}},
+        "spec": spec,
+    }
 
 
 def pods_of(component: str | list[str], shard: int | None = None) -> Obj:
@@ -234,52 +328,96 @@ def pods_of(component: str | list[str], shard: int | None = None) -> Obj:
 # -- PostgreSQL and Redis ----------------------------------------------------------------
 
 
-def postgres(name: str, component: str, database: str, password_key: str, storage: str,
-             resources: Obj, shard: int | None = None, init_config: str | None = None,
-             extra_env: list[Obj] | None = None, admin_user: str = PG_USER) -> list[Obj]:
+def postgres(
+    name: str,
+    component: str,
+    database: str,
+    password_key: str,
+    storage: str,
+    resources: Obj,
+    shard: int | None = None,
+    init_config: str | None = None,
+    extra_env: list[Obj] | None = None,
+    admin_user: str = PG_USER,
+) -> list[Obj]:
     """A single-instance PostgreSQL 15 StatefulSet with its volume, headless Service and PDB."""
-    mounts = [{"name": "data", "mountPath": "/var/lib/postgresql/data"},
-              {"name": "run", "mountPath": "/var/run/postgresql"}, TMP_MOUNT,
-              {"name": "shm", "mountPath": "/dev/shm"}]
-    volumes = [{"name": "run", "emptyDir": {}}, TMP_VOLUME,
-               {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}}]
+    mounts = [
+        {"name": "data", "mountPath": "/var/lib/postgresql/data"},
+        {"name": "run", "mountPath": "/var/run/postgresql"},
+        TMP_MOUNT,
+        {"name": "shm", "mountPath": "/dev/shm"},
+    ]
+    volumes = [
+        {"name": "run", "emptyDir": {}},
+        TMP_VOLUME,
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}},
+    ]
     if init_config:
-        mounts.append({"name": "init", "mountPath": "/docker-entrypoint-initdb.d",
-                       "readOnly": True})
+        mounts.append(
+            {"name": "init", "mountPath": "/docker-entrypoint-initdb.d", "readOnly": True}
+        )
         volumes.append({"name": "init", "configMap": {"name": init_config}})
     container: Obj = {
-        "name": "postgres", "image": POSTGRES_IMAGE,
+        "name": "postgres",
+        "image": POSTGRES_IMAGE,
         # No PHI in the server log: terse errors leave out DETAIL ("Failing row contains
         # (...)", "Key (...)=(...)"), and failing statements are not logged.
         # wal_level=logical: a bucket move (resharder/) copies by logical replication.
-        "args": ["-c", "max_connections=200", "-c", "shared_buffers=256MB", "-c", "wal_level=logical",
-                 "-c", "log_error_verbosity=terse", "-c", "log_min_error_statement=panic"],
-        "env": [{"name": "POSTGRES_USER", "value": admin_user},
-                {"name": "POSTGRES_DB", "value": database},
-                secret_env("POSTGRES_PASSWORD", password_key),
-                # A subfolder: the volume's root may hold lost+found.
-                {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
-                *(extra_env or [])],
+        "args": [
+            "-c",
+            "max_connections=200",
+            "-c",
+            "shared_buffers=256MB",
+            "-c",
+            "wal_level=logical",
+            "-c",
+            "log_error_verbosity=terse",
+            "-c",
+            "log_min_error_statement=panic",
+        ],
+        "env": [
+            {"name": "POSTGRES_USER", "value": admin_user},
+            {"name": "POSTGRES_DB", "value": database},
+            secret_env("POSTGRES_PASSWORD", password_key),
+            # A subfolder: the volume's root may hold lost+found.
+            {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
+            *(extra_env or []),
+        ],
         "ports": [{"name": "postgres", "containerPort": 5432}],
         **exec_probes(["pg_isready", "-h", "127.0.0.1", "-U", PG_USER, "-d", database]),
-        "resources": resources, "securityContext": container_security(), "volumeMounts": mounts,
+        "resources": resources,
+        "securityContext": container_security(),
+        "volumeMounts": mounts,
     }
     sts = {
-        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta(name, component, shard),
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": meta(name, component, shard),
         "spec": {
-            "serviceName": name, "replicas": 1,
+            "serviceName": name,
+            "replicas": 1,
             "selector": {"matchLabels": selector(component, shard)},
-            "template": template(component, shard, {
-                "automountServiceAccountToken": False,
-                "securityContext": pod_security(POSTGRES_UID),
-                "terminationGracePeriodSeconds": 60,
-                "containers": [container], "volumes": volumes,
-            }, scrape=False),
-            "volumeClaimTemplates": [{
-                "metadata": {"name": "data"},
-                "spec": {"accessModes": ["ReadWriteOnce"],
-                         "resources": {"requests": {"storage": storage}}},
-            }],
+            "template": template(
+                component,
+                shard,
+                {
+                    "automountServiceAccountToken": False,
+                    "securityContext": pod_security(POSTGRES_UID),
+                    "terminationGracePeriodSeconds": 60,
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+                scrape=False,
+            ),
+            "volumeClaimTemplates": [
+                {
+                    "metadata": {"name": "data"},
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "resources": {"requests": {"storage": storage}},
+                    },
+                }
+            ],
         },
     }
     svc = service(name, component, [("postgres", 5432, 5432)], shard, headless=True)
@@ -305,26 +443,42 @@ def redis(name: str, shard: int, resources: Obj, maxmemory: str) -> list[Obj]:
         " --aclfile /data/users.acl --protected-mode no\n"
     )
     container: Obj = {
-        "name": "redis", "image": REDIS_IMAGE,
+        "name": "redis",
+        "image": REDIS_IMAGE,
         "command": ["sh", "-c", script],
         "env": [secret_env("REDIS_PASSWORD", "redis-password")],
         "ports": [{"name": "redis", "containerPort": 6379}],
-        **exec_probes(["sh", "-c", f'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli --no-auth-warning'
-                       f" --user {ACL_USER} ping | grep -qx PONG"]),
-        "resources": resources, "securityContext": container_security(),
+        **exec_probes(
+            [
+                "sh",
+                "-c",
+                f'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli --no-auth-warning'
+                f" --user {ACL_USER} ping | grep -qx PONG",
+            ]
+        ),
+        "resources": resources,
+        "securityContext": container_security(),
         "volumeMounts": [{"name": "data", "mountPath": "/data"}],
     }
     sts = {
-        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta(name, component, shard),
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": meta(name, component, shard),
         "spec": {
-            "serviceName": name, "replicas": 1,
+            "serviceName": name,
+            "replicas": 1,
             "selector": {"matchLabels": selector(component, shard)},
-            "template": template(component, shard, {
-                "automountServiceAccountToken": False,
-                "securityContext": pod_security(REDIS_UID),
-                "containers": [container],
-                "volumes": [{"name": "data", "emptyDir": {"sizeLimit": "64Mi"}}],
-            }, scrape=False),
+            "template": template(
+                component,
+                shard,
+                {
+                    "automountServiceAccountToken": False,
+                    "securityContext": pod_security(REDIS_UID),
+                    "containers": [container],
+                    "volumes": [{"name": "data", "emptyDir": {"sizeLimit": "64Mi"}}],
+                },
+                scrape=False,
+            ),
         },
     }
     svc = service(name, component, [("redis", 6379, 6379)], shard, headless=True)

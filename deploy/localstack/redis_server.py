@@ -9,7 +9,6 @@ import redis.asyncio as aioredis
 from . import binaries
 from .procs import ManagedProcess, poll
 
-
 # The cache's memory bound and what goes when it is reached: any key, least recently used
 # first (every entry can be rebuilt from PostgreSQL). The manifests use the same policy.
 MAXMEMORY_POLICY = "allkeys-lru"

@@ -28,7 +28,13 @@ from pathlib import Path
 
 from deploy.prometheus.config import Target
 from shared.shardmap import (
-    DEFAULT_BUCKETS, Shard, ShardMap, even_ranges, load_shard_map, ranges_of, write_shard_map,
+    DEFAULT_BUCKETS,
+    Shard,
+    ShardMap,
+    even_ranges,
+    load_shard_map,
+    ranges_of,
+    write_shard_map,
 )  # fmt: skip
 
 from .audit_keys import AuditKeyFiles

@@ -36,7 +36,11 @@ from audit_service import offline, store
 from audit_service.app import create_app
 from audit_service.chain import GENESIS, canonical, chain_hash, subject_of
 from audit_service.checkpoints import (
-    CheckpointLog, load_private_key, new_private_pem, public_pem, sign,
+    CheckpointLog,
+    load_private_key,
+    new_private_pem,
+    public_pem,
+    sign,
 )
 from audit_service.merkle import CompactRange, leaf_hash
 from audit_service.settings import AuditSettings

@@ -11,8 +11,8 @@ import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.cache import GROUP_MAX_ENTRIES, ReadCache, pack_entry, unpack_entry
-from tests.e2e.api import Api, unique
 from shared.cachekeys import user_group, visits_group
+from tests.e2e.api import Api, unique
 
 
 @pytest.fixture

@@ -131,8 +131,8 @@ async def test_a_shard_database_has_an_owner_and_a_read_only_role_of_its_own(
     from anonymizer.shards import ShardPools
     from deploy.k8s.workloads import shard_roles_init
     from deploy.localstack.binaries import pg_bin
-    from shared.dbsetup import dsn_with
     from fe_server.app import migration_sets
+    from shared.dbsetup import dsn_with
     from shared.migrate import apply_migrations
     from shared.shardmap import ShardMap
 

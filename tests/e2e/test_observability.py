@@ -17,9 +17,9 @@ import orjson
 import pytest
 
 from deploy.localstack import Stack
-from deploy.localstack.service import ServiceProcess
 from deploy.localstack.nginx import DEFAULT_BURST
 from deploy.localstack.ports import free_port
+from deploy.localstack.service import ServiceProcess
 from tests.e2e.api import Api, unique
 from tests.e2e.edge import production_nginx, tls_context
 

@@ -15,7 +15,13 @@ import pytest
 
 from tests.e2e.api import Api
 from tests.e2e.studies_client import (
-    Researcher, by_kind, consent, keys, patient_on_shard, study_id, withdraw,
+    Researcher,
+    by_kind,
+    consent,
+    keys,
+    patient_on_shard,
+    study_id,
+    withdraw,
 )
 
 

@@ -40,13 +40,17 @@ async def _server(limits: dict[str, int], classify) -> tuple[TestServer, list[st
 
 
 async def test_past_the_bound_a_request_is_shed_at_once_and_not_run() -> None:
-    server, started, release = await _server({"request": 3}, lambda r: None if r.path == "/metrics" else "request")
+    server, started, release = await _server(
+        {"request": 3}, lambda r: None if r.path == "/metrics" else "request"
+    )
     try:
         async with aiohttp.ClientSession() as http:
             held = [asyncio.create_task(http.post(server.make_url(f"/v1/w{i}"))) for i in range(3)]
             while len(started) < 3:
                 await asyncio.sleep(0.01)
-            async with http.post(server.make_url("/v1/extra"), headers={"X-Request-ID": "r-1"}) as resp:
+            async with http.post(
+                server.make_url("/v1/extra"), headers={"X-Request-ID": "r-1"}
+            ) as resp:
                 body = await resp.json(content_type=None)
                 assert resp.status == 503
                 assert resp.headers["Retry-After"] == "1"
@@ -74,15 +78,19 @@ async def test_cached_reads_are_shed_last() -> None:
     server, started, release = await _server({OTHER: 2, CACHED_READ: 4}, request_class)
     try:
         async with aiohttp.ClientSession() as http:
-            held = [asyncio.create_task(http.post(server.make_url(f"/v1/users/u{i}/visits")))
-                    for i in range(2)]
+            held = [
+                asyncio.create_task(http.post(server.make_url(f"/v1/users/u{i}/visits")))
+                for i in range(2)
+            ]
             while len(started) < 2:
                 await asyncio.sleep(0.01)
             async with http.post(server.make_url("/v1/users/x/visits")) as resp:
                 assert resp.status == 503
             async with http.get(server.make_url("/v1/users")) as resp:  # a search: not cached
                 assert resp.status == 503
-            reads = [asyncio.create_task(http.get(server.make_url(f"/v1/users/r{i}"))) for i in range(2)]
+            reads = [
+                asyncio.create_task(http.get(server.make_url(f"/v1/users/r{i}"))) for i in range(2)
+            ]
             while len(started) < 4:
                 await asyncio.sleep(0.01)
             async with http.get(server.make_url("/v1/users/r9")) as resp:  # now the read bound
@@ -161,7 +169,11 @@ def test_nginx_lets_through_what_the_gateways_admit_together() -> None:
     gw = GatewaySettings()
     for n in (1, 2, 3):
         text = NginxConfig(
-            run_dir=Path("/tmp/x"), http_port=1, https_port=2, ops_port=3, cert=Path("/c"),
+            run_dir=Path("/tmp/x"),
+            http_port=1,
+            https_port=2,
+            ops_port=3,
+            cert=Path("/c"),
             key=Path("/k"),
             gateways=[f"127.0.0.1:{9000 + i}" for i in range(n)],
         ).render()

@@ -1,4 +1,4 @@
-"""The audit chain's canonical form and hash, and what verification concludes from a stored chain."""
+"""The audit chain's canonical form and hash, and what verification concludes from a chain."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from audit_service.chain import GENESIS, StoredEvent, canonical, chain_hash, subject_of, verify_chain
+from audit_service.chain import (
+    GENESIS,
+    StoredEvent,
+    canonical,
+    chain_hash,
+    subject_of,
+    verify_chain,
+)
 from audit_service.models import EventBatch, NewEvent
 from audit_service.settings import AuditSettings, dsn_with
 from audit_service.store import Pending
@@ -29,7 +36,10 @@ def test_canonical_json_sorts_keys_at_every_level_without_whitespace_in_utf8() -
     [
         (T0, "2026-11-24T09:30:00Z"),
         (T0.replace(microsecond=250000), "2026-11-24T09:30:00.250000Z"),
-        (dt.datetime(2026, 11, 24, 11, 30, tzinfo=dt.timezone(dt.timedelta(hours=2))), "2026-11-24T09:30:00Z"),
+        (
+            dt.datetime(2026, 11, 24, 11, 30, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+            "2026-11-24T09:30:00Z",
+        ),
     ],
 )
 def test_occurred_at_is_written_in_utc_with_z(when: dt.datetime, text: str) -> None:
@@ -43,7 +53,10 @@ def test_a_naive_occurred_at_is_refused() -> None:
 
 def test_hash_is_sha256_of_prev_hash_then_canonical_body() -> None:
     # Pinned: a change of the hash's input format breaks every stored chain.
-    assert chain_hash(GENESIS, b'{"a":1}') == "fc6cee09194dd2578bd7664604fcb72a539066fd34544cea0009c43eb6cdc289"
+    assert (
+        chain_hash(GENESIS, b'{"a":1}')
+        == "fc6cee09194dd2578bd7664604fcb72a539066fd34544cea0009c43eb6cdc289"
+    )
     assert chain_hash("ab" * 32, b"x") == hashlib.sha256(b"ab" * 32 + b"x").hexdigest()
 
 
@@ -68,9 +81,20 @@ def chain(n: int) -> list[StoredEvent]:
         p = pending(seq)
         body = p.body(seq)
         digest = chain_hash(prev, body)
-        out.append(StoredEvent(seq, str(p.event_id), p.entity_type, p.entity_id,
-                               subject_of(p.entity_type, p.entity_id), p.actor, p.occurred_at,
-                               body.decode(), prev, digest))
+        out.append(
+            StoredEvent(
+                seq,
+                str(p.event_id),
+                p.entity_type,
+                p.entity_id,
+                subject_of(p.entity_type, p.entity_id),
+                p.actor,
+                p.occurred_at,
+                body.decode(),
+                prev,
+                digest,
+            )
+        )
         prev = digest
     return out
 
@@ -82,7 +106,11 @@ def check(events: list[StoredEvent], head: StoredEvent | None = None):  # type: 
 
 def test_an_intact_chain_verifies() -> None:
     verdict = check(chain(5))
-    assert verdict.ok and verdict.checked == 5 and verdict.as_json() == {"ok": True, "checked": 5, "lastSeq": 5}
+    assert (
+        verdict.ok
+        and verdict.checked == 5
+        and verdict.as_json() == {"ok": True, "checked": 5, "lastSeq": 5}
+    )
 
 
 def test_an_empty_chain_verifies() -> None:
@@ -121,7 +149,9 @@ def test_deleted_last_events_are_caught_by_the_chain_head() -> None:
 def test_an_event_rewritten_with_a_matching_hash_is_caught_by_the_next_link() -> None:
     events = chain(5)
     body = events[2].body.replace("3@x.org", "evil@x.org")
-    events[2] = dataclasses.replace(events[2], body=body, hash=chain_hash(events[2].prev_hash, body.encode()))
+    events[2] = dataclasses.replace(
+        events[2], body=body, hash=chain_hash(events[2].prev_hash, body.encode())
+    )
     assert check(events).first_bad_seq == 3
 
 
@@ -148,12 +178,28 @@ def test_a_changed_subject_is_named() -> None:
 
 
 def test_a_batch_event_is_validated_strictly() -> None:
-    good = {"eventId": str(uuid.uuid4()), "entityType": "user", "entityId": "a.b", "action": "create",
-            "actor": "dr.x", "occurredAt": "2026-11-24T09:30:00Z", "source": "user_service/shard-0",
-            "changes": [], "before": None, "after": {"userName": "a.b"}}
-    assert EventBatch.model_validate_json(orjson.dumps({"events": [good]})).events[0].actor == "dr.x"
-    for bad in ({"colour": "red"}, {"occurredAt": "2026-11-24T09:30:00"}, {"changes": "email"},
-                {"entityType": "has space"}, {"actor": ""}):
+    good = {
+        "eventId": str(uuid.uuid4()),
+        "entityType": "user",
+        "entityId": "a.b",
+        "action": "create",
+        "actor": "dr.x",
+        "occurredAt": "2026-11-24T09:30:00Z",
+        "source": "user_service/shard-0",
+        "changes": [],
+        "before": None,
+        "after": {"userName": "a.b"},
+    }
+    assert (
+        EventBatch.model_validate_json(orjson.dumps({"events": [good]})).events[0].actor == "dr.x"
+    )
+    for bad in (
+        {"colour": "red"},
+        {"occurredAt": "2026-11-24T09:30:00"},
+        {"changes": "email"},
+        {"entityType": "has space"},
+        {"actor": ""},
+    ):
         with pytest.raises(ValidationError):
             EventBatch.model_validate_json(orjson.dumps({"events": [good | bad]}))
     with pytest.raises(ValidationError):
@@ -161,7 +207,9 @@ def test_a_batch_event_is_validated_strictly() -> None:
 
 
 def test_a_new_event_needs_only_what_it_is_about() -> None:
-    event = NewEvent.model_validate_json(b'{"entityType": "study", "entityId": "s1", "action": "run"}')
+    event = NewEvent.model_validate_json(
+        b'{"entityType": "study", "entityId": "s1", "action": "run"}'
+    )
     assert event.actor is None and event.eventId is None and event.changes == []
 
 
@@ -169,6 +217,9 @@ def test_the_audit_database_defaults_to_audit_on_the_central_server() -> None:
     s = AuditSettings(central_dsn="postgresql://medsvc@127.0.0.1:5432/medsvc")
     assert s.audit_dsn == "postgresql://medsvc@127.0.0.1:5432/audit"
     assert s.writer_dsn == "postgresql://audit_writer@127.0.0.1:5432/audit"
-    assert dsn_with("postgresql://u:pw@h:1/db?sslmode=require", user="w") == "postgresql://w@h:1/db?sslmode=require"
+    assert (
+        dsn_with("postgresql://u:pw@h:1/db?sslmode=require", user="w")
+        == "postgresql://w@h:1/db?sslmode=require"
+    )
     with pytest.raises(ValidationError):
         AuditSettings(central_dsn="", audit_dsn="")

@@ -8,8 +8,14 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit_service.checkpoints import (
-    CheckpointLog, Notary, checkpoint_problem, key_id, load_public_keys, new_private_pem,
-    public_pem, sign,
+    CheckpointLog,
+    Notary,
+    checkpoint_problem,
+    key_id,
+    load_public_keys,
+    new_private_pem,
+    public_pem,
+    sign,
 )
 from audit_service.merkle import CompactRange, consistency_ranges, hash_ranges, leaf_hash
 
@@ -36,12 +42,18 @@ def test_a_checkpoint_verifies_and_any_changed_field_does_not() -> None:
     first, second = grown(5, 13, key)
     assert checkpoint_problem(first, None, ring) is None
     assert checkpoint_problem(second, first, ring) is None
-    for change in ({"tree_size": 14}, {"root_hash": "0" * 64}, {"signed_at": "2030-01-01T00:00:00.000000Z"},
-                   {"signature": first.signature}):
+    for change in (
+        {"tree_size": 14},
+        {"root_hash": "0" * 64},
+        {"signed_at": "2030-01-01T00:00:00.000000Z"},
+        {"signature": first.signature},
+    ):
         assert checkpoint_problem(dataclasses.replace(second, **change), first, ring), change
 
 
-def test_after_a_key_rotation_old_checkpoints_verify_with_the_old_public_key(tmp_path: Path) -> None:
+def test_after_a_key_rotation_old_checkpoints_verify_with_the_old_public_key(
+    tmp_path: Path,
+) -> None:
     old_key, new_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     first, _ = grown(5, 13, old_key)
     _, second = grown(5, 13, new_key)
@@ -90,7 +102,9 @@ def test_a_notary_loads_the_key_files(tmp_path: Path) -> None:
     assert Notary.load(None, key_file, None) is None
 
 
-def test_a_checked_prefix_of_the_log_is_not_checked_again_unless_its_bytes_changed(tmp_path: Path) -> None:
+def test_a_checked_prefix_of_the_log_is_not_checked_again_unless_its_bytes_changed(
+    tmp_path: Path,
+) -> None:
     key = Ed25519PrivateKey.generate()
     log = CheckpointLog(tmp_path / "checkpoints.jsonl")
     first, second = grown(5, 13, key)

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from audit_service import merkle
 
-
 # -- an independent RFC 6962 implementation, straight from section 2.1 ------------------------
+
 
 def sha(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
@@ -115,7 +115,9 @@ def test_roots_match_the_rfc_6962_vectors() -> None:
 
 
 @pytest.mark.parametrize(("index", "size", "expected"), CT_INCLUSION)
-def test_inclusion_proofs_match_the_reference_vectors(index: int, size: int, expected: list[str]) -> None:
+def test_inclusion_proofs_match_the_reference_vectors(
+    index: int, size: int, expected: list[str]
+) -> None:
     _, nodes = built(CT_INPUTS[:size])
     proof = merkle.hash_ranges(merkle.inclusion_ranges(index, size), nodes)
     assert [h.hex() for h in proof] == expected
@@ -124,7 +126,9 @@ def test_inclusion_proofs_match_the_reference_vectors(index: int, size: int, exp
 
 
 @pytest.mark.parametrize(("old", "new", "expected"), CT_CONSISTENCY)
-def test_consistency_proofs_match_the_reference_vectors(old: int, new: int, expected: list[str]) -> None:
+def test_consistency_proofs_match_the_reference_vectors(
+    old: int, new: int, expected: list[str]
+) -> None:
     _, nodes = built(CT_INPUTS[:new])
     proof = merkle.hash_ranges(merkle.consistency_ranges(old, new), nodes) if old != new else []
     assert [h.hex() for h in proof] == expected
@@ -141,16 +145,21 @@ def test_proofs_agree_with_the_independent_implementation(size: int, data: st.Da
     index = data.draw(st.integers(0, size - 1))
     proof = merkle.hash_ranges(merkle.inclusion_ranges(index, size), nodes)
     assert proof == path(index, leaves)
-    assert merkle.root_from_inclusion(index, size, merkle.leaf_hash(leaves[index]), proof) == tree.root()
+    assert (
+        merkle.root_from_inclusion(index, size, merkle.leaf_hash(leaves[index]), proof)
+        == tree.root()
+    )
     old = data.draw(st.integers(1, size))
     cproof = merkle.hash_ranges(merkle.consistency_ranges(old, size), nodes) if old != size else []
     assert cproof == (subproof(old, leaves, True) if old != size else [])
     assert merkle.check_consistency(old, size, mth(leaves[:old]), tree.root(), cproof)
     # A different old tree (one leaf rewritten) does not pass as the prefix.
-    forged = [*leaves[:old - 1], b"forged"]
+    forged = [*leaves[: old - 1], b"forged"]
     assert not merkle.check_consistency(old, size, mth(forged), tree.root(), cproof)
     # Nor does a wrong leaf pass as included.
-    assert merkle.root_from_inclusion(index, size, merkle.leaf_hash(b"forged"), proof) != tree.root()
+    assert (
+        merkle.root_from_inclusion(index, size, merkle.leaf_hash(b"forged"), proof) != tree.root()
+    )
 
 
 def test_a_compact_range_round_trips_and_appends_like_a_rebuild() -> None:

@@ -60,12 +60,24 @@ def test_an_earlier_birth_year_joins_the_90_plus_group_when_its_time_comes() -> 
 @pytest.mark.parametrize(
     ("code", "country", "expected"),
     [
-        ("62701", "US", "627"), ("62701-1234", "US", "627"), ("627011234", "US", None),
-        ("62701", None, None), ("03601", "US", "000"), ("89301", "US", "000"),
-        ("03612-1234", "US", "000"), ("05901", None, None),
-        ("SW1A 1AA", "GB", None), ("62701", "DE", None), ("6270", "US", None), (None, "US", None),
-        ("abcde", "US", None), ("０３６１２", "US", None), ("٠٣٦١٢", "US", None), ("62701\n", "US", None),
-        (" 62701", "US", None), (62701, "US", None),
+        ("62701", "US", "627"),
+        ("62701-1234", "US", "627"),
+        ("627011234", "US", None),
+        ("62701", None, None),
+        ("03601", "US", "000"),
+        ("89301", "US", "000"),
+        ("03612-1234", "US", "000"),
+        ("05901", None, None),
+        ("SW1A 1AA", "GB", None),
+        ("62701", "DE", None),
+        ("6270", "US", None),
+        (None, "US", None),
+        ("abcde", "US", None),
+        ("０３６１２", "US", None),
+        ("٠٣٦١٢", "US", None),
+        ("62701\n", "US", None),
+        (" 62701", "US", None),
+        (62701, "US", None),
     ],
 )
 def test_zip3(code, country, expected) -> None:
@@ -79,11 +91,19 @@ def test_the_restricted_areas_are_the_seventeen_of_safe_harbor() -> None:
 
 
 PLANTED = {
-    "givenName": "Zebediah", "familyName": "Quackenbush", "userName": "zeb.quackenbush",
-    "email": "zeb@quack.example", "phone": "+1-555-0199", "line": "742 Evergreen Terrace",
-    "city": "Shelbyville", "postalCode": "62704", "notes": "lives with his cat Mr Whiskers",
-    "clinician": "dr.hibbert", "visitId": "3f2b8e9c-1111-4a4a-9b9b-abcdefabcdef",
-    "display": "Type 2 diabetes mellitus", "reason": "annual check of Zebediah",
+    "givenName": "Zebediah",
+    "familyName": "Quackenbush",
+    "userName": "zeb.quackenbush",
+    "email": "zeb@quack.example",
+    "phone": "+1-555-0199",
+    "line": "742 Evergreen Terrace",
+    "city": "Shelbyville",
+    "postalCode": "62704",
+    "notes": "lives with his cat Mr Whiskers",
+    "clinician": "dr.hibbert",
+    "visitId": "3f2b8e9c-1111-4a4a-9b9b-abcdefabcdef",
+    "display": "Type 2 diabetes mellitus",
+    "reason": "annual check of Zebediah",
 }
 
 
@@ -95,21 +115,39 @@ def test_records_keep_only_what_the_policy_allows() -> None:
          "postalCode": PLANTED["postalCode"], "country": "US"},
         1936,
     )  # fmt: skip
-    assert p == {"kind": "participant", "pid": keys.pid(PLANTED["userName"]), "birthYear": 1980,
-                 "sex": "female", "zip3": "627", "country": "US"}
+    assert p == {
+        "kind": "participant",
+        "pid": keys.pid(PLANTED["userName"]),
+        "birthYear": 1980,
+        "sex": "female",
+        "zip3": "627",
+        "country": "US",
+    }
     v = deidentify.visit(
-        keys, p["pid"], PLANTED["visitId"], "outpatient",
-        dt.datetime(2026, 11, 20, 9, 0, tzinfo=UTC), dt.datetime(2026, 11, 20, 9, 31, 40, tzinfo=UTC),
+        keys,
+        p["pid"],
+        PLANTED["visitId"],
+        "outpatient",
+        dt.datetime(2026, 11, 20, 9, 0, tzinfo=UTC),
+        dt.datetime(2026, 11, 20, 9, 31, 40, tzinfo=UTC),
         [{"system": "ICD-10", "code": "E11.9", "display": PLANTED["display"]}],
         {"heightCm": 168.0, "heartRate": 70, "colour": "blue"},
-        [{"name": "metformin", "dose": "500 mg", "frequency": "twice daily"},
-         {"name": "metformin 500 mg tablet", "system": "RxNorm", "code": "860975"}],
-    )  # fmt: skip
-    assert v == {"kind": "visit", "pid": p["pid"], "vid": keys.vid(PLANTED["visitId"]), "year": 2026,
-                 "type": "outpatient", "durationMinutes": 32,
-                 "diagnoses": [{"system": "ICD-10", "code": "E11.9"}],
-                 "vitals": {"heightCm": 168.0, "heartRate": 70},
-                 "medications": [{"system": "RxNorm", "code": "860975"}]}
+        [
+            {"name": "metformin", "dose": "500 mg", "frequency": "twice daily"},
+            {"name": "metformin 500 mg tablet", "system": "RxNorm", "code": "860975"},
+        ],
+    )
+    assert v == {
+        "kind": "visit",
+        "pid": p["pid"],
+        "vid": keys.vid(PLANTED["visitId"]),
+        "year": 2026,
+        "type": "outpatient",
+        "durationMinutes": 32,
+        "diagnoses": [{"system": "ICD-10", "code": "E11.9"}],
+        "vitals": {"heightCm": 168.0, "heartRate": 70},
+        "medications": [{"system": "RxNorm", "code": "860975"}],
+    }
     text = repr([p, v])
     for value in PLANTED.values():
         assert value not in text
@@ -125,7 +163,14 @@ def test_visit_year_is_the_utc_year_and_an_open_visit_has_no_duration() -> None:
 
 
 def person(pid: str, year, sex="female", zip3="627") -> dict:
-    return {"kind": "participant", "pid": pid, "birthYear": year, "sex": sex, "zip3": zip3, "country": "US"}
+    return {
+        "kind": "participant",
+        "pid": pid,
+        "birthYear": year,
+        "sex": sex,
+        "zip3": zip3,
+        "country": "US",
+    }
 
 
 def test_k_anonymity_reports_the_smallest_group_and_generalises_nothing_without_k() -> None:
@@ -138,9 +183,11 @@ def test_k_anonymity_reports_the_smallest_group_and_generalises_nothing_without_
 
 def test_small_groups_get_the_birth_decade_and_zip3_000() -> None:
     people = {
-        "a": person("a", 1980), "b": person("b", 1980),            # a group of 2: kept
-        "c": person("c", 1983, zip3="606"), "d": person("d", 1987, zip3="100"),  # → 1980s/000
-        "e": person("e", 1955, sex="male"),                         # alone even as 1950s/000
+        "a": person("a", 1980),
+        "b": person("b", 1980),  # a group of 2: kept
+        "c": person("c", 1983, zip3="606"),
+        "d": person("d", 1987, zip3="100"),  # → 1980s/000
+        "e": person("e", 1955, sex="male"),  # alone even as 1950s/000
     }
     released, report = kanon.release(people, 2)
     from collections import Counter
@@ -148,13 +195,18 @@ def test_small_groups_get_the_birth_decade_and_zip3_000() -> None:
     # c and d share their level-1 values; e is alone at every level short of the last, so it
     # ends with every released value null, joined (whole) by the smallest other group.
     assert {f: released["e"][f] for f in kanon.QUASI_IDENTIFIERS} == dict.fromkeys(
-        kanon.QUASI_IDENTIFIERS)
+        kanon.QUASI_IDENTIFIERS
+    )
     assert released["e"]["pid"] == "e"
     groups = Counter(kanon.key_of(r) for r in released.values())
     assert min(groups.values()) == report["smallestReleasedGroup"] == 2 and report["satisfied"]
     assert report["smallestGroup"] == 1 and report["suppressed"] == 3
     assert report["levels"] == {"0": 2, "1": 0, "2": 0, "3": 3} or report["levels"] == {
-        "0": 0, "1": 2, "2": 0, "3": 3}
+        "0": 0,
+        "1": 2,
+        "2": 0,
+        "3": 3,
+    }
 
 
 def test_fewer_than_k_participants_cannot_satisfy_k_and_the_report_says_so() -> None:
@@ -229,7 +281,10 @@ def test_free_text_never_passes_the_allow_list_and_what_is_left_out_is_counted()
         {"postalCode": "０３６１２", "country": "US"}, 1936, left,
     )  # fmt: skip
     assert (p["sex"], p["zip3"], p["country"]) == (None, None, "US")
-    p = deidentify.participant(keys, "u", dt.date(1980, 1, 1), "male",
-                               {"postalCode": "03612", "country": "us"}, 1936, left)
+    p = deidentify.participant(
+        keys, "u", dt.date(1980, 1, 1), "male", {"postalCode": "03612", "country": "us"}, 1936, left
+    )
     assert (p["zip3"], p["country"]) == (None, None)
-    assert left["invalidSex"] == 1 and left["invalidPostalCode"] == 1 and left["invalidCountry"] == 1
+    assert (
+        left["invalidSex"] == 1 and left["invalidPostalCode"] == 1 and left["invalidCountry"] == 1
+    )

@@ -84,8 +84,9 @@ def test_every_object_is_valid_against_the_kubernetes_schemas(
 
 def _normalise_hashes(objs: list[Obj]) -> list[Obj]:
     generated = {g["name"] for g in _generators()}
-    text = json.dumps(sorted(objs, key=lambda o: (o["kind"], o["metadata"]["name"])),
-                      sort_keys=True)
+    text = json.dumps(
+        sorted(objs, key=lambda o: (o["kind"], o["metadata"]["name"])), sort_keys=True
+    )
     for name in generated:
         text = re.sub(rf'"{re.escape(name)}-[a-z0-9]{{10}}"', f'"{name}-HASH"', text)
     return json.loads(text)
@@ -113,8 +114,9 @@ def test_kustomize_renders_the_same_objects(rendered: dict[str, list[Obj]], over
     command = _kustomize_command()
     if command is None:
         pytest.skip("neither kustomize nor kubectl is installed; the Python render stands alone")
-    out = subprocess.run([*command, str(K8S / "overlays" / overlay)], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [*command, str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     theirs = [d for d in yaml.safe_load_all(out.stdout) if d]
     # The name-suffix hashes may differ between kustomize releases; nothing else may.
@@ -149,16 +151,20 @@ def test_every_shard_has_its_database_cache_and_fe_cluster(
                 fe = deployments[host]
                 assert services[host]["spec"]["selector"] == fe["spec"]["selector"]["matchLabels"]
                 assert port in {p["port"] for p in services[host]["spec"]["ports"]}
-                env = {e["name"]: e.get("value")
-                       for e in fe["spec"]["template"]["spec"]["containers"][0]["env"]}
+                env = {
+                    e["name"]: e.get("value")
+                    for e in fe["spec"]["template"]["spec"]["containers"][0]["env"]
+                }
                 assert env["MEDSVC_SHARD"] == str(shard.id)
                 assert service in env["MEDSVC_SERVICES"].split(",")
         for component in ("postgres", "redis", "fe"):
             labels = {"app.kubernetes.io/component": component, "medsvc.io/shard": str(shard.id)}
             for kind in ("NetworkPolicy",):
-                assert any(_selects(p["spec"]["podSelector"], labels)
-                           for p in objects(rendered, overlay, kind).values()
-                           if p["spec"]["podSelector"]), f"no policy for {component} {shard.id}"
+                assert any(
+                    _selects(p["spec"]["podSelector"], labels)
+                    for p in objects(rendered, overlay, kind).values()
+                    if p["spec"]["podSelector"]
+                ), f"no policy for {component} {shard.id}"
     # No shard resources for a shard the map does not name.
     ids = {str(s.id) for s in shard_map.shards}
     for obj in rendered[overlay]:
@@ -169,8 +175,11 @@ def test_every_shard_has_its_database_cache_and_fe_cluster(
 def test_the_shard_map_config_map_is_the_committed_file(
     rendered: dict[str, list[Obj]], overlay: str
 ) -> None:
-    maps = [o for o in rendered[overlay] if o["kind"] == "ConfigMap"
-            and o["metadata"]["name"] == "shardmap"]
+    maps = [
+        o
+        for o in rendered[overlay]
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "shardmap"
+    ]
     assert len(maps) == 1
     text = maps[0]["data"]["shardmap.json"]
     assert text == (K8S / "overlays" / overlay / "shardmap.json").read_text()
@@ -178,7 +187,11 @@ def test_the_shard_map_config_map_is_the_committed_file(
     # Every process that routes by userName mounts it where MEDSVC_SHARD_MAP points.
     env = next(o for o in rendered[overlay] if o["metadata"]["name"].startswith("medsvc-env-"))
     assert env["data"]["MEDSVC_SHARD_MAP"] == "/etc/medsvc/shardmap.json"
-    for name in ("gateway", "anonymizer", *(f"fe-shard-{i}" for i in range(EXPECTED_SHARDS[overlay]))):
+    for name in (
+        "gateway",
+        "anonymizer",
+        *(f"fe-shard-{i}" for i in range(EXPECTED_SHARDS[overlay])),
+    ):
         spec = objects(rendered, overlay, "Deployment")[name]["spec"]["template"]["spec"]
         volumes = {v["name"]: v for v in spec["volumes"]}
         mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
@@ -252,7 +265,9 @@ def test_every_workload_has_a_disruption_budget_and_the_gateway_two_replicas(
         if obj["kind"] not in {"Deployment", "StatefulSet"}:
             continue
         labels = obj["spec"]["template"]["metadata"]["labels"]
-        assert any(_selects(b["spec"]["selector"], labels) for b in budgets), obj["metadata"]["name"]
+        assert any(_selects(b["spec"]["selector"], labels) for b in budgets), obj["metadata"][
+            "name"
+        ]
     deployments = objects(rendered, overlay, "Deployment")
     assert deployments["gateway"]["spec"]["replicas"] >= 2
     for name, dep in deployments.items():
@@ -350,25 +365,37 @@ def _peer_matches(peer: Obj, pod: tuple[str, dict[str, str]], home: str) -> bool
     return _selects(peer.get("podSelector", {}), labels)
 
 
-def _rule_allows(rule: Obj, key: str, pod: tuple[str, dict[str, str]], port: int,
-                 home: str) -> bool:
+def _rule_allows(
+    rule: Obj, key: str, pod: tuple[str, dict[str, str]], port: int, home: str
+) -> bool:
     ports = rule.get("ports")
-    if ports and not any(p.get("port") == port and p.get("protocol", "TCP") == "TCP"
-                         for p in ports):
+    if ports and not any(
+        p.get("port") == port and p.get("protocol", "TCP") == "TCP" for p in ports
+    ):
         return False
     peers = rule.get(key)
     return not peers or any(_peer_matches(p, pod, home) for p in peers)
 
 
-def _may_connect(policies: list[Obj], home: str, src: tuple[str, dict[str, str]],
-                 dst: tuple[str, dict[str, str]], port: int) -> bool:
+def _may_connect(
+    policies: list[Obj],
+    home: str,
+    src: tuple[str, dict[str, str]],
+    dst: tuple[str, dict[str, str]],
+    port: int,
+) -> bool:
     """Whether ``src`` may open a TCP connection to ``dst:port`` under ``policies``."""
-    def direction(pod: tuple[str, dict[str, str]], kind: str, key: str,
-                  other: tuple[str, dict[str, str]]) -> bool:
+
+    def direction(
+        pod: tuple[str, dict[str, str]], kind: str, key: str, other: tuple[str, dict[str, str]]
+    ) -> bool:
         if pod[0] != home:
             return True  # not governed by this namespace's policies
-        governing = [p for p in policies if kind in p["spec"]["policyTypes"]
-                     and _selects(p["spec"]["podSelector"], pod[1])]
+        governing = [
+            p
+            for p in policies
+            if kind in p["spec"]["policyTypes"] and _selects(p["spec"]["podSelector"], pod[1])
+        ]
         if not governing:
             return True
         rules = [r for p in governing for r in p["spec"].get(kind.lower(), [])]
@@ -437,10 +464,15 @@ def test_only_the_named_paths_are_open(rendered: dict[str, list[Obj]], overlay: 
 def _routing(text: str) -> str:
     """nginx.conf without what may differ between the pods and `make run`: listen
     addresses, log targets, the plain-HTTP redirect server and the generated-file header."""
-    text = re.sub(r"\n    # Plain HTTP answers nothing but.*?\n    }\n", "\n", text, flags=re.DOTALL)
-    keep = [line for line in text.splitlines()
-            if line.strip() and not line.lstrip().startswith(
-                ("listen ", "error_log ", "access_log ", "# Generated"))]
+    text = re.sub(
+        r"\n    # Plain HTTP answers nothing but.*?\n    }\n", "\n", text, flags=re.DOTALL
+    )
+    keep = [
+        line
+        for line in text.splitlines()
+        if line.strip()
+        and not line.lstrip().startswith(("listen ", "error_log ", "access_log ", "# Generated"))
+    ]
     return "\n".join(keep)
 
 
@@ -449,9 +481,16 @@ def test_nginx_runs_the_local_stack_config() -> None:
     from deploy.localstack.nginx import NginxConfig
 
     local = NginxConfig(
-        run_dir=Path("/tmp/nginx"), http_port=8080, https_port=8443, ops_port=8081,
-        cert=Path("/etc/nginx/tls/tls.crt"), key=Path("/etc/nginx/tls/tls.key"),
-        gateways=[f"gateway:{PORT}"], worker_processes=2, logs_dir=Path("/LOGS"), user=None,
+        run_dir=Path("/tmp/nginx"),
+        http_port=8080,
+        https_port=8443,
+        ops_port=8081,
+        cert=Path("/etc/nginx/tls/tls.crt"),
+        key=Path("/etc/nginx/tls/tls.key"),
+        gateways=[f"gateway:{PORT}"],
+        worker_processes=2,
+        logs_dir=Path("/LOGS"),
+        user=None,
     ).render()
     pod = (K8S / "base" / "nginx.conf").read_text()
     assert _routing(pod) == _routing(local)
@@ -465,32 +504,78 @@ def test_the_pods_nginx_conf_is_valid_for_nginx(tmp_path: Path) -> None:
     """``nginx -t`` accepts the pods' configuration (with a local certificate and folders)."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     text = (K8S / "base" / "nginx.conf").read_text()
-    text = text.replace("/etc/nginx/tls/tls.crt", str(cert)).replace(
-        "/etc/nginx/tls/tls.key", str(key)).replace("/tmp/nginx", str(tmp_path))
+    text = (
+        text.replace("/etc/nginx/tls/tls.crt", str(cert))
+        .replace("/etc/nginx/tls/tls.key", str(key))
+        .replace("/tmp/nginx", str(tmp_path))
+    )
     # The pods' upstream is the gateway Service's DNS name; here, any address resolves.
     text = text.replace(f"server gateway:{PORT} ", f"server 127.0.0.1:{PORT} ")
     conf = tmp_path / "nginx.conf"
     conf.write_text(text)
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (tmp_path / "tmp" / sub).mkdir(parents=True)
-    out = subprocess.run([nginx, "-t", "-q", "-p", str(tmp_path), "-c", str(conf),
-                          "-e", str(tmp_path / "error.log")], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            nginx,
+            "-t",
+            "-q",
+            "-p",
+            str(tmp_path),
+            "-c",
+            str(conf),
+            "-e",
+            str(tmp_path / "error.log"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
 
 
 # -- Prometheus and Grafana --------------------------------------------------------------
 
-REQUIRED_ALERTS = {"MedsvcShardDown", "MedsvcOutboxLag", "MedsvcAnonymizerRunOverdue",
-                   "MedsvcHigh5xxRate", "MedsvcCacheErrorRate"}
+REQUIRED_ALERTS = {
+    "MedsvcShardDown",
+    "MedsvcOutboxLag",
+    "MedsvcAnonymizerRunOverdue",
+    "MedsvcHigh5xxRate",
+    "MedsvcCacheErrorRate",
+}
 # Components whose metrics the rules name before their code may have landed.
 PENDING_COMPONENTS = {"medsvc_anonymizer_": "anonymizer.metrics"}
-METRIC_MODULES = ("shared.metrics", "shared.cache", "shared.db", "shared.outbox",
-                  "shared.admission", "gateway.metrics", "gateway.retrybudget",
-                  "audit_service.metrics", "anonymizer.metrics")
+METRIC_MODULES = (
+    "shared.metrics",
+    "shared.cache",
+    "shared.db",
+    "shared.outbox",
+    "shared.admission",
+    "gateway.metrics",
+    "gateway.retrybudget",
+    "audit_service.metrics",
+    "anonymizer.metrics",
+)
 
 
 def _alert_rules() -> list[Obj]:
@@ -567,21 +652,32 @@ def test_rules_and_dashboard_name_only_metrics_the_code_exports() -> None:
         known.add(family.name)
         known.update(family.name + s for s in ("_total", "_bucket", "_sum", "_count"))
     used: set[str] = set()
-    for expr in [r["expr"] for r in _alert_rules()] + [_grafana_to_promql(e) for e in _dashboard_exprs()]:
+    for expr in [r["expr"] for r in _alert_rules()] + [
+        _grafana_to_promql(e) for e in _dashboard_exprs()
+    ]:
         used |= _metric_names(expr)
     unknown = used - known
-    pending = {n for n in unknown for prefix, module in PENDING_COMPONENTS.items()
-               if n.startswith(prefix) and module in missing_modules}
+    pending = {
+        n
+        for n in unknown
+        for prefix, module in PENDING_COMPONENTS.items()
+        if n.startswith(prefix) and module in missing_modules
+    }
     if pending:
-        warnings.warn(f"metrics of components not in the tree yet: {sorted(pending)}",
-                      stacklevel=1)
+        warnings.warn(f"metrics of components not in the tree yet: {sorted(pending)}", stacklevel=1)
     assert unknown - pending == set()
     # The families the issue asks for are all named somewhere.
-    for needed in ("medsvc_http_requests_total", "medsvc_gateway_upstream_requests_total",
-                   "medsvc_db_pool_connections", "medsvc_cache_events_total",
-                   "medsvc_audit_outbox_backlog", "medsvc_audit_outbox_oldest_age_seconds",
-                   "medsvc_audit_events_appended_total", "medsvc_anonymizer_rows_extracted_total",
-                   "medsvc_anonymizer_last_success_timestamp_seconds"):
+    for needed in (
+        "medsvc_http_requests_total",
+        "medsvc_gateway_upstream_requests_total",
+        "medsvc_db_pool_connections",
+        "medsvc_cache_events_total",
+        "medsvc_audit_outbox_backlog",
+        "medsvc_audit_outbox_oldest_age_seconds",
+        "medsvc_audit_events_appended_total",
+        "medsvc_anonymizer_rows_extracted_total",
+        "medsvc_anonymizer_last_success_timestamp_seconds",
+    ):
         assert needed in used, needed
 
 
@@ -603,7 +699,12 @@ def test_the_image_holds_every_package_the_manifests_run(rendered: dict[str, lis
                         assert package in copied and package not in ignored, (name, package)
     # Every package of the project the FE servers load (the services they host).
     for package in (
-        "shared", "fe_server", "gateway", "user_service", "visit_service", "audit_service"
+        "shared",
+        "fe_server",
+        "gateway",
+        "user_service",
+        "visit_service",
+        "audit_service",
     ):
         assert package in copied, package
 
@@ -620,8 +721,18 @@ def test_the_resharder_job_is_valid_and_may_only_patch_the_shard_map(
     assert pod["containers"][0]["command"][:4] == ["python", "-m", "resharder", "move"]
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["MEDSVC_SHARDMAP_CONFIGMAP"] == "shardmap"
-    (role,) = [o for o in rendered[overlay] if o["kind"] == "Role" and o["metadata"]["name"] == "resharder"]
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
-                              "resourceNames": ["shardmap"], "verbs": ["get", "patch"]}]
+    (role,) = [
+        o for o in rendered[overlay] if o["kind"] == "Role" and o["metadata"]["name"] == "resharder"
+    ]
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["shardmap"],
+            "verbs": ["get", "patch"],
+        }
+    ]
     # The ConfigMap it patches keeps its name, so pods see the new map without a restart.
-    assert any(o["kind"] == "ConfigMap" and o["metadata"]["name"] == "shardmap" for o in rendered[overlay])
+    assert any(
+        o["kind"] == "ConfigMap" and o["metadata"]["name"] == "shardmap" for o in rendered[overlay]
+    )

@@ -13,23 +13,24 @@ from aiohttp.test_utils import make_mocked_request
 from openapi_spec_validator import validate
 
 from anonymizer import deidentify, kanon
-from anonymizer.app import create_app as create_anonymizer
 from anonymizer import routes as anonymizer_routes
+from anonymizer.app import create_app as create_anonymizer
 from anonymizer.models import Record, Run, Study, StudyIn
 from anonymizer.settings import AnonymizerSettings
-from audit_service.app import create_app as create_audit
+from apidoc.openapi import build_document
+from apidoc.operations import OPERATIONS, Operation
 from audit_service import chain
 from audit_service import routes as audit_routes
 from audit_service import store as audit_store
+from audit_service.app import create_app as create_audit
 from audit_service.models import ChainVerdict, Event, NewEvent
 from audit_service.settings import AuditSettings
+from fe_server.app import SERVICES
+from fe_server.app import create_app as create_fe
+from gateway.api import ApiTable, api_table
 from gateway.app import create_app as create_gateway
 from gateway.routes import not_found
-from fe_server.app import SERVICES
 from shared.httpio import json_response
-from fe_server.app import create_app as create_fe
-from apidoc.openapi import build_document
-from apidoc.operations import OPERATIONS, Operation
 from shared.settings import FESettings, GatewaySettings
 from shared.shardmap import Shard, ShardMap, even_ranges
 from user_service import consent_store
@@ -39,7 +40,7 @@ from visit_service.models import VisitIn
 OPERATION_IDS = {
     "createUser", "searchUsers", "getUser", "patchUser",
     "createVisit", "listVisits", "getVisit", "patchVisit",
-    "giveConsent", "withdrawConsent",
+    "listConsents", "giveConsent", "withdrawConsent",
     "createStudy", "listStudies", "getStudy", "startRun", "listRuns", "getRun", "getRunRecords",
     "listAuditEvents", "recordAuditEvent", "getAuditEvent", "verifyAuditChain",
     "getLatestAuditCheckpoint", "getAuditInclusionProof", "getAuditConsistencyProof",
@@ -316,3 +317,27 @@ def test_query_parameters_state_their_bounds(document: dict) -> None:
     assert params["entityType"]["schema"]["pattern"] == r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$"
     worst = sum(12 * params[p]["schema"]["maxLength"] for p in ("entityId", "actor"))
     assert worst + 64 + 1024 < 8190
+
+
+def test_the_gateway_table_is_what_the_contracts_declare(document: dict) -> None:
+    """The gateway's routing and coarse role check come from the committed document alone."""
+    table = ApiTable.from_document(document)
+    by_id = {op.operation_id: op for op in OPERATIONS}
+    for endpoint in table.endpoints:
+        ops = [o for o in OPERATIONS if (o.method, o.path) == (endpoint.method, endpoint.path)]
+        assert len(ops) == 1
+        op = ops[0]
+        assert (endpoint.service, endpoint.roles, endpoint.cacheable) == (
+            op.service, op.roles, op.cacheable,
+        )  # fmt: skip
+    assert table.user_subresources() == {"visits": "visit", "studies": "user"}
+    assert set(table.service_roles("audit")) == {"admin", "auditor", "clinician"}
+    assert set(table.service_roles("anonymizer")) == {"admin", "researcher"}
+    assert {op for op, o in by_id.items() if o.cacheable} == {"getUser", "listVisits", "getVisit"}
+    # What the gateway serves is what the committed file says.
+    assert api_table() == table
+
+
+def test_every_operation_is_served_by_a_named_service() -> None:
+    services = {op.service for op in OPERATIONS}
+    assert services == {"user", "visit", "anonymizer", "audit", "gateway"}

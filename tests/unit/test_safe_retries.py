@@ -6,8 +6,8 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.proxy import retry_safe
-from shared.idempotency import IdempotencyKey
 from shared.audit_client import AuditRejected
+from shared.idempotency import IdempotencyKey
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "DELETE", "OPTIONS"])
@@ -29,12 +29,18 @@ def test_a_patch_is_never_retried_even_with_a_key() -> None:
 def test_a_keys_lock_depends_on_caller_path_and_key_only() -> None:
     one = IdempotencyKey("alice", "/v1/users", "k", b"body-1")
     assert one.lock_id == IdempotencyKey("alice", "/v1/users", "k", b"body-2").lock_id
-    others = [("bob", "/v1/users", "k"), ("alice", "/v1/studies", "k"), ("alice", "/v1/users", "k2")]
+    others = [
+        ("bob", "/v1/users", "k"),
+        ("alice", "/v1/studies", "k"),
+        ("alice", "/v1/users", "k2"),
+    ]
     assert all(IdempotencyKey(*o, b"body-1").lock_id != one.lock_id for o in others)
     assert -(2**63) <= one.lock_id < 2**63  # a PostgreSQL bigint
 
 
-@pytest.mark.parametrize(("status", "for_good"), [(400, True), (413, True), (422, True),
-                                                  (401, False), (403, False), (408, False), (429, False)])
+@pytest.mark.parametrize(
+    ("status", "for_good"),
+    [(400, True), (413, True), (422, True), (401, False), (403, False), (408, False), (429, False)],
+)
 def test_which_refusals_of_audit_service_are_for_good(status: int, for_good: bool) -> None:
     assert AuditRejected(status, "refused").for_good is for_good

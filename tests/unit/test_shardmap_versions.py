@@ -9,7 +9,13 @@ import pytest
 
 from resharder.publish import next_map
 from shared.shardmap import (
-    MapWatcher, Shard, ShardMap, even_ranges, load_shard_map, parse_range, ranges_of,
+    MapWatcher,
+    Shard,
+    ShardMap,
+    even_ranges,
+    load_shard_map,
+    parse_range,
+    ranges_of,
     write_shard_map,
 )  # fmt: skip
 

@@ -1,0 +1,137 @@
+"""audit_service's handlers in process, against a real PostgreSQL: a fresh audit database per test.
+
+The audit schema is migrated once into a template database; each test's app is built by the
+same ``create_app`` and settings parser as production and served on a real socket.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import asyncpg
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+
+from audit_service import store
+from audit_service.app import create_app
+from audit_service.settings import AuditSettings
+from deploy.localstack.postgres import PostgresServer
+from shared import idempotency
+from shared.auth import make_token
+from shared.dbsetup import migrate
+from tests.e2e.api import Api
+from tests.inproc.conftest import SECRET
+
+TEMPLATE = "audit_template"
+_names = itertools.count()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def audit_template(pg: PostgresServer) -> str:
+    """The name of a database holding the migrated audit schema, made once per session."""
+    admin = await asyncpg.connect(pg.dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{TEMPLATE}"')
+    finally:
+        await admin.close()
+    await migrate(pg.dsn_for(TEMPLATE), None, "audit", store.MIGRATIONS)
+    await migrate(pg.dsn_for(TEMPLATE), None, *idempotency.migration_set())
+    return TEMPLATE
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def audit(pg: PostgresServer, audit_template: str) -> AsyncIterator[TestClient]:
+    """audit_service in process on a fresh copy of the template, dropped after the test."""
+    name = f"audit_{next(_names)}"
+    admin = await asyncpg.connect(pg.dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{audit_template}"')
+        settings = AuditSettings(audit_dsn=pg.dsn_for(name), jwt_secret=SECRET,
+                                 pg_pool_min=1, pg_pool_max=4)  # fmt: skip
+        client = TestClient(TestServer(create_app(settings)))
+        await client.start_server()
+        try:
+            yield client
+        finally:
+            await client.close()
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def as_role(audit: TestClient) -> Callable[[str, str], Api]:
+    def make(sub: str, role: str) -> Api:
+        return Api(
+            audit.session, str(audit.make_url("")).rstrip("/"), make_token(SECRET, sub, [role])
+        )
+
+    return make
+
+
+def _event(**fields: object) -> dict[str, object]:
+    return {"entityType": "study", "entityId": "diabetes-2026", "action": "create", **fields}
+
+
+async def test_an_event_is_recorded_once_and_read_back(as_role: Callable[[str, str], Api]) -> None:
+    admin = as_role("admin", "admin")
+    event_id = str(uuid.uuid4())
+    first = await admin.call("POST", "/v1/audit/events", _event(eventId=event_id))
+    assert first.status == 201, first.body
+    assert first.headers["Location"] == f"/v1/audit/events/{event_id}"
+    assert (first.body["eventId"], first.body["actor"]) == (event_id, "admin")
+    again = await admin.call("POST", "/v1/audit/events", _event(eventId=event_id))
+    assert (again.status, again.body) == (200, first.body)
+
+    read = await admin.call("GET", f"/v1/audit/events/{event_id}")
+    assert (read.status, read.body) == (200, first.body)
+    listed = await admin.call("GET", "/v1/audit/events?entityId=diabetes-2026")
+    assert [e["eventId"] for e in listed.body["items"]] == [event_id]
+    verdict = await as_role("aud", "auditor").call("GET", "/v1/audit/verify")
+    assert verdict.status == 200, verdict.body
+    assert (verdict.body["ok"], verdict.body["checked"]) == (True, 1)
+
+
+async def test_who_may_read_record_and_verify(as_role: Callable[[str, str], Api]) -> None:
+    admin = as_role("admin", "admin")
+    created = await admin.call(
+        "POST", "/v1/audit/events", _event(entityType="user", entityId="alice.smith")
+    )
+    assert created.status == 201, created.body
+    clinician, auditor = as_role("dr.who", "clinician"), as_role("aud", "auditor")
+    assert (await auditor.call("GET", f"/v1/audit/events/{created.body['eventId']}")).status == 200
+    # Not known to be a patient's: a clinician may not read it.
+    denied = await clinician.call("GET", f"/v1/audit/events/{created.body['eventId']}")
+    assert denied.status == 403 and denied.problem
+    assert (await clinician.call("GET", "/v1/audit/events?entityId=alice.smith")).body[
+        "items"
+    ] == []
+    assert (await clinician.call("GET", "/v1/audit/events?entityType=study")).status == 403
+    assert (await clinician.call("GET", "/v1/audit/verify")).status == 403
+    assert (await auditor.call("POST", "/v1/audit/events", _event())).status == 403
+    assert (await as_role("rita", "researcher").call("GET", "/v1/audit/events")).status == 403
+    # Nothing the refused calls tried was recorded.
+    listed = await admin.call("GET", "/v1/audit/events")
+    assert [e["eventId"] for e in listed.body["items"]] == [created.body["eventId"]]
+
+
+async def test_bad_queries_and_bodies_are_problems_that_change_nothing(
+    as_role: Callable[[str, str], Api],
+) -> None:
+    admin = as_role("admin", "admin")
+    for query, status in (
+        ("since=yesterday", 400),
+        ("since=2026-01-01T00:00:00", 400),
+        ("cursor=nope", 400),
+        ("colour=blue", 422),
+        ("limit=0", 400),
+    ):
+        reply = await admin.call("GET", f"/v1/audit/events?{query}")
+        assert reply.status == status and reply.problem, (query, reply.body)
+    bad = await admin.call("POST", "/v1/audit/events", {"entityType": "study"})
+    assert bad.status == 422 and bad.problem
+    assert {e["field"] for e in bad.body["errors"]} >= {"entityId", "action"}
+    since = await admin.call("GET", "/v1/audit/events?since=2026-01-01T00:00:00%2B02:00")
+    assert (since.status, since.body["items"]) == (200, [])
