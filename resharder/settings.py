@@ -16,7 +16,9 @@ class ResharderSettings(CommonSettings):
     path and central DSN to ``var/stack.env``, read when the environment does not say.
     """
 
-    model_config = SettingsConfigDict(env_prefix="MEDSVC_", extra="ignore", env_file="var/stack.env")
+    model_config = SettingsConfigDict(
+        env_prefix="MEDSVC_", extra="ignore", env_file="var/stack.env"
+    )
 
     resharder_dsn: str = ""
     central_dsn: str = ""
