@@ -178,6 +178,10 @@ class ReadCache:
         self.breaker = Breaker(cooldown)
         # group -> field -> the load in flight in this process (single flight).
         self._inflight: dict[str, dict[str, asyncio.Future[bytes | None]]] = {}
+        # The gateway's peeks waiting for this loop iteration's batch, and the batches sent.
+        self._peeks: list[tuple[asyncio.Future[bytes | None], str, str]] = []
+        self._peek_tasks: set[asyncio.Task[None]] = set()
+        self._events: dict[tuple[str, str], Any] = {}
         self.redis: aioredis.Redis | None = None
         if redis_url:
             self.redis = aioredis.Redis.from_url(
@@ -279,17 +283,85 @@ class ReadCache:
         """The cached value or None; never loads, never fills (the gateway's fast path).
 
         A None sends the request on to an FE server, whose :meth:`get` takes the lease.
+        The peeks of one loop iteration go to Redis together (:meth:`_send_peeks`).
         """
-        if self.redis is None or not await self._usable():
+        if self.redis is None or not self.breaker.allows():
             return None
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes | None] = loop.create_future()
+        if not self._peeks:
+            loop.call_soon(self._send_peeks)
+        self._peeks.append((future, f"{{{group}}}", field))
         try:
-            value = await self.redis.hget(_keys(group)[0], field)
+            value = await future
         except RedisError as exc:
             self._failed(exc, entity, read=True)
             return None
         self.breaker.ok()
-        CACHE_EVENTS.labels(self.shard, entity, "hit" if value is not None else "pass").inc()
+        event = "hit" if value is not None else "pass"
+        if (counter := self._events.get((entity, event))) is None:
+            counter = self._events[(entity, event)] = CACHE_EVENTS.labels(self.shard, entity, event)
+        counter.inc()
         return value
+
+    def _send_peeks(self) -> None:
+        """Send the peeks queued in this loop iteration as one write of pipelined HGETs.
+
+        Plain HGETs, as one ``redis.hget`` each would send them, on one pooled connection:
+        the client's per-command work (pool checkout, timeout scope, reply parsing set-up)
+        is paid once per batch, not per request; under load a batch holds several requests.
+        """
+        batch, self._peeks = self._peeks, []
+        task = asyncio.ensure_future(self._run_peeks(batch))
+        self._peek_tasks.add(task)
+        task.add_done_callback(self._peek_tasks.discard)
+
+    async def _run_peeks(self, batch: list[tuple[asyncio.Future[bytes | None], str, str]]) -> None:
+        error: BaseException = RedisConnectionError("the cache read was not answered")
+        try:
+            error = await self._read_batch(batch)
+        finally:
+            # Whatever happened (an error, a cancellation at shutdown), no peek is left waiting.
+            failed = error if isinstance(error, RedisError) else RedisConnectionError(
+                f"cache read failed: {type(error).__name__}")  # fmt: skip
+            for future, _, _ in batch:
+                if not future.done():
+                    future.set_exception(failed)
+
+    async def _read_batch(
+        self, batch: list[tuple[asyncio.Future[bytes | None], str, str]]
+    ) -> BaseException:
+        """Answer the batch's futures; the error that stopped it otherwise (returned)."""
+        assert self.redis is not None
+        pool = self.redis.connection_pool
+        commands = [("HGET", key, field) for _, key, field in batch]
+        error: BaseException = RedisConnectionError("no connection")
+        # As the client's own retry (see __init__): one more try on a *connection* error
+        # only (a pooled connection that a Redis restart broke); a timeout is not retried.
+        for attempt in (1, 2):
+            try:
+                conn = await pool.get_connection()
+            except (RedisError, OSError) as exc:
+                return exc
+            try:
+                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                values = [await conn.read_response() for _ in batch]
+            except BaseException as exc:
+                # Replies may be left unread on it: this connection is not reused.
+                await conn.disconnect()
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                error = exc
+                if attempt == 1 and isinstance(exc, RedisConnectionError):
+                    continue
+                return error
+            finally:
+                await pool.release(conn)
+            for (future, _, _), value in zip(batch, values, strict=True):
+                if not future.done():
+                    future.set_result(value)
+            return error
+        return error
 
     def fence(self, entity: str, group: str) -> WriteFence:
         """The fence of one write to ``group``: ``async with cache.fence(...) as f:`` around
