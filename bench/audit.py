@@ -52,7 +52,9 @@ def _batch(start: int) -> bytes:
     return orjson.dumps({"events": events})
 
 
-async def _proof_latency(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> tuple[float, float]:
+async def _proof_latency(
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str]
+) -> tuple[float, float]:
     """Median milliseconds of an inclusion and of a consistency proof, sequential calls."""
     rng = random.Random(1)
     async with http.get(url + "/v1/audit/events", params={"limit": "200"}, headers=headers) as r:
@@ -62,7 +64,9 @@ async def _proof_latency(http: aiohttp.ClientSession, url: str, headers: dict[st
     inclusion, consistency = [], []
     for _ in range(PROOFS):
         started = time.perf_counter()
-        async with http.get(url + f"/v1/audit/events/{rng.choice(ids)}/proof", headers=headers) as r:
+        async with http.get(
+            url + f"/v1/audit/events/{rng.choice(ids)}/proof", headers=headers
+        ) as r:
             assert r.status == 200, await r.text()
             await r.read()
         inclusion.append(time.perf_counter() - started)
@@ -90,7 +94,9 @@ async def audit_log(ctx: BenchContext) -> list[Row | Measurement]:
 
         async def relay(k: int) -> None:
             for body in batches[k :: len(urls)]:
-                async with http.post(urls[k] + "/internal/events/batch", data=body, headers=admin) as r:
+                async with http.post(
+                    urls[k] + "/internal/events/batch", data=body, headers=admin
+                ) as r:
                     assert r.status == 200, await r.text()
 
         await ctx.gate.wait(ctx.components())

@@ -47,8 +47,9 @@ FROM users u, generate_series(1, 4) k WHERE u.user_name LIKE 'bench.%'
 
 
 async def _psql(*args: str, stdin: Any = None, stdout: Any = asyncio.subprocess.DEVNULL) -> Any:
-    return await asyncio.create_subprocess_exec("psql", "-q", "-v", "ON_ERROR_STOP=1", *args,
-                                                stdin=stdin, stdout=stdout)
+    return await asyncio.create_subprocess_exec(
+        "psql", "-q", "-v", "ON_ERROR_STOP=1", *args, stdin=stdin, stdout=stdout
+    )
 
 
 async def raw_copies(src: str, dst: str) -> dict[str, float]:
@@ -56,17 +57,27 @@ async def raw_copies(src: str, dst: str) -> dict[str, float]:
     out: dict[str, float] = {}
     started = time.monotonic()
     for table in ("users", "visits"):
-        p = await _psql(src, "-c", f"COPY (SELECT * FROM {table} WHERE bucket BETWEEN {LO} AND {HI}) TO STDOUT")
+        p = await _psql(
+            src, "-c", f"COPY (SELECT * FROM {table} WHERE bucket BETWEEN {LO} AND {HI}) TO STDOUT"
+        )
         await p.wait()
     out["copyToNull"] = time.monotonic() - started
-    p = await _psql(dst, "-c", "CREATE TABLE bench_users (LIKE users INCLUDING ALL);"
-                               " CREATE TABLE bench_visits (LIKE visits INCLUDING ALL)")
+    p = await _psql(
+        dst,
+        "-c",
+        "CREATE TABLE bench_users (LIKE users INCLUDING ALL);"
+        " CREATE TABLE bench_visits (LIKE visits INCLUDING ALL)",
+    )
     await p.wait()
     started = time.monotonic()
     for table in ("users", "visits"):
         reader, writer = os.pipe()
-        a = await _psql(src, "-c", f"COPY (SELECT * FROM {table} WHERE bucket BETWEEN {LO} AND {HI}) TO STDOUT",
-                        stdout=writer)
+        a = await _psql(
+            src,
+            "-c",
+            f"COPY (SELECT * FROM {table} WHERE bucket BETWEEN {LO} AND {HI}) TO STDOUT",
+            stdout=writer,
+        )
         os.close(writer)
         b = await _psql(dst, "-c", f"COPY bench_{table} FROM STDIN", stdin=reader)
         os.close(reader)
@@ -96,8 +107,10 @@ class Mix:
                 resp = await http.get(f"{self.base_url}/v1/users/{name}", headers=auth)
             else:
                 resp = await http.patch(
-                    f"{self.base_url}/v1/users/{name}", data=orjson.dumps({"phone": f"+1-555-{seed:04d}"}),
-                    headers={**auth, "Content-Type": "application/merge-patch+json"})
+                    f"{self.base_url}/v1/users/{name}",
+                    data=orjson.dumps({"phone": f"+1-555-{seed:04d}"}),
+                    headers={**auth, "Content-Type": "application/merge-patch+json"},
+                )
             await resp.read()
             self.window.append(time.perf_counter() - started)
             if resp.status != 200:
@@ -107,15 +120,25 @@ class Mix:
         lat, self.window = sorted(self.window), []
         if not lat:
             return {"requests": 0}
-        return {"requests": len(lat), "p50ms": round(1000 * lat[len(lat) // 2], 1),
-                "p99ms": round(1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1)}
+        return {
+            "requests": len(lat),
+            "p50ms": round(1000 * lat[len(lat) // 2], 1),
+            "p99ms": round(1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1),
+        }
 
 
 async def main_async(opts: argparse.Namespace) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="medsvc-bench-move-"))
     base.chmod(0o755)
-    stack = Stack(StackConfig(base_dir=base, http_port=0, https_port=0,  # load from one address
-                              rate=UNTHROTTLED_RATE, burst=UNTHROTTLED_BURST))
+    stack = Stack(
+        StackConfig(
+            base_dir=base,
+            http_port=0,
+            https_port=0,  # load from one address
+            rate=UNTHROTTLED_RATE,
+            burst=UNTHROTTLED_BURST,
+        )
+    )
     try:
         await stack.start()
         src = stack.postgres[0].dsn
@@ -132,19 +155,35 @@ async def main_async(opts: argparse.Namespace) -> dict[str, Any]:
         dst = stack.postgres[new_id].dsn
         raw = await raw_copies(src, dst)
         conn = await asyncpg.connect(src)
-        names = [r["user_name"] for r in await conn.fetch("SELECT user_name FROM users LIMIT 20000")]
+        names = [
+            r["user_name"] for r in await conn.fetch("SELECT user_name FROM users LIMIT 20000")
+        ]
         await conn.close()
         mix = Mix(stack.base_url, stack.token("admin", ["admin"]), names)
         async with aiohttp.ClientSession() as http:
             workers = [asyncio.create_task(mix.worker(http, i)) for i in range(opts.connections)]
             await asyncio.sleep(opts.before)
             before = mix.take()
-            env = {**os.environ, "MEDSVC_SHARD_MAP": str(stack.shard_map_path),
-                   "MEDSVC_CENTRAL_DSN": stack.central_dsn}
+            env = {
+                **os.environ,
+                "MEDSVC_SHARD_MAP": str(stack.shard_map_path),
+                "MEDSVC_CENTRAL_DSN": stack.central_dsn,
+            }
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "resharder", "move", "--buckets", f"{LO}-{HI}",
-                "--to", str(new_id), "--json", cwd=REPO_ROOT, env=env,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+                sys.executable,
+                "-m",
+                "resharder",
+                "move",
+                "--buckets",
+                f"{LO}-{HI}",
+                "--to",
+                str(new_id),
+                "--json",
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
             out, _ = await proc.communicate()
             during = mix.take()
             mix.stop.set()
@@ -152,10 +191,14 @@ async def main_async(opts: argparse.Namespace) -> dict[str, Any]:
         summary = orjson.loads(out.decode().strip().splitlines()[-1])
         copy_s = summary["phaseSeconds"]["copy"]
         return {
-            "move": summary, "exit": proc.returncode, "rawCopySeconds": raw,
+            "move": summary,
+            "exit": proc.returncode,
+            "rawCopySeconds": raw,
             "copyRatioToCopyToNull": round(raw["copyToNull"] / copy_s, 3),
             "copyRatioToCopyAcross": round(raw["copyAcross"] / copy_s, 3),
-            "mixBefore": before, "mixDuringMove": during, "mixErrors": mix.errors,
+            "mixBefore": before,
+            "mixDuringMove": during,
+            "mixErrors": mix.errors,
         }
     finally:
         await stack.stop()
@@ -163,8 +206,11 @@ async def main_async(opts: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.move", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.move",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--visits", type=int, default=100_000, help="visits in the moving buckets")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--before", type=float, default=10.0, help="seconds of mix before the move")

@@ -98,7 +98,8 @@ _FILL = """
 local held = redis.call('HGET', KEYS[2], ARGV[1])
 if not held or string.sub(held, 1, string.len(ARGV[2]) + 1) ~= ARGV[2] .. '|' then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[1])
-if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5])
+   and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
   redis.call('HDEL', KEYS[1], redis.call('HRANDFIELD', KEYS[1]))
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
@@ -167,9 +168,17 @@ class ReadCache:
     """Cache-aside over one shard's Redis. ``redis_url=None`` disables caching."""
 
     def __init__(
-        self, redis_url: str | None, shard: int, *, ttl: float = 300.0, lease: float = 2.0,
-        wait: float = 0.25, timeout: float = 0.25, cooldown: float = 1.0,
-        username: str | None = None, password: str | None = None,
+        self,
+        redis_url: str | None,
+        shard: int,
+        *,
+        ttl: float = 300.0,
+        lease: float = 2.0,
+        wait: float = 0.25,
+        timeout: float = 0.25,
+        cooldown: float = 1.0,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.shard = str(shard)
         self.ttl_ms = int(ttl * 1000)
@@ -178,12 +187,19 @@ class ReadCache:
         self.breaker = Breaker(cooldown)
         # group -> field -> the load in flight in this process (single flight).
         self._inflight: dict[str, dict[str, asyncio.Future[bytes | None]]] = {}
+        # The gateway's peeks waiting for this loop iteration's batch, and the batches sent.
+        self._peeks: list[tuple[asyncio.Future[bytes | None], str, str]] = []
+        self._peek_tasks: set[asyncio.Task[None]] = set()
+        self._events: dict[tuple[str, str], Any] = {}
         self.redis: aioredis.Redis | None = None
         if redis_url:
             self.redis = aioredis.Redis.from_url(
-                redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                redis_url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
                 # The ACL user from the settings (the URL in the shard map carries none).
-                username=username, password=password,
+                username=username,
+                password=password,
                 # One retry on a *connection* error only: after a Redis restart a pooled
                 # connection fails once; an invalidation lost that way would let a slow
                 # reader put an old value back. A timeout is not retried (the breaker acts).
@@ -279,17 +295,86 @@ class ReadCache:
         """The cached value or None; never loads, never fills (the gateway's fast path).
 
         A None sends the request on to an FE server, whose :meth:`get` takes the lease.
+        The peeks of one loop iteration go to Redis together (:meth:`_send_peeks`).
         """
-        if self.redis is None or not await self._usable():
+        if self.redis is None or not self.breaker.allows():
             return None
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes | None] = loop.create_future()
+        if not self._peeks:
+            loop.call_soon(self._send_peeks)
+        self._peeks.append((future, f"{{{group}}}", field))
         try:
-            value = await self.redis.hget(_keys(group)[0], field)
+            value = await future
         except RedisError as exc:
             self._failed(exc, entity, read=True)
             return None
         self.breaker.ok()
-        CACHE_EVENTS.labels(self.shard, entity, "hit" if value is not None else "pass").inc()
+        event = "hit" if value is not None else "pass"
+        if (counter := self._events.get((entity, event))) is None:
+            counter = self._events[(entity, event)] = CACHE_EVENTS.labels(self.shard, entity, event)
+        counter.inc()
         return value
+
+    def _send_peeks(self) -> None:
+        """Send the peeks queued in this loop iteration as one write of pipelined HGETs.
+
+        Plain HGETs, as one ``redis.hget`` each would send them, on one pooled connection:
+        the client's per-command work (pool checkout, timeout scope, reply parsing set-up)
+        is paid once per batch, not per request; under load a batch holds several requests.
+        """
+        batch, self._peeks = self._peeks, []
+        task = asyncio.ensure_future(self._run_peeks(batch))
+        self._peek_tasks.add(task)
+        task.add_done_callback(self._peek_tasks.discard)
+
+    async def _run_peeks(self, batch: list[tuple[asyncio.Future[bytes | None], str, str]]) -> None:
+        error: BaseException = RedisConnectionError("the cache read was not answered")
+        try:
+            error = await self._read_batch(batch)
+        finally:
+            # Whatever happened (an error, a cancellation at shutdown), no peek is left waiting.
+            failed = error if isinstance(error, RedisError) else RedisConnectionError(
+                f"cache read failed: {type(error).__name__}")  # fmt: skip
+            for future, _, _ in batch:
+                if not future.done():
+                    future.set_exception(failed)
+
+    async def _read_batch(
+        self, batch: list[tuple[asyncio.Future[bytes | None], str, str]]
+    ) -> BaseException:
+        """Answer the batch's futures; the error that stopped it otherwise (returned)."""
+        assert self.redis is not None
+        pool = self.redis.connection_pool
+        commands = [("HGET", key, field) for _, key, field in batch]
+        error: BaseException = RedisConnectionError("no connection")
+        # As the client's own retry (see __init__): one more try on a *connection* error
+        # only (a pooled connection that a Redis restart broke); a timeout is not retried.
+        for attempt in (1, 2):
+            try:
+                # redis-py's asyncio pool method carries no annotations.
+                conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+            except (RedisError, OSError) as exc:
+                return exc
+            try:
+                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                values = [await conn.read_response() for _ in batch]
+            except BaseException as exc:
+                # Replies may be left unread on it: this connection is not reused.
+                await conn.disconnect()
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                error = exc
+                if attempt == 1 and isinstance(exc, RedisConnectionError):
+                    continue
+                return error
+            finally:
+                await pool.release(conn)
+            for (future, _, _), value in zip(batch, values, strict=True):
+                if not future.done():
+                    future.set_result(value)
+            return error
+        return error
 
     def fence(self, entity: str, group: str) -> WriteFence:
         """The fence of one write to ``group``: ``async with cache.fence(...) as f:`` around
@@ -335,7 +420,11 @@ class ReadCache:
         if self.breaker.allows():
             log.warning(
                 "cache unavailable; reading from the database",
-                extra={"action": "cache.breaker_open", "shard": self.shard, "error": type(exc).__name__},
+                extra={
+                    "action": "cache.breaker_open",
+                    "shard": self.shard,
+                    "error": type(exc).__name__,
+                },
             )
         self.breaker.trip()
 
@@ -377,8 +466,11 @@ class WriteFence:
         if not await self.cache._run_for_write(
             self.entity, self.group, self.cache._unfence, [self.token]
         ):
-            log.warning("write fence left to lapse", extra={
-                "action": "cache.fence_lapse", "shard": self.cache.shard, "entity": self.entity})  # fmt: skip
+            log.warning(
+                "write fence left to lapse",
+                extra={"action": "cache.fence_lapse", "shard": self.cache.shard,
+                       "entity": self.entity},
+            )  # fmt: skip
 
 
 def _keys(group: str) -> list[str]:

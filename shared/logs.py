@@ -6,8 +6,11 @@ addresses or notes. :func:`setup_logging` installs the formatter on the root log
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextvars
 import logging
+import os
 import re
 import sys
 import time
@@ -60,8 +63,71 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+class AccessLine:
+    """The access lines of a process, one per request, written to stderr once per loop turn.
+
+    Each is the JSON object :class:`JsonFormatter` makes for a record of the ``medsvc.access``
+    logger, built without the LogRecord, the handler chain and the formatter's walk over the
+    record's attributes; the timestamp text is made once a second. The lines of the requests
+    answered in one turn of the event loop go out in one ``write`` at the start of the next
+    turn (a busy server answers several per turn), not one system call each.
+    :func:`setup_logging` switches this on; until then (an in-process test app)
+    :meth:`write` goes through the logger.
+    """
+
+    def __init__(self) -> None:
+        self.process: str | None = None
+        self._second = -1
+        self._stamp = ""
+        self._logger = logging.getLogger("medsvc.access")
+        self._pending: list[bytes] = []
+
+    def write(self, fields: dict[str, object]) -> None:
+        """Log ``fields`` (no PHI: methods, route templates, statuses, shard ids) at INFO."""
+        if not self._logger.isEnabledFor(logging.INFO):
+            return
+        if self.process is None:
+            self._logger.info("request", extra=fields)
+            return
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        line = {
+            "ts": f"{self._stamp}.{int((now - second) * 1000):03d}Z",
+            "level": "info",
+            "process": self.process,
+            "logger": "medsvc.access",
+            "requestId": request_id_var.get(),
+            "msg": "request",
+            **fields,
+        }
+        self._pending.append(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE))
+        if len(self._pending) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop: write now
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the pending lines (one system call for all of them)."""
+        data, self._pending = b"".join(self._pending), []
+        try:
+            while data:
+                data = data[os.write(2, data):]
+        except OSError:
+            pass  # as logging.StreamHandler: a lost log line never fails a request
+
+
+ACCESS = AccessLine()
+
+
 def setup_logging(process_name: str, level: str = "INFO") -> None:
     """Send JSON lines to stderr for every logger of this process."""
+    sys.stderr.flush()
+    ACCESS.process = process_name
+    atexit.register(ACCESS.flush)  # lines of the last loop turn before a clean exit
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(process_name))
     root = logging.getLogger()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -19,21 +20,30 @@ from pydantic import ValidationError
 
 from shared.appkeys import SHARD_ID
 from shared.errors import FieldError, MethodNotAllowed, ServiceError, Unavailable, ValidationFailed
-from shared.logs import request_id_from, request_id_var
+from shared.logs import ACCESS, request_id_from, request_id_var
 from shared.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 log = logging.getLogger("medsvc.http")
-access_log = logging.getLogger("medsvc.access")
 
 PROBLEM_TYPE = "application/problem+json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _REASONS = {
-    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 409: "Conflict", 412: "Precondition Failed",
-    413: "Payload Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Content",
-    429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
-    503: "Service Unavailable", 504: "Gateway Timeout",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    412: "Precondition Failed",
+    413: "Payload Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
 }
 
 
@@ -82,10 +92,15 @@ def error_to_response(exc: BaseException) -> web.Response:
     if isinstance(exc, ServiceError):
         return problem(exc.status, exc.detail, title=exc.title, extensions=exc.extensions)
     if isinstance(exc, ValidationError):
-        return problem(422, "the request body or parameters are not valid", errors=field_errors(exc))
+        return problem(
+            422, "the request body or parameters are not valid", errors=field_errors(exc)
+        )
     if isinstance(exc, web.HTTPMethodNotAllowed):
-        return problem(405, f"method {exc.method} is not allowed here",
-                       headers={"Allow": ", ".join(sorted(exc.allowed_methods))})
+        return problem(
+            405,
+            f"method {exc.method} is not allowed here",
+            headers={"Allow": ", ".join(sorted(exc.allowed_methods))},
+        )
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return problem(413, "the request body is larger than 1 MiB")
     if isinstance(exc, web.HTTPException) and exc.status >= 400:
@@ -115,6 +130,12 @@ def route_template(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+# The labelled metric children by (route, method[, status]): ``labels()`` validates and locks
+# on every call; the label sets are few (route templates), so each is looked up once.
+_COUNTERS: dict[tuple[str, str, int], Any] = {}
+_LATENCIES: dict[tuple[str, str], Any] = {}
+
+
 @web.middleware
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id in, request id out; one access log line and metrics per request."""
@@ -130,17 +151,21 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         elapsed = time.perf_counter() - started
         route = route_template(request)
-        HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
-        HTTP_LATENCY.labels(route, request.method).observe(elapsed)
-        access_log.info(
-            "request",
-            extra={
-                "action": "http.request",
-                "method": request.method,
-                "route": route,
-                "status": status,
-                "durationMs": round(elapsed * 1000, 2),
-                # The gateway names the shard it chose; an FE server serves one shard.
-                "shard": request.get("shard", request.app.get(SHARD_ID)),
-            },
-        )
+        method = request.method
+        if (counter := _COUNTERS.get((route, method, status))) is None:
+            counter = _COUNTERS[(route, method, status)] = HTTP_REQUESTS.labels(
+                route, method, str(status)
+            )
+        counter.inc()
+        if (latency := _LATENCIES.get((route, method))) is None:
+            latency = _LATENCIES[(route, method)] = HTTP_LATENCY.labels(route, method)
+        latency.observe(elapsed)
+        ACCESS.write({
+            "action": "http.request",
+            "method": method,
+            "route": route,
+            "status": status,
+            "durationMs": round(elapsed * 1000, 2),
+            # The gateway names the shard it chose; an FE server serves one shard.
+            "shard": request.get("shard", request.app.get(SHARD_ID)),
+        })  # fmt: skip

@@ -15,6 +15,12 @@ from shared.db import db_errors
 from shared.logs import request_id_var
 
 
+def write_tags(request: web.Request, actor: Principal, service: str) -> tuple[str, str, str]:
+    """The (actor, source, request id) a write's transaction is tagged with; a write that
+    tags itself inside its own statement (visit_service.store.create_visit) uses these."""
+    return actor.sub, f"{service}/shard-{request.app[SHARD_ID]}", request_id_var.get()
+
+
 async def begin_write(
     conn: asyncpg.Connection, request: web.Request, actor: Principal, service: str
 ) -> None:
@@ -24,7 +30,5 @@ async def begin_write(
         await conn.execute(
             """SELECT set_config('medsvc.actor', $1, true), set_config('medsvc.source', $2, true),
                       set_config('medsvc.request_id', $3, true)""",
-            actor.sub,
-            f"{service}/shard-{request.app[SHARD_ID]}",
-            request_id_var.get(),
+            *write_tags(request, actor, service),
         )

@@ -10,11 +10,13 @@ import orjson
 from aiohttp import web
 
 from shared import idempotency, policy
+from shared.appkeys import SHARD_ID
+from shared.auth import Principal
 from shared.cache import pack_entry, unpack_entry
 from shared.cachekeys import VISIT_LIST_PARAMS, visit_field, visit_list_field, visits_group
 from shared.contract import Handler, register_routes
 from shared.db import transaction
-from shared.errors import BadRequest, FieldError, NotFound, ValidationFailed
+from shared.errors import BadRequest, FieldError, Forbidden, Misdirected, NotFound, ValidationFailed
 from shared.httpio import (
     decode_instant_cursor,
     encode_instant_cursor,
@@ -26,9 +28,9 @@ from shared.httpio import (
     parse_instant,
     read_json_object,
 )
-from shared.service import cache, pool, user_request
+from shared.service import cache, path_user_name, pool, principal, require_owned, user_request
 from shared.shard_users import user_role
-from shared.writes import begin_write
+from shared.writes import begin_write, write_tags
 from visit_service import store
 from visit_service.contract import OPERATIONS
 from visit_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, REQUIRED_FIELDS, VisitIn
@@ -71,26 +73,61 @@ def _client_state(visit: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def _may_record_for_patients(caller: Principal) -> bool:
+    """Whether the policy lets ``caller`` record a visit of a patient (the insert's condition;
+    the policy itself answers again, with its own error, once the role is known)."""
+    try:
+        policy.may_write_visits(caller, "patient")
+    except Forbidden:
+        return False
+    return True
+
+
 async def create_visit(request: web.Request) -> web.Response:
-    caller, user_name = await user_request(request)
+    caller = principal(request)
+    user_name = path_user_name(request)
+    policy.may_use_users_api(caller, user_name)
+    key = await idempotency.key_of(request, caller)
+    if key is not None:
+        # A keyed retry is answered only by the owner, which holds the key's first answer.
+        await require_owned(request, user_name)
     body = await read_json_object(request)
     visit = VisitIn.model_validate_json(orjson.dumps(body))
     if visit.clinician is None:
         visit = visit.model_copy(update={"clinician": caller.sub})
-    key = await idempotency.key_of(request, caller)
+    shard_id = request.app[SHARD_ID]
+    request["shard"] = shard_id
     # The fence keeps every hop from serving the patient's old visit lists (shared/cache.py).
     async with cache(request).fence("visit", visits_group(user_name)) as fence:
         async with transaction(pool(request)) as conn:
             if (replay := await idempotency.claim(conn, key)) is not None:
                 return replay
-            await begin_write(conn, request, caller, "visit_service")
-            role = await user_role(conn, user_name, lock=True)
+            actor, source, request_id = write_tags(request, caller, "visit_service")
+            # One round trip: the owner check, the patient's lock and role, the insert and
+            # (by trigger) its audit outbox row.
+            row = await store.create_visit(
+                conn,
+                actor=actor,
+                source=source,
+                request_id=request_id,
+                shard_id=shard_id,
+                user_name=user_name,
+                may_record=_may_record_for_patients(caller),
+                visit=visit,
+            )
+            if row["owner"] != shard_id:
+                raise Misdirected(
+                    f"{user_name} belongs to shard {row['owner']}, not {shard_id}",
+                    owner=row["owner"],
+                )
+            role = row["role"]
+            if role is None:
+                raise NotFound(f"user {user_name} does not exist")
             policy.may_write_visits(caller, role)
             if role != "patient":
                 raise ValidationFailed(
                     errors=[FieldError("userName", "visits are recorded for patients only")]
                 )
-            row = await store.insert_visit(conn, user_name, visit)
             response = visit_response(row, status=201)
             await idempotency.record(conn, key, response)
             fence.check()

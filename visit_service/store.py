@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from shared.db import db_errors, maps_db_errors
+from shared.db import maps_db_errors
 from shared.errors import NotFound, PreconditionFailed
 from visit_service.models import VisitIn
 
@@ -56,18 +56,48 @@ def _values(visit: VisitIn) -> tuple[Any, ...]:
     )
 
 
-async def insert_visit(conn: asyncpg.Connection, user_name: str, visit: VisitIn) -> asyncpg.Record:
-    """Insert a visit with a new server-generated id."""
-    with db_errors("the shard database"):
-        # insert_visit: one row; server fields by default.
-        return await conn.fetchrow(
-            f"""INSERT INTO visits (visit_id, user_name, clinician, type, started_at, ended_at,
-                                    reason, diagnoses, vitals, medications, notes)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {_COLUMNS}""",
-            uuid.uuid4(),
-            user_name,
-            *_values(visit),
-        )
+# create_visit: the whole write in one round trip inside the caller's transaction. In order:
+# tag the transaction for the audit trigger (as shared.writes.begin_write does), read the
+# bucket's owner (the 421 check shared.service.require_owned makes), share-lock the patient
+# (keeping the user in place under the new visit), and insert only when the owner is this
+# shard, the user is a patient and the caller may record visits for patients. The insert
+# draws from every CTE, so no row is written before the settings are made; the audit
+# trigger (AFTER ROW) writes the outbox row in the same statement and transaction, and the
+# ownership trigger checks the bucket again under its lock. Returns the owner, the role
+# (NULL: no such user) and the new row's columns (NULL: nothing inserted).
+_CREATE_VISIT = f"""
+WITH tag AS (
+    SELECT set_config('medsvc.actor', $1, true) AS actor,
+           set_config('medsvc.source', $2, true) AS source,
+           set_config('medsvc.request_id', $3, true) AS request_id
+), own AS (
+    SELECT medsvc_owner($5) AS owner
+), patient AS (
+    SELECT role FROM users WHERE user_name = $5 FOR SHARE
+), ins AS (
+    INSERT INTO visits (visit_id, user_name, clinician, type, started_at, ended_at,
+                        reason, diagnoses, vitals, medications, notes)
+    SELECT $7, $5, $8, $9, $10, $11, $12, $13, $14, $15, $16
+    FROM tag, own, patient
+    WHERE own.owner = $4 AND patient.role = 'patient' AND $6::boolean
+    RETURNING {_COLUMNS}
+)
+SELECT own.owner, patient.role, ins.*
+FROM own LEFT JOIN patient ON true LEFT JOIN ins ON true
+"""
+
+
+@_mapped
+async def create_visit(
+    conn: asyncpg.Connection, *, actor: str, source: str, request_id: str, shard_id: int,
+    user_name: str, may_record: bool, visit: VisitIn,
+) -> asyncpg.Record:
+    """Tag, check and insert in one statement (:data:`_CREATE_VISIT`); the caller decides
+    from the owner and role what a row without a visit means (421, 404, 403, 422)."""
+    return await conn.fetchrow(
+        _CREATE_VISIT, actor, source, request_id, shard_id, user_name, may_record,
+        uuid.uuid4(), *_values(visit),
+    )
 
 
 @_mapped

@@ -38,8 +38,14 @@ def _banner(stack: Stack) -> str:
         f"  HTTP   {stack.base_url}",
         f"  HTTPS  {stack.https_url}   (self-signed: --cacert {stack.cert_path})",
         f"  logs   {stack.logs_dir}",
-        *([f"  Prometheus {stack.prometheus.url}  (targets: {stack.prometheus.url}/targets,"
-           f" alerts: {stack.prometheus.url}/alerts)"] if stack.prometheus else []),
+        *(
+            [
+                f"  Prometheus {stack.prometheus.url}  (targets: {stack.prometheus.url}/targets,"
+                f" alerts: {stack.prometheus.url}/alerts)"
+            ]
+            if stack.prometheus
+            else []
+        ),
         f"  shard map {stack.shard_map_path}",
     ]
     for i, pg in stack.postgres.items():
@@ -88,8 +94,10 @@ async def _run(cfg: StackConfig) -> int:
         except Exception as exc:  # noqa: BLE001 - reported; the running stack carries on
             log.error("adding a shard failed: %s", exc)
             raise
-        print(f"shard {new_id} is up: {stack.postgres[new_id].dsn}  {stack.redis[new_id].url}",
-              flush=True)
+        print(
+            f"shard {new_id} is up: {stack.postgres[new_id].dsn}  {stack.redis[new_id].url}",
+            flush=True,
+        )
         return new_id
 
     def on_add() -> None:
@@ -136,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--jwt-secret", default=DEFAULT_JWT_SECRET)
 
     add = sub.add_parser("add-shard", help="start one more shard beside a running `make run`")
-    add.add_argument("--base-dir", type=Path, default=Path("var"), help="the running stack's (./var)")
+    add.add_argument(
+        "--base-dir", type=Path, default=Path("var"), help="the running stack's (./var)"
+    )
     add.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for it")
 
     args = parser.parse_args(argv)
@@ -171,8 +181,10 @@ def _add_shard(base_dir: Path, timeout: float) -> int:
         pid = int((base_dir / "run.pid").read_text())
         before = load_shard_map(base_dir / "shardmap.json")
     except (OSError, ValueError) as exc:
-        print(f"localstack: no running stack in {base_dir} ({exc}); start `make run` first",
-              file=sys.stderr)
+        print(
+            f"localstack: no running stack in {base_dir} ({exc}); start `make run` first",
+            file=sys.stderr,
+        )
         return 2
     try:
         os.kill(pid, signal.SIGUSR1)
@@ -192,7 +204,9 @@ def _add_shard(base_dir: Path, timeout: float) -> int:
                 print(f"  postgres {shard.postgres}\n  redis    {shard.redis}")
                 for url in sorted({u for urls in shard.members.values() for u in urls}):
                     print(f"  FE       {url}")
-                print(f"move buckets to it: python -m resharder move --buckets LO-HI --to {shard.id}")
+                print(
+                    f"move buckets to it: python -m resharder move --buckets LO-HI --to {shard.id}"
+                )
                 return 0
     print(f"localstack: no new shard after {timeout:.0f} s; see {base_dir}/logs", file=sys.stderr)
     return 1

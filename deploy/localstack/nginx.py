@@ -31,11 +31,16 @@ DEFAULT_BURST = 200
 UNTHROTTLED_RATE = 20000
 UNTHROTTLED_BURST = 20000
 # TLS 1.2 suites: ECDHE key exchange and AEAD ciphers only (Mozilla's "intermediate" list).
-CIPHERS = ":".join((
-    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
-    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
-    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
-))
+CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    )
+)
 # What one gateway admits at once (shared/settings.py, shared/admission.py). nginx sheds
 # past two thirds of the sum over the gateways: round-robin does not split the requests in
 # flight evenly, and a gateway sent a little more than its share must still admit it.
@@ -62,7 +67,11 @@ PROBLEM_PAGES = (
     # nginx itself refuses TRACE (and unknown methods) before any location: answer with a
     # problem and an Allow header, like the gateway's 405s.
     ProblemPage(
-        405, "Method Not Allowed", "method not allowed", (405,), allow="GET, POST, PUT, PATCH, DELETE"
+        405,
+        "Method Not Allowed",
+        "method not allowed",
+        (405,),
+        allow="GET, POST, PUT, PATCH, DELETE",
     ),
     # Only nginx's own locations (the problem pages, asked for from outside) are its 404s.
     ProblemPage(404, "Not Found", "no resource at this path", (404,)),
@@ -74,9 +83,11 @@ PROBLEM_PAGES = (
     # nginx's own 503s are its sheds at the edge (limit_conn in nginx.conf.j2): refused
     # before reaching a gateway, so certainly not applied.
     ProblemPage(
-        503, "Service Unavailable",
+        503,
+        "Service Unavailable",
         "at capacity: the request was not started and not applied; retry after Retry-After",
-        (503,), retry_after=1,
+        (503,),
+        retry_after=1,
     ),
     ProblemPage(
         504, "Gateway Timeout", "the gateway did not answer in time", (504,), retry_after=2

@@ -162,7 +162,10 @@ class Stack:
         self.prometheus: PrometheusServer | None = None
         if cfg.prometheus:
             self.prometheus = PrometheusServer(
-                "prometheus", base / "prometheus", ports.take(), self.logs_dir / "prometheus.log",
+                "prometheus",
+                base / "prometheus",
+                ports.take(),
+                self.logs_dir / "prometheus.log",
                 self.scrape_targets(),
             )
         # The audit checkpoint signer's key and log, outside the databases (audit_keys.py).
@@ -201,7 +204,9 @@ class Stack:
         urls = [fe.url for fe in self.fe[i]]
         return Shard(
             id=i, buckets=buckets, postgres=self.postgres[i].dsn, redis=self.redis[i].url,
-            members={svc: urls for svc in self.config.fe_services.split(",") if svc} if members else {},
+            members=(
+                {svc: urls for svc in self.config.fe_services.split(",") if svc} if members else {}
+            ),
         )  # fmt: skip
 
     async def add_shard(self) -> int:
@@ -260,10 +265,16 @@ class Stack:
     def scrape_targets(self) -> list[Target]:
         """Every Python process, labelled as its pod would be (deploy/prometheus/config.py)."""
         out = [Target(f"127.0.0.1:{g.port}", g.name, "gateway") for g in self.gateways]
-        out += [Target(f"127.0.0.1:{fe.port}", fe.name, "fe", shard)
-                for shard, fes in self.fe.items() for fe in fes]
-        out += [Target(f"127.0.0.1:{p.port}", p.name, name)
-                for name, procs in self.services.items() for p in procs]
+        out += [
+            Target(f"127.0.0.1:{fe.port}", fe.name, "fe", shard)
+            for shard, fes in self.fe.items()
+            for fe in fes
+        ]
+        out += [
+            Target(f"127.0.0.1:{p.port}", p.name, name)
+            for name, procs in self.services.items()
+            for p in procs
+        ]
         return out
 
     def tiers(self) -> list[list[ManagedProcess]]:

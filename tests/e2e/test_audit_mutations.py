@@ -113,7 +113,9 @@ class Log:
         await ensure_database(self.dsn, None)
         await migrate(self.dsn, None, "audit", store.MIGRATIONS)
         key = load_private_key(self.key_file)
-        async with pool_scope(self.dsn, password=None, min_size=1, max_size=2, what="audit") as pool:
+        async with pool_scope(
+            self.dsn, password=None, min_size=1, max_size=2, what="audit"
+        ) as pool:
             for start in range(0, EVENTS, CHECKPOINT_EVERY):
                 batch = [_pending(i) for i in range(start, min(start + CHECKPOINT_EVERY, EVENTS))]
                 await store.append_events(pool, batch, trusted_source=True)
@@ -121,14 +123,21 @@ class Log:
                     assert await make_checkpoint(pool, self.cp_log, key) is not None
         conn = await asyncpg.connect(self.dsn)
         try:
-            self.rows = [dict(r) for r in await conn.fetch(f"SELECT {', '.join(COLUMNS)} FROM audit_events ORDER BY seq")]
+            self.rows = [
+                dict(r)
+                for r in await conn.fetch(
+                    f"SELECT {', '.join(COLUMNS)} FROM audit_events ORDER BY seq"
+                )
+            ]
             self.head = dict(await conn.fetchrow("SELECT * FROM audit_chain_head"))
             self.patients = await store.patients(conn)
         finally:
             await conn.close()
         assert len(self.rows) == EVENTS
         assert self.patients == {f"patient.{i % 97}" for i in range(0, EVENTS, 50)}
-        assert [cp.tree_size for cp in self.cp_log.read()] == list(range(CHECKPOINT_EVERY, EVENTS + 1, CHECKPOINT_EVERY))
+        assert [cp.tree_size for cp in self.cp_log.read()] == list(
+            range(CHECKPOINT_EVERY, EVENTS + 1, CHECKPOINT_EVERY)
+        )
 
     async def serve(self) -> None:
         settings = AuditSettings(
@@ -158,7 +167,9 @@ class Log:
                 await conn.execute("SET LOCAL session_replication_role = replica")
                 await conn.execute("DELETE FROM audit_events")
                 await conn.copy_records_to_table(
-                    "audit_events", records=[tuple(r[c] for c in COLUMNS) for r in rows], columns=COLUMNS
+                    "audit_events",
+                    records=[tuple(r[c] for c in COLUMNS) for r in rows],
+                    columns=COLUMNS,
                 )
                 await conn.execute(
                     "UPDATE audit_chain_head SET last_seq = $1, last_hash = $2, tree_size = $3, tree_range = $4",
@@ -179,7 +190,14 @@ class Log:
             return await resp.json()
 
     def offline_args(self) -> list[str]:
-        return ["--checkpoints", str(self.cp_log.path), "--public-key", str(self.public_file), "--dsn", self.dsn]
+        return [
+            "--checkpoints",
+            str(self.cp_log.path),
+            "--public-key",
+            str(self.public_file),
+            "--dsn",
+            self.dsn,
+        ]
 
     async def offline_verdict(self) -> dict[str, Any]:
         return (await offline.run(self.offline_args())).as_json()
@@ -250,7 +268,9 @@ def _altered(column: str, value: Any) -> Any:
     return value + "x"
 
 
-def alter_column(rows: Rows, head: dict[str, Any], data: st.DataObject) -> tuple[Rows, dict[str, Any]]:
+def alter_column(
+    rows: Rows, head: dict[str, Any], data: st.DataObject
+) -> tuple[Rows, dict[str, Any]]:
     seq = _any_seq(data)
     column = data.draw(st.sampled_from([c for c in COLUMNS if c != "seq"]), label="column")
     rows[seq - 1][column] = _altered(column, rows[seq - 1][column])
@@ -262,12 +282,16 @@ def delete(rows: Rows, head: dict[str, Any], data: st.DataObject) -> tuple[Rows,
     return rows, head
 
 
-def delete_and_rehash(rows: Rows, head: dict[str, Any], data: st.DataObject) -> tuple[Rows, dict[str, Any]]:
+def delete_and_rehash(
+    rows: Rows, head: dict[str, Any], data: st.DataObject
+) -> tuple[Rows, dict[str, Any]]:
     del rows[_signed_seq(data) - 1]
     return reforge(rows, head)
 
 
-def insert_forged(rows: Rows, head: dict[str, Any], data: st.DataObject) -> tuple[Rows, dict[str, Any]]:
+def insert_forged(
+    rows: Rows, head: dict[str, Any], data: st.DataObject
+) -> tuple[Rows, dict[str, Any]]:
     """A forged event slipped in after a signed one, everything after renumbered and re-hashed."""
     at = data.draw(st.integers(0, LAST_CHECKPOINT - 1), label="after seq")
     forged = dict(rows[at])
@@ -286,7 +310,9 @@ def swap(rows: Rows, head: dict[str, Any], data: st.DataObject) -> tuple[Rows, d
     return rows, head
 
 
-def swap_and_rehash(rows: Rows, head: dict[str, Any], data: st.DataObject) -> tuple[Rows, dict[str, Any]]:
+def swap_and_rehash(
+    rows: Rows, head: dict[str, Any], data: st.DataObject
+) -> tuple[Rows, dict[str, Any]]:
     i = _signed_seq(data) - 1
     j = data.draw(st.integers(0, EVENTS - 1).filter(lambda k: k != i), label="other")
     rows[i], rows[j] = rows[j], rows[i]
@@ -297,7 +323,7 @@ def renumber(rows: Rows, head: dict[str, Any], data: st.DataObject) -> tuple[Row
     """The events from one seq on are shifted up (a gap), the head moved to the new last."""
     seq = _any_seq(data)
     shift = data.draw(st.integers(1, 5), label="shift")
-    for r in rows[seq - 1:]:
+    for r in rows[seq - 1 :]:
         r["seq"] += shift
     return rows, {**head, "last_seq": rows[-1]["seq"]}
 
@@ -308,13 +334,17 @@ def cut_tail(rows: Rows, head: dict[str, Any], data: st.DataObject) -> tuple[Row
     return rows[:keep], head
 
 
-def cut_tail_and_rewrite_head(rows: Rows, head: dict[str, Any], data: st.DataObject) -> tuple[Rows, dict[str, Any]]:
+def cut_tail_and_rewrite_head(
+    rows: Rows, head: dict[str, Any], data: st.DataObject
+) -> tuple[Rows, dict[str, Any]]:
     """As the issue found it: events deleted and the chain head moved back to match."""
     keep = data.draw(st.integers(0, LAST_CHECKPOINT - 1), label="keep")
     return reforge(rows[:keep], head)
 
 
-def rewrite_and_rehash(rows: Rows, head: dict[str, Any], data: st.DataObject) -> tuple[Rows, dict[str, Any]]:
+def rewrite_and_rehash(
+    rows: Rows, head: dict[str, Any], data: st.DataObject
+) -> tuple[Rows, dict[str, Any]]:
     """One signed event's content changed, then the whole chain after it re-hashed."""
     seq = _signed_seq(data)
     event = orjson.loads(rows[seq - 1]["body"])
@@ -323,7 +353,9 @@ def rewrite_and_rehash(rows: Rows, head: dict[str, Any], data: st.DataObject) ->
     return reforge(rows, head)
 
 
-def change_subject(rows: Rows, head: dict[str, Any], data: st.DataObject) -> tuple[Rows, dict[str, Any]]:
+def change_subject(
+    rows: Rows, head: dict[str, Any], data: st.DataObject
+) -> tuple[Rows, dict[str, Any]]:
     """subject (what a clinician may read) pointed at another user; nothing else touched."""
     seq = _any_seq(data)
     rows[seq - 1]["subject"] = data.draw(st.sampled_from(["someone.else", None, "patient.1"])
@@ -350,7 +382,9 @@ def test_the_untouched_log_verifies(seeded: tuple[LoopThread, Log]) -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(MUTATIONS))
-def test_every_single_superuser_change_is_flagged(seeded: tuple[LoopThread, Log], kind: str) -> None:
+def test_every_single_superuser_change_is_flagged(
+    seeded: tuple[LoopThread, Log], kind: str
+) -> None:
     loop, log = seeded
 
     # No shrinking: a failing example is reported as drawn (shrinking re-runs both verifiers).
@@ -373,10 +407,13 @@ def test_every_single_superuser_change_is_flagged(seeded: tuple[LoopThread, Log]
     assert loop.run(log.service_verdict())["ok"] is True
 
 
-def test_the_offline_tool_fails_with_status_1_on_a_rewritten_log(seeded: tuple[LoopThread, Log]) -> None:
+def test_the_offline_tool_fails_with_status_1_on_a_rewritten_log(
+    seeded: tuple[LoopThread, Log],
+) -> None:
     loop, log = seeded
-    rows, head = cut_tail_and_rewrite_head(_copy(log.rows), dict(log.head),
-                                           _Fixed(CHECKPOINT_EVERY + 5))  # type: ignore[arg-type]
+    rows, head = cut_tail_and_rewrite_head(
+        _copy(log.rows), dict(log.head), _Fixed(CHECKPOINT_EVERY + 5)
+    )  # type: ignore[arg-type]
     loop.run(log.write(rows, head))
     try:
         done = subprocess.run([sys.executable, "-m", "audit_service", "verify", *log.offline_args()],
@@ -421,8 +458,11 @@ def test_a_client_holding_an_older_checkpoint_detects_a_rewritten_history(
     try:
         # The honest signer refuses to sign over it: it extends only its last checkpoint.
         async def sign_honestly() -> Any:
-            async with pool_scope(log.dsn, password=None, min_size=1, max_size=1, what="audit") as pool:
+            async with pool_scope(
+                log.dsn, password=None, min_size=1, max_size=1, what="audit"
+            ) as pool:
                 return await make_checkpoint(pool, log.cp_log, load_private_key(log.key_file))
+
         assert loop.run(sign_honestly()) is None
         # The key holder signs the rewritten tree anyway.
         tree = CompactRange.from_bytes(head["tree_size"], head["tree_range"])
@@ -435,15 +475,24 @@ def test_a_client_holding_an_older_checkpoint_detects_a_rewritten_history(
             async with log.http.get(log.url + "/v1/audit/checkpoints/latest", headers=hdrs) as r:
                 latest = await r.json()
             params = {"from": str(held["treeSize"]), "to": str(latest["treeSize"])}
-            async with log.http.get(log.url + "/v1/audit/consistency", params=params, headers=hdrs) as r:
+            async with log.http.get(
+                log.url + "/v1/audit/consistency", params=params, headers=hdrs
+            ) as r:
                 assert r.status == 200
                 return latest, await r.json()
 
         latest, reply = loop.run(client())
-        assert latest["treeSize"] == 3500 and signature_holds(latest, public)  # a valid signature...
+        assert latest["treeSize"] == 3500 and signature_holds(
+            latest, public
+        )  # a valid signature...
         proof = [bytes.fromhex(h) for h in reply["proof"]]
-        assert not consistent(held["treeSize"], latest["treeSize"], bytes.fromhex(held["rootHash"]),
-                              bytes.fromhex(latest["rootHash"]), proof)  # ...but no consistency
+        assert not consistent(
+            held["treeSize"],
+            latest["treeSize"],
+            bytes.fromhex(held["rootHash"]),
+            bytes.fromhex(latest["rootHash"]),
+            proof,
+        )  # ...but no consistency
         # Both verifiers flag it too (the checkpoint log itself is no longer consistent).
         for verdict in (loop.run(log.service_verdict()), loop.run(log.offline_verdict())):
             assert verdict["ok"] is False and "consistent" in verdict["reason"], verdict
@@ -460,7 +509,9 @@ def _export(rows: Rows, path: Path) -> None:
             f.write(f'{r["body"][:-1]},"hash":"{r["hash"]}","prevHash":"{r["prev_hash"]}"}}\n')
 
 
-def test_the_offline_tool_checks_an_export_of_the_events(seeded: tuple[LoopThread, Log], tmp_path: Path) -> None:
+def test_the_offline_tool_checks_an_export_of_the_events(
+    seeded: tuple[LoopThread, Log], tmp_path: Path
+) -> None:
     loop, log = seeded
     args = ["--checkpoints", str(log.cp_log.path), "--public-key", str(log.public_file), "--export"]
     _export(log.rows, tmp_path / "events.jsonl")
@@ -469,7 +520,9 @@ def test_the_offline_tool_checks_an_export_of_the_events(seeded: tuple[LoopThrea
     rows, _ = rewrite_and_rehash(_copy(log.rows), dict(log.head), _Fixed(10))  # type: ignore[arg-type]
     _export(rows, tmp_path / "rewritten.jsonl")
     verdict = loop.run(offline.run([*args, str(tmp_path / "rewritten.jsonl")]))
-    assert not verdict.ok and verdict.first_bad_seq is not None and verdict.first_bad_seq <= 10, verdict
+    assert not verdict.ok and verdict.first_bad_seq is not None and verdict.first_bad_seq <= 10, (
+        verdict
+    )
 
 
 def test_events_stored_before_the_tree_existed_get_their_nodes_at_start_up(
@@ -485,7 +538,12 @@ def test_events_stored_before_the_tree_existed_get_their_nodes_at_start_up(
         conn = await asyncpg.connect(log.dsn)
         try:
             filled = await store.backfill_tree(conn)
-            rows = [dict(r) for r in await conn.fetch(f"SELECT {', '.join(COLUMNS)} FROM audit_events ORDER BY seq")]
+            rows = [
+                dict(r)
+                for r in await conn.fetch(
+                    f"SELECT {', '.join(COLUMNS)} FROM audit_events ORDER BY seq"
+                )
+            ]
             head = dict(await conn.fetchrow("SELECT * FROM audit_chain_head"))
             again = await store.backfill_tree(conn)  # nothing left to do
             assert again == 0
@@ -500,7 +558,10 @@ def test_events_stored_before_the_tree_existed_get_their_nodes_at_start_up(
         filled, rows, head = loop.run(backfill())
         assert filled == EVENTS
         assert [r["tree_nodes"] for r in rows] == [r["tree_nodes"] for r in log.rows]
-        assert (head["tree_size"], head["tree_range"]) == (log.head["tree_size"], log.head["tree_range"])
+        assert (head["tree_size"], head["tree_range"]) == (
+            log.head["tree_size"],
+            log.head["tree_range"],
+        )
         assert loop.run(log.service_verdict())["ok"] is True
     finally:
         loop.run(log.write(log.rows, log.head))

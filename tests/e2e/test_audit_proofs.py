@@ -31,6 +31,7 @@ def auditor(http, stack, token) -> Api:
 
 # -- the client's own RFC 6962 (section 2.1, RFC 9162 section 2.1.3/2.1.4 verification) --------
 
+
 def _h(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
@@ -101,15 +102,25 @@ async def checkpoint_covering(api: Api, admin: Api, stack, seq: int) -> dict[str
 async def record(admin: Api, entity: str, n: int) -> list[dict[str, Any]]:
     out = []
     for i in range(n):
-        reply = await admin.call("POST", "/v1/audit/events", {
-            "entityType": "prescription", "entityId": entity, "action": "sign", "after": {"dose": i}})
+        reply = await admin.call(
+            "POST",
+            "/v1/audit/events",
+            {
+                "entityType": "prescription",
+                "entityId": entity,
+                "action": "sign",
+                "after": {"dose": i},
+            },
+        )
         assert reply.status == 201, reply.body
         out.append(reply.body)
     return out
 
 
 async def test_checkpoints_are_signed_within_10_seconds_and_verify_with_the_public_key(
-    admin: Api, auditor: Api, stack,
+    admin: Api,
+    auditor: Api,
+    stack,
 ) -> None:
     events = await record(admin, unique("aud.cp"), 3)
     # No on-demand signing here: the service's own round (at most 10 s) must cover the events.
@@ -123,7 +134,9 @@ async def test_checkpoints_are_signed_within_10_seconds_and_verify_with_the_publ
 
 
 async def test_an_event_is_proved_in_a_checkpoint_by_an_independent_client(
-    admin: Api, auditor: Api, stack,
+    admin: Api,
+    auditor: Api,
+    stack,
 ) -> None:
     events = await record(admin, unique("aud.proof"), 5)
     cp = await checkpoint_covering(auditor, admin, stack, events[-1]["seq"])
@@ -147,7 +160,9 @@ async def test_an_event_is_proved_in_a_checkpoint_by_an_independent_client(
 
 
 async def test_consistency_between_two_checkpoints_checks_independently(
-    admin: Api, auditor: Api, stack,
+    admin: Api,
+    auditor: Api,
+    stack,
 ) -> None:
     first = await record(admin, unique("aud.cons"), 2)
     old = await checkpoint_covering(auditor, admin, stack, first[-1]["seq"])
@@ -165,7 +180,9 @@ async def test_consistency_between_two_checkpoints_checks_independently(
                           bytes.fromhex(new["rootHash"]), proof)  # fmt: skip
 
 
-async def test_roles_and_bad_input_of_the_new_endpoints(admin: Api, auditor: Api, http, stack, token) -> None:
+async def test_roles_and_bad_input_of_the_new_endpoints(
+    admin: Api, auditor: Api, http, stack, token
+) -> None:
     event = (await record(admin, unique("aud.roles"), 1))[0]
     await checkpoint_covering(auditor, admin, stack, event["seq"])
     paths = ["/v1/audit/checkpoints/latest", f"/v1/audit/events/{event['eventId']}/proof",
@@ -184,7 +201,11 @@ async def test_roles_and_bad_input_of_the_new_endpoints(admin: Api, auditor: Api
     bad = [
         (f"/v1/audit/events/{event['eventId']}/proof", {"treeSize": "0"}, 400),
         (f"/v1/audit/events/{event['eventId']}/proof", {"treeSize": "abc"}, 400),
-        (f"/v1/audit/events/{event['eventId']}/proof", {"treeSize": str(event["seq"] - 1 or 10**15)}, 400),
+        (
+            f"/v1/audit/events/{event['eventId']}/proof",
+            {"treeSize": str(event["seq"] - 1 or 10**15)},
+            400,
+        ),
         (f"/v1/audit/events/{event['eventId']}/proof", {"treeSize": "99999999999999"}, 400),
         (f"/v1/audit/events/{event['eventId']}/proof", {"size": "1"}, 422),
         ("/v1/audit/events/00000000-0000-4000-8000-000000000009/proof", {}, 404),

@@ -37,9 +37,14 @@ async def cache_events(http, stack, shard: int, entity: str) -> dict[str, float]
             if family.name != "medsvc_cache_events":
                 continue
             for sample in family.samples:
-                if sample.name.endswith("_total") and sample.labels["entity"] == entity \
-                        and sample.labels["shard"] == str(shard):
-                    totals[sample.labels["event"]] = totals.get(sample.labels["event"], 0) + sample.value
+                if (
+                    sample.name.endswith("_total")
+                    and sample.labels["entity"] == entity
+                    and sample.labels["shard"] == str(shard)
+                ):
+                    totals[sample.labels["event"]] = (
+                        totals.get(sample.labels["event"], 0) + sample.value
+                    )
     return totals
 
 
@@ -56,7 +61,9 @@ async def test_reads_are_served_from_the_cache_and_see_every_write(admin: Api, s
         assert patched.status == 200
         for _ in range(3):  # through both gateways and both FE servers of the shard
             read = await admin.call("GET", path)
-            assert read.body["version"] == patched.body["version"], "a read after a write saw the old version"
+            assert read.body["version"] == patched.body["version"], (
+                "a read after a write saw the old version"
+            )
             assert read.headers["ETag"] == f'"{patched.body["version"]}"'
     after = await cache_events(http, stack, 0, "user")
     assert delta(after, before, "hit") >= 20, after
@@ -111,17 +118,27 @@ async def test_a_slow_reader_cannot_put_back_a_value_older_than_a_write(admin: A
 
 async def test_a_herd_of_misses_reads_the_database_once(admin: Api, stack, http) -> None:
     user = await patient_on_shard(admin, stack, 1)
-    await admin.call("PATCH", f"/v1/users/{user['userName']}", {"email": "cold@example.org"})  # now cold
+    await admin.call(
+        "PATCH", f"/v1/users/{user['userName']}", {"email": "cold@example.org"}
+    )  # now cold
     before = await cache_events(http, stack, 1, "user")
-    replies = await asyncio.gather(*(admin.call("GET", f"/v1/users/{user['userName']}") for _ in range(60)))
+    replies = await asyncio.gather(
+        *(admin.call("GET", f"/v1/users/{user['userName']}") for _ in range(60))
+    )
     assert {r.status for r in replies} == {200}
     assert {r.body["version"] for r in replies} == {2}
     after = await cache_events(http, stack, 1, "user")
-    loads = delta(after, before, "miss") + delta(after, before, "timeout") + delta(after, before, "bypass")
+    loads = (
+        delta(after, before, "miss")
+        + delta(after, before, "timeout")
+        + delta(after, before, "bypass")
+    )
     assert loads == 1, after
 
 
-async def test_concurrent_readers_and_writers_leave_the_cache_equal_to_the_database(admin: Api, stack) -> None:
+async def test_concurrent_readers_and_writers_leave_the_cache_equal_to_the_database(
+    admin: Api, stack
+) -> None:
     users = [await patient_on_shard(admin, stack, s) for s in (0, 0, 1, 1)]
     rng = random.Random(7)
 
@@ -129,7 +146,9 @@ async def test_concurrent_readers_and_writers_leave_the_cache_equal_to_the_datab
         for _ in range(40):
             name = rng.choice(users)["userName"]
             if rng.random() < 0.3:
-                assert (await admin.call("PATCH", f"/v1/users/{name}", {"phone": f"+1 555 {n:04d}"})).status == 200
+                assert (
+                    await admin.call("PATCH", f"/v1/users/{name}", {"phone": f"+1 555 {n:04d}"})
+                ).status == 200
             else:
                 assert (await admin.call("GET", f"/v1/users/{name}")).status == 200
 
@@ -137,17 +156,23 @@ async def test_concurrent_readers_and_writers_leave_the_cache_equal_to_the_datab
     for user in users:
         shard = stack.shard_map.shard_for(user["userName"])
         conn = await asyncpg.connect(shard.postgres)
-        db_version = await conn.fetchval("SELECT version FROM users WHERE user_name = $1", user["userName"])
+        db_version = await conn.fetchval(
+            "SELECT version FROM users WHERE user_name = $1", user["userName"]
+        )
         await conn.close()
         r = aioredis.Redis.from_url(shard.redis)
         stored = await r.hget(f"{{{user_group(user['userName'])}}}", "u")
         await r.aclose()
         if stored is not None:
             assert unpack_entry(stored)[1] == db_version, user["userName"]
-        assert (await admin.call("GET", f"/v1/users/{user['userName']}")).body["version"] == db_version
+        assert (await admin.call("GET", f"/v1/users/{user['userName']}")).body[
+            "version"
+        ] == db_version
 
 
-async def test_redis_stopped_and_restarted_fails_no_read_and_serves_nothing_stale(admin: Api, stack) -> None:
+async def test_redis_stopped_and_restarted_fails_no_read_and_serves_nothing_stale(
+    admin: Api, stack
+) -> None:
     """Reads go on from PostgreSQL; a write the FE server cannot fence is refused (503) and
     changes nothing, since other hops might still reach Redis (shared/cache.py)."""
     users = [await patient_on_shard(admin, stack, s) for s in (0, 1)]
@@ -199,15 +224,31 @@ async def test_redis_stopped_and_restarted_fails_no_read_and_serves_nothing_stal
         assert read == version == 1 + applied[name], "a refused write changed nothing"
 
 
-async def test_cached_entries_are_served_only_to_those_allowed(admin: Api, stack, http, token) -> None:
+async def test_cached_entries_are_served_only_to_those_allowed(
+    admin: Api, stack, http, token
+) -> None:
     """The gateway answers cached reads itself: it must apply the same role rules."""
     patient = await admin.create_patient(unique("priv"))
     visit = await admin.create_visit(patient["userName"])
     staff = unique("staff")
-    assert (await admin.call("POST", "/v1/users", {"userName": staff, "role": "clinician", "givenName": "S",
-                                                   "familyName": "T", "birthDate": "1980-01-01"})).status == 201
-    paths = [f"/v1/users/{patient['userName']}", f"/v1/users/{patient['userName']}/visits",
-             f"/v1/users/{patient['userName']}/visits/{visit['visitId']}"]
+    assert (
+        await admin.call(
+            "POST",
+            "/v1/users",
+            {
+                "userName": staff,
+                "role": "clinician",
+                "givenName": "S",
+                "familyName": "T",
+                "birthDate": "1980-01-01",
+            },
+        )
+    ).status == 201
+    paths = [
+        f"/v1/users/{patient['userName']}",
+        f"/v1/users/{patient['userName']}/visits",
+        f"/v1/users/{patient['userName']}/visits/{visit['visitId']}",
+    ]
     for path in [*paths, f"/v1/users/{staff}"]:  # fill the cache
         assert (await admin.call("GET", path)).status == 200
         assert (await admin.call("GET", path)).status == 200
@@ -215,14 +256,18 @@ async def test_cached_entries_are_served_only_to_those_allowed(admin: Api, stack
     for path in paths:
         assert (await intruder.call("GET", path)).status == 403, path
     for role in ("researcher", "auditor"):
-        assert (await Api(http, stack.base_url, token("x", role)).call("GET", paths[0])).status == 403
+        assert (
+            await Api(http, stack.base_url, token("x", role)).call("GET", paths[0])
+        ).status == 403
     doc = Api(http, stack.base_url, token("dr.other", "clinician"))
     assert (await doc.call("GET", f"/v1/users/{staff}")).status == 403
     assert (await doc.call("GET", paths[2])).status == 200
     assert (await Api(http, stack.base_url, None).call("GET", paths[0])).status == 401
 
 
-async def test_a_patient_cannot_grow_their_cache_group_without_bound(admin: Api, stack, http, token) -> None:
+async def test_a_patient_cannot_grow_their_cache_group_without_bound(
+    admin: Api, stack, http, token
+) -> None:
     """Distinct ``since=`` values each make a list page; the group keeps at most a bounded number."""
     user = await patient_on_shard(admin, stack, 0)
     name = user["userName"]
@@ -231,7 +276,9 @@ async def test_a_patient_cannot_grow_their_cache_group_without_bound(admin: Api,
     for minute in range(GROUP_MAX_ENTRIES * 2):
         since = f"2026-01-01T00:{minute // 60:02d}:{minute % 60:02d}Z"
         page = await me.call("GET", f"/v1/users/{name}/visits", params={"since": since})
-        assert page.status == 200 and [v["visitId"] for v in page.body["items"]] == [visit["visitId"]]
+        assert page.status == 200 and [v["visitId"] for v in page.body["items"]] == [
+            visit["visitId"]
+        ]
     r = aioredis.Redis.from_url(stack.shard_map.shard(0).redis)
     try:
         held = await r.hlen(f"{{{visits_group(name)}}}")
@@ -240,5 +287,7 @@ async def test_a_patient_cannot_grow_their_cache_group_without_bound(admin: Api,
     assert 0 < held <= GROUP_MAX_ENTRIES
     # What stays cached is still right: a new visit shows at once on a cached page.
     later = await admin.create_visit(name, startedAt="2026-04-01T08:00:00Z")
-    page = await me.call("GET", f"/v1/users/{name}/visits", params={"since": "2026-01-01T00:00:05Z"})
+    page = await me.call(
+        "GET", f"/v1/users/{name}/visits", params={"since": "2026-01-01T00:00:05Z"}
+    )
     assert [v["visitId"] for v in page.body["items"]] == [later["visitId"], visit["visitId"]]

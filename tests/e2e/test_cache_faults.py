@@ -101,7 +101,9 @@ async def unpause_redis(redis_url: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["WRITE", "ALL"])
-async def test_a_write_while_redis_is_paused_is_refused_and_changes_nothing(admin: Api, stack, mode) -> None:
+async def test_a_write_while_redis_is_paused_is_refused_and_changes_nothing(
+    admin: Api, stack, mode
+) -> None:
     name = await patient_on_shard_0(admin, stack)
     before = await warm(admin, name)
     redis_url = stack.shard_map.shard(0).redis
@@ -117,12 +119,16 @@ async def test_a_write_while_redis_is_paused_is_refused_and_changes_nothing(admi
 
 
 @pytest.mark.parametrize("mode", ["WRITE", "ALL"])
-async def test_redis_paused_between_commit_and_invalidation_serves_nothing_stale(admin: Api, stack, mode) -> None:
+async def test_redis_paused_between_commit_and_invalidation_serves_nothing_stale(
+    admin: Api, stack, mode
+) -> None:
     name = await patient_on_shard_0(admin, stack)
     before = await warm(admin, name)
     redis_url = stack.shard_map.shard(0).redis
     async with row_locked(stack, name):
-        write = asyncio.create_task(admin.call("PATCH", f"/v1/users/{name}", {"phone": "+1 555 0002"}))
+        write = asyncio.create_task(
+            admin.call("PATCH", f"/v1/users/{name}", {"phone": "+1 555 0002"})
+        )
         await fence_up(redis_url, name)
         await pause_redis(redis_url, 3000, mode)
     try:
@@ -163,8 +169,9 @@ class RedisCut:
             writer.close()
             return
         self.links |= {writer, up_writer}
-        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer),
-                             return_exceptions=True)
+        await asyncio.gather(
+            self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True
+        )
         for w in (writer, up_writer):
             self.links.discard(w)
             w.close()
@@ -190,9 +197,16 @@ async def cut_fe(stack, tmp_path) -> AsyncIterator[tuple[ServiceProcess, RedisCu
     twin = stack.fe[0][0]  # started the same way as this FE server, but for the shard map
     env = dict(twin.env or {})
     env["MEDSVC_SHARD_MAP"] = str(shard_map)
-    args = twin.argv[3:twin.argv.index("--port")]
-    fe = ServiceProcess("fe-shard-0-cut", twin.module, free_port(), stack.logs_dir / "fe-shard-0-cut.log",
-                        args=args, env=env, cwd=twin.cwd)
+    args = twin.argv[3 : twin.argv.index("--port")]
+    fe = ServiceProcess(
+        "fe-shard-0-cut",
+        twin.module,
+        free_port(),
+        stack.logs_dir / "fe-shard-0-cut.log",
+        args=args,
+        env=env,
+        cwd=twin.cwd,
+    )
     await fe.start()
     try:
         yield fe, proxy
@@ -201,7 +215,9 @@ async def cut_fe(stack, tmp_path) -> AsyncIterator[tuple[ServiceProcess, RedisCu
         await proxy.close()
 
 
-async def test_an_fe_server_cut_from_redis_refuses_writes_it_cannot_fence(admin: Api, stack, http, cut_fe) -> None:
+async def test_an_fe_server_cut_from_redis_refuses_writes_it_cannot_fence(
+    admin: Api, stack, http, cut_fe
+) -> None:
     fe, proxy = cut_fe
     name = await patient_on_shard_0(admin, stack)
     before = await warm(admin, name)
@@ -214,13 +230,17 @@ async def test_an_fe_server_cut_from_redis_refuses_writes_it_cannot_fence(admin:
     proxy.cut = False
 
 
-async def test_an_fe_server_cut_from_redis_after_its_commit_leaves_nothing_stale(admin: Api, stack, http, cut_fe) -> None:
+async def test_an_fe_server_cut_from_redis_after_its_commit_leaves_nothing_stale(
+    admin: Api, stack, http, cut_fe
+) -> None:
     fe, proxy = cut_fe
     name = await patient_on_shard_0(admin, stack)
     before = await warm(admin, name)
     direct = Api(http, fe.url, admin.token)
     async with row_locked(stack, name):
-        write = asyncio.create_task(direct.call("PATCH", f"/v1/users/{name}", {"phone": "+1 555 0004"}))
+        write = asyncio.create_task(
+            direct.call("PATCH", f"/v1/users/{name}", {"phone": "+1 555 0004"})
+        )
         await fence_up(stack.shard_map.shard(0).redis, name)
         proxy.cut = True
     patched = await write

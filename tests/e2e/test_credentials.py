@@ -33,8 +33,9 @@ K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 
 def _redis_container() -> dict:
     objs = kustomize.build(K8S / "overlays" / "prod")
-    sts = next(o for o in objs if o["kind"] == "StatefulSet"
-               and o["metadata"]["name"] == "redis-shard-0")
+    sts = next(
+        o for o in objs if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "redis-shard-0"
+    )
     return sts["spec"]["template"]["spec"]["containers"][0]
 
 
@@ -47,13 +48,20 @@ async def production_redis(tmp_path: Path, password: str) -> AsyncIterator[tuple
     assert (shell, flag) == ("sh", "-c")
     assert "$REDIS_PASSWORD" in script and password not in script
     script = script.replace("/data", str(tmp_path)).replace(
-        "--protected-mode no", f"--protected-mode no --port {port} --bind 127.0.0.1")
+        "--protected-mode no", f"--protected-mode no --port {port} --bind 127.0.0.1"
+    )
     probe = container["readinessProbe"]["exec"]["command"]
     probe = [*probe[:-1], probe[-1].replace("redis-cli", f"redis-cli -p {port}")]
     env = {**os.environ, "REDIS_PASSWORD": password}
     proc = await asyncio.create_subprocess_exec(
-        "sh", "-c", script, env=env, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+        "sh",
+        "-c",
+        script,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         for _ in range(100):
             check = await asyncio.create_subprocess_exec(*probe, env=env)
@@ -95,7 +103,9 @@ async def test_production_redis_admits_only_the_processes_acl_user(tmp_path: Pat
             finally:
                 await client.aclose()
         # The probe fails with a wrong password.
-        bad = await asyncio.create_subprocess_exec(*probe, env={**os.environ, "REDIS_PASSWORD": "x"})
+        bad = await asyncio.create_subprocess_exec(
+            *probe, env={**os.environ, "REDIS_PASSWORD": "x"}
+        )
         assert await bad.wait() != 0
         # The password is in no process's arguments, and the ACL file is the owner's alone.
         assert (tmp_path / "users.acl").stat().st_mode & 0o077 == 0
@@ -142,14 +152,24 @@ async def test_a_shard_database_has_an_owner_and_a_read_only_role_of_its_own(
     admin = await asyncpg.connect(server.dsn)  # the local clusters' superuser
     try:
         await admin.execute(f"CREATE DATABASE {database}")  # what POSTGRES_DB does
-        env = {**os.environ, "PATH": f"{Path(pg_bin('postgres')).parent}:{os.environ['PATH']}",
-               "PGHOST": "127.0.0.1", "PGPORT": str(server.port),
-               "POSTGRES_USER": "medsvc", "POSTGRES_DB": database,
-               "SHARD_OWNER_PASSWORD": secrets.token_hex(16),
-               "SHARD_READER_PASSWORD": secrets.token_hex(16)}
+        env = {
+            **os.environ,
+            "PATH": f"{Path(pg_bin('postgres')).parent}:{os.environ['PATH']}",
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(server.port),
+            "POSTGRES_USER": "medsvc",
+            "POSTGRES_DB": database,
+            "SHARD_OWNER_PASSWORD": secrets.token_hex(16),
+            "SHARD_READER_PASSWORD": secrets.token_hex(16),
+        }
         run = await asyncio.create_subprocess_exec(
-            "sh", "-c", shard_roles_init(owner, reader, database), env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            "sh",
+            "-c",
+            shard_roles_init(owner, reader, database),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         out, _ = await run.communicate()
         assert run.returncode == 0, out.decode()
 
@@ -157,16 +177,33 @@ async def test_a_shard_database_has_an_owner_and_a_read_only_role_of_its_own(
         dsn = dsn_with(server.dsn, user=owner, database=database)
         conn = await asyncpg.connect(dsn)
         try:
-            assert await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user") is False
+            assert (
+                await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+                is False
+            )
             assert await apply_migrations(conn, migration_sets(["user", "visit"]))
         finally:
             await conn.close()
 
-        settings = AnonymizerSettings(central_dsn=stack.central_dsn, anonymizer_shard_user=reader,
-                                      anonymizer_shard_password="unused-with-trust-auth")
-        shard_map = ShardMap.model_validate({"buckets": 1, "shards": [
-            {"id": 0, "buckets": [[0, 0]], "postgres": dsn, "redis": None,
-             "members": {"user": ["http://127.0.0.1:1"]}}]})
+        settings = AnonymizerSettings(
+            central_dsn=stack.central_dsn,
+            anonymizer_shard_user=reader,
+            anonymizer_shard_password="unused-with-trust-auth",
+        )
+        shard_map = ShardMap.model_validate(
+            {
+                "buckets": 1,
+                "shards": [
+                    {
+                        "id": 0,
+                        "buckets": [[0, 0]],
+                        "postgres": dsn,
+                        "redis": None,
+                        "members": {"user": ["http://127.0.0.1:1"]},
+                    }
+                ],
+            }
+        )
         password = settings.anonymizer_shard_password.get_secret_value()
         pools = ShardPools(shard_map, password, 2, user=settings.anonymizer_shard_user)
         try:
@@ -177,9 +214,12 @@ async def test_a_shard_database_has_an_owner_and_a_read_only_role_of_its_own(
                     assert await conn.fetchval("SELECT pg_current_snapshot()::text")
                     for table in ("users", "visits", "study_consents"):
                         assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0
-                for statement in ("DELETE FROM users", "UPDATE visits SET type = type",
-                                  "INSERT INTO study_consents DEFAULT VALUES",
-                                  "CREATE TABLE nope (x int)"):
+                for statement in (
+                    "DELETE FROM users",
+                    "UPDATE visits SET type = type",
+                    "INSERT INTO study_consents DEFAULT VALUES",
+                    "CREATE TABLE nope (x int)",
+                ):
                     with pytest.raises(asyncpg.InsufficientPrivilegeError):
                         await conn.execute(statement)
         finally:

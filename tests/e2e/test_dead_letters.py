@@ -32,7 +32,8 @@ async def plant(conn: asyncpg.Connection, entity_id: str, action: str) -> int:
         """INSERT INTO audit_outbox (entity_type, entity_id, action, actor, source, row_after)
            VALUES ('note', $1, $2, 'dr.planted', 'test/dead-letters', '{"text": "n"}'::jsonb)
            RETURNING id""",
-        entity_id, action,
+        entity_id,
+        action,
     )
 
 
@@ -45,7 +46,12 @@ async def until(probe, timeout: float = 30.0):  # type: ignore[no-untyped-def]
 
 
 async def dead_lettered(http, stack) -> float:
-    return sum([await metric(http, fe.url, "medsvc_audit_dead_lettered_total", 0) or 0 for fe in stack.fe[0]])
+    return sum(
+        [
+            await metric(http, fe.url, "medsvc_audit_dead_lettered_total", 0) or 0
+            for fe in stack.fe[0]
+        ]
+    )
 
 
 async def test_a_refused_event_is_dead_lettered_the_trail_flows_on_and_a_replay_delivers_it(
@@ -59,7 +65,9 @@ async def test_a_refused_event_is_dead_lettered_the_trail_flows_on_and_a_replay_
         later = await plant(conn, note, "update")  # valid, but must not overtake the bad one
 
         # The bad event is dead-lettered, with audit_service's reason; its entity's later event waits.
-        reason = await until(lambda: conn.fetchval("SELECT reason FROM audit_dead_letters WHERE id = $1", bad))
+        reason = await until(
+            lambda: conn.fetchval("SELECT reason FROM audit_dead_letters WHERE id = $1", bad)
+        )
         assert "422" in reason
         assert await conn.fetchval("SELECT count(*) FROM audit_outbox WHERE id = $1", later) == 1
         assert await dead_lettered(http, stack) == before + 1
@@ -78,8 +86,15 @@ async def test_a_refused_event_is_dead_lettered_the_trail_flows_on_and_a_replay_
         await conn.execute("UPDATE audit_dead_letters SET action = 'create' WHERE id = $1", bad)
         env = dict(os.environ, MEDSVC_SHARD_MAP=str(stack.shard_map_path))
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "shared.dead_letters", "replay", "--shard", "0",
-            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            sys.executable,
+            "-m",
+            "shared.dead_letters",
+            "replay",
+            "--shard",
+            "0",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
         out, _ = await proc.communicate()
         assert proc.returncode == 0, out.decode()
@@ -88,7 +103,9 @@ async def test_a_refused_event_is_dead_lettered_the_trail_flows_on_and_a_replay_
         events = await wait_for_events(admin, 2, entityType="note", entityId=note)
         assert [e["action"] for e in events] == ["create", "update"], "the entity's order is kept"
         assert await conn.fetchval("SELECT count(*) FROM audit_dead_letters") == 0
-        assert await conn.fetchval("SELECT count(*) FROM audit_outbox WHERE entity_id = $1", note) == 0
+        assert (
+            await conn.fetchval("SELECT count(*) FROM audit_outbox WHERE entity_id = $1", note) == 0
+        )
     finally:
         await conn.execute("DELETE FROM audit_outbox WHERE entity_id = $1", note)
         await conn.execute("DELETE FROM audit_dead_letters WHERE entity_id = $1", note)

@@ -29,25 +29,59 @@ from tests.e2e.edge import RawReply, production_nginx, raw_request, tls_context
 pytestmark = pytest.mark.timeout(180)
 
 PROBLEM = "application/problem+json"
-NGINX_404 = {"type": "about:blank", "title": "Not Found", "status": 404,
-             "detail": "no resource at this path"}
-NGINX_400 = {"type": "about:blank", "title": "Bad Request", "status": 400,
-             "detail": "malformed request"}
+NGINX_404 = {
+    "type": "about:blank",
+    "title": "Not Found",
+    "status": 404,
+    "detail": "no resource at this path",
+}
+NGINX_400 = {
+    "type": "about:blank",
+    "title": "Bad Request",
+    "status": 400,
+    "detail": "malformed request",
+}
 
 # Paths that name something other than the API, or that are not plain paths. Some would
 # normalise onto an internal or operations endpoint at some hop.
 REFUSED = [
-    "/", "/metrics", "/readyz", "/healthz", "/internal/events/batch", "/v1", "/docsx",
-    "/docs/", "/favicon.ico", "/.problem/404x",
-    "/v1/../metrics", "/v1/./users", "/v1/users/..", "/v1/users/.",
-    "/v1/audit/../../internal/events/batch", "/v1/audit/../../readyz",
-    "/v1/%2e%2e/metrics", "/v1/%2E%2E/readyz", "/v1/%2e%2E/healthz", "/v1/.%2e/metrics",
-    "/v1/%2e./metrics", "/v1/audit/%2e%2e/%2e%2e/internal/events/batch",
-    "/v1/users/%2e", "/%2e%2e/metrics", "/v1/users/a%2fb", "/v1/users/a%2F..%2Fmetrics",
-    "/v1/users/a%5c..%5cmetrics", "/v1/users/a\\..\\metrics",
-    "//metrics", "/v1//users", "/v1/users//alice.smith", "/v1/users/alice.smith//visits",
-    "/docs/../metrics", "/docs/assets/../../metrics", "/docs/assets/%2e%2e/%2e%2e/metrics",
-    "/v1/audit/..?x=1", "/v1/%2e%2e?q=/v1/",
+    "/",
+    "/metrics",
+    "/readyz",
+    "/healthz",
+    "/internal/events/batch",
+    "/v1",
+    "/docsx",
+    "/docs/",
+    "/favicon.ico",
+    "/.problem/404x",
+    "/v1/../metrics",
+    "/v1/./users",
+    "/v1/users/..",
+    "/v1/users/.",
+    "/v1/audit/../../internal/events/batch",
+    "/v1/audit/../../readyz",
+    "/v1/%2e%2e/metrics",
+    "/v1/%2E%2E/readyz",
+    "/v1/%2e%2E/healthz",
+    "/v1/.%2e/metrics",
+    "/v1/%2e./metrics",
+    "/v1/audit/%2e%2e/%2e%2e/internal/events/batch",
+    "/v1/users/%2e",
+    "/%2e%2e/metrics",
+    "/v1/users/a%2fb",
+    "/v1/users/a%2F..%2Fmetrics",
+    "/v1/users/a%5c..%5cmetrics",
+    "/v1/users/a\\..\\metrics",
+    "//metrics",
+    "/v1//users",
+    "/v1/users//alice.smith",
+    "/v1/users/alice.smith//visits",
+    "/docs/../metrics",
+    "/docs/assets/../../metrics",
+    "/docs/assets/%2e%2e/%2e%2e/metrics",
+    "/v1/audit/..?x=1",
+    "/v1/%2e%2e?q=/v1/",
 ]
 
 
@@ -83,13 +117,20 @@ async def test_only_the_api_gets_through_the_door(stack: Stack, admin_token: str
     batch = orjson.dumps({"events": []})
     for target in REFUSED:
         # With an admin token, and without one: neither gets anything but nginx's 404.
-        for method, headers, body in (("GET", {}, b""), ("GET", auth, b""),
-                                      ("POST", {**auth, "Content-Type": "application/json"},
-                                       batch)):
+        for method, headers, body in (
+            ("GET", {}, b""),
+            ("GET", auth, b""),
+            ("POST", {**auth, "Content-Type": "application/json"}, batch),
+        ):
             request_id = rid()
             sent.add(request_id)
-            reply = await raw_request(stack.base_url, method, target, body=body,
-                                      headers={**headers, "X-Request-ID": request_id})
+            reply = await raw_request(
+                stack.base_url,
+                method,
+                target,
+                body=body,
+                headers={**headers, "X-Request-ID": request_id},
+            )
             assert_nginx_404(reply, f"{method} {target}")
             if reply.status == 404:  # (a 400 came before nginx read the headers)
                 assert reply.header("x-request-id") == request_id
@@ -116,10 +157,12 @@ async def test_the_api_and_its_reference_page_do_get_through(
     unknown = await raw_request(stack.base_url, "GET", "/v1/nothing/here", headers=auth)
     assert unknown.status == 404 and orjson.loads(unknown.body)["detail"] != NGINX_404["detail"]
     # Dots and encoded characters in the query string are not part of the path.
-    search = await raw_request(stack.base_url, "GET", "/v1/users?familyName=a%2e..%2F", headers=auth)
+    search = await raw_request(
+        stack.base_url, "GET", "/v1/users?familyName=a%2e..%2F", headers=auth
+    )
     assert search.status == 200, search.body
     # A userName with dots is a plain path.
-    api_user = (await raw_request(stack.base_url, "GET", "/v1/users/no.such.user", headers=auth))
+    api_user = await raw_request(stack.base_url, "GET", "/v1/users/no.such.user", headers=auth)
     assert api_user.status == 404 and b"does not exist" in api_user.body
 
 
@@ -136,8 +179,13 @@ async def test_the_gateways_refuse_the_same_paths_and_forward_only_what_they_che
         for target in not_plain:
             request_id = rid()
             sent.add(request_id)
-            reply = await raw_request(gateway.url, "POST", target, body=b'{"events": []}',
-                                      headers={**auth, "X-Request-ID": request_id})
+            reply = await raw_request(
+                gateway.url,
+                "POST",
+                target,
+                body=b'{"events": []}',
+                headers={**auth, "X-Request-ID": request_id},
+            )
             assert reply.status == 404, (gateway.name, target, reply.status, reply.body[:200])
             assert (reply.header("content-type") or "").startswith(PROBLEM)
     await asyncio.sleep(0.5)
@@ -150,8 +198,9 @@ async def test_operations_endpoints_answer_only_on_each_process_own_port(
 ) -> None:
     for path in ("/metrics", "/readyz", "/healthz"):
         assert_nginx_404(await raw_request(stack.base_url, "GET", path), path)
-        assert_nginx_404(await raw_request(stack.https_url, "GET", path,
-                                           ssl_context=tls_context(stack)), path)
+        assert_nginx_404(
+            await raw_request(stack.https_url, "GET", path, ssl_context=tls_context(stack)), path
+        )
         for proc in [*stack.gateways, *stack.fe[0]]:
             async with http.get(proc.url + path) as resp:
                 assert resp.status == 200, (proc.name, path)
@@ -173,21 +222,37 @@ async def test_a_request_id_follows_one_rule_at_every_hop(
     longest = "r" * (REQUEST_ID_MAX_LENGTH - 32) + uuid.uuid4().hex
     assert len(longest) == REQUEST_ID_MAX_LENGTH
     too_long = longest + "x"
-    for sent, kept in ((longest, True), (too_long, False), (f"with space {uuid.uuid4().hex}", False),
-                       (f'quote"{uuid.uuid4().hex}', False)):
+    for sent, kept in (
+        (longest, True),
+        (too_long, False),
+        (f"with space {uuid.uuid4().hex}", False),
+        (f'quote"{uuid.uuid4().hex}', False),
+    ):
         # A write: it crosses nginx, a gateway and an FE server of the user's shard.
         user_name = unique("rid")
-        reply = await api.call("POST", "/v1/users", {
-            "userName": user_name, "role": "patient", "givenName": "R", "familyName": "Id",
-            "birthDate": "1990-01-01"}, headers={"X-Request-ID": sent})
+        reply = await api.call(
+            "POST",
+            "/v1/users",
+            {
+                "userName": user_name,
+                "role": "patient",
+                "givenName": "R",
+                "familyName": "Id",
+                "birthDate": "1990-01-01",
+            },
+            headers={"X-Request-ID": sent},
+        )
         assert reply.status == 201, reply.body
         got = reply.headers["X-Request-ID"]
         assert (got == sent) is kept, (sent, got)
         # Whatever id nginx settled on, the gateway and the FE server log the same one.
         deadline = time.monotonic() + 10
         while True:
-            hops = {line.split(":", 1)[0].rsplit("-", 1)[0]
-                    for line in log_lines_with(stack, {got}) if '"http.request"' in line}
+            hops = {
+                line.split(":", 1)[0].rsplit("-", 1)[0]
+                for line in log_lines_with(stack, {got})
+                if '"http.request"' in line
+            }
             if {"gateway", f"fe-shard-{stack.shard_map.shard_id_for(user_name)}"} <= hops:
                 break
             assert time.monotonic() < deadline, (got, hops)
@@ -196,15 +261,17 @@ async def test_a_request_id_follows_one_rule_at_every_hop(
             assert log_lines_with(stack, {sent}) == []
     # Asked directly, a gateway applies the same rule.
     for gateway in stack.gateways:
-        async with http.get(f"{gateway.url}/v1/users/{name}",
-                            headers={"Authorization": f"Bearer {admin_token}",
-                                     "X-Request-ID": too_long}) as resp:
+        async with http.get(
+            f"{gateway.url}/v1/users/{name}",
+            headers={"Authorization": f"Bearer {admin_token}", "X-Request-ID": too_long},
+        ) as resp:
             assert resp.status == 200
             assert resp.headers["X-Request-ID"] != too_long
             assert len(resp.headers["X-Request-ID"]) <= REQUEST_ID_MAX_LENGTH
-        async with http.get(f"{gateway.url}/v1/users/{name}",
-                            headers={"Authorization": f"Bearer {admin_token}",
-                                     "X-Request-ID": longest}) as resp:
+        async with http.get(
+            f"{gateway.url}/v1/users/{name}",
+            headers={"Authorization": f"Bearer {admin_token}", "X-Request-ID": longest},
+        ) as resp:
             assert resp.headers["X-Request-ID"] == longest
 
 
@@ -217,8 +284,12 @@ async def test_production_edge_redirects_plain_http_and_sends_hsts(
     async with production_nginx(stack, "nginx-prod-edge") as edge:
         port = edge.config.https_port
         for method in ("GET", "POST"):
-            reply = await raw_request(edge.base_url, method, "/v1/users?familyName=x",
-                                      body=b"{}" if method == "POST" else b"")
+            reply = await raw_request(
+                edge.base_url,
+                method,
+                "/v1/users?familyName=x",
+                body=b"{}" if method == "POST" else b"",
+            )
             assert reply.status == 308, (method, reply.status)
             assert reply.header("location") == f"https://localhost:{port}/v1/users?familyName=x"
             assert reply.header("strict-transport-security") is None
@@ -226,8 +297,12 @@ async def test_production_edge_redirects_plain_http_and_sends_hsts(
         reply = await raw_request(edge.base_url, "GET", "/v1/openapi.json")
         assert reply.status == 308
         ctx = tls_context(stack)
-        for target, status in (("/v1/users/alice.smith", 401), ("/metrics", 404),
-                               ("/v1/%2e%2e/metrics", 404), ("/v1/openapi.json", 200)):
+        for target, status in (
+            ("/v1/users/alice.smith", 401),
+            ("/metrics", 404),
+            ("/v1/%2e%2e/metrics", 404),
+            ("/v1/openapi.json", 200),
+        ):
             reply = await raw_request(edge.https_url, "GET", target, ssl_context=ctx)
             assert reply.status == status, (target, reply.status)
             hsts = reply.header("strict-transport-security") or ""

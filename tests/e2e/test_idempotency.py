@@ -30,7 +30,9 @@ def visit_body(hour: int = 9) -> dict:
 
 async def shard_rows(stack, user_name: str, sql: str, *args) -> int:
     """``sql`` counted on the shard that owns ``user_name``."""
-    conn = await asyncpg.connect(stack.shard_map.shard(stack.shard_map.shard_id_for(user_name)).postgres)
+    conn = await asyncpg.connect(
+        stack.shard_map.shard(stack.shard_map.shard_id_for(user_name)).postgres
+    )
     try:
         return await conn.fetchval(sql, *args)
     finally:
@@ -38,7 +40,9 @@ async def shard_rows(stack, user_name: str, sql: str, *args) -> int:
 
 
 async def visit_count(stack, user_name: str) -> int:
-    return await shard_rows(stack, user_name, "SELECT count(*) FROM visits WHERE user_name = $1", user_name)
+    return await shard_rows(
+        stack, user_name, "SELECT count(*) FROM visits WHERE user_name = $1", user_name
+    )
 
 
 async def test_a_retried_creation_gets_the_first_answer_and_writes_once(admin: Api, stack) -> None:
@@ -58,7 +62,9 @@ async def test_a_retried_creation_gets_the_first_answer_and_writes_once(admin: A
 async def test_the_same_key_with_another_body_is_422_and_changes_nothing(admin: Api, stack) -> None:
     patient = (await admin.create_patient())["userName"]
     key = {"Idempotency-Key": "same-key"}
-    assert (await admin.call("POST", f"/v1/users/{patient}/visits", visit_body(9), headers=key)).status == 201
+    assert (
+        await admin.call("POST", f"/v1/users/{patient}/visits", visit_body(9), headers=key)
+    ).status == 201
     other = await admin.call("POST", f"/v1/users/{patient}/visits", visit_body(10), headers=key)
     assert other.status == 422 and other.problem
     assert [e["field"] for e in other.body["errors"]] == ["Idempotency-Key"]
@@ -69,12 +75,23 @@ async def test_a_key_belongs_to_its_caller_and_its_path(admin: Api, stack, http,
     patient = (await admin.create_patient())["userName"]
     doctor = Api(http, stack.base_url, token("dr.idem", "clinician"))
     key = {"Idempotency-Key": "shared-key"}
-    assert (await admin.call("POST", f"/v1/users/{patient}/visits", visit_body(), headers=key)).status == 201
+    assert (
+        await admin.call("POST", f"/v1/users/{patient}/visits", visit_body(), headers=key)
+    ).status == 201
     theirs = await doctor.call("POST", f"/v1/users/{patient}/visits", visit_body(), headers=key)
     assert theirs.status == 201 and "Idempotent-Replayed" not in theirs.headers
-    user = await admin.call("POST", "/v1/users", {"userName": unique("idem"), "role": "patient",
-                                                   "givenName": "I", "familyName": "Dem",
-                                                   "birthDate": "1990-01-01"}, headers=key)
+    user = await admin.call(
+        "POST",
+        "/v1/users",
+        {
+            "userName": unique("idem"),
+            "role": "patient",
+            "givenName": "I",
+            "familyName": "Dem",
+            "birthDate": "1990-01-01",
+        },
+        headers=key,
+    )
     assert user.status == 201 and "Idempotent-Replayed" not in user.headers
     assert await visit_count(stack, patient) == 2
 
@@ -82,8 +99,12 @@ async def test_a_key_belongs_to_its_caller_and_its_path(admin: Api, stack, http,
 @pytest.mark.parametrize("bad", ["", "has space", "x" * 256, "caf\u00e9"])
 async def test_a_malformed_key_is_400(admin: Api, stack, bad: str) -> None:
     patient = (await admin.create_patient())["userName"]
-    reply = await admin.call("POST", f"/v1/users/{patient}/visits", visit_body(),
-                             headers={"Idempotency-Key": bad.encode().decode("latin-1")})
+    reply = await admin.call(
+        "POST",
+        f"/v1/users/{patient}/visits",
+        visit_body(),
+        headers={"Idempotency-Key": bad.encode().decode("latin-1")},
+    )
     assert reply.status == 400 and reply.problem
     assert await visit_count(stack, patient) == 0
 
@@ -105,9 +126,9 @@ async def test_a_key_still_in_flight_is_409_then_the_first_answer_wins(admin: Ap
     finally:
         await holder.close()
     assert await visit_count(stack, patient) == 0
-    racers = await asyncio.gather(*(
-        admin.call("POST", path, body, headers={"Idempotency-Key": "race"}) for _ in range(6)
-    ))
+    racers = await asyncio.gather(
+        *(admin.call("POST", path, body, headers={"Idempotency-Key": "race"}) for _ in range(6))
+    )
     assert {r.status for r in racers} <= {201, 409}
     created = [r for r in racers if r.status == 201]
     assert len([r for r in created if "Idempotent-Replayed" not in r.headers]) == 1
@@ -115,7 +136,9 @@ async def test_a_key_still_in_flight_is_409_then_the_first_answer_wins(admin: Ap
     assert await visit_count(stack, patient) == 1
 
 
-async def test_an_fe_server_killed_mid_burst_costs_keyed_posts_nothing(admin: Api, stack, http) -> None:
+async def test_an_fe_server_killed_mid_burst_costs_keyed_posts_nothing(
+    admin: Api, stack, http
+) -> None:
     """Keyed POSTs in flight when an FE server dies are retried by the gateway on the other one."""
     patients: list[str] = []
     while len(patients) < 4:
@@ -132,8 +155,12 @@ async def test_an_fe_server_killed_mid_burst_costs_keyed_posts_nothing(admin: Ap
         while not stop.is_set():
             n += 1
             key = f"{user_name}-{w}-{n}"
-            reply = await admin.call("POST", f"/v1/users/{user_name}/visits", visit_body(n % 24),
-                                     headers={"Idempotency-Key": key})
+            reply = await admin.call(
+                "POST",
+                f"/v1/users/{user_name}/visits",
+                visit_body(n % 24),
+                headers={"Idempotency-Key": key},
+            )
             answers.append((user_name, key, reply.status, reply.body))
 
     tasks = [asyncio.create_task(writer(u, w)) for u in patients for w in range(3)]
@@ -152,7 +179,8 @@ async def test_an_fe_server_killed_mid_burst_costs_keyed_posts_nothing(admin: Ap
         # Exactly one row per key: as many visits as keys, each answer's visit among them.
         assert await visit_count(stack, user_name) == len(keys)
         stored = await shard_rows(
-            stack, user_name,
+            stack,
+            user_name,
             "SELECT count(*) FROM idempotency_keys WHERE caller = 'admin' AND path = $1",
             f"/v1/users/{user_name}/visits",
         )
@@ -161,8 +189,12 @@ async def test_an_fe_server_killed_mid_burst_costs_keyed_posts_nothing(admin: Ap
         assert len(ids) == len(keys)
     # A replay of one of them answers the same body, marked replayed.
     user_name, key, _, body = answers[0]
-    replay = await admin.call("POST", f"/v1/users/{user_name}/visits",
-                              visit_body(int(key.rsplit("-", 1)[1]) % 24), headers={"Idempotency-Key": key})
+    replay = await admin.call(
+        "POST",
+        f"/v1/users/{user_name}/visits",
+        visit_body(int(key.rsplit("-", 1)[1]) % 24),
+        headers={"Idempotency-Key": key},
+    )
     assert replay.status == 201 and replay.headers["Idempotent-Replayed"] == "true"
     assert replay.body == body
 
@@ -216,8 +248,12 @@ async def test_a_keyed_audit_event_is_recorded_once(admin: Api) -> None:
     again = await admin.call("POST", "/v1/audit/events", body, headers=key)
     assert again.status == 201 and again.headers["Idempotent-Replayed"] == "true"
     assert again.body == first.body
-    assert (await admin.call("POST", "/v1/audit/events", body | {"action": "update"}, headers=key)).status == 422
-    events = await admin.call("GET", "/v1/audit/events", params={"entityType": "note", "entityId": entity})
+    assert (
+        await admin.call("POST", "/v1/audit/events", body | {"action": "update"}, headers=key)
+    ).status == 422
+    events = await admin.call(
+        "GET", "/v1/audit/events", params={"entityType": "note", "entityId": entity}
+    )
     assert [e["eventId"] for e in events.body["items"]] == [first.body["eventId"]]
 
 
@@ -227,20 +263,28 @@ async def test_a_key_older_than_24_hours_is_forgotten_and_purged(admin: Api, sta
     key = {"Idempotency-Key": "yesterday"}
     first = await admin.call("POST", path, visit_body(), headers=key)
     assert first.status == 201
-    conn = await asyncpg.connect(stack.shard_map.shard(stack.shard_map.shard_id_for(patient)).postgres)
+    conn = await asyncpg.connect(
+        stack.shard_map.shard(stack.shard_map.shard_id_for(patient)).postgres
+    )
     try:
         # A day and a bit later (the clock moved by ageing the row).
         await conn.execute(
             """UPDATE idempotency_keys SET created_at = now() - interval '25 hours'
-               WHERE caller = 'admin' AND path = $1""", path)
+               WHERE caller = 'admin' AND path = $1""",
+            path,
+        )
         fresh = await admin.call("POST", path, visit_body(11), headers=key)
         assert fresh.status == 201 and "Idempotent-Replayed" not in fresh.headers
         assert fresh.body["visitId"] != first.body["visitId"]
         assert await visit_count(stack, patient) == 2
         await conn.execute(
             """UPDATE idempotency_keys SET created_at = now() - interval '25 hours'
-               WHERE caller = 'admin' AND path = $1""", path)
+               WHERE caller = 'admin' AND path = $1""",
+            path,
+        )
         assert await purge_expired(conn) >= 1
-        assert await conn.fetchval("SELECT count(*) FROM idempotency_keys WHERE path = $1", path) == 0
+        assert (
+            await conn.fetchval("SELECT count(*) FROM idempotency_keys WHERE path = $1", path) == 0
+        )
     finally:
         await conn.close()

@@ -30,15 +30,22 @@ HTTP_FAMILIES = {"medsvc_http_requests_total", "medsvc_http_request_duration_sec
 POOL_FAMILIES = {"medsvc_db_pool_connections", "medsvc_db_pool_max_connections"}
 # The families each kind of process must export (API.md "Operations", issue 6).
 FAMILIES = {
-    "fe": HTTP_FAMILIES | POOL_FAMILIES | {
-        "medsvc_cache_events_total", "medsvc_audit_outbox_backlog",
-        "medsvc_audit_outbox_oldest_age_seconds"},
-    "gateway": HTTP_FAMILIES | {
-        "medsvc_gateway_upstream_requests_total", "medsvc_gateway_upstream_duration_seconds"},
+    "fe": HTTP_FAMILIES
+    | POOL_FAMILIES
+    | {
+        "medsvc_cache_events_total",
+        "medsvc_audit_outbox_backlog",
+        "medsvc_audit_outbox_oldest_age_seconds",
+    },
+    "gateway": HTTP_FAMILIES
+    | {"medsvc_gateway_upstream_requests_total", "medsvc_gateway_upstream_duration_seconds"},
     "audit": HTTP_FAMILIES | POOL_FAMILIES | {"medsvc_audit_events_appended_total"},
-    "anonymizer": HTTP_FAMILIES | POOL_FAMILIES | {
+    "anonymizer": HTTP_FAMILIES
+    | POOL_FAMILIES
+    | {
         "medsvc_anonymizer_rows_extracted_total",
-        "medsvc_anonymizer_last_success_timestamp_seconds"},
+        "medsvc_anonymizer_last_success_timestamp_seconds",
+    },
 }
 
 
@@ -65,7 +72,11 @@ def families(text: str) -> set[str]:
 
 
 def samples(text: str, name: str) -> list[str]:
-    return [line for line in text.splitlines() if line.startswith(name + "{") or line.startswith(name + " ")]
+    return [
+        line
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    ]
 
 
 def kind_of(name: str) -> str:
@@ -107,17 +118,26 @@ async def test_every_process_exports_its_metric_families(
     for i, fes in stack.fe.items():
         for fe in fes:
             text = scraped[fe.name][1]
-            pool = [s for s in samples(text, "medsvc_db_pool_max_connections") if f'pool="shard-{i}"' in s]
+            pool = [
+                s
+                for s in samples(text, "medsvc_db_pool_max_connections")
+                if f'pool="shard-{i}"' in s
+            ]
             assert pool, f"{fe.name} reports no pool use for shard {i}"
             assert samples(text, "medsvc_audit_outbox_backlog"), fe.name
     # The requests for the user show in the owning shard's figures at every gateway...
     for gw in stack.gateways:
         text = scraped[gw.name][1]
-        assert any(f'shard="{shard}"' in s for s in samples(text, "medsvc_gateway_upstream_requests_total")), gw.name
+        assert any(
+            f'shard="{shard}"' in s for s in samples(text, "medsvc_gateway_upstream_requests_total")
+        ), gw.name
         assert samples(text, "medsvc_gateway_upstream_duration_seconds_bucket"), gw.name
     # ...and its reads in that shard's cache figures.
-    cache = [s for fe in stack.fe[shard]
-             for s in samples(scraped[fe.name][1], "medsvc_cache_events_total")]
+    cache = [
+        s
+        for fe in stack.fe[shard]
+        for s in samples(scraped[fe.name][1], "medsvc_cache_events_total")
+    ]
     assert any('event="hit"' in s for s in cache) and any('event="miss"' in s for s in cache)
 
 
@@ -135,7 +155,9 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-async def lines_with_id(stack: Stack, rid: str, want: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
+async def lines_with_id(
+    stack: Stack, rid: str, want: dict[str, int]
+) -> dict[str, list[dict[str, Any]]]:
     """Per log file, the JSON lines carrying ``rid``; waits for nginx's buffered access log."""
     deadline = time.monotonic() + 10
     while True:
@@ -146,8 +168,9 @@ async def lines_with_id(stack: Stack, rid: str, want: dict[str, int]) -> dict[st
             hits = [r for r in json_lines(path) if r.get("requestId") == rid]
             if hits:
                 found[path.name] = hits
-        counts = {prefix: sum(len(v) for k, v in found.items() if k.startswith(prefix))
-                  for prefix in want}
+        counts = {
+            prefix: sum(len(v) for k, v in found.items() if k.startswith(prefix)) for prefix in want
+        }
         if all(counts[p] >= n for p, n in want.items()) or time.monotonic() > deadline:
             return found
         await asyncio.sleep(0.25)
@@ -163,7 +186,9 @@ async def test_one_request_is_followed_through_nginx_gateway_and_fe_server_logs(
     rid = f"trace-{uuid.uuid4().hex}"
 
     # When I read the patient through nginx with that id
-    async with http.get(f"{stack.base_url}/v1/users/{name}", headers=auth(admin_token, rid)) as resp:
+    async with http.get(
+        f"{stack.base_url}/v1/users/{name}", headers=auth(admin_token, rid)
+    ) as resp:
         assert resp.status == 200
         assert resp.headers["X-Request-ID"] == rid
 
@@ -172,7 +197,9 @@ async def test_one_request_is_followed_through_nginx_gateway_and_fe_server_logs(
     nginx = [r for k, v in found.items() if k.startswith("nginx") for r in v]
     gateways = [r for k, v in found.items() if k.startswith("gateway-") for r in v]
     fes = [r for k, v in found.items() if k.startswith("fe-shard-") for r in v]
-    assert set(found) <= {*(k for k in found if k.startswith(("nginx", "gateway-", f"fe-shard-{shard}-")))}, found.keys()
+    assert set(found) <= {
+        *(k for k in found if k.startswith(("nginx", "gateway-", f"fe-shard-{shard}-")))
+    }, found.keys()
     assert len(nginx) == 1, found
     assert nginx[0]["method"] == "GET" and nginx[0]["status"] == 200
     assert nginx[0]["uri"] == f"/v1/users/{name}"
@@ -208,27 +235,49 @@ async def test_no_patient_data_reaches_any_log(
     api = Api(http, stack.base_url, admin_token)
     name = unique("phi")
     await api.create_patient(
-        name, givenName=phi["givenName"], familyName=phi["familyName"],
-        birthDate=phi["birthDate"], email=f"z{mark}@example.org",
+        name,
+        givenName=phi["givenName"],
+        familyName=phi["familyName"],
+        birthDate=phi["birthDate"],
+        email=f"z{mark}@example.org",
         address={"line": phi["street"], "city": phi["city"], "country": "US"},
     )
     # When it is read, searched by name, changed, visited, and sent back wrong
     assert (await api.call("GET", f"/v1/users/{name}")).status == 200
     search = await api.call("GET", "/v1/users", params={"familyName": phi["familyName"]})
     assert search.status == 200 and search.body["items"], search.body
-    patch = await api.call("PATCH", f"/v1/users/{name}",
-                           {"address": {"line": phi["newStreet"]}},
-                           headers={"Content-Type": "application/merge-patch+json"})
+    patch = await api.call(
+        "PATCH",
+        f"/v1/users/{name}",
+        {"address": {"line": phi["newStreet"]}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
     assert patch.status == 200, patch.body
     visit = await api.create_visit(name, notes=phi["notes"], reason=phi["reason"])
     assert (await api.call("GET", f"/v1/users/{name}/visits/{visit['visitId']}")).status == 200
-    bad = await api.call("POST", "/v1/users", {
-        "userName": unique("phi"), "role": "patient", "givenName": phi["givenName"],
-        "familyName": phi["familyName"], "birthDate": f"not-a-date-{mark}"})
+    bad = await api.call(
+        "POST",
+        "/v1/users",
+        {
+            "userName": unique("phi"),
+            "role": "patient",
+            "givenName": phi["givenName"],
+            "familyName": phi["familyName"],
+            "birthDate": f"not-a-date-{mark}",
+        },
+    )
     assert bad.status == 422
-    dup = await api.call("POST", "/v1/users", {
-        "userName": name, "role": "patient", "givenName": phi["givenName"],
-        "familyName": phi["familyName"], "birthDate": phi["birthDate"]})
+    dup = await api.call(
+        "POST",
+        "/v1/users",
+        {
+            "userName": name,
+            "role": "patient",
+            "givenName": phi["givenName"],
+            "familyName": phi["familyName"],
+            "birthDate": phi["birthDate"],
+        },
+    )
     assert dup.status == 409
     # and on the paths where errors and warnings are logged: with the patient's name in the
     # query string and the body, a request too large (413), through an nginx whose first
@@ -240,8 +289,12 @@ async def test_no_patient_data_reaches_any_log(
 
     # Then no line of any log under the stack's folder holds any of it
     leaks = []
-    files = sorted({*(p for p in stack.logs_dir.rglob("*") if p.is_file()),
-                    *(p for p in stack.base_dir.rglob("*.log") if p.is_file())})
+    files = sorted(
+        {
+            *(p for p in stack.logs_dir.rglob("*") if p.is_file()),
+            *(p for p in stack.base_dir.rglob("*.log") if p.is_file()),
+        }
+    )
     assert any(p.name.startswith("nginx") for p in files) and len(files) > 5, files
     needles = [v for k, v in phi.items() if k != "birthDate"] + [mark, phi["birthDate"]]
     for path in files:
@@ -258,11 +311,16 @@ async def provoke_errors_with(
     """Drive the error and warning paths of every hop with PHI in the query and the body."""
     headers = {"Authorization": f"Bearer {admin_token}"}
     query = {"familyName": family_name}
-    big = orjson.dumps({"userName": unique("phi"), "familyName": family_name,
-                        "notes": f"{mark} " * 200_000})
+    big = orjson.dumps(
+        {"userName": unique("phi"), "familyName": family_name, "notes": f"{mark} " * 200_000}
+    )
     assert len(big) > 1024 * 1024
-    async with http.post(f"{stack.base_url}/v1/users", params=query, data=big,
-                         headers={**headers, "Content-Type": "application/json"}) as resp:
+    async with http.post(
+        f"{stack.base_url}/v1/users",
+        params=query,
+        data=big,
+        headers={**headers, "Content-Type": "application/json"},
+    ) as resp:
         assert resp.status == 413
     # An nginx with production's settings whose first gateway does not answer.
     dead = f"127.0.0.1:{free_port()}"
@@ -287,8 +345,9 @@ async def provoke_errors_with(
     await victim.stop()
     try:
         for _ in range(3):
-            async with http.get(f"{stack.base_url}/v1/users", params=query,
-                                headers=headers) as resp:
+            async with http.get(
+                f"{stack.base_url}/v1/users", params=query, headers=headers
+            ) as resp:
                 assert resp.status == 200, await resp.text()
     finally:
         await victim.start()

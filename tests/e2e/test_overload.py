@@ -57,8 +57,9 @@ async def _probe_during_burst(admin: Api, users: list[str], until: float) -> lis
     return wrong
 
 
-async def test_a_burst_far_past_saturation_is_shed_without_collapse(admin: Api, stack, http,
-                                                                  admin_token, tmp_path: Path) -> None:
+async def test_a_burst_far_past_saturation_is_shed_without_collapse(
+    admin: Api, stack, http, admin_token, tmp_path: Path
+) -> None:
     wrk_binary()  # a clear failure when wrk is missing (make deps installs it)
     users = [(await admin.create_patient(unique("burst")))["userName"] for _ in range(16)]
     users_file = tmp_path / "users.txt"
@@ -75,7 +76,9 @@ async def test_a_burst_far_past_saturation_is_shed_without_collapse(admin: Api, 
         sheds_before = await _shed_count(http, stack)
         overflows_before = listen_overflows()
         load = Load(connections=BURST_CONNECTIONS, threads=1, duration=BURST_SECONDS, timeout=10)
-        run = WrkRun(stack.base_url, "mix", [str(users_file), admin_token, "1"], load, BURST_SECONDS)
+        run = WrkRun(
+            stack.base_url, "mix", [str(users_file), admin_token, "1"], load, BURST_SECONDS
+        )
         await run.start()
         probe = asyncio.create_task(
             _probe_during_burst(admin, users, time.monotonic() + BURST_SECONDS - 1.0)
@@ -87,8 +90,11 @@ async def test_a_burst_far_past_saturation_is_shed_without_collapse(admin: Api, 
         recovered = None
         while time.monotonic() - ended < 1.0:
             read = await admin.call("GET", f"/v1/users/{users[0]}")
-            write = await admin.call("POST", f"/v1/users/{users[1]}/visits",
-                                     {"type": "outpatient", "startedAt": "2026-11-30T08:00:00Z"})
+            write = await admin.call(
+                "POST",
+                f"/v1/users/{users[1]}/visits",
+                {"type": "outpatient", "startedAt": "2026-11-30T08:00:00Z"},
+            )
             if read.status == 200 and write.status == 201:
                 recovered = time.monotonic() - ended
                 break
@@ -100,8 +106,10 @@ async def test_a_burst_far_past_saturation_is_shed_without_collapse(admin: Api, 
         await nginx.reload()
 
     statuses = result.statuses
-    print(f"burst: statuses {statuses}, sheds counted by the gateways {sheds:.0f}, "
-          f"wrk errors {result.errors}, recovered after {recovered} s")
+    print(
+        f"burst: statuses {statuses}, sheds counted by the gateways {sheds:.0f}, "
+        f"wrk errors {result.errors}, recovered after {recovered} s"
+    )
     ok = sum(n for s, n in statuses.items() if 200 <= s < 300)
     assert ok > 0, statuses
     assert statuses.get(502, 0) == 0 and statuses.get(504, 0) == 0, statuses

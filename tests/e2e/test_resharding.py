@@ -40,8 +40,16 @@ pytestmark = pytest.mark.timeout(600)
 async def grow(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
     base = Path(tempfile.mkdtemp(prefix="medsvc-grow-"))
     base.chmod(0o755)
-    st = Stack(StackConfig(base_dir=base, http_port=0, https_port=0, fast=True,  # load from one address
-                           rate=UNTHROTTLED_RATE, burst=UNTHROTTLED_BURST))
+    st = Stack(
+        StackConfig(
+            base_dir=base,
+            http_port=0,
+            https_port=0,
+            fast=True,  # load from one address
+            rate=UNTHROTTLED_RATE,
+            burst=UNTHROTTLED_BURST,
+        )
+    )
     try:
         await st.start()
         yield st
@@ -60,14 +68,24 @@ async def admin(grow: Stack) -> AsyncIterator[Api]:
 
 
 def env(stack: Stack) -> dict[str, str]:
-    return {**os.environ, "MEDSVC_SHARD_MAP": str(stack.shard_map_path),
-            "MEDSVC_CENTRAL_DSN": stack.central_dsn, "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        "MEDSVC_SHARD_MAP": str(stack.shard_map_path),
+        "MEDSVC_CENTRAL_DSN": stack.central_dsn,
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 async def resharder(stack: Stack, *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "resharder", *args, cwd=REPO_ROOT, env=env(stack),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "resharder",
+        *args,
+        cwd=REPO_ROOT,
+        env=env(stack),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
 
 
@@ -83,7 +101,9 @@ async def move_phase(stack: Stack, move_id: int | None = None) -> tuple[int, str
     try:
         if not await conn.fetchval("SELECT to_regclass('resharder_moves') IS NOT NULL"):
             return None
-        row = await conn.fetchrow("SELECT move_id, phase FROM resharder_moves ORDER BY move_id DESC LIMIT 1")
+        row = await conn.fetchrow(
+            "SELECT move_id, phase FROM resharder_moves ORDER BY move_id DESC LIMIT 1"
+        )
         return (row["move_id"], row["phase"]) if row else None
     finally:
         await conn.close()
@@ -119,7 +139,9 @@ def names_in(lo: int, hi: int, count: int, prefix: str) -> list[str]:
 async def owners(stack: Stack, shard: int, lo: int, hi: int) -> set[int]:
     conn = await asyncpg.connect(stack.postgres[shard].dsn)
     try:
-        rows = await conn.fetch("SELECT DISTINCT owner FROM shard_buckets WHERE bucket BETWEEN $1 AND $2", lo, hi)
+        rows = await conn.fetch(
+            "SELECT DISTINCT owner FROM shard_buckets WHERE bucket BETWEEN $1 AND $2", lo, hi
+        )
         return {r["owner"] for r in rows}
     finally:
         await conn.close()
@@ -128,8 +150,14 @@ async def owners(stack: Stack, shard: int, lo: int, hi: int) -> set[int]:
 async def rows_in(stack: Stack, shard: int, lo: int, hi: int) -> int:
     conn = await asyncpg.connect(stack.postgres[shard].dsn)
     try:
-        return sum([await conn.fetchval(f"SELECT count(*) FROM {t} WHERE bucket BETWEEN $1 AND $2", lo, hi)
-                    for t in ("users", "visits", "study_consents")])
+        return sum(
+            [
+                await conn.fetchval(
+                    f"SELECT count(*) FROM {t} WHERE bucket BETWEEN $1 AND $2", lo, hi
+                )
+                for t in ("users", "visits", "study_consents")
+            ]
+        )
     finally:
         await conn.close()
 
@@ -152,20 +180,26 @@ async def test_the_databases_compute_the_buckets_and_refuse_what_they_do_not_own
                 await conn.execute("SELECT set_config('medsvc.actor', 'test', true)")
                 await conn.execute(
                     "INSERT INTO users (user_name, role, given_name, family_name, birth_date)"
-                    " VALUES ($1, 'patient', 'A', 'B', '1980-01-01')", name)
+                    " VALUES ($1, 'patient', 'A', 'B', '1980-01-01')",
+                    name,
+                )
         assert refused.value.sqlstate == "MS421"
     finally:
         await conn.close()
     # A process with a stale map (here: shard 1's FE server asked directly) answers 421 and
     # changes nothing; through nginx the same user is served by its owner.
     fe1 = grow.fe[1][0].url
-    headers = {"Authorization": f"Bearer {admin.token}", "Content-Type": "application/merge-patch+json"}
+    headers = {
+        "Authorization": f"Bearer {admin.token}",
+        "Content-Type": "application/merge-patch+json",
+    }
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{fe1}/v1/users/{name}", headers=headers) as resp:
             assert resp.status == 421
             assert resp.headers["Content-Type"].startswith("application/problem+json")
-        async with http.patch(f"{fe1}/v1/users/{name}", data=b'{"phone": "+1-555-0199"}',
-                              headers=headers) as resp:
+        async with http.patch(
+            f"{fe1}/v1/users/{name}", data=b'{"phone": "+1-555-0199"}', headers=headers
+        ) as resp:
             assert resp.status == 421
     reply = await admin.call("GET", f"/v1/users/{name}")
     assert reply.status == 200 and reply.body["phone"] is None and reply.body["version"] == 1
@@ -196,25 +230,39 @@ class Load:
             try:
                 if op < 0.5:
                     r = await self.api.call("GET", f"/v1/users/{user}")
-                    ok = r.status == 200 and (user not in self.phones or r.body["phone"] == self.phones[user])
+                    ok = r.status == 200 and (
+                        user not in self.phones or r.body["phone"] == self.phones[user]
+                    )
                     if not ok:
                         self.failures.append(f"GET {user}: {r.status} {r.body}")
                 elif op < 0.65:
-                    r = await self.api.call("GET", f"/v1/users/{user}/visits", params={"limit": "50"})
+                    r = await self.api.call(
+                        "GET", f"/v1/users/{user}/visits", params={"limit": "50"}
+                    )
                     if r.status != 200:
                         self.failures.append(f"GET visits {user}: {r.status}")
                 elif op < 0.85:
                     phone = f"+1-555-{next(counter) % 10000:04d}"
-                    r = await self.api.call("PATCH", f"/v1/users/{user}", raw=orjson.dumps({"phone": phone}),
-                                            headers={"Content-Type": "application/merge-patch+json"})
+                    r = await self.api.call(
+                        "PATCH",
+                        f"/v1/users/{user}",
+                        raw=orjson.dumps({"phone": phone}),
+                        headers={"Content-Type": "application/merge-patch+json"},
+                    )
                     if r.status == 200:
                         self.phones[user] = phone
                     else:
                         self.failures.append(f"PATCH {user}: {r.status} {r.body}")
                 else:
-                    r = await self.api.call("POST", f"/v1/users/{user}/visits",
-                                            {"type": "outpatient", "startedAt": "2026-11-20T09:00:00Z",
-                                             "reason": f"load {seed}"})
+                    r = await self.api.call(
+                        "POST",
+                        f"/v1/users/{user}/visits",
+                        {
+                            "type": "outpatient",
+                            "startedAt": "2026-11-20T09:00:00Z",
+                            "reason": f"load {seed}",
+                        },
+                    )
                     if r.status == 201:
                         self.visits[r.body["visitId"]] = r.body
                     else:
@@ -228,7 +276,9 @@ class Load:
         await asyncio.gather(*(self.worker(p, i) for i, p in enumerate(parts)))
 
 
-async def test_add_a_shard_and_move_a_quarter_of_shard_0_under_load(grow: Stack, admin: Api) -> None:
+async def test_add_a_shard_and_move_a_quarter_of_shard_0_under_load(
+    grow: Stack, admin: Api
+) -> None:
     before = load_shard_map(grow.shard_map_path)
     new_id = await grow.add_shard()
     after = load_shard_map(grow.shard_map_path)
@@ -261,8 +311,10 @@ async def test_add_a_shard_and_move_a_quarter_of_shard_0_under_load(grow: Stack,
     load.stop.set()
     await generator
 
-    print(f"\nmove under load: {summary}; {load.requests} requests, "
-          f"{len(load.phones)} users written, {len(load.visits)} visits created")
+    print(
+        f"\nmove under load: {summary}; {load.requests} requests, "
+        f"{len(load.phones)} users written, {len(load.visits)} visits created"
+    )
     assert code == 0, err
     assert summary["outcome"] == "done"
     for table, diff in summary["diff"].items():
@@ -304,8 +356,13 @@ async def test_add_a_shard_and_move_a_quarter_of_shard_0_under_load(grow: Stack,
         expected = reply.body["version"]
         deadline = asyncio.get_running_loop().time() + 30
         while True:
-            events = (await admin.call("GET", "/v1/audit/events",
-                                       params={"entityType": "user", "entityId": user, "limit": "200"})).body["items"]
+            events = (
+                await admin.call(
+                    "GET",
+                    "/v1/audit/events",
+                    params={"entityType": "user", "entityId": user, "limit": "200"},
+                )
+            ).body["items"]
             if len(events) >= expected or asyncio.get_running_loop().time() > deadline:
                 break
             await asyncio.sleep(0.2)
@@ -333,8 +390,19 @@ async def test_a_move_stalled_past_the_fence_limit_aborts_and_the_source_keeps_e
     target = grow.postgres[2].dsn
     version_before = load_shard_map(grow.shard_map_path).version
     previous = await last_move_id(grow)
-    proc = await resharder(grow, "move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json",
-                           "--fence-limit", "1", "--hold-before-fence", "3")
+    proc = await resharder(
+        grow,
+        "move",
+        "--buckets",
+        f"{lo}-{hi}",
+        "--to",
+        "2",
+        "--json",
+        "--fence-limit",
+        "1",
+        "--hold-before-fence",
+        "3",
+    )
     await wait_phase(grow, {"catchup"}, after=previous)
     # Stall the catch-up: hold a lock on the target's copy of a moving user, then change that
     # user on the source. The target cannot apply it, so the fence never sees it arrive.
@@ -342,8 +410,12 @@ async def test_a_move_stalled_past_the_fence_limit_aborts_and_the_source_keeps_e
     tx = blocker.transaction()
     await tx.start()
     await blocker.execute("SELECT 1 FROM users WHERE user_name = $1 FOR UPDATE", users[0])
-    patched = await admin.call("PATCH", f"/v1/users/{users[0]}", raw=b'{"phone": "+1-555-0142"}',
-                               headers={"Content-Type": "application/merge-patch+json"})
+    patched = await admin.call(
+        "PATCH",
+        f"/v1/users/{users[0]}",
+        raw=b'{"phone": "+1-555-0142"}',
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
     assert patched.status == 200
     try:
         await wait_phase(grow, {"rollback", "aborted"}, after=previous)
@@ -367,8 +439,14 @@ async def test_a_move_stalled_past_the_fence_limit_aborts_and_the_source_keeps_e
     reply = await admin.call("GET", f"/v1/users/{users[0]}")
     assert reply.status == 200 and reply.body["phone"] == "+1-555-0142"
     for name in users:
-        assert (await admin.call("PATCH", f"/v1/users/{name}", raw=b'{"phone": "+1-555-0143"}',
-                                 headers={"Content-Type": "application/merge-patch+json"})).status == 200
+        assert (
+            await admin.call(
+                "PATCH",
+                f"/v1/users/{name}",
+                raw=b'{"phone": "+1-555-0143"}',
+                headers={"Content-Type": "application/merge-patch+json"},
+            )
+        ).status == 200
 
 
 async def test_overlapping_moves_refuse_each_other_and_a_killed_move_resumes(
@@ -380,8 +458,9 @@ async def test_overlapping_moves_refuse_each_other_and_a_killed_move_resumes(
         await admin.create_patient(name)
         await admin.create_visit(name)
     previous = await last_move_id(grow)
-    first = await resharder(grow, "move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json",
-                            "--hold-before-fence", "30")
+    first = await resharder(
+        grow, "move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json", "--hold-before-fence", "30"
+    )
     await wait_phase(grow, {"catchup"}, after=previous)
     # Another move of overlapping buckets is refused while this one is unfinished.
     other = await resharder(grow, "move", "--buckets", f"{hi}-{hi + 10}", "--to", "2", "--json")
@@ -419,8 +498,9 @@ async def test_a_study_misses_no_change_made_during_a_move_and_settles_after_it(
     assert len(by_kind(first)["participant"]) == 4 and len(by_kind(first)["visit"]) == 4
 
     previous = await last_move_id(grow)
-    proc = await resharder(grow, "move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json",
-                           "--hold-before-fence", "2")
+    proc = await resharder(
+        grow, "move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json", "--hold-before-fence", "2"
+    )
     await wait_phase(grow, {"catchup"}, after=previous)
     during = await admin.create_visit(users[0], reason="during the move")  # on the source
     code, summary, err = await finish(proc)
@@ -437,7 +517,9 @@ async def test_a_study_misses_no_change_made_during_a_move_and_settles_after_it(
     assert third == []
 
 
-async def test_a_move_killed_in_its_fence_resumes_and_loses_nothing(grow: Stack, admin: Api) -> None:
+async def test_a_move_killed_in_its_fence_resumes_and_loses_nothing(
+    grow: Stack, admin: Api
+) -> None:
     lo, hi = 320, 383
     users = names_in(lo, hi, 6, "kf")
     for name in users:
@@ -451,8 +533,12 @@ async def test_a_move_killed_in_its_fence_resumes_and_loses_nothing(grow: Stack,
     await first.wait()
     # Meanwhile writes to the moving users go on; none may be lost.
     for name in users:
-        reply = await admin.call("PATCH", f"/v1/users/{name}", raw=b'{"phone": "+1-555-0177"}',
-                                 headers={"Content-Type": "application/merge-patch+json"})
+        reply = await admin.call(
+            "PATCH",
+            f"/v1/users/{name}",
+            raw=b'{"phone": "+1-555-0177"}',
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
         assert reply.status == 200, reply.body
     again = await resharder(grow, "move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json")
     code, summary, err = await finish(again)

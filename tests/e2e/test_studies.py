@@ -82,7 +82,11 @@ async def test_first_run_emits_exactly_the_consented_patients_and_nothing_identi
     await consent(Api(admin.http, admin.base_url, stack.token(b, "patient")), b, study)
 
     shown = await researcher.api.call("GET", f"/v1/studies/{study}")
-    assert shown.status == 200 and shown.body["participantCount"] == 2 and shown.body["lastRun"] is None
+    assert (
+        shown.status == 200
+        and shown.body["participantCount"] == 2
+        and shown.body["lastRun"] is None
+    )
 
     run, records = await researcher.run(study)
     assert run["counts"] == {"participant": 2, "visit": 5, "withdrawal": 0}
@@ -95,23 +99,56 @@ async def test_first_run_emits_exactly_the_consented_patients_and_nothing_identi
     )
     assert kinds["withdrawal"] == []
     by_pid = {r["pid"]: r for r in kinds["participant"]}
-    assert by_pid[k.pid(a)] == {"kind": "participant", "pid": k.pid(a), "birthYear": 1980,
-                                "sex": "female", "zip3": "627", "country": "US"}
+    assert by_pid[k.pid(a)] == {
+        "kind": "participant",
+        "pid": k.pid(a),
+        "birthYear": 1980,
+        "sex": "female",
+        "zip3": "627",
+        "country": "US",
+    }
     one = next(r for r in kinds["visit"] if r["vid"] == k.vid(visits[a][0]["visitId"]))
-    assert one == {"kind": "visit", "pid": k.pid(a), "vid": one["vid"], "year": 2025,
-                   "type": "outpatient", "durationMinutes": 40,
-                   "diagnoses": [{"system": "ICD-10", "code": "E11.9"}],
-                   "vitals": {"heartRate": 70, "systolic": 120},
-                   "medications": [{"system": "RxNorm", "code": "860975"}]}
+    assert one == {
+        "kind": "visit",
+        "pid": k.pid(a),
+        "vid": one["vid"],
+        "year": 2025,
+        "type": "outpatient",
+        "durationMinutes": 40,
+        "diagnoses": [{"system": "ICD-10", "code": "E11.9"}],
+        "vitals": {"heartRate": 70, "systolic": 120},
+        "medications": [{"system": "RxNorm", "code": "860975"}],
+    }
     assert run["manifest"]["leftOut"]["uncodedMedication"] == 5
 
     raw, _ = await researcher.records(study, run["runId"])
     text = raw.decode()
     for r in records:  # pseudonyms are hex: blank them so they cannot match by chance
         text = text.replace(r["pid"], "<pid>").replace(r.get("vid", "<none>"), "<vid>")
-    forbidden = [a, b, c, "dr.hibbert", "Whiskers", "secret note", "Zebediah", "Quackenbush",
-                 "quack-mail", "555-01", "Evergreen", "Shelbyville", "62700", "62701", "62702",
-                 "Diabetes of", "twice daily", "500 mg", "09:1", "T09", "metformin", "tablets"]
+    forbidden = [
+        a,
+        b,
+        c,
+        "dr.hibbert",
+        "Whiskers",
+        "secret note",
+        "Zebediah",
+        "Quackenbush",
+        "quack-mail",
+        "555-01",
+        "Evergreen",
+        "Shelbyville",
+        "62700",
+        "62701",
+        "62702",
+        "Diabetes of",
+        "twice daily",
+        "500 mg",
+        "09:1",
+        "T09",
+        "metformin",
+        "tablets",
+    ]
     forbidden += [v["visitId"] for vs in visits.values() for v in vs]
     for value in forbidden:
         assert value not in text, value
@@ -125,7 +162,9 @@ async def test_an_unchanged_study_yields_nothing_and_a_change_yields_exactly_it(
     clinician: Api, researcher: Researcher, stack
 ) -> None:
     study = await researcher.create_study()
-    p = await patient_on_shard(clinician, stack, 1, address={"postalCode": "62701", "country": "US"})
+    p = await patient_on_shard(
+        clinician, stack, 1, address={"postalCode": "62701", "country": "US"}
+    )
     v1 = await clinician.create_visit(p["userName"], medications=[{"name": "aspirin"}])
     v2 = await clinician.create_visit(p["userName"])
     await consent(clinician, p["userName"], study)
@@ -135,8 +174,11 @@ async def test_an_unchanged_study_yields_nothing_and_a_change_yields_exactly_it(
     again, records = await researcher.run(study)
     assert records == [] and again["counts"] == {"participant": 0, "visit": 0, "withdrawal": 0}
 
-    patched = await clinician.call("PATCH", f"/v1/users/{p['userName']}/visits/{v2['visitId']}",
-                                   {"medications": [{"name": "insulin", "system": "ATC", "code": "A10AB01"}]})
+    patched = await clinician.call(
+        "PATCH",
+        f"/v1/users/{p['userName']}/visits/{v2['visitId']}",
+        {"medications": [{"name": "insulin", "system": "ATC", "code": "A10AB01"}]},
+    )
     assert patched.status == 200
     _, records = await researcher.run(study)
     k = keys(study)
@@ -146,20 +188,33 @@ async def test_an_unchanged_study_yields_nothing_and_a_change_yields_exactly_it(
     assert k.vid(v1["visitId"]) != k.vid(v2["visitId"])
 
     # A move into a restricted three-digit ZIP area: the participant again, zip3 "000".
-    moved = await clinician.call("PATCH", f"/v1/users/{p['userName']}",
-                                 {"address": {"postalCode": "03601"}})
+    moved = await clinician.call(
+        "PATCH", f"/v1/users/{p['userName']}", {"address": {"postalCode": "03601"}}
+    )
     assert moved.status == 200
     _, records = await researcher.run(study)
-    assert records == [{"kind": "participant", "pid": k.pid(p["userName"]), "birthYear": 1980,
-                        "sex": "unknown", "zip3": "000", "country": "US"}]
+    assert records == [
+        {
+            "kind": "participant",
+            "pid": k.pid(p["userName"]),
+            "birthYear": 1980,
+            "sex": "unknown",
+            "zip3": "000",
+            "country": "US",
+        }
+    ]
 
     runs = await researcher.api.call("GET", f"/v1/studies/{study}/runs")
     assert runs.status == 200 and len(runs.body["items"]) == 4
     started = [r["startedAt"] for r in runs.body["items"]]
-    assert started == sorted(started, reverse=True) and runs.body["items"][-1]["runId"] == first["runId"]
+    assert (
+        started == sorted(started, reverse=True)
+        and runs.body["items"][-1]["runId"] == first["runId"]
+    )
     page = await researcher.api.call("GET", f"/v1/studies/{study}/runs", params={"limit": "3"})
-    rest = await researcher.api.call("GET", f"/v1/studies/{study}/runs",
-                                     params={"limit": "3", "cursor": page.body["nextCursor"]})
+    rest = await researcher.api.call(
+        "GET", f"/v1/studies/{study}/runs", params={"limit": "3", "cursor": page.body["nextCursor"]}
+    )
     assert [r["runId"] for r in page.body["items"] + rest.body["items"]] == [
         r["runId"] for r in runs.body["items"]
     ] and rest.body["nextCursor"] is None
@@ -204,8 +259,14 @@ async def test_pseudonyms_are_stable_in_a_study_and_unlinkable_across_studies(
     one, two = await researcher.create_study(), await researcher.create_study()
     # 90 or older this year, in a restricted three-digit ZIP area.
     born = dt.date.today().year - 95
-    p = await patient_on_shard(clinician, stack, 0, birthDate=f"{born}-06-01", sex="male",
-                               address={"postalCode": "82301", "country": "US"})
+    p = await patient_on_shard(
+        clinician,
+        stack,
+        0,
+        birthDate=f"{born}-06-01",
+        sex="male",
+        address={"postalCode": "82301", "country": "US"},
+    )
     visit = await clinician.create_visit(p["userName"])
     for study in (one, two):
         await consent(clinician, p["userName"], study)
@@ -218,19 +279,32 @@ async def test_pseudonyms_are_stable_in_a_study_and_unlinkable_across_studies(
     for part in (part_one, part_two):
         assert part["birthYear"] == f"<={cutoff}" and part["zip3"] == "000"
 
-    await clinician.call("PATCH", f"/v1/users/{p['userName']}/visits/{visit['visitId']}",
-                         {"notes": "changed"})
+    await clinician.call(
+        "PATCH", f"/v1/users/{p['userName']}/visits/{visit['visitId']}", {"notes": "changed"}
+    )
     _, again = await researcher.run(one)
     assert [r["vid"] for r in again] == [by_kind(in_one)["visit"][0]["vid"]]
     assert again[0]["pid"] == part_one["pid"]
 
 
-async def test_k_anonymity_generalises_small_groups(clinician: Api, researcher: Researcher, stack) -> None:
+async def test_k_anonymity_generalises_small_groups(
+    clinician: Api, researcher: Researcher, stack
+) -> None:
     study = await researcher.create_study(k=2)
-    same = {"birthDate": "1971-02-03", "sex": "female", "address": {"postalCode": "60601", "country": "US"}}
+    same = {
+        "birthDate": "1971-02-03",
+        "sex": "female",
+        "address": {"postalCode": "60601", "country": "US"},
+    }
     pair = [await patient_on_shard(clinician, stack, s, **same) for s in (0, 1)]
-    odd = await patient_on_shard(clinician, stack, 0, birthDate="1975-05-05", sex="female",
-                                 address={"postalCode": "10001", "country": "US"})
+    odd = await patient_on_shard(
+        clinician,
+        stack,
+        0,
+        birthDate="1975-05-05",
+        sex="female",
+        address={"postalCode": "10001", "country": "US"},
+    )
     for p in (*pair, odd):
         await consent(clinician, p["userName"], study)
     run, records = await researcher.run(study)
@@ -245,10 +319,18 @@ async def test_k_anonymity_generalises_small_groups(clinician: Api, researcher: 
     )  # fmt: skip
     report = run["kAnonymity"]
     assert (report["k"], report["participants"], report["smallestGroup"]) == (2, 3, 1)
-    assert report["smallestReleasedGroup"] == 3 and report["generalised"] == 3 and report["satisfied"]
+    assert (
+        report["smallestReleasedGroup"] == 3 and report["generalised"] == 3 and report["satisfied"]
+    )
     # A second patient like the odd one: everyone is re-released at the finer level that now holds.
-    twin = await patient_on_shard(clinician, stack, 1, birthDate="1975-07-07", sex="female",
-                                  address={"postalCode": "10002", "country": "US"})
+    twin = await patient_on_shard(
+        clinician,
+        stack,
+        1,
+        birthDate="1975-07-07",
+        sex="female",
+        address={"postalCode": "10002", "country": "US"},
+    )
     await consent(clinician, twin["userName"], study)
     run, records = await researcher.run(study)
     parts = {r["pid"]: r for r in by_kind(records)["participant"]}
@@ -266,21 +348,28 @@ async def test_who_may_do_what(http, stack, clinician: Api, researcher: Research
     path = f"/v1/users/{patient['userName']}/studies/{study}"
     assert (await as_patient.call("PUT", path)).status == 200
     assert (await as_patient.call("DELETE", path)).status == 204
-    assert (await as_patient.call("PUT", f"/v1/users/{other['userName']}/studies/{study}")).status == 403
+    assert (
+        await as_patient.call("PUT", f"/v1/users/{other['userName']}/studies/{study}")
+    ).status == 403
     assert (await researcher.api.call("PUT", path)).status == 403
-    assert (await Api(http, stack.base_url, token("aud", "auditor")).call("PUT", path)).status == 403
+    assert (
+        await Api(http, stack.base_url, token("aud", "auditor")).call("PUT", path)
+    ).status == 403
     for api in (as_patient, clinician, Api(http, stack.base_url, token("aud", "auditor"))):
         assert (await api.call("GET", f"/v1/studies/{study}")).status == 403
         assert (await api.call("POST", f"/v1/studies/{study}/runs")).status == 403
-        assert (await api.call("POST", "/v1/studies", {"studyId": study_id(), "title": "x"})).status == 403
+        assert (
+            await api.call("POST", "/v1/studies", {"studyId": study_id(), "title": "x"})
+        ).status == 403
     unknown = await clinician.call("PUT", f"/v1/users/{patient['userName']}/studies/no-such-study")
     assert unknown.status == 404 and unknown.problem
     missing_user = await clinician.call("PUT", f"/v1/users/nobody.at.all/studies/{study}")
     assert missing_user.status == 404
     dup = await researcher.api.call("POST", "/v1/studies", {"studyId": study, "title": "again"})
     assert dup.status == 409 and dup.problem
-    bad = await researcher.api.call("POST", "/v1/studies", {"studyId": study_id(), "title": "x",
-                                                            "schedule": "every day"})
+    bad = await researcher.api.call(
+        "POST", "/v1/studies", {"studyId": study_id(), "title": "x", "schedule": "every day"}
+    )
     assert bad.status == 422 and bad.body["errors"][0]["field"] == "schedule"
     assert (await researcher.api.call("GET", "/v1/studies/no-such-study")).status == 404
     assert (await researcher.api.call("POST", "/v1/studies/no-such-study/runs")).status == 404
@@ -289,7 +378,9 @@ async def test_who_may_do_what(http, stack, clinician: Api, researcher: Research
     assert (await researcher.api.call("GET", "/v1/users/x")).status == 403
 
 
-async def test_consent_changes_are_audited(admin: Api, clinician: Api, researcher: Researcher, stack) -> None:
+async def test_consent_changes_are_audited(
+    admin: Api, clinician: Api, researcher: Researcher, stack
+) -> None:
     study = await researcher.create_study()
     p = await patient_on_shard(clinician, stack, 0)
     entity = f"{p['userName']}/{study}"
@@ -298,14 +389,16 @@ async def test_consent_changes_are_audited(admin: Api, clinician: Api, researche
     await withdraw(clinician, p["userName"], study)
     events: list = []
     for _ in range(200):
-        reply = await admin.call("GET", "/v1/audit/events",
-                                 params={"entityType": "study_consent", "entityId": entity})
+        reply = await admin.call(
+            "GET", "/v1/audit/events", params={"entityType": "study_consent", "entityId": entity}
+        )
         assert reply.status == 200, reply.body
         events = reply.body["items"]
         if len(events) >= 2:
             break
         await asyncio.sleep(0.1)
     assert [(e["action"], e["actor"], e["after"]["status"]) for e in events] == [
-        ("create", "dr.hibbert", "consented"), ("update", "dr.hibbert", "withdrawn")
+        ("create", "dr.hibbert", "consented"),
+        ("update", "dr.hibbert", "withdrawn"),
     ]
     assert events[1]["changes"] == ["status", "withdrawnAt"]

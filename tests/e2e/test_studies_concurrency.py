@@ -53,13 +53,19 @@ async def test_every_concurrent_change_is_extracted_exactly_once(
         for _ in range(70):
             n = tag()
             if not visits or rnd.random() < 0.35:
-                v = await clinician.create_visit(rnd.choice(mine), medications=[{"name": f"m{n}", "system": "RxNorm", "code": str(n)}])
+                v = await clinician.create_visit(
+                    rnd.choice(mine),
+                    medications=[{"name": f"m{n}", "system": "RxNorm", "code": str(n)}],
+                )
                 visits.append((v["userName"], v["visitId"]))
                 visit_id = v["visitId"]
             else:
                 user, visit_id = rnd.choice(visits)
-                reply = await clinician.call("PATCH", f"/v1/users/{user}/visits/{visit_id}",
-                                             {"medications": [{"name": f"m{n}", "system": "RxNorm", "code": str(n)}]})
+                reply = await clinician.call(
+                    "PATCH",
+                    f"/v1/users/{user}/visits/{visit_id}",
+                    {"medications": [{"name": f"m{n}", "system": "RxNorm", "code": str(n)}]},
+                )
                 assert reply.status == 200, reply.body
             writes.append((k.vid(visit_id), n, loop.time()))
             await asyncio.sleep(rnd.random() * 0.01)
@@ -77,7 +83,12 @@ async def test_every_concurrent_change_is_extracted_exactly_once(
     slow_visits = []
     for _ in range(3):
         n = tag()
-        slow_visits.append(await clinician.create_visit(slow_patient["userName"], medications=[{"name": f"m{n}", "system": "RxNorm", "code": str(n)}]))
+        slow_visits.append(
+            await clinician.create_visit(
+                slow_patient["userName"],
+                medications=[{"name": f"m{n}", "system": "RxNorm", "code": str(n)}],
+            )
+        )
         writes.append((k.vid(slow_visits[-1]["visitId"]), n, loop.time()))
 
     async def slow_writer(seed: int) -> None:
@@ -88,14 +99,18 @@ async def test_every_concurrent_change_is_extracted_exactly_once(
             for _ in range(25):
                 n, visit_id = tag(), rnd.choice(slow_visits)["visitId"]
                 async with conn.transaction():
-                    await conn.execute("SELECT set_config('medsvc.actor', 'dr.jones', true),"
-                                       " set_config('medsvc.source', 'e2e/slow-writer', true)")
+                    await conn.execute(
+                        "SELECT set_config('medsvc.actor', 'dr.jones', true),"
+                        " set_config('medsvc.source', 'e2e/slow-writer', true)"
+                    )
                     await conn.execute(
                         """UPDATE visits SET version = version + 1, updated_at = now(),
                                   medications = jsonb_build_array(jsonb_build_object(
                                       'name', 'm' || $2::text, 'system', 'RxNorm', 'code', $2::text))
                            WHERE visit_id = $1""",
-                        uuid.UUID(visit_id), str(n))
+                        uuid.UUID(visit_id),
+                        str(n),
+                    )
                     await asyncio.sleep(rnd.random() * 0.05)
                 writes.append((k.vid(visit_id), n, loop.time()))
         finally:
@@ -109,7 +124,8 @@ async def test_every_concurrent_change_is_extracted_exactly_once(
     runs.append((loop.time(), (await researcher.run(study))[1]))  # after every write returned
 
     assert sorted(r["pid"] for r in by_kind(runs[0][1])["participant"]) == sorted(
-        map(k.pid, [*patients, slow_patient["userName"]]))
+        map(k.pid, [*patients, slow_patient["userName"]])
+    )
     written = {(vid, n) for vid, n, _ in writes}
     seen: dict[str, list[tuple[int, int]]] = {}  # vid → [(run index, tag)]
     for i, (_, records) in enumerate(runs):
@@ -144,15 +160,22 @@ async def test_a_transaction_open_across_a_run_is_in_the_next_run(
     try:
         tx = conn.transaction()
         await tx.start()
-        await conn.execute("SELECT set_config('medsvc.actor', 'dr.jones', true),"
-                           " set_config('medsvc.source', 'e2e/slow-writer', true)")
+        await conn.execute(
+            "SELECT set_config('medsvc.actor', 'dr.jones', true),"
+            " set_config('medsvc.source', 'e2e/slow-writer', true)"
+        )
         await conn.execute(
             """UPDATE visits SET medications = '[{"name": "slow", "system": "RxNorm", "code": "314076"}]', version = version + 1,
-                      updated_at = now() WHERE visit_id = $1""", uuid.UUID(visit["visitId"]))
+                      updated_at = now() WHERE visit_id = $1""",
+            uuid.UUID(visit["visitId"]),
+        )
         new_id = uuid.uuid4()
         await conn.execute(
             """INSERT INTO visits (visit_id, user_name, clinician, type, started_at)
-               VALUES ($1, $2, 'dr.jones', 'telehealth', now())""", new_id, p["userName"])
+               VALUES ($1, $2, 'dr.jones', 'telehealth', now())""",
+            new_id,
+            p["userName"],
+        )
         # A later transaction commits first, so the open one sits inside the run's snapshot
         # (below its xmax, in its in-progress list) rather than above it.
         await clinician.create_visit((await patient_on_shard(clinician, stack, 0))["userName"])
@@ -164,7 +187,10 @@ async def test_a_transaction_open_across_a_run_is_in_the_next_run(
     k = keys(study)
     _, after = await researcher.run(study)
     assert sorted((r["vid"], r["medications"]) for r in after) == sorted(
-        [(k.vid(visit["visitId"]), [{"system": "RxNorm", "code": "314076"}]), (k.vid(str(new_id)), [])]
+        [
+            (k.vid(visit["visitId"]), [{"system": "RxNorm", "code": "314076"}]),
+            (k.vid(str(new_id)), []),
+        ]
     )
     _, again = await researcher.run(study)
     assert again == []
@@ -180,16 +206,21 @@ async def test_a_run_killed_midway_leaves_nothing_and_the_next_run_gives_it_all(
     for u in (on0, on1):
         await consent(clinician, u["userName"], study)
     k = keys(study)
-    expected = sorted([k.pid(on0["userName"]), k.pid(on1["userName"])] +
-                      [k.vid(v["visitId"]) for v in visits])
+    expected = sorted(
+        [k.pid(on0["userName"]), k.pid(on1["userName"])] + [k.vid(v["visitId"]) for v in visits]
+    )
 
     # Shard 1's visits are locked, so a run reads shard 0 and then waits on shard 1.
     blocker = await asyncpg.connect(stack.shard_map.shard(1).postgres)
     tx = blocker.transaction()
     await tx.start()
     await blocker.execute("LOCK TABLE visits IN ACCESS EXCLUSIVE MODE")
-    env = dict(os.environ, MEDSVC_CENTRAL_DSN=stack.central_dsn,
-               MEDSVC_SHARD_MAP=str(stack.shard_map_path), MEDSVC_LOG_LEVEL="WARNING")
+    env = dict(
+        os.environ,
+        MEDSVC_CENTRAL_DSN=stack.central_dsn,
+        MEDSVC_SHARD_MAP=str(stack.shard_map_path),
+        MEDSVC_LOG_LEVEL="WARNING",
+    )
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "anonymizer", "run", study, env=env, cwd=REPO_ROOT,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
@@ -197,7 +228,8 @@ async def test_a_run_killed_midway_leaves_nothing_and_the_next_run_gives_it_all(
     try:
         for _ in range(300):
             waiting = await blocker.fetchval(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'visits'::regclass")
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'visits'::regclass"
+            )
             if waiting:
                 break
             await asyncio.sleep(0.05)
@@ -208,7 +240,9 @@ async def test_a_run_killed_midway_leaves_nothing_and_the_next_run_gives_it_all(
         assert run["status"] == "running" and run["trigger"] == "cli"
         busy = await researcher.start(study)
         assert busy.status == 409 and busy.problem, "one run at a time, across processes"
-        pending = await researcher.api.call("GET", f"/v1/studies/{study}/runs/{run['runId']}/records")
+        pending = await researcher.api.call(
+            "GET", f"/v1/studies/{study}/runs/{run['runId']}/records"
+        )
         assert pending.status == 409
         proc.kill()
         await proc.wait()

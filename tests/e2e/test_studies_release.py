@@ -40,10 +40,13 @@ def researcher(http, stack, token) -> Researcher:
 
 # -- closed values at the API ------------------------------------------------------------------
 
+
 async def test_codes_and_us_postal_codes_without_their_form_are_refused_and_change_nothing(
     clinician: Api, stack
 ) -> None:
-    p = await patient_on_shard(clinician, stack, 0, address={"postalCode": "62701", "country": "US"})
+    p = await patient_on_shard(
+        clinician, stack, 0, address={"postalCode": "62701", "country": "US"}
+    )
     name = p["userName"]
     visits = f"/v1/users/{name}/visits"
     bad_visits = [
@@ -51,38 +54,71 @@ async def test_codes_and_us_postal_codes_without_their_form_are_refused_and_chan
         ({"diagnoses": [{"system": "ICD-10", "code": "E１1.9"}]}, "diagnoses.0.code"),
         ({"diagnoses": [{"system": "SNOMED-CT", "code": "٤٤٠٥٤٠٠٦"}]}, "diagnoses.0.code"),
         ({"diagnoses": [{"system": "ICD-9", "code": "250.00"}]}, "diagnoses.0.system"),
-        ({"medications": [{"name": "m", "system": "RxNorm", "code": "86097５"}]}, "medications.0.code"),
+        (
+            {"medications": [{"name": "m", "system": "RxNorm", "code": "86097５"}]},
+            "medications.0.code",
+        ),
         ({"medications": [{"name": "m", "system": "ATC", "code": "A10BA0"}]}, "medications.0.code"),
         ({"medications": [{"name": "m", "code": "860975"}]}, "medications.0.code"),
-        ({"medications": [{"name": "m", "system": "Jane Doe", "code": "1"}]}, "medications.0.system"),
+        (
+            {"medications": [{"name": "m", "system": "Jane Doe", "code": "1"}]},
+            "medications.0.system",
+        ),
     ]
     for fields, field in bad_visits:
-        reply = await clinician.call("POST", visits, {"type": "outpatient",
-                                                      "startedAt": "2026-01-01T00:00:00Z"} | fields)
+        reply = await clinician.call(
+            "POST", visits, {"type": "outpatient", "startedAt": "2026-01-01T00:00:00Z"} | fields
+        )
         assert reply.status == 422 and reply.problem, (fields, reply.body)
         assert field in [e["field"] for e in reply.body["errors"]], (fields, reply.body)
     listed = await clinician.call("GET", visits)
     assert listed.body["items"] == []
-    good = await clinician.create_visit(name, diagnoses=[
-        {"system": "ICD-10-CM", "code": "E11.65"}, {"system": "SNOMED-CT", "code": "44054006"}],
-        medications=[{"name": "m", "system": "ATC", "code": "A10BA02"},
-                     {"name": "m", "system": "RxNorm", "code": "860975"}, {"name": "uncoded"}])
+    good = await clinician.create_visit(
+        name,
+        diagnoses=[
+            {"system": "ICD-10-CM", "code": "E11.65"},
+            {"system": "SNOMED-CT", "code": "44054006"},
+        ],
+        medications=[
+            {"name": "m", "system": "ATC", "code": "A10BA02"},
+            {"name": "m", "system": "RxNorm", "code": "860975"},
+            {"name": "uncoded"},
+        ],
+    )
     assert good["medications"][0]["code"] == "A10BA02"
 
     for postal in ("０３６１２", "03612 ", "0361", "03612-12", "٠٣٦١٢", "036121234", "03612\n"):
-        reply = await clinician.call("PATCH", f"/v1/users/{name}", {"address": {"postalCode": postal}})
-        assert reply.status == 422 and reply.body["errors"][0]["field"] == "address.postalCode", postal
-        created = await clinician.call("POST", "/v1/users", {
-            "userName": unique("pat"), "role": "patient", "givenName": "A", "familyName": "B",
-            "birthDate": "1980-01-01", "address": {"postalCode": postal, "country": "US"}})
+        reply = await clinician.call(
+            "PATCH", f"/v1/users/{name}", {"address": {"postalCode": postal}}
+        )
+        assert reply.status == 422 and reply.body["errors"][0]["field"] == "address.postalCode", (
+            postal
+        )
+        created = await clinician.call(
+            "POST",
+            "/v1/users",
+            {
+                "userName": unique("pat"),
+                "role": "patient",
+                "givenName": "A",
+                "familyName": "B",
+                "birthDate": "1980-01-01",
+                "address": {"postalCode": postal, "country": "US"},
+            },
+        )
         assert created.status == 422, postal
     now = await clinician.call("GET", f"/v1/users/{name}")
-    assert now.body["address"] == {"postalCode": "62701", "country": "US"} and now.body["version"] == 1
-    ok = await clinician.call("PATCH", f"/v1/users/{name}", {"address": {"postalCode": "03612-1234"}})
+    assert (
+        now.body["address"] == {"postalCode": "62701", "country": "US"} and now.body["version"] == 1
+    )
+    ok = await clinician.call(
+        "PATCH", f"/v1/users/{name}", {"address": {"postalCode": "03612-1234"}}
+    )
     assert ok.status == 200
     # Outside the US a postal code is the country's own business.
-    abroad = await clinician.call("PATCH", f"/v1/users/{name}",
-                                  {"address": {"postalCode": "SW1A 1AA", "country": "GB"}})
+    abroad = await clinician.call(
+        "PATCH", f"/v1/users/{name}", {"address": {"postalCode": "SW1A 1AA", "country": "GB"}}
+    )
     assert abroad.status == 200
 
 
@@ -98,12 +134,20 @@ def _fullwidth(text: str) -> str:
 
 
 @st.composite
-def disguised(draw: st.DrawFn, plain: str, forms: tuple[str, ...] = (
-        "plain", "upper", "cyrillic", "fullwidth", "title")) -> str:
+def disguised(
+    draw: st.DrawFn,
+    plain: str,
+    forms: tuple[str, ...] = ("plain", "upper", "cyrillic", "fullwidth", "title"),
+) -> str:
     """``plain`` as a person might type it: upper case, look-alike letters, full-width forms."""
     how = draw(st.sampled_from(forms))
-    return {"plain": plain, "upper": plain.upper(), "cyrillic": plain.translate(_CYRILLIC),
-            "fullwidth": _fullwidth(plain), "title": plain.title()}[how]
+    return {
+        "plain": plain,
+        "upper": plain.upper(),
+        "cyrillic": plain.translate(_CYRILLIC),
+        "fullwidth": _fullwidth(plain),
+        "title": plain.title(),
+    }[how]
 
 
 @st.composite
@@ -117,7 +161,11 @@ def person(draw: st.DrawFn) -> dict[str, str]:
     """Identifiers of one person; each is distinctive (no output could contain it by chance)."""
     word = st.text(alphabet=string.ascii_lowercase, min_size=5, max_size=9)
     given, family, street, city = (f"zq{draw(word)}" for _ in range(4))
-    year, month, day = draw(st.integers(1930, 2005)), draw(st.integers(1, 12)), draw(st.integers(1, 28))
+    year, month, day = (
+        draw(st.integers(1930, 2005)),
+        draw(st.integers(1, 12)),
+        draw(st.integers(1, 28)),
+    )
     return {
         "given": draw(disguised(given)), "family": draw(disguised(family)),
         # The email's "@" and the phone's digits must stay ASCII (the API's forms for them);
@@ -140,10 +188,16 @@ def _shard_dsn(stack: Any, user_name: str) -> str:
     return stack.shard_map.shard(stack.shard_map.shard_id_for(user_name)).postgres
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck),
-          phases=[Phase.explicit, Phase.reuse, Phase.generate])  # no shrinking: each example is a run
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+)  # no shrinking: each example is a run
 @given(people=st.lists(person(), min_size=2, max_size=3))
-async def test_planted_identifiers_appear_nowhere_in_any_normalisation(stack, token, people) -> None:
+async def test_planted_identifiers_appear_nowhere_in_any_normalisation(
+    stack, token, people
+) -> None:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
         clinician = Api(http, stack.base_url, token("dr.zqplanted", "clinician"))
         researcher = Researcher(Api(http, stack.base_url, token("rita.research", "researcher")))
@@ -160,8 +214,10 @@ async def test_planted_identifiers_appear_nowhere_in_any_normalisation(stack, to
                 email=who["email"], phone=who["phone"], birthDate=who["date"], address=address,
             )  # fmt: skip
             name = p["userName"]
-            free = (f"{who['given']} {who['family']} {who['phone']} {who['typedPhone']}"
-                    f" born {who['date']} {name}")
+            free = (
+                f"{who['given']} {who['family']} {who['phone']} {who['typedPhone']}"
+                f" born {who['date']} {name}"
+            )
             visit = await clinician.create_visit(
                 name, reason=f"seen {free}", notes=f"{free} {who['email']} {who['line']}",
                 diagnoses=[{"system": "ICD-10", "code": "E11.9", "display": free}],
@@ -170,14 +226,17 @@ async def test_planted_identifiers_appear_nowhere_in_any_normalisation(stack, to
                              {"name": free, "dose": free, "system": "RxNorm", "code": "860975"}],
             )  # fmt: skip
             vid = visit["visitId"]
-            patched = await clinician.call("PATCH", f"/v1/users/{name}/visits/{vid}",
-                                           {"notes": f"{free} visit {vid}"})
+            patched = await clinician.call(
+                "PATCH", f"/v1/users/{name}/visits/{vid}", {"notes": f"{free} visit {vid}"}
+            )
             assert patched.status == 200, patched.body
             # Rows written before the API checked codes and postal codes: straight into the shard.
             conn = await asyncpg.connect(_shard_dsn(stack, name))
             try:
-                await conn.execute("SELECT set_config('medsvc.actor', 'dr.zqplanted', false),"
-                                   " set_config('medsvc.source', 'e2e/old-rows', false)")
+                await conn.execute(
+                    "SELECT set_config('medsvc.actor', 'dr.zqplanted', false),"
+                    " set_config('medsvc.source', 'e2e/old-rows', false)"
+                )
                 await conn.execute(
                     """UPDATE visits SET diagnoses = diagnoses || $2::jsonb,
                                          medications = medications || $3::jsonb
@@ -221,7 +280,9 @@ async def test_planted_identifiers_appear_nowhere_in_any_normalisation(stack, to
             assert visit["medications"] == [{"system": "RxNorm", "code": "860975"}]
         await same_as_the_reference(stack, study, records, [(p, v) for p, v in rows])
         left = run["manifest"]["leftOut"]
-        assert left["invalidDiagnosis"] == 2 * len(people) and left["invalidMedicationCode"] == 2 * len(people)
+        assert left["invalidDiagnosis"] == 2 * len(people) and left[
+            "invalidMedicationCode"
+        ] == 2 * len(people)
         assert left["uncodedMedication"] == len(people)
 
 
@@ -237,7 +298,9 @@ async def same_as_the_reference(
         try:
             row = await conn.fetchrow(
                 """SELECT type, started_at, ended_at, diagnoses::text, vitals::text,
-                          medications::text FROM visits WHERE visit_id = $1::uuid""", visit_id)
+                          medications::text FROM visits WHERE visit_id = $1::uuid""",
+                visit_id,
+            )
         finally:
             await conn.close()
         loads = lambda t: None if t is None else orjson.loads(t)  # noqa: E731
@@ -254,15 +317,27 @@ async def test_old_rows_with_values_out_of_their_sets_release_only_what_passes(
     study = await researcher.create_study()
     p = await patient_on_shard(clinician, stack, 1)
     name = p["userName"]
-    odd = await clinician.create_visit(name, startedAt="2026-03-01T10:00:00Z",
-                                       endedAt="2026-03-01T10:02:30Z")
-    plain = await clinician.create_visit(name, startedAt="2025-12-31T23:30:00-02:00", vitals={
-        "heightCm": 168.5, "weightKg": 70, "systolic": 120, "diastolic": 80, "heartRate": 61,
-        "temperatureC": 36.6})
+    odd = await clinician.create_visit(
+        name, startedAt="2026-03-01T10:00:00Z", endedAt="2026-03-01T10:02:30Z"
+    )
+    plain = await clinician.create_visit(
+        name,
+        startedAt="2025-12-31T23:30:00-02:00",
+        vitals={
+            "heightCm": 168.5,
+            "weightKg": 70,
+            "systolic": 120,
+            "diastolic": 80,
+            "heartRate": 61,
+            "temperatureC": 36.6,
+        },
+    )
     conn = await asyncpg.connect(_shard_dsn(stack, name))
     try:
-        await conn.execute("SELECT set_config('medsvc.actor', 'dr.hibbert', false),"
-                           " set_config('medsvc.source', 'e2e/old-rows', false)")
+        await conn.execute(
+            "SELECT set_config('medsvc.actor', 'dr.hibbert', false),"
+            " set_config('medsvc.source', 'e2e/old-rows', false)"
+        )
         await conn.execute(
             """UPDATE visits SET type = 'house call of Jane', vitals = $2::jsonb,
                       diagnoses = $3::jsonb, medications = $4::jsonb WHERE visit_id = $1::uuid""",
@@ -279,22 +354,37 @@ async def test_old_rows_with_values_out_of_their_sets_release_only_what_passes(
         await conn.close()
     await consent(clinician, name, study)
     run, records = await researcher.run(study)
-    await same_as_the_reference(stack, study, records, [(name, odd["visitId"]),
-                                                        (name, plain["visitId"])])
+    await same_as_the_reference(
+        stack, study, records, [(name, odd["visitId"]), (name, plain["visitId"])]
+    )
     k = keys(study)
     got = {r["vid"]: r for r in by_kind(records)["visit"]}
     assert got[k.vid(odd["visitId"])] | {"pid": "", "vid": ""} == {
-        "kind": "visit", "pid": "", "vid": "", "year": 2026, "type": None, "durationMinutes": 3,
+        "kind": "visit",
+        "pid": "",
+        "vid": "",
+        "year": 2026,
+        "type": None,
+        "durationMinutes": 3,
         "diagnoses": [{"system": "SNOMED-CT", "code": "44054006"}],
-        "vitals": {"weightKg": 70.25}, "medications": [{"system": "ATC", "code": "A10BA02"}]}
+        "vitals": {"weightKg": 70.25},
+        "medications": [{"system": "ATC", "code": "A10BA02"}],
+    }
     assert got[k.vid(plain["visitId"])]["year"] == 2026  # the UTC year
     assert run["manifest"]["leftOut"] | {} == {
-        "uncodedMedication": 2, "invalidMedicationCode": 1, "invalidDiagnosis": 3,
-        "invalidVitals": 4, "invalidVisitType": 1, "invalidSex": 0, "invalidCountry": 0,
-        "invalidPostalCode": 0}
+        "uncodedMedication": 2,
+        "invalidMedicationCode": 1,
+        "invalidDiagnosis": 3,
+        "invalidVitals": 4,
+        "invalidVisitType": 1,
+        "invalidSex": 0,
+        "invalidCountry": 0,
+        "invalidPostalCode": 0,
+    }
 
 
 # -- k over what the consumer holds ------------------------------------------------------------
+
 
 def hold(holdings: dict[str, dict], records: list[dict]) -> None:
     """Apply one run's download to the consumer's holdings (pid → participant record)."""
@@ -319,12 +409,16 @@ async def test_every_group_the_consumer_holds_has_k_members_after_every_run(
 
     async def patient(shard: int, born: str, sex: str, postal: str | None, country: str) -> str:
         address = {"country": country} | ({"postalCode": postal} if postal else {})
-        p = await patient_on_shard(clinician, stack, shard, birthDate=born, sex=sex, address=address)
+        p = await patient_on_shard(
+            clinician, stack, shard, birthDate=born, sex=sex, address=address
+        )
         await clinician.create_visit(p["userName"])
         await consent(clinician, p["userName"], study)
         return p["userName"]
 
-    usual = [await patient(i % 2, f"1980-0{i + 1}-01", "female", f"6270{i}", "US") for i in range(4)]
+    usual = [
+        await patient(i % 2, f"1980-0{i + 1}-01", "female", f"6270{i}", "US") for i in range(4)
+    ]
     # Each singled out by one released value: a country, a rare sex, a restricted zip3.
     icelander = await patient(0, "1980-05-05", "female", None, "IS")
     other = await patient(1, "1980-06-06", "other", "62709", "US")
@@ -375,6 +469,7 @@ async def test_every_group_the_consumer_holds_has_k_members_after_every_run(
 
 # -- the manifest --------------------------------------------------------------------------------
 
+
 async def test_the_manifest_describes_the_download_and_every_download_is_the_same(
     clinician: Api, researcher: Researcher, stack
 ) -> None:
@@ -382,13 +477,23 @@ async def test_the_manifest_describes_the_download_and_every_download_is_the_sam
     for shard in (0, 1):
         p = await patient_on_shard(clinician, stack, shard)
         for _ in range(3):
-            await clinician.create_visit(p["userName"], medications=[
-                {"name": "a"}, {"name": "b", "system": "RxNorm", "code": "860975"}])
+            await clinician.create_visit(
+                p["userName"],
+                medications=[{"name": "a"}, {"name": "b", "system": "RxNorm", "code": "860975"}],
+            )
         await consent(clinician, p["userName"], study)
     run, records = await researcher.run(study)
     manifest = run["manifest"]
-    assert set(manifest) == {"policyVersion", "keyVersion", "watermarks", "counts", "leftOut",
-                             "kAnonymity", "recordsSha256", "recordsBytes"}
+    assert set(manifest) == {
+        "policyVersion",
+        "keyVersion",
+        "watermarks",
+        "counts",
+        "leftOut",
+        "kAnonymity",
+        "recordsSha256",
+        "recordsBytes",
+    }
     assert manifest["policyVersion"] == run["policyVersion"]
     assert set(manifest["watermarks"]) == {"0", "1"}
     assert manifest["counts"] == run["counts"] == {"participant": 2, "visit": 6, "withdrawal": 0}

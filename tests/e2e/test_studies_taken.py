@@ -6,7 +6,9 @@ from tests.e2e.api import Api
 from tests.e2e.studies_client import Researcher, consent, patient_on_shard, study_id, withdraw
 
 
-async def test_a_patient_sees_the_studies_they_take_part_in(http, stack, admin_token, token) -> None:
+async def test_a_patient_sees_the_studies_they_take_part_in(
+    http, stack, admin_token, token
+) -> None:
     admin = Api(http, stack.base_url, admin_token)
     clinician = Api(http, stack.base_url, token("dr.hibbert", "clinician"))
     researcher = Researcher(Api(http, stack.base_url, token("rita.research", "researcher")))
