@@ -11,6 +11,7 @@ are about the handlers; the topology, cache and fault tests stay in ``tests/e2e`
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import shutil
 import tempfile
@@ -36,6 +37,36 @@ TEMPLATE = "fe_template"
 _names = itertools.count()
 
 
+async def create_template(pg: PostgresServer, name: str, sets: list[tuple[str, Path]]) -> str:
+    """Create the database ``name`` and apply the migrations of ``sets`` to it, once."""
+    admin = await asyncpg.connect(pg.dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(pg.dsn_for(name))
+    try:
+        await apply_migrations(conn, sets)
+    finally:
+        await conn.close()
+    return name
+
+
+@contextlib.asynccontextmanager
+async def database_from(pg: PostgresServer, template: str, prefix: str) -> AsyncIterator[str]:
+    """The DSN of a fresh copy of ``template`` (a file copy), dropped afterwards."""
+    name = f"{prefix}_{next(_names)}"
+    admin = await asyncpg.connect(pg.dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        try:
+            yield pg.dsn_for(name)
+        finally:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def pg() -> AsyncIterator[PostgresServer]:
     """A PostgreSQL cluster for this session, stopped and removed at the end."""
@@ -47,16 +78,7 @@ async def pg() -> AsyncIterator[PostgresServer]:
     )  # fmt: skip
     try:
         await server.start()
-        conn = await asyncpg.connect(server.dsn)
-        try:
-            await conn.execute(f'CREATE DATABASE "{TEMPLATE}"')
-        finally:
-            await conn.close()
-        conn = await asyncpg.connect(server.dsn_for(TEMPLATE))
-        try:
-            await apply_migrations(conn, migration_sets(["user", "visit"]))
-        finally:
-            await conn.close()
+        await create_template(server, TEMPLATE, migration_sets(["user", "visit"]))
         yield server
     finally:
         await server.stop()
@@ -66,14 +88,8 @@ async def pg() -> AsyncIterator[PostgresServer]:
 @pytest_asyncio.fixture(loop_scope="session")
 async def shard_db(pg: PostgresServer) -> AsyncIterator[str]:
     """The DSN of a fresh, migrated shard database, dropped after the test."""
-    name = f"t_{next(_names)}"
-    admin = await asyncpg.connect(pg.dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
-        yield pg.dsn_for(name)
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with database_from(pg, TEMPLATE, "t") as dsn:
+        yield dsn
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -12,7 +12,6 @@ import hashlib
 import itertools
 from collections.abc import AsyncIterator, Callable
 
-import asyncpg
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -22,10 +21,9 @@ from anonymizer.settings import AnonymizerSettings
 from deploy.localstack.postgres import PostgresServer
 from shared import idempotency
 from shared.auth import make_token
-from shared.dbsetup import migrate
 from shared.shardmap import DEFAULT_BUCKETS, Shard, ShardMap
 from tests.e2e.api import Api
-from tests.inproc.conftest import SECRET
+from tests.inproc.conftest import SECRET, create_template, database_from
 
 TEMPLATE = "anonymizer_template"
 _names = itertools.count()
@@ -34,29 +32,20 @@ _names = itertools.count()
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def registry_template(pg: PostgresServer) -> str:
     """A database holding the migrated study registry, made once per session."""
-    admin = await asyncpg.connect(pg.dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{TEMPLATE}"')
-    finally:
-        await admin.close()
-    await migrate(pg.dsn_for(TEMPLATE), None, "anonymizer", store.MIGRATIONS)
-    await migrate(pg.dsn_for(TEMPLATE), None, *idempotency.migration_set())
-    return TEMPLATE
+    sets = [("anonymizer", store.MIGRATIONS), idempotency.migration_set()]
+    return await create_template(pg, TEMPLATE, sets)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def anonymizer(
     pg: PostgresServer, registry_template: str, shard_db: str
 ) -> AsyncIterator[TestClient]:
-    name = f"registry_{next(_names)}"
-    admin = await asyncpg.connect(pg.dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{registry_template}"')
+    async with database_from(pg, registry_template, "registry") as dsn:
         shard_map = ShardMap(
             buckets=DEFAULT_BUCKETS,
             shards=[Shard(id=0, buckets=[(0, DEFAULT_BUCKETS - 1)], postgres=shard_db)],
         )
-        settings = AnonymizerSettings(anonymizer_dsn=pg.dsn_for(name), jwt_secret=SECRET,
+        settings = AnonymizerSettings(anonymizer_dsn=dsn, jwt_secret=SECRET,
                                       pg_pool_min=1, pg_pool_max=4)  # fmt: skip
         client = TestClient(TestServer(create_app(settings, shard_map, role="api")))
         await client.start_server()
@@ -64,9 +53,6 @@ async def anonymizer(
             yield client
         finally:
             await client.close()
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -10,7 +10,6 @@ import itertools
 import uuid
 from collections.abc import AsyncIterator, Callable
 
-import asyncpg
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -20,9 +19,8 @@ from audit_service.settings import AuditSettings
 from deploy.localstack.postgres import PostgresServer
 from shared import idempotency
 from shared.auth import make_token
-from shared.dbsetup import migrate
 from tests.e2e.api import Api
-from tests.inproc.conftest import SECRET
+from tests.inproc.conftest import SECRET, create_template, database_from
 
 TEMPLATE = "audit_template"
 _names = itertools.count()
@@ -31,34 +29,21 @@ _names = itertools.count()
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def audit_template(pg: PostgresServer) -> str:
     """The name of a database holding the migrated audit schema, made once per session."""
-    admin = await asyncpg.connect(pg.dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{TEMPLATE}"')
-    finally:
-        await admin.close()
-    await migrate(pg.dsn_for(TEMPLATE), None, "audit", store.MIGRATIONS)
-    await migrate(pg.dsn_for(TEMPLATE), None, *idempotency.migration_set())
-    return TEMPLATE
+    sets = [("audit", store.MIGRATIONS), idempotency.migration_set()]
+    return await create_template(pg, TEMPLATE, sets)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def audit(pg: PostgresServer, audit_template: str) -> AsyncIterator[TestClient]:
     """audit_service in process on a fresh copy of the template, dropped after the test."""
-    name = f"audit_{next(_names)}"
-    admin = await asyncpg.connect(pg.dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{audit_template}"')
-        settings = AuditSettings(audit_dsn=pg.dsn_for(name), jwt_secret=SECRET,
-                                 pg_pool_min=1, pg_pool_max=4)  # fmt: skip
+    async with database_from(pg, audit_template, "audit") as dsn:
+        settings = AuditSettings(audit_dsn=dsn, jwt_secret=SECRET, pg_pool_min=1, pg_pool_max=4)
         client = TestClient(TestServer(create_app(settings)))
         await client.start_server()
         try:
             yield client
         finally:
             await client.close()
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
