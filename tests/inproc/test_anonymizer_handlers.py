@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 from collections.abc import AsyncIterator, Callable
 
 import pytest_asyncio
@@ -26,7 +25,6 @@ from tests.e2e.api import Api
 from tests.inproc.conftest import SECRET, create_template, database_from
 
 TEMPLATE = "anonymizer_template"
-_names = itertools.count()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -6,7 +6,6 @@ same ``create_app`` and settings parser as production and served on a real socke
 
 from __future__ import annotations
 
-import itertools
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -23,7 +22,6 @@ from tests.e2e.api import Api
 from tests.inproc.conftest import SECRET, create_template, database_from
 
 TEMPLATE = "audit_template"
-_names = itertools.count()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
