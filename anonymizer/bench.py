@@ -251,34 +251,14 @@ async def streaming_benchmark(
 
 async def _on_a_throwaway_stack(visits: int) -> dict[str, Any]:
     """The extraction benchmark on a fresh local stack (started here, stopped after)."""
-    import shutil
-    import tempfile
-
-    from deploy.localstack import Stack, StackConfig
-    from deploy.localstack.nginx import UNTHROTTLED_BURST, UNTHROTTLED_RATE
+    from deploy.localstack.throwaway import throwaway_stack
     from shared.settings import load
 
-    base = Path(tempfile.mkdtemp(prefix="medsvc-xbench-"))
-    base.chmod(0o755)
-    stack = Stack(
-        StackConfig(
-            base_dir=base,
-            http_port=0,
-            https_port=0,
-            fast=True,  # load from one address
-            rate=UNTHROTTLED_RATE,
-            burst=UNTHROTTLED_BURST,
-        )
-    )
-    try:
-        await stack.start()
+    async with throwaway_stack("medsvc-xbench-", fast=True) as stack:
         settings = load(
             AnonymizerSettings, central_dsn=stack.central_dsn, shard_map=str(stack.shard_map_path)
         )
         return await extraction_benchmark(settings, visits)
-    finally:
-        await stack.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def main() -> None:

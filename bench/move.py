@@ -15,20 +15,16 @@ import argparse
 import asyncio
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
 import orjson
 
-from deploy.localstack import Stack, StackConfig
-from deploy.localstack.nginx import UNTHROTTLED_BURST, UNTHROTTLED_RATE
 from deploy.localstack.stack import REPO_ROOT
+from deploy.localstack.throwaway import throwaway_stack
 
 LO, HI = 0, 127
 _SEED = """
@@ -128,19 +124,7 @@ class Mix:
 
 
 async def main_async(opts: argparse.Namespace) -> dict[str, Any]:
-    base = Path(tempfile.mkdtemp(prefix="medsvc-bench-move-"))
-    base.chmod(0o755)
-    stack = Stack(
-        StackConfig(
-            base_dir=base,
-            http_port=0,
-            https_port=0,  # load from one address
-            rate=UNTHROTTLED_RATE,
-            burst=UNTHROTTLED_BURST,
-        )
-    )
-    try:
-        await stack.start()
+    async with throwaway_stack("medsvc-bench-move-") as stack:
         src = stack.postgres[0].dsn
         # 1/8 of the candidate names land in 128 of 1024 buckets; 4 visits each. A bulk load:
         # replica role, so no audit events (the ownership and bucket triggers still fire).
@@ -200,9 +184,6 @@ async def main_async(opts: argparse.Namespace) -> dict[str, Any]:
             "mixDuringMove": during,
             "mixErrors": mix.errors,
         }
-    finally:
-        await stack.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def main() -> int:

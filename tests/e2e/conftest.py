@@ -8,40 +8,25 @@ and kept, with its path printed, after a failure or when ``MEDSVC_KEEP_E2E=1``.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import aiohttp
 import pytest
 import pytest_asyncio
 
-from deploy.localstack import Stack, StackConfig
-from deploy.localstack.nginx import UNTHROTTLED_BURST, UNTHROTTLED_RATE
+from deploy.localstack import Stack
+from deploy.localstack.throwaway import throwaway_stack
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def stack(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
-    """The running stack; stopped (every process) at the end of the session, even on failure."""
-    # mkdtemp makes the folder 0700; PostgreSQL may run as another user and must get in.
-    base = Path(tempfile.mkdtemp(prefix="medsvc-e2e-"))
-    base.chmod(0o755)
-    # Every test's client is 127.0.0.1, so this stack's nginx does not rate-limit; the
-    # real limit (`make run`'s, production's) is tested on a second nginx (tests/e2e/edge.py).
-    st = Stack(StackConfig(base_dir=base, http_port=0, https_port=0, fast=True,
-                           rate=UNTHROTTLED_RATE, burst=UNTHROTTLED_BURST))
-    try:
-        await st.start()
+    """The running stack; stopped (every process) at the end of the session, even on failure.
+
+    Its folder (data and every process's log) is kept after a failed session."""
+    async with throwaway_stack(
+        "medsvc-e2e-", keep=lambda: request.session.testsfailed > 0, fast=True
+    ) as st:
         yield st
-    finally:
-        await st.stop()
-        keep = request.session.testsfailed or os.environ.get("MEDSVC_KEEP_E2E") == "1"
-        if keep:
-            print(f"\ne2e stack folder kept (logs in {st.logs_dir})")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -12,13 +12,10 @@ import asyncio
 import itertools
 import os
 import random
-import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,9 +24,9 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from deploy.localstack import Stack, StackConfig
-from deploy.localstack.nginx import UNTHROTTLED_BURST, UNTHROTTLED_RATE
+from deploy.localstack import Stack
 from deploy.localstack.stack import REPO_ROOT
+from deploy.localstack.throwaway import throwaway_stack
 from shared.shardmap import bucket_of, load_shard_map
 from tests.e2e.api import Api
 
@@ -38,27 +35,10 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest_asyncio.fixture(scope="module")
 async def grow(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
-    base = Path(tempfile.mkdtemp(prefix="medsvc-grow-"))
-    base.chmod(0o755)
-    st = Stack(
-        StackConfig(
-            base_dir=base,
-            http_port=0,
-            https_port=0,
-            fast=True,  # load from one address
-            rate=UNTHROTTLED_RATE,
-            burst=UNTHROTTLED_BURST,
-        )
-    )
-    try:
-        await st.start()
+    async with throwaway_stack(
+        "medsvc-grow-", keep=lambda: request.session.testsfailed > 0, fast=True
+    ) as st:
         yield st
-    finally:
-        await st.stop()
-        if request.session.testsfailed or os.environ.get("MEDSVC_KEEP_E2E") == "1":
-            print(f"\ngrowth stack folder kept (logs in {st.logs_dir})")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest_asyncio.fixture
