@@ -19,10 +19,14 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel
 
+from shared.entity import reply
 from shared.types import USER_NAME_PATTERN
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# A handler answers with a response, or with a model (or None, for a 204) that the route
+# layer encodes (:func:`register_routes`, shared/entity.py).
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse | BaseModel | None]]
+RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PATH_PARAMS: dict[str, dict[str, Any]] = {
     "userName": {
@@ -142,4 +146,21 @@ def register_routes(
         raise ValueError(f"handlers do not match the contract: {sorted(declared ^ set(handlers))}")
     for op in operations:
         # add_route adds no HEAD for a GET: HEAD is not part of the API.
-        app.router.add_route(op.method, op.path, handlers[op.operation_id])
+        app.router.add_route(op.method, op.path, answering(op, handlers[op.operation_id]))
+
+
+def answering(op: Operation, handler: Handler) -> RouteHandler:
+    """``handler`` as a route: a model it returns is encoded once, with the operation's
+    success status (201 adds the entity's Location); None is that status without a body."""
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        result = await handler(request)
+        if isinstance(result, web.StreamResponse):
+            return result
+        if result is None:
+            return web.Response(status=op.success)
+        return reply(result, op.success)
+
+    route.__name__ = route.__qualname__ = handler.__name__
+    route.__doc__ = handler.__doc__
+    return route

@@ -22,13 +22,13 @@ from shared.appkeys import FE_SETTINGS
 from shared.contract import Handler
 from shared.db import transaction
 from shared.errors import FieldError, NotFound, Unavailable, ValidationFailed
-from shared.httpio import json_response
 from shared.logs import request_id_var
 from shared.service import pool, principal, user_request
 from shared.shard_users import user_role
 from shared.types import USER_NAME_PATTERN
 from shared.writes import begin_write
 from user_service import consent_store
+from user_service.models import Consent, StudiesTaken
 
 log = logging.getLogger("medsvc.consent")
 _STUDY_ID = re.compile(USER_NAME_PATTERN)
@@ -108,7 +108,7 @@ async def _checked(request: web.Request) -> tuple[str, str]:
     return user_name, study_id
 
 
-async def put_consent(request: web.Request) -> web.Response:
+async def put_consent(request: web.Request) -> Consent:
     """The patient takes part in the study (idempotent): 200 with the consent."""
     user_name, study_id = await _checked(request)
     caller = principal(request)
@@ -121,10 +121,10 @@ async def put_consent(request: web.Request) -> web.Response:
                 errors=[FieldError("userName", "only patients take part in studies")]
             )
         row = await consent_store.give_consent(conn, user_name, study_id)
-    return json_response(consent_store.row_to_consent(row))
+    return Consent.from_row(row)
 
 
-async def delete_consent(request: web.Request) -> web.Response:
+async def delete_consent(request: web.Request) -> None:
     """The patient withdraws (idempotent): 204."""
     user_name, study_id = await _checked(request)
     caller = principal(request)
@@ -133,16 +133,15 @@ async def delete_consent(request: web.Request) -> web.Response:
         role = await user_role(conn, user_name, lock=True)
         policy.may_change_consent(caller, user_name, role)
         await consent_store.withdraw_consent(conn, user_name, study_id)
-    return web.Response(status=204)
 
 
-async def list_consents(request: web.Request) -> web.Response:
+async def list_consents(request: web.Request) -> StudiesTaken:
     """The studies the patient takes part in: 200 with the consents in force."""
     caller, user_name = await user_request(request)
     async with pool(request).acquire() as conn:
         policy.may_read_consents(caller, user_name, await user_role(conn, user_name))
         items = await consent_store.consents_in_force(conn, user_name)
-    return json_response({"items": items, "nextCursor": None})
+    return StudiesTaken.model_construct(items=items, nextCursor=None)
 
 
 # The handler of each consent operation of user_service/contract.py, by operation id.

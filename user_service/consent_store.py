@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncpg
 
 from shared.db import maps_db_errors
+from user_service.models import Consent, StudyTaken
 
 # Driver errors leave every function of this module translated (shared/db.py).
 _mapped = maps_db_errors("the shard database")
 
-_COLUMNS = "user_name, study_id, consented_at, withdrawn_at, updated_at, version"
-
-
-def row_to_consent(row: asyncpg.Record) -> dict[str, Any]:
-    """A study_consents row as the API's JSON object."""
-    return {
-        "userName": row["user_name"],
-        "studyId": row["study_id"],
-        "status": "consented" if row["withdrawn_at"] is None else "withdrawn",
-        "consentedAt": row["consented_at"],
-        "withdrawnAt": row["withdrawn_at"],
-        "version": row["version"],
-    }
+# The columns of a Consent, in its order: Consent.from_row reads them.
+_COLUMNS = Consent.select_list()
 
 
 @_mapped
@@ -62,12 +50,12 @@ async def withdraw_consent(conn: asyncpg.Connection, user_name: str, study_id: s
 
 
 @_mapped
-async def consents_in_force(conn: asyncpg.Connection, user_name: str) -> list[dict[str, Any]]:
-    """The studies the user takes part in now, in studyId order, as the API lists them."""
+async def consents_in_force(conn: asyncpg.Connection, user_name: str) -> list[StudyTaken]:
+    """The studies the user takes part in now, in studyId order."""
     # consents_in_force: the user's consents not withdrawn.
     rows = await conn.fetch(
-        """SELECT study_id, consented_at FROM study_consents
-           WHERE user_name = $1 AND withdrawn_at IS NULL ORDER BY study_id""",
+        f"""SELECT {StudyTaken.select_list()} FROM study_consents
+            WHERE user_name = $1 AND withdrawn_at IS NULL ORDER BY study_id""",
         user_name,
     )
-    return [{"studyId": r["study_id"], "consentedAt": r["consented_at"]} for r in rows]
+    return [StudyTaken.from_row(r) for r in rows]

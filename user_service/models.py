@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -16,6 +17,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from shared.codes import US_POSTAL_CODE_SCHEMA, us_zip3
+from shared.entity import Entity
 from shared.types import UserName, no_nul
 
 Role = Literal["admin", "clinician", "patient", "researcher", "auditor"]
@@ -34,12 +36,6 @@ Phone = Annotated[
 Country = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
 
 EARLIEST_BIRTH = dt.date(1900, 1, 1)
-
-# Fields a client may send; the server sets createdAt, updatedAt and version.
-MUTABLE_FIELDS = frozenset(
-    {"givenName", "familyName", "birthDate", "sex", "email", "phone", "address"}
-)
-IMMUTABLE_FIELDS = frozenset({"userName", "role", "createdAt", "updatedAt", "version"})
 
 _STRICT = ConfigDict(extra="forbid", strict=True, populate_by_name=False)
 
@@ -114,12 +110,25 @@ class UserPatch(BaseModel):
     address: Address | None = Field(default=None, description="merged into the stored address")
 
 
-class User(UserIn):
+# The one JSON shape of a user (shared/entity.py): its columns are its fields in snake_case,
+# and the audit trigger's audit_user_api (user_service/migrations) builds the same object, which
+# tests/inproc/test_entities.py keeps so.
+class User(UserIn, Entity):
     """A user as the API returns it."""
+
+    VERSIONED = True
 
     createdAt: dt.datetime
     updatedAt: dt.datetime
     version: int
+
+    def location(self) -> str:
+        return f"/v1/users/{self.userName}"
+
+
+# What a merge patch may change (UserPatch's fields), and what it may not (the rest of User).
+MUTABLE_FIELDS = frozenset(UserPatch.model_fields)
+IMMUTABLE_FIELDS = frozenset(User.model_fields) - MUTABLE_FIELDS
 
 
 class UserPage(BaseModel):
@@ -129,8 +138,11 @@ class UserPage(BaseModel):
     nextCursor: str | None
 
 
-class Consent(BaseModel):
+class Consent(Entity):
     """A patient's consent to take part in a study, as ``PUT .../studies/{studyId}`` returns it."""
+
+    # No column: a consent is withdrawn when it has a withdrawn_at.
+    DERIVED = frozenset({"status"})
 
     userName: UserName
     studyId: UserName
@@ -139,8 +151,12 @@ class Consent(BaseModel):
     withdrawnAt: dt.datetime | None
     version: int
 
+    @classmethod
+    def derive(cls, row: Mapping[str, Any]) -> dict[str, Any]:
+        return {"status": "consented" if row["withdrawn_at"] is None else "withdrawn"}
 
-class StudyTaken(BaseModel):
+
+class StudyTaken(Entity):
     """A study the patient takes part in (a consent in force)."""
 
     studyId: UserName

@@ -12,13 +12,13 @@ from shared.cache import pack_entry, unpack_entry
 from shared.cachekeys import USER_FIELD, user_group
 from shared.contract import Handler
 from shared.db import transaction
+from shared.entity import encode, reply
 from shared.errors import BadRequest, FieldError, NotFound, ValidationFailed
 from shared.httpio import (
     decode_cursor,
     encode_cursor,
     etag,
     if_match_version,
-    json_response,
     limit_param,
     merge_patch,
     read_json_object,
@@ -26,26 +26,7 @@ from shared.httpio import (
 from shared.service import cache, pool, principal, require_owned, user_request
 from shared.writes import begin_write
 from user_service import store
-from user_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, UserIn
-
-
-def user_response(row: Any, status: int = 200) -> web.Response:
-    user = store.row_to_user(row)
-    headers = {"ETag": etag(user["version"])}
-    if status == 201:
-        headers["Location"] = f"/v1/users/{user['userName']}"
-    return json_response(user, status=status, headers=headers)
-
-
-def _client_state(user: dict[str, Any]) -> dict[str, Any]:
-    """The stored user as a client would send it (no server fields, no nulls)."""
-    state = {
-        k: v
-        for k, v in user.items()
-        if v is not None and k not in ("createdAt", "updatedAt", "version")
-    }
-    state["birthDate"] = user["birthDate"].isoformat()
-    return state
+from user_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, User, UserIn, UserPage
 
 
 async def create_user(request: web.Request) -> web.Response:
@@ -60,7 +41,8 @@ async def create_user(request: web.Request) -> web.Response:
             return replay
         await begin_write(conn, request, caller, "user_service")
         row = await store.insert_user(conn, user)
-        response = user_response(row, status=201)
+        # Encoded here, inside the transaction: the key keeps these very bytes.
+        response = reply(User.from_row(row), status=201)
         await idempotency.record(conn, key, response)
     return response
 
@@ -73,11 +55,7 @@ async def get_user(request: web.Request) -> web.Response:
         row = await store.get_user(db, user_name)
         if row is None:
             return None
-        return pack_entry(
-            row["role"],
-            row["version"],
-            orjson.dumps(store.row_to_user(row), option=orjson.OPT_UTC_Z),
-        )
+        return pack_entry(row["role"], row["version"], encode(User.from_row(row)))
 
     entry = await cache(request).get("user", user_group(user_name), USER_FIELD, load)
     if entry is None:
@@ -100,7 +78,7 @@ def _check_patch_fields(body: dict[str, Any]) -> None:
         raise ValidationFailed(errors=errors)
 
 
-async def patch_user(request: web.Request) -> web.Response:
+async def patch_user(request: web.Request) -> User:
     caller, user_name = await user_request(request)
     body = await read_json_object(request)
     _check_patch_fields(body)
@@ -111,14 +89,14 @@ async def patch_user(request: web.Request) -> web.Response:
             await begin_write(conn, request, caller, "user_service")
             current = await store.lock_user(conn, user_name)
             policy.may_update_user(caller, user_name, current["role"], set(body))
-            merged = merge_patch(_client_state(store.row_to_user(current)), body)
-            user = UserIn.model_validate_json(orjson.dumps(merged))
+            state = User.from_row(current).client_state(UserIn)
+            user = UserIn.model_validate_json(orjson.dumps(merge_patch(state, body)))
             row = await store.update_user(conn, user, expected, current["version"])
             fence.check()
-    return user_response(row)
+    return User.from_row(row)
 
 
-async def search_users(request: web.Request) -> web.Response:
+async def search_users(request: web.Request) -> UserPage:
     """This shard's page of a search; the gateway merges the shards' pages."""
     caller = principal(request)
     policy.may_search_users(caller)
@@ -135,12 +113,12 @@ async def search_users(request: web.Request) -> web.Response:
     rows = await store.search_users(
         pool(request), prefix, after, limit + 1, patients_only=not caller.has("admin")
     )
-    items = [store.row_to_user(r) for r in rows[:limit]]
+    items = [User.from_row(r) for r in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         last = items[-1]
-        next_cursor = encode_cursor([last["familyName"], last["givenName"], last["userName"]])
-    return json_response({"items": items, "nextCursor": next_cursor})
+        next_cursor = encode_cursor([last.familyName, last.givenName, last.userName])
+    return UserPage.model_construct(items=items, nextCursor=next_cursor)
 
 
 # The handler of each operation of user_service/contract.py, by operation id.

@@ -8,33 +8,13 @@ import asyncpg
 
 from shared.db import maps_db_errors
 from shared.errors import Conflict, NotFound, PreconditionFailed
-from user_service.models import UserIn
+from user_service.models import User, UserIn
 
 # Driver errors leave every function of this module translated (shared/db.py).
 _mapped = maps_db_errors("the shard database")
 
-_COLUMNS = (
-    "user_name, role, given_name, family_name, birth_date, sex, email, phone, address,"
-    " created_at, updated_at, version"
-)
-
-
-def row_to_user(row: asyncpg.Record) -> dict[str, Any]:
-    """A users row as the API's camelCase JSON object."""
-    return {
-        "userName": row["user_name"],
-        "role": row["role"],
-        "givenName": row["given_name"],
-        "familyName": row["family_name"],
-        "birthDate": row["birth_date"],
-        "sex": row["sex"],
-        "email": row["email"],
-        "phone": row["phone"],
-        "address": row["address"],
-        "createdAt": row["created_at"],
-        "updatedAt": row["updated_at"],
-        "version": row["version"],
-    }
+# The columns of a User, in its order (its fields in snake_case): User.from_row reads them.
+_COLUMNS = User.select_list()
 
 
 def _address(user: UserIn) -> dict[str, Any] | None:

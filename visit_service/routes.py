@@ -16,13 +16,13 @@ from shared.cache import pack_entry, unpack_entry
 from shared.cachekeys import VISIT_LIST_PARAMS, visit_field, visit_list_field, visits_group
 from shared.contract import Handler, register_routes
 from shared.db import transaction
+from shared.entity import encode, reply
 from shared.errors import BadRequest, FieldError, Forbidden, Misdirected, NotFound, ValidationFailed
 from shared.httpio import (
     decode_instant_cursor,
     encode_instant_cursor,
     etag,
     if_match_version,
-    json_response,
     limit_param,
     merge_patch,
     parse_instant,
@@ -33,19 +33,14 @@ from shared.shard_users import user_role
 from shared.writes import begin_write, write_tags
 from visit_service import store
 from visit_service.contract import OPERATIONS
-from visit_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, REQUIRED_FIELDS, VisitIn
-
-
-def _encode(data: Any) -> bytes:
-    return orjson.dumps(data, option=orjson.OPT_UTC_Z)
-
-
-def visit_response(row: Any, status: int = 200) -> web.Response:
-    visit = store.row_to_visit(row)
-    headers = {"ETag": etag(visit["version"])}
-    if status == 201:
-        headers["Location"] = f"/v1/users/{visit['userName']}/visits/{visit['visitId']}"
-    return json_response(visit, status=status, headers=headers)
+from visit_service.models import (
+    IMMUTABLE_FIELDS,
+    MUTABLE_FIELDS,
+    REQUIRED_FIELDS,
+    Visit,
+    VisitIn,
+    VisitPage,
+)
 
 
 def _visit_id(request: web.Request) -> uuid.UUID:
@@ -64,13 +59,6 @@ def _timestamp(query: Any, name: str) -> dt.datetime | None:
         return parse_instant(raw)
     except ValueError as exc:
         raise BadRequest(f"{name} must be an RFC 3339 timestamp with a UTC offset") from exc
-
-
-def _client_state(visit: dict[str, Any]) -> dict[str, Any]:
-    """The stored visit as a client would send it (JSON-ready, no server fields, no nulls)."""
-    keep = {k: v for k, v in visit.items() if v is not None and k in MUTABLE_FIELDS}
-    state: dict[str, Any] = orjson.loads(orjson.dumps(keep, option=orjson.OPT_UTC_Z))
-    return state
 
 
 def _may_record_for_patients(caller: Principal) -> bool:
@@ -128,7 +116,8 @@ async def create_visit(request: web.Request) -> web.Response:
                 raise ValidationFailed(
                     errors=[FieldError("userName", "visits are recorded for patients only")]
                 )
-            response = visit_response(row, status=201)
+            # Encoded here, inside the transaction: the key keeps these very bytes.
+            response = reply(Visit.from_row(row), status=201)
             await idempotency.record(conn, key, response)
             fence.check()
     return response
@@ -144,7 +133,7 @@ async def get_visit(request: web.Request) -> web.Response:
         row = await store.get_visit(db, user_name, visit_id)
         if row is None:
             return pack_entry(role, None, b"")
-        return pack_entry(role, row["version"], _encode(store.row_to_visit(row)))
+        return pack_entry(role, row["version"], encode(Visit.from_row(row)))
 
     entry = await cache(request).get(
         "visit", visits_group(user_name), visit_field(str(visit_id)), load
@@ -177,12 +166,13 @@ async def list_visits(request: web.Request) -> web.Response:
     async def load() -> bytes:
         role = await user_role(db, user_name)
         rows = await store.visits_page(db, user_name, since, until, after, limit + 1)
-        items = [store.row_to_visit(r) for r in rows[:limit]]
+        items = [Visit.from_row(r) for r in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
-            last = rows[limit - 1]
-            next_cursor = encode_instant_cursor(last["started_at"], last["visit_id"])
-        return pack_entry(role, None, _encode({"items": items, "nextCursor": next_cursor}))
+            last = items[-1]
+            next_cursor = encode_instant_cursor(last.startedAt, last.visitId)
+        page = VisitPage.model_construct(items=items, nextCursor=next_cursor)
+        return pack_entry(role, None, encode(page))
 
     page_key = visit_list_field(request.query)
     assert page_key is not None  # the query's names were checked above
@@ -193,7 +183,7 @@ async def list_visits(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
-async def patch_visit(request: web.Request) -> web.Response:
+async def patch_visit(request: web.Request) -> Visit:
     caller, user_name = await user_request(request)
     visit_id = _visit_id(request)
     body = await read_json_object(request)
@@ -216,11 +206,11 @@ async def patch_visit(request: web.Request) -> web.Response:
             role = await user_role(conn, user_name)
             policy.may_write_visits(caller, role)
             current = await store.lock_visit(conn, user_name, visit_id)
-            merged = merge_patch(_client_state(store.row_to_visit(current)), body)
-            visit = VisitIn.model_validate_json(orjson.dumps(merged))
+            state = Visit.from_row(current).client_state(VisitIn)
+            visit = VisitIn.model_validate_json(orjson.dumps(merge_patch(state, body)))
             row = await store.update_visit(conn, visit_id, visit, expected, current["version"])
             fence.check()
-    return visit_response(row)
+    return Visit.from_row(row)
 
 
 # The handler of each operation of visit_service/contract.py, by operation id.

@@ -10,35 +10,13 @@ import asyncpg
 
 from shared.db import maps_db_errors
 from shared.errors import NotFound, PreconditionFailed
-from visit_service.models import VisitIn
+from visit_service.models import Visit, VisitIn
 
 # Driver errors leave every function of this module translated (shared/db.py).
 _mapped = maps_db_errors("the shard database")
 
-_COLUMNS = (
-    "visit_id, user_name, clinician, type, started_at, ended_at, reason, diagnoses, vitals,"
-    " medications, notes, created_at, updated_at, version"
-)
-
-
-def row_to_visit(row: asyncpg.Record) -> dict[str, Any]:
-    """A visits row as the API's camelCase JSON object."""
-    return {
-        "visitId": str(row["visit_id"]),
-        "userName": row["user_name"],
-        "clinician": row["clinician"],
-        "type": row["type"],
-        "startedAt": row["started_at"],
-        "endedAt": row["ended_at"],
-        "reason": row["reason"],
-        "diagnoses": row["diagnoses"],
-        "vitals": row["vitals"],
-        "medications": row["medications"],
-        "notes": row["notes"],
-        "createdAt": row["created_at"],
-        "updatedAt": row["updated_at"],
-        "version": row["version"],
-    }
+# The columns of a Visit, in its order (its fields in snake_case): Visit.from_row reads them.
+_COLUMNS = Visit.select_list()
 
 
 def _values(visit: VisitIn) -> tuple[Any, ...]:

@@ -19,6 +19,8 @@ from shared.settings import FESettings
 from shared.shardmap import DEFAULT_BUCKETS, Shard, ShardMap
 from tests.e2e.api import Api
 from tests.inproc.conftest import SECRET
+from tests.inproc.test_entities import shaped
+from user_service.models import Consent
 
 STUDIES = {"asthma-2026", "diabetes-2026"}
 
@@ -124,3 +126,20 @@ async def test_who_may_list_a_patients_studies(caller: Callable[[str, str], Api]
 async def test_the_studies_of_no_one_are_404(caller: Callable[[str, str], Api]) -> None:
     reply = await caller("admin", "admin").call("GET", "/v1/users/nobody.here/studies")
     assert reply.status == 404 and reply.problem
+
+
+async def test_a_consents_audit_event_shows_it_as_the_api_does(
+    caller: Callable[[str, str], Api], shard_db: str
+) -> None:
+    admin = caller("admin", "admin")
+    name = (await admin.create_patient())["userName"]
+    me = caller(name, "patient")
+    given = await me.call("PUT", f"/v1/users/{name}/studies/asthma-2026")
+    assert given.status == 200, given.body
+    assert list(given.body) == list(Consent.model_fields)
+    assert (await me.call("DELETE", f"/v1/users/{name}/studies/asthma-2026")).status == 204
+    again = await me.call("PUT", f"/v1/users/{name}/studies/asthma-2026")
+    assert again.body["status"] == "consented" and again.body["version"] == 3
+    events = await shaped(shard_db, "study_consent")
+    assert [events[0], events[2]] == [given.body, again.body]
+    assert (events[1]["status"], events[1]["version"]) == ("withdrawn", 2)

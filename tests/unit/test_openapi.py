@@ -30,10 +30,10 @@ from fe_server.app import create_app as create_fe
 from gateway.api import ApiTable, api_table
 from gateway.app import create_app as create_gateway
 from gateway.routes import not_found
+from shared.entity import encode
 from shared.httpio import json_response
 from shared.settings import FESettings, GatewaySettings
 from shared.shardmap import Shard, ShardMap, even_ranges
-from user_service import consent_store
 from user_service.models import Consent, UserIn
 from visit_service.models import VisitIn
 
@@ -269,7 +269,7 @@ def test_what_the_studies_api_and_consents_answer_are_the_documented_models() ->
     Study.model_validate(orjson.loads(json_response(body).body))
     consent = {"user_name": "alice.smith", "study_id": "diabetes-2026", "consented_at": now,
                "withdrawn_at": None, "version": 1}  # fmt: skip
-    Consent.model_validate(orjson.loads(json_response(consent_store.row_to_consent(consent)).body))
+    Consent.model_validate(orjson.loads(encode(Consent.from_row(consent))))
 
 
 def test_consents_are_deleted_with_no_content(document: dict) -> None:

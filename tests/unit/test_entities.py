@@ -1,0 +1,138 @@
+"""The wire form of each entity, pinned byte for byte: the encoder of shared/entity.py writes
+what the hand-built dicts before it wrote (cached bytes and stored Idempotency-Key answers
+made by older processes are served as they are, so the form must not drift)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import asyncpg.pgproto.pgproto as pgproto
+import orjson
+
+from shared.entity import column_of, encode, reply
+from user_service.models import (
+    IMMUTABLE_FIELDS as USER_IMMUTABLE,
+)
+from user_service.models import (
+    Consent,
+    StudiesTaken,
+    StudyTaken,
+    User,
+    UserIn,
+    UserPage,
+)
+from visit_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, Visit, VisitIn, VisitPage
+
+AT = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
+LATER = dt.datetime(2026, 11, 21, 10, 30, 0, 250_000, tzinfo=dt.UTC)
+USER_ROW = {
+    "user_name": "alice.smith", "role": "patient", "given_name": "Alice",
+    "family_name": "Smith", "birth_date": dt.date(1980, 4, 2), "sex": "female", "email": None,
+    "phone": "+1-555-0100",
+    # jsonb comes back in PostgreSQL's key order (shorter keys first): kept as it is.
+    "address": {"city": "Springfield", "country": "US", "postalCode": "62701"},
+    "created_at": AT, "updated_at": LATER, "version": 2,
+}  # fmt: skip
+USER_JSON = (
+    b'{"userName":"alice.smith","role":"patient","givenName":"Alice","familyName":"Smith",'
+    b'"birthDate":"1980-04-02","sex":"female","email":null,"phone":"+1-555-0100",'
+    b'"address":{"city":"Springfield","country":"US","postalCode":"62701"},'
+    b'"createdAt":"2026-11-20T09:00:00Z","updatedAt":"2026-11-21T10:30:00.250000Z","version":2}'
+)
+VISIT_ID = "9b2e7c4e-51b7-4c1e-9a7e-2f0d6a1c3b5d"
+VISIT_ROW = {
+    # asyncpg's own UUID class, as the driver returns a uuid column.
+    "visit_id": pgproto.UUID(VISIT_ID), "user_name": "alice.smith", "clinician": "dr.jones",
+    "type": "outpatient", "started_at": AT, "ended_at": None, "reason": None,
+    "diagnoses": [{"code": "E11.9", "system": "ICD-10"}], "vitals": {"heartRate": 70},
+    "medications": [], "notes": "n", "created_at": AT, "updated_at": AT, "version": 1,
+}  # fmt: skip
+VISIT_JSON = (
+    b'{"visitId":"' + VISIT_ID.encode() + b'","userName":"alice.smith","clinician":"dr.jones",'
+    b'"type":"outpatient","startedAt":"2026-11-20T09:00:00Z","endedAt":null,"reason":null,'
+    b'"diagnoses":[{"code":"E11.9","system":"ICD-10"}],"vitals":{"heartRate":70},'
+    b'"medications":[],"notes":"n","createdAt":"2026-11-20T09:00:00Z",'
+    b'"updatedAt":"2026-11-20T09:00:00Z","version":1}'
+)
+
+
+def test_a_user_row_encodes_to_the_pinned_bytes() -> None:
+    assert encode(User.from_row(USER_ROW)) == USER_JSON
+    page = UserPage.model_construct(items=[User.from_row(USER_ROW)], nextCursor="abc")
+    assert encode(page) == b'{"items":[' + USER_JSON + b'],"nextCursor":"abc"}'
+
+
+def test_a_visit_row_encodes_to_the_pinned_bytes() -> None:
+    assert encode(Visit.from_row(VISIT_ROW)) == VISIT_JSON
+    page = VisitPage.model_construct(items=[Visit.from_row(VISIT_ROW)], nextCursor=None)
+    assert encode(page) == b'{"items":[' + VISIT_JSON + b'],"nextCursor":null}'
+
+
+def test_consents_encode_with_their_derived_status() -> None:
+    row = {"user_name": "alice.smith", "study_id": "asthma-2026", "consented_at": AT,
+           "withdrawn_at": None, "version": 1}  # fmt: skip
+    assert encode(Consent.from_row(row)) == (
+        b'{"userName":"alice.smith","studyId":"asthma-2026","status":"consented",'
+        b'"consentedAt":"2026-11-20T09:00:00Z","withdrawnAt":null,"version":1}'
+    )
+    gone = Consent.from_row(row | {"withdrawn_at": LATER, "version": 2})
+    assert orjson.loads(encode(gone))["status"] == "withdrawn"
+    taken = StudiesTaken.model_construct(
+        items=[StudyTaken.from_row({"study_id": "asthma-2026", "consented_at": AT})],
+        nextCursor=None,
+    )
+    assert encode(taken) == (
+        b'{"items":[{"studyId":"asthma-2026","consentedAt":"2026-11-20T09:00:00Z"}],'
+        b'"nextCursor":null}'
+    )
+
+
+def test_from_row_builds_what_model_construct_builds() -> None:
+    # from_row skips model_construct's loop; the model must be the same (pydantic upgrades).
+    values = {f: USER_ROW[column_of(f)] for f in User.model_fields}
+    built = User.from_row(USER_ROW)
+    assert built == User.model_construct(**values)
+    assert built.model_fields_set == set(User.model_fields)
+    assert built.userName == "alice.smith" and built.model_extra is None
+
+
+def test_the_select_list_is_the_fields_in_snake_case() -> None:
+    assert User.select_list() == (
+        "user_name, role, given_name, family_name, birth_date, sex, email, phone, address,"
+        " created_at, updated_at, version"
+    )
+    assert Consent.select_list() == "user_name, study_id, consented_at, withdrawn_at, version"
+
+
+def test_a_reply_carries_the_etag_and_for_a_creation_the_location() -> None:
+    visit = Visit.from_row(VISIT_ROW)
+    created = reply(visit, 201)
+    assert (created.status, created.body) == (201, VISIT_JSON)
+    assert created.headers["ETag"] == '"1"'
+    assert created.headers["Location"] == f"/v1/users/alice.smith/visits/{VISIT_ID}"
+    assert created.content_type == "application/json"
+    assert "Location" not in reply(visit).headers
+    assert "ETag" not in reply(StudyTaken.from_row({"study_id": "s", "consented_at": AT})).headers
+
+
+def test_the_patch_field_lists_come_from_the_models() -> None:
+    assert USER_IMMUTABLE == {"userName", "role", "createdAt", "updatedAt", "version"}
+    assert IMMUTABLE_FIELDS == {"visitId", "userName", "createdAt", "updatedAt", "version"}
+    assert MUTABLE_FIELDS == {"clinician", "type", "startedAt", "endedAt", "reason", "diagnoses",
+                              "vitals", "medications", "notes"}  # fmt: skip
+
+
+def test_the_client_state_is_what_a_client_would_send() -> None:
+    state = User.from_row(USER_ROW).client_state(UserIn)
+    assert state == {
+        "userName": "alice.smith", "role": "patient", "givenName": "Alice",
+        "familyName": "Smith", "birthDate": "1980-04-02", "sex": "female",
+        "phone": "+1-555-0100",
+        "address": {"city": "Springfield", "country": "US", "postalCode": "62701"},
+    }  # fmt: skip
+    UserIn.model_validate_json(orjson.dumps(state))
+    visit_state = Visit.from_row(VISIT_ROW).client_state(VisitIn)
+    assert visit_state["startedAt"] == "2026-11-20T09:00:00Z" and "visitId" not in visit_state
+    VisitIn.model_validate_json(orjson.dumps(visit_state))
+    assert uuid.UUID(orjson.loads(VISIT_JSON)["visitId"]) == VISIT_ROW["visit_id"]
