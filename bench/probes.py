@@ -274,7 +274,7 @@ def default_probes() -> list[Probe]:
         PromDelta("gateway", "gateway",
                   mean_ms("medsvc_http_request_duration_seconds", "gateway mean ms"),
                   mean_ms("medsvc_gateway_upstream_duration_seconds", "gateway→FE mean ms")),
-        # The audit trail under writes (shared/outbox.py, audit_service): how fast events reach
+        # The audit trail under writes (fe_server/outbox.py, audit_service): how fast events reach
         # the audit store, how long they wait, how far the outbox falls behind.
         PromDelta("relay", "fe",
                   per_second("medsvc_audit_outbox_shipped_total", "audit events shipped/s"),

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from fe_server import outbox
+from fe_server.outbox import RelayConfig, relay_context
 from shared.admission import Limiter, admission_middleware
 from shared.appkeys import CACHE, FE_SETTINGS, PG_POOL, SHARD_ID, SHARD_MAP, VERIFIER
 from shared.auth import TokenVerifier
@@ -22,7 +24,6 @@ from shared.httpio import MAX_BODY
 from shared.idempotency import migration_set as idempotency_migration_set
 from shared.migrate import apply_migrations
 from shared.ops import setup_ops
-from shared.outbox import RelayConfig, outbox_migration_sets, relay_context
 from shared.ownership import seed_ownership
 from shared.problems import error_middleware, observe_middleware
 from shared.settings import FESettings, redis_credentials
@@ -46,7 +47,9 @@ def hosted_service(name: str) -> HostedService:
 
 
 def migration_sets(names: list[str]) -> list[tuple[str, Path]]:
-    """The migration folders for ``names`` and what they require, dependencies first."""
+    """The migration folders of the shard database: the audit outbox (which the services' audit
+    triggers write to), then ``names`` and what they require, dependencies first, then the
+    answers kept for Idempotency-Key retries."""
     ordered: list[HostedService] = []
 
     def visit(name: str) -> None:
@@ -58,11 +61,8 @@ def migration_sets(names: list[str]) -> list[tuple[str, Path]]:
 
     for name in names:
         visit(name)
-    # Then the audit outbox and the audit triggers of these services' tables, and the
-    # answers kept for Idempotency-Key retries.
-    return [(svc.name, svc.migrations) for svc in ordered] + outbox_migration_sets(
-        [svc.name for svc in ordered]
-    ) + [idempotency_migration_set()]
+    services = [(svc.name, svc.migrations) for svc in ordered]
+    return [outbox.MIGRATIONS, *services, idempotency_migration_set()]
 
 
 def create_app(settings: FESettings, shard_map: ShardMap) -> web.Application:

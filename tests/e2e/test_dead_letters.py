@@ -88,7 +88,7 @@ async def test_a_refused_event_is_dead_lettered_the_trail_flows_on_and_a_replay_
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "shared.dead_letters",
+            "fe_server.dead_letters",
             "replay",
             "--shard",
             "0",

@@ -569,7 +569,7 @@ METRIC_MODULES = (
     "shared.metrics",
     "shared.cache",
     "shared.db",
-    "shared.outbox",
+    "fe_server.outbox",
     "shared.admission",
     "gateway.metrics",
     "gateway.retrybudget",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
+from fe_server.audit_client import AuditRejected
 from gateway.proxy import retry_safe
-from shared.audit_client import AuditRejected
 from shared.idempotency import IdempotencyKey
 
 

@@ -1,6 +1,7 @@
+-- formerly: audit_outbox.user/001_users_audit
 -- Every insert and update of a user adds its audit event to the outbox, in the same
 -- transaction (audit_capture). audit_user_api shapes a captured row as the API shows a user
--- (user_service/store.py row_to_user) when the relay ships it.
+-- (user_service/models.py User) when the relay ships it.
 CREATE FUNCTION audit_user_api(r jsonb) RETURNS jsonb LANGUAGE sql STABLE AS $$
     SELECT CASE WHEN r IS NOT NULL THEN jsonb_build_object(
         'userName', r -> 'user_name', 'role', r -> 'role', 'givenName', r -> 'given_name',

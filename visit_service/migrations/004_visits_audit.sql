@@ -1,6 +1,7 @@
+-- formerly: audit_outbox.visit/001_visits_audit
 -- Every insert and update of a visit adds its audit event to the outbox, in the same
 -- transaction (audit_capture); entityId is "{userName}/{visitId}". audit_visit_api shapes a
--- captured row as the API shows a visit (visit_service/store.py row_to_visit) when the relay
+-- captured row as the API shows a visit (visit_service/models.py Visit) when the relay
 -- ships it.
 CREATE FUNCTION audit_visit_api(r jsonb) RETURNS jsonb LANGUAGE sql STABLE AS $$
     SELECT CASE WHEN r IS NOT NULL THEN jsonb_build_object(

@@ -1,9 +1,10 @@
 """The audit outbox of a shard and its relay to audit_service.
 
-Writes. Database triggers (``shared/outbox_migrations``) add one ``audit_outbox`` row per
-insert or update of a user or a visit, in the writing transaction, with the actor, source and
-request id that :func:`shared.writes.begin_write` put in transaction-local settings. A change
-and its event commit together or not at all.
+Writes. Database triggers (in each audited service's migrations; the outbox itself is in
+``fe_server/migrations``) add one ``audit_outbox`` row per insert or update of a user or a
+visit, in the writing transaction, with the actor, source and request id that
+:func:`shared.writes.begin_write` put in transaction-local settings. A change and its event
+commit together or not at all.
 
 Relay. Every FE server runs :class:`OutboxRelay`, but only one per shard ships at a time: the
 one holding a session-level advisory lock on a dedicated connection. The others retry the lock
@@ -26,7 +27,7 @@ exponentially (0.1 s doubling to 5 s) and the events wait in the outbox.
 Dead letters. A batch audit_service refuses for good (a 4xx that is not about credentials
 or load) is retried ``REFUSALS_BEFORE_SPLIT`` times, then shipped in halves, recursively,
 until each refused event stands alone; those are moved to the shard's dead-letter table
-(:mod:`shared.dead_letters`), counted, alerted on, and replayed by an operator's command. The
+(:mod:`fe_server.dead_letters`), counted, alerted on, and replayed by an operator's command. The
 rest ships. The relay skips the later events of an entity with a dead letter, so that the
 entity's events still enter the chain in commit order.
 """
@@ -46,14 +47,15 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
-from shared import dead_letters
-from shared.audit_client import AuditClient, AuditError, AuditRejected
+from fe_server import dead_letters
+from fe_server.audit_client import AuditClient, AuditError, AuditRejected
 from shared.db import mask_dsn
 from shared.tasks import background
 
 log = logging.getLogger("medsvc.outbox")
 
-MIGRATIONS = Path(__file__).parent / "outbox_migrations"
+# The outbox and its dead letters: the FE server's own schema on a shard, under this component.
+MIGRATIONS = ("audit_outbox", Path(__file__).parent / "migrations")
 # pg_try_advisory_lock key of the relay election ('medsrely'); one lock per shard database.
 RELAY_LOCK_KEY = 0x6D65647372656C79
 
@@ -121,15 +123,6 @@ SELECT count(*) AS n,
        coalesce(extract(epoch FROM clock_timestamp() - min(occurred_at)), 0)::float8 AS age,
        (SELECT count(*) FROM audit_dead_letters) AS dead
 FROM audit_outbox"""
-
-
-def outbox_migration_sets(services: list[str]) -> list[tuple[str, Path]]:
-    """The outbox table, then the audit triggers of each of ``services`` that has one."""
-    sets = [("audit_outbox", MIGRATIONS / "outbox")]
-    for name in services:
-        if (MIGRATIONS / name).is_dir():
-            sets.append((f"audit_outbox.{name}", MIGRATIONS / name))
-    return sets
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
+-- formerly: audit_outbox.user/002_study_consents_audit
 -- Study consents are audited like users: every consent given, renewed or withdrawn adds its
 -- event to the outbox in the same transaction (audit_capture; user_service/consent_routes.py
 -- writes through shared.writes.begin_write). entityId is "{userName}/{studyId}";
 -- audit_study_consent_api shapes a captured row as the API shows a consent
--- (user_service/consent_store.py row_to_consent).
+-- (user_service/models.py Consent).
 CREATE FUNCTION audit_study_consent_api(r jsonb) RETURNS jsonb LANGUAGE sql STABLE AS $$
     SELECT CASE WHEN r IS NOT NULL THEN jsonb_build_object(
         'userName', r -> 'user_name', 'studyId', r -> 'study_id',

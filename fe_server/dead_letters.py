@@ -1,6 +1,6 @@
 """Audit events audit_service refused for good: kept, counted, and replayed on an operator's word.
 
-The relay (:mod:`shared.outbox`) moves an event here when audit_service keeps refusing it
+The relay (:mod:`fe_server.outbox`) moves an event here when audit_service keeps refusing it
 (a 4xx other than the transient ones, after retries and after the batch was split down to
 that one event), and then moves on: one bad event no longer blocks its shard's audit trail.
 Nothing is dropped: the row keeps everything the outbox row had, plus audit_service's reason.
@@ -10,11 +10,11 @@ entity has a dead letter, the relay skips its later events: they wait in the out
 show in its backlog and age) rather than enter the chain ahead of it. Other entities' events
 flow on. A dead letter keeps its outbox id, so a replay puts it back ahead of them.
 
-Replay. ``python -m shared.dead_letters replay --shard N`` (after fixing the cause) marks the
+Replay. ``python -m fe_server.dead_letters replay --shard N`` (after fixing the cause) marks the
 shard's dead letters for replay and waits for the relay to take them: the shipping relay
 puts them back into the outbox itself, between two batches, so that no event of the same
 entity can slip past them. An event still refused comes back here after its retries.
-``python -m shared.dead_letters list --shard N`` shows what is held and why (ids, entity
+``python -m fe_server.dead_letters list --shard N`` shows what is held and why (ids, entity
 types and reasons only: no event bodies, which carry PHI).
 """
 
@@ -128,7 +128,7 @@ async def _main(command: str, shard_id: int, wait: float) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m shared.dead_letters",
+        prog="python -m fe_server.dead_letters",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

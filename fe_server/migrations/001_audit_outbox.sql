@@ -1,6 +1,6 @@
 -- The audit outbox of one shard. Each audited write adds its event here in its own
 -- transaction (so an event exists exactly when its change committed); the relay in the FE
--- servers (shared/outbox.py) ships the rows to audit_service and deletes what was stored.
+-- servers (fe_server/outbox.py) ships the rows to audit_service and deletes what was stored.
 --
 -- The write path pays for as little as possible: the capture trigger stores the raw rows
 -- (to_jsonb of OLD and NEW). Shaping them as the API shows the entity, and working out which

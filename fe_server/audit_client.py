@@ -1,6 +1,6 @@
 """A client of audit_service's internal ingest endpoint, balancing over its processes.
 
-The outbox relay (:mod:`shared.outbox`) is its user: one batch of events per call, failing
+The outbox relay (:mod:`fe_server.outbox`) is its user: one batch of events per call, failing
 over to the next audit_service process when one cannot be reached or answers 5xx. The
 caller authenticates with a short-lived admin token signed with the shared JWT secret.
 """

@@ -1,4 +1,4 @@
--- Audit events audit_service refused for good (shared/outbox.py, shared/dead_letters.py).
+-- Audit events audit_service refused for good (fe_server/outbox.py, fe_server/dead_letters.py).
 -- A refused event is moved here from the outbox, with the reason, after its retries; the
 -- relay then skips the later events of the same entity (they wait in the outbox), so that the
 -- entity's events still enter the chain in commit order once the cause is fixed and it is
