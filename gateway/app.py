@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway.central import CENTRAL, central_clusters
-from gateway.fastpath import CACHES
+from gateway.appkeys import CACHES, CENTRAL, CLUSTERS, MOVE_HOLD, ROUTING
+from gateway.central import central_clusters
 from gateway.routes import plain_path_middleware, setup_routes
-from gateway.routing import MOVE_HOLD, ROUTING, Routing
-from gateway.state import CLUSTERS, SHARD_MAP, VERIFIER
+from gateway.routing import Routing
 from shared.admission import OPERATIONS_PATHS, Limiter, admission_middleware
+from shared.appkeys import SHARD_MAP, VERIFIER
 from shared.auth import TokenVerifier
 from shared.httpio import MAX_BODY
 from shared.ops import setup_ops

@@ -10,13 +10,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.api import api_table
+from gateway.appkeys import CENTRAL
 from gateway.balancer import Cluster, Member, SessionFactory
 from gateway.proxy import forward
-from gateway.state import VERIFIER
 from shared import policy
+from shared.appkeys import VERIFIER
 from shared.errors import Unavailable
 
-CENTRAL = web.AppKey("central_clusters", dict)
 # The shard label central clusters carry in the gateway's per-shard metrics.
 CENTRAL_SHARD_LABEL = -1
 # Who may use the audit API at all: whoever audit_service's contract lets call one of its

@@ -14,6 +14,7 @@ import orjson
 import swagger_ui_bundle
 from aiohttp import web
 
+from gateway.appkeys import DOCUMENT
 from shared.errors import NotFound
 
 DOCUMENT_PATH = "/v1/openapi.json"
@@ -21,7 +22,6 @@ DOCUMENT_PATH = "/v1/openapi.json"
 # serves it as it is and so imports no service.
 DOCUMENT_FILE = Path(__file__).with_name("openapi.json")
 ASSETS_PREFIX = "/docs/assets"
-DOCUMENT = web.AppKey("openapi_document", bytes)
 
 # The files of the Swagger UI distribution the page uses, and their media types.
 _ASSETS = {

@@ -15,14 +15,13 @@ import uuid
 
 from aiohttp import web
 
+from gateway.appkeys import CACHES
 from shared import policy
 from shared.auth import Principal
 from shared.cache import ReadCache, unpack_entry
 from shared.cachekeys import USER_FIELD, user_group, visit_field, visit_list_field, visits_group
 from shared.errors import NotFound
 from shared.httpio import etag
-
-CACHES = web.AppKey("caches", dict)
 
 
 def _lookup(user_name: str, tail: str, query) -> tuple[str, str, str] | None:  # type: ignore[no-untyped-def]

@@ -9,14 +9,16 @@ import orjson
 from aiohttp import web
 
 from gateway.api import api_table
+from gateway.appkeys import CLUSTERS, MOVE_HOLD, ROUTING
 from gateway.central import audit
 from gateway.docs import only, setup_docs
 from gateway.fastpath import cached_response
 from gateway.proxy import Upstream, forward
-from gateway.routing import MOVE_HOLD, ROUTING, Routing
-from gateway.state import CLUSTERS, VERIFIER, cluster_for
+from gateway.routing import Routing
+from gateway.state import cluster_for
 from gateway.studies import studies
 from shared import policy
+from shared.appkeys import VERIFIER
 from shared.auth import Principal
 from shared.errors import NotFound, Unavailable
 from shared.httpio import encode_cursor, json_response, limit_param

@@ -11,17 +11,11 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
-from aiohttp import web
-
 from gateway.balancer import Cluster, Member, SessionFactory
 from shared.cache import ReadCache
 from shared.shardmap import MapWatcher, ShardMap
 
 log = logging.getLogger("medsvc.gateway")
-
-ROUTING = web.AppKey("routing", object)
-# Seconds a request refused with 421 (its bucket moved, or is moving) is held and retried.
-MOVE_HOLD = web.AppKey("move_hold", float)
 
 
 class Routing:

@@ -1,17 +1,12 @@
-"""What the gateway keeps: the shard map, the token verifier, a cluster per shard and service."""
+"""A cluster per shard and service: what the gateway sends a shard's requests to."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.appkeys import CLUSTERS
 from gateway.balancer import Cluster
-from shared.auth import TokenVerifier
 from shared.errors import Unavailable
-from shared.shardmap import ShardMap
-
-SHARD_MAP = web.AppKey("shard_map", ShardMap)
-VERIFIER = web.AppKey("verifier", TokenVerifier)
-CLUSTERS = web.AppKey("clusters", dict)
 
 
 def cluster_for(app: web.Application, shard_id: int, service: str) -> Cluster:

@@ -16,11 +16,11 @@ import aiohttp
 from aiohttp import web
 
 from gateway.api import api_table
+from gateway.appkeys import CENTRAL
 from gateway.balancer import Cluster
-from gateway.central import CENTRAL
 from gateway.proxy import forward
-from gateway.state import VERIFIER
 from shared import policy
+from shared.appkeys import VERIFIER
 from shared.errors import Unavailable
 from shared.logs import request_id_var
 

@@ -16,3 +16,5 @@ SHARD_MAP = web.AppKey("shard_map", ShardMap)
 SHARD_ID = web.AppKey("shard_id", int)
 CACHE = web.AppKey("cache", ReadCache)
 FE_SETTINGS = web.AppKey("fe_settings", FESettings)
+# The readiness checks of GET /readyz (shared/ops.py), each an async function of the app.
+READINESS = web.AppKey("readiness_checks", list)

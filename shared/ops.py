@@ -6,11 +6,11 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from shared.appkeys import READINESS
 from shared.metrics import metrics_handler
 from shared.problems import problem
 
 ReadinessCheck = Callable[[web.Application], Awaitable[None]]
-READINESS = web.AppKey("readiness_checks", list)
 
 
 async def healthz(request: web.Request) -> web.Response:

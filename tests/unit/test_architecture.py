@@ -60,3 +60,49 @@ def test_the_check_sees_a_forbidden_import(tmp_path: Path) -> None:
 
 def test_the_served_openapi_document_is_the_generated_one() -> None:
     assert is_current(), f"{DOCUMENT_FILE.name} is stale: run `python -m apidoc`"
+
+
+# Where each package declares its aiohttp app keys: one module per package.
+APPKEY_MODULES = {
+    "shared": "shared/appkeys.py",
+    "gateway": "gateway/appkeys.py",
+    "user_service": "user_service/consent_routes.py",
+    "audit_service": "audit_service/routes.py",
+    "anonymizer": "anonymizer/routes.py",
+}
+CODE_PACKAGES = (*ABOVE_SHARED, "shared")
+
+
+def app_keys(path: Path) -> list[str]:
+    """The names of the ``web.AppKey(...)`` objects ``path`` declares."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name == "AppKey" and node.args and isinstance(node.args[0], ast.Constant):
+                found.append(str(node.args[0].value))
+    return found
+
+
+def declared_app_keys() -> dict[str, list[str]]:
+    """Module path -> the app key names it declares, for every module that declares one."""
+    return {
+        str(path.relative_to(ROOT)): keys
+        for package in CODE_PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if (keys := app_keys(path))
+    }
+
+
+def test_app_keys_are_declared_in_one_module_per_package_with_unique_names() -> None:
+    declared = declared_app_keys()
+    assert set(declared) == set(APPKEY_MODULES.values())
+    names = [name for keys in declared.values() for name in keys]
+    assert sorted(names) == sorted(set(names)), "two app keys share a name"
+
+
+def test_the_app_key_check_sees_a_stray_key(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text('from aiohttp import web\nK = web.AppKey("k", int)\nJ = AppKey("j")\n')
+    assert app_keys(module) == ["k", "j"]
