@@ -42,10 +42,12 @@ def _batch(start: int) -> bytes:
         user = f"bench.patient.{i % 10_000}"
         visit = {"visitId": str(uuid.UUID(int=i)), "userName": user, "clinician": "dr.bench",
                  "startedAt": "2026-11-01T09:00:00Z", "endedAt": None, "reason": "check-up",
-                 "diagnosis": f"code {i % 97}", "notes": "follow-up in two weeks", "version": 2}  # fmt: skip
+                 "diagnosis": f"code {i % 97}", "notes": "follow-up in two weeks",
+                 "version": 2}  # fmt: skip
         events.append({
-            "eventId": str(uuid.uuid4()), "entityType": "visit", "entityId": f"{user}/{visit['visitId']}",
-            "action": "update", "actor": "dr.bench", "occurredAt": (at + dt.timedelta(seconds=i)).isoformat(),
+            "eventId": str(uuid.uuid4()), "entityType": "visit",
+            "entityId": f"{user}/{visit['visitId']}", "action": "update", "actor": "dr.bench",
+            "occurredAt": (at + dt.timedelta(seconds=i)).isoformat(),
             "source": "visit_service/shard-0", "requestId": None, "changes": ["diagnosis"],
             "before": {**visit, "diagnosis": None, "version": 1}, "after": visit,
         })  # fmt: skip
@@ -131,12 +133,14 @@ async def audit_log(ctx: BenchContext) -> list[Row | Measurement]:
         ingest,
         Measurement("audit checkpoints signed during ingest", signed, "checkpoints",
                     f"in {ingest_seconds:.1f} s"),  # fmt: skip
-        Measurement("audit inclusion proof, median latency (one HTTP call, direct)", proof_ms[0], "ms",
+        Measurement("audit inclusion proof, median latency (one HTTP call, direct)",
+                    proof_ms[0], "ms",
                     f"{PROOFS} proofs of random events in a tree of {checked:,}"),
-        Measurement("audit consistency proof, median latency (one HTTP call, direct)", proof_ms[1], "ms",
-                    f"{PROOFS} proofs between random sizes"),
+        Measurement("audit consistency proof, median latency (one HTTP call, direct)",
+                    proof_ms[1], "ms", f"{PROOFS} proofs between random sizes"),
         Measurement("audit verify (GET /v1/audit/verify) per 100,000 events",
-                    verify_seconds * 100_000 / checked, "s", f"{checked:,} events in {verify_seconds:.1f} s"),
+                    verify_seconds * 100_000 / checked, "s",
+                    f"{checked:,} events in {verify_seconds:.1f} s"),
         Measurement("audit verify (offline tool, --dsn) per 100,000 events",
                     offline_seconds * 100_000 / offline_verdict.checked, "s",
                     f"{offline_verdict.checked:,} events in {offline_seconds:.1f} s"),

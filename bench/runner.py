@@ -498,8 +498,9 @@ def _meta(opts: Options, stack: Stack) -> dict[str, object]:
         "machine": f"{os.cpu_count()} cores ({cpu}), {mem_gb:.0f} GiB, Linux {platform.release()}",
         "load": f"wrk {load.threads} thread(s), {load.connections} connections, "
         f"{load.duration:g} s per run after a {opts.warmup:g} s warm-up",
-        "stack": f"{opts.shards} shards × {opts.fe_per_shard} FE servers, {opts.gateways} gateways, "
-        f"nginx ({opts.nginx_workers} worker), PostgreSQL durable (fsync on), Redis per shard",
+        "stack": f"{opts.shards} shards × {opts.fe_per_shard} FE servers, {opts.gateways} "
+        f"gateways, nginx ({opts.nginx_workers} worker), PostgreSQL durable (fsync on), "
+        "Redis per shard",
         "data": f"{opts.users} users, {opts.visits} visits (seed {opts.seed})",
         "versions": {
             "python": platform.python_version(),

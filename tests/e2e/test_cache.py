@@ -268,7 +268,7 @@ async def test_cached_entries_are_served_only_to_those_allowed(
 async def test_a_patient_cannot_grow_their_cache_group_without_bound(
     admin: Api, stack, http, token
 ) -> None:
-    """Distinct ``since=`` values each make a list page; the group keeps at most a bounded number."""
+    """Distinct ``since=`` values each make a list page; the group keeps a bounded number."""
     user = await patient_on_shard(admin, stack, 0)
     name = user["userName"]
     visit = await admin.create_visit(name, startedAt="2026-03-01T08:00:00Z")

@@ -64,7 +64,8 @@ async def test_a_refused_event_is_dead_lettered_the_trail_flows_on_and_a_replay_
         bad = await plant(conn, note, "not a valid action")  # audit_service answers 422
         later = await plant(conn, note, "update")  # valid, but must not overtake the bad one
 
-        # The bad event is dead-lettered, with audit_service's reason; its entity's later event waits.
+        # The bad event is dead-lettered, with audit_service's reason; its entity's later event
+        # waits.
         reason = await until(
             lambda: conn.fetchval("SELECT reason FROM audit_dead_letters WHERE id = $1", bad)
         )

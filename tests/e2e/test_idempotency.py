@@ -203,7 +203,8 @@ async def lost_connections(http, stack) -> float:
     """Connections the gateways lost to shard 0's FE servers after sending a request."""
     total = 0.0
     pattern = re.compile(
-        r'^medsvc_gateway_upstream_requests_total\{(?=[^}]*outcome="lost")(?=[^}]*shard="0")[^}]*\} (\S+)$',
+        r'^medsvc_gateway_upstream_requests_total\{'
+        r'(?=[^}]*outcome="lost")(?=[^}]*shard="0")[^}]*\} (\S+)$',
         re.M,
     )
     for gw in stack.gateways:

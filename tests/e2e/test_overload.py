@@ -2,9 +2,10 @@
 
 1,000 connections for 5 s (wrk, the 90/10 read/write mix of ``make bench``) against a stack
 that lets 96 requests in flight through nginx and whose gateways admit 72 each
-(nginx.conf.j2, shared/admission.py): many times what the machine serves. The burst must leave no 502 or 504, every answer that is not a 2xx a 503
-with Retry-After (a shed) or a 429 (the rate limit), no listen queue overflowing (the
-kernel's counter), and the stack serving normally within a second after the burst.
+(nginx.conf.j2, shared/admission.py): many times what the machine serves. The burst must
+leave no 502 or 504, every answer that is not a 2xx a 503 with Retry-After (a shed) or a 429
+(the rate limit), no listen queue overflowing (the kernel's counter), and the stack serving
+normally within a second after the burst.
 
 nginx's rate limit is raised for the burst (and put back after): wrk sends from one address,
 and the point is overload, not rate limiting. The kernel's listen-overflow counter is

@@ -58,8 +58,10 @@ def visit_body(i: int, n: int) -> dict:
         "clinician": "dr.hibbert",
         "diagnoses": [{"system": "ICD-10", "code": "E11.9", "display": "Diabetes of Quackenbush"}],
         "vitals": {"heartRate": 70 + n, "systolic": 120},
-        "medications": [{"name": "metformin", "dose": "500 mg", "frequency": "twice daily"},
-                        {"name": "Zebediah's tablets", "dose": "1", "system": "RxNorm", "code": "860975"}],
+        "medications": [
+            {"name": "metformin", "dose": "500 mg", "frequency": "twice daily"},
+            {"name": "Zebediah's tablets", "dose": "1", "system": "RxNorm", "code": "860975"},
+        ],
         "notes": f"secret note {i}-{n}: lives with cat Mr Whiskers",
     }  # fmt: skip
 

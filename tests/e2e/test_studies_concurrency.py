@@ -106,7 +106,8 @@ async def test_every_concurrent_change_is_extracted_exactly_once(
                     await conn.execute(
                         """UPDATE visits SET version = version + 1, updated_at = now(),
                                   medications = jsonb_build_array(jsonb_build_object(
-                                      'name', 'm' || $2::text, 'system', 'RxNorm', 'code', $2::text))
+                                      'name', 'm' || $2::text, 'system', 'RxNorm',
+                                      'code', $2::text))
                            WHERE visit_id = $1""",
                         uuid.UUID(visit_id),
                         str(n),
@@ -165,8 +166,10 @@ async def test_a_transaction_open_across_a_run_is_in_the_next_run(
             " set_config('medsvc.source', 'e2e/slow-writer', true)"
         )
         await conn.execute(
-            """UPDATE visits SET medications = '[{"name": "slow", "system": "RxNorm", "code": "314076"}]', version = version + 1,
-                      updated_at = now() WHERE visit_id = $1""",
+            """UPDATE visits
+               SET medications = '[{"name": "slow", "system": "RxNorm", "code": "314076"}]',
+                   version = version + 1, updated_at = now()
+               WHERE visit_id = $1""",
             uuid.UUID(visit["visitId"]),
         )
         new_id = uuid.uuid4()

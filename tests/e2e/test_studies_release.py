@@ -170,7 +170,9 @@ def person(draw: st.DrawFn) -> dict[str, str]:
         "given": draw(disguised(given)), "family": draw(disguised(family)),
         # The email's "@" and the phone's digits must stay ASCII (the API's forms for them);
         # the same values typed into free text may use any digits.
-        "email": draw(disguised(f"{given}.{family}@{city}-mail.example", ("plain", "upper", "cyrillic"))),
+        "email": draw(
+            disguised(f"{given}.{family}@{city}-mail.example", ("plain", "upper", "cyrillic"))
+        ),
         "phone": f"+1-555-{draw(st.integers(100, 999))}-{draw(st.integers(1000, 9999))}",
         "typedPhone": f"+1-555-{draw(digits(3))}-{draw(digits(4))}",
         "line": draw(disguised(f"{draw(st.integers(1, 9999))} {street} street")),
@@ -244,12 +246,15 @@ async def test_planted_identifiers_appear_nowhere_in_any_normalisation(
                     vid,
                     orjson.dumps([{"system": "ICD-10", "code": f"Z99 {who['family']}"},
                                   {"system": who["given"], "code": "E11.9"}]).decode(),
-                    orjson.dumps([{"name": "x", "system": "RxNorm", "code": _fullwidth(who["phone"][-4:])},
-                                  {"name": "x", "system": "ATC", "code": who["given"]}]).decode(),
+                    orjson.dumps([
+                        {"name": "x", "system": "RxNorm", "code": _fullwidth(who["phone"][-4:])},
+                        {"name": "x", "system": "ATC", "code": who["given"]},
+                    ]).decode(),
                 )  # fmt: skip
                 if not abroad:
                     await conn.execute(
-                        """UPDATE users SET address = address || jsonb_build_object('postalCode', $2::text)
+                        """UPDATE users
+                           SET address = address || jsonb_build_object('postalCode', $2::text)
                            WHERE user_name = $1""",
                         name, f"０３６{who['phone'][-2:]}",
                     )  # fmt: skip
