@@ -12,6 +12,11 @@ from shared.types import INTEGRAL, UserName, no_nul
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
+# The form of a schedule: five fields of cron characters (digits, names, * / , - ? L W #)
+# separated by spaces or tabs. That each field is in range is croniter's to say (check_cron).
+CRON_FIELD = r"[0-9A-Za-z*/,?#-]+"
+CRON_PATTERN = rf"^[ \t]*{CRON_FIELD}([ \t]+{CRON_FIELD}){{4}}[ \t]*$"
+
 
 def check_cron(value: str) -> str:
     """A standard five-field cron expression (minute hour day month weekday), else ValueError."""
@@ -28,8 +33,12 @@ class StudyIn(BaseModel):
 
     studyId: UserName
     title: Annotated[str, no_nul(200, 1)]
-    schedule: Annotated[str, no_nul(100)] | None = Field(
-        default=None, description="cron expression (UTC); none: manual runs only"
+    schedule: Annotated[str, StringConstraints(max_length=100, pattern=CRON_PATTERN)] | None = (
+        Field(
+            default=None,
+            description="A five-field cron expression (minute hour day month weekday, UTC), "
+            "e.g. `*/15 * * * *`; none: manual runs only.",
+        )
     )
     k: Annotated[int, Field(ge=2, le=1000), INTEGRAL] | None = Field(
         default=None,

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from apidoc.operations import OPERATIONS, PATH_PARAMS, QUERY, Operation
+from shared.httpio import IF_MATCH_PATTERN
 
 OPENAPI_VERSION = "3.1.0"
 PROBLEM_JSON = "application/problem+json"
@@ -132,8 +133,9 @@ IF_MATCH = {
     "in": "header",
     "required": False,
     "description": 'Update only if the current version is this one (`"<version>"`, the `ETag`); '
-    "else 412 and nothing changes.",
-    "schema": {"type": "string"},
+    "else 412 and nothing changes. `*` matches any version. Any other form (a list of tags, a "
+    "tag without its quotes) is malformed: 400.",
+    "schema": {"type": "string", "pattern": IF_MATCH_PATTERN},
 }
 
 

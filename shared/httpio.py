@@ -60,20 +60,26 @@ def etag(version: int) -> str:
     return f'"{version}"'
 
 
+# The forms of If-Match the server takes: "*", or one entity tag as the server issues them
+# ("<version>", ASCII digits; W/ is tolerated). The document states it (apidoc/openapi.py).
+IF_MATCH_PATTERN = r'^(\*|(W/)?"[0-9]{1,9}")$'
+_IF_MATCH = re.compile(IF_MATCH_PATTERN)
+
+
 def if_match_version(request: web.Request) -> int | None:
     """The version an ``If-Match`` header asks for; None when absent or ``*``.
 
-    A value that names no version (not ``"N"``) can never match, so it yields -1 (→ 412).
+    Any other form is malformed input, 400 (API.md keeps 412 for a version mismatch): a list
+    of tags, a tag without its quotes, digits that are not ASCII ("²") or too many of them.
     """
     raw = request.headers.get("If-Match")
-    if raw is None or raw.strip() == "*":
+    if raw is None:
         return None
-    value = raw.strip()
-    if value.startswith("W/"):
-        value = value[2:]
-    value = value.strip('"')
-    # isdigit() alone admits non-ASCII digits such as "²", which int() refuses.
-    return int(value) if value.isascii() and value.isdigit() and len(value) < 10 else -1
+    # [0-9] is ASCII only (\d would admit "²", which int() refuses).
+    if (found := _IF_MATCH.fullmatch(raw.strip(" \t"))) is None:
+        raise BadRequest('If-Match must be * or one entity tag "<version>" (the ETag)')
+    tag = found[1]
+    return None if tag == "*" else int(tag.removeprefix("W/").strip('"'))
 
 
 def limit_param(query: MultiMapping[str], default: int = 50, maximum: int = 200) -> int:

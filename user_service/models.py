@@ -36,6 +36,12 @@ Phone = Annotated[
 Country = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
 
 EARLIEST_BIRTH = dt.date(1900, 1, 1)
+# The birthDate range as far as a schema can state it: the year 1900 or later ("not in the
+# future" moves every day; the validator checks it).
+BIRTH_DATE = Field(
+    description="Not before 1900-01-01 and not in the future (today in UTC).",
+    json_schema_extra={"pattern": r"^(19[0-9]{2}|[2-9][0-9]{3})-[0-9]{2}-[0-9]{2}$"},
+)
 
 _STRICT = ConfigDict(extra="forbid", strict=True, populate_by_name=False)
 
@@ -77,7 +83,7 @@ class UserIn(BaseModel):
     role: Role
     givenName: Annotated[str, no_nul(100, 1)]
     familyName: Annotated[str, no_nul(100, 1)]
-    birthDate: dt.date
+    birthDate: Annotated[dt.date, BIRTH_DATE]
     sex: Sex = "unknown"
     email: Email | None = None
     phone: Phone | None = None
@@ -103,7 +109,7 @@ class UserPatch(BaseModel):
 
     givenName: Annotated[str, no_nul(100, 1)] | SkipJsonSchema[None] = None
     familyName: Annotated[str, no_nul(100, 1)] | SkipJsonSchema[None] = None
-    birthDate: dt.date | SkipJsonSchema[None] = None
+    birthDate: Annotated[dt.date, BIRTH_DATE] | SkipJsonSchema[None] = None
     sex: Sex | None = None
     email: Email | None = None
     phone: Phone | None = None

@@ -2,11 +2,12 @@
 
 The OpenAPI document says everything JSON Schema can say; a few rules of the API it cannot:
 
-- ranges of dates relative to today or to another field (``birthDate`` not before 1900 nor in
-  the future; a visit not before 1900, ``endedAt`` not before ``startedAt``; an audit event's
+- ranges of dates relative to today or to another field (``birthDate`` not in the future; a
+  visit not before 1900, ``endedAt`` not before ``startedAt``; an audit event's
   ``occurredAt`` representable in UTC);
-- a study's ``schedule`` is a cron expression; an audit event's free-form ``before``/``after``
-  hold no integer beyond 64 bits (the canonical form of the hash chain cannot encode one);
+- each field of a study's ``schedule`` in range (the document states its five-field form);
+  an audit event's free-form ``before``/``after`` hold no integer beyond 64 bits (the
+  canonical form of the hash chain cannot encode one);
 - values only the server issues (a page ``cursor``), and uniqueness (a new ``userName`` or
   ``studyId``);
 - refusals that depend on stored state: a visit or a study consent only for a user whose role

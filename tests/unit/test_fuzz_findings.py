@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import orjson
 import pytest
@@ -15,6 +16,7 @@ from audit_service.routes import after_seq
 from shared.cachekeys import visit_list_field
 from shared.errors import BadRequest
 from shared.httpio import (
+    IF_MATCH_PATTERN,
     decode_cursor,
     decode_instant_cursor,
     encode_cursor,
@@ -22,7 +24,7 @@ from shared.httpio import (
     limit_param,
     parse_instant,
 )
-from user_service.models import Email, UserPatch
+from user_service.models import Email, UserIn, UserPatch
 from visit_service.models import VisitIn, VisitPatch, Vitals
 
 
@@ -33,12 +35,23 @@ def test_a_limit_that_is_not_1_to_200_in_ascii_digits_is_400_not_500(raw: str) -
 
 
 @pytest.mark.parametrize(
-    ("header", "version"), [('"²"', -1), ('"7"', 7), ('W/"3"', 3), ("*", None)]
+    ("header", "version"), [('"7"', 7), ('W/"3"', 3), (' "12" ', 12), ("*", None)]
 )
-def test_an_if_match_of_non_ascii_digits_never_matches(header: str, version: int | None) -> None:
+def test_an_if_match_names_a_version_or_any(header: str, version: int | None) -> None:
     assert (
         if_match_version(make_mocked_request("PATCH", "/", headers={"If-Match": header})) == version
     )
+
+
+@pytest.mark.parametrize(
+    "header", ['"²"', "7", '"7', '"1", "2"', '"1234567890"', '""', "W/7", "**", '"-1"']
+)
+def test_a_malformed_if_match_is_400_not_a_mismatch(header: str) -> None:
+    # API.md keeps 412 for a version mismatch; a header in no form the document states is bad
+    # input (schemathesis' negative_data_rejection holds the server to it).
+    assert not re.fullmatch(IF_MATCH_PATTERN, header.strip())
+    with pytest.raises(BadRequest):
+        if_match_version(make_mocked_request("PATCH", "/", headers={"If-Match": header}))
 
 
 def test_a_cursor_holding_a_nul_is_400_before_it_reaches_postgresql() -> None:
@@ -145,3 +158,41 @@ def test_no_two_visit_list_queries_share_a_cached_page() -> None:
     assert None not in fields and len(set(fields)) == len(fields)
     assert visit_list_field(MultiDict([("limit", "1"), ("limit", "2")])) is None
     assert visit_list_field(MultiDict(colour="red")) is None
+
+
+def _study(schedule: str) -> StudyIn:
+    return StudyIn.model_validate_json(
+        orjson.dumps({"studyId": "diabetes-2026", "title": "t", "schedule": schedule})
+    )
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    ["0 0 1 1", "0\u20030 1 1 *", "0 0 1 1 *\x00", "@hourly", "0 0 1 1 * *", "é * * * *"],
+)
+def test_a_schedule_out_of_the_documented_form_is_refused(schedule: str) -> None:
+    pattern = StudyIn.model_json_schema()["properties"]["schedule"]["anyOf"][0]["pattern"]
+    assert not re.fullmatch(pattern, schedule)
+    with pytest.raises(ValidationError):
+        _study(schedule)
+
+
+@pytest.mark.parametrize("schedule", ["*/15 * * * *", " 0  0 1 1 *\t", "0 0 * JAN MON-FRI"])
+def test_a_schedule_of_the_documented_form_that_croniter_takes_is_accepted(schedule: str) -> None:
+    pattern = StudyIn.model_json_schema()["properties"]["schedule"]["anyOf"][0]["pattern"]
+    assert re.fullmatch(pattern, schedule)
+    assert _study(schedule).schedule == " ".join(schedule.split())
+
+
+def test_the_documented_birth_date_range_is_the_servers() -> None:
+    schema = UserPatch.model_json_schema()["properties"]["birthDate"]
+    for day, documented in (("1899-12-31", False), ("1900-01-01", True), ("0999-05-05", False)):
+        assert bool(re.fullmatch(schema["pattern"], day)) is documented
+        patch = {"givenName": "A", "familyName": "B", "role": "patient", "userName": "abc",
+                 "birthDate": day}  # fmt: skip
+        try:
+            UserIn.model_validate_json(orjson.dumps(patch))
+        except ValidationError:
+            assert not documented
+        else:
+            assert documented
