@@ -103,7 +103,9 @@ class Entity(BaseModel):
         """The entity as a client would send it to ``into`` (JSON values, no nulls): what a
         merge patch applies to."""
         keep = {k: v for k, v in self.__dict__.items() if v is not None and k in into.model_fields}
-        state: dict[str, Any] = orjson.loads(orjson.dumps(keep, option=orjson.OPT_UTC_Z))
+        state: dict[str, Any] = orjson.loads(
+            orjson.dumps(keep, default=_fields_of, option=orjson.OPT_UTC_Z)
+        )
         return state
 
 
