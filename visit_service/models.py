@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -175,7 +174,7 @@ class VisitPatch(BaseModel):
 class VisitKey(BaseModel):
     """What names a visit: its patient and its server-generated id."""
 
-    visitId: uuid.UUID
+    visitId: Annotated[str, Field(json_schema_extra={"format": "uuid"})]
     userName: UserName
 
 
@@ -187,6 +186,7 @@ class Visit(VisitIn, VisitKey, Entity):
     """A visit as the API returns it."""
 
     VERSIONED = True
+    AS_TEXT = frozenset({"visitId"})
 
     createdAt: dt.datetime
     updatedAt: dt.datetime

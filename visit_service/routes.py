@@ -169,8 +169,8 @@ async def list_visits(request: web.Request) -> web.Response:
         items = [Visit.from_row(r) for r in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
-            last = items[-1]
-            next_cursor = encode_instant_cursor(last.startedAt, last.visitId)
+            last = rows[limit - 1]
+            next_cursor = encode_instant_cursor(last["started_at"], last["visit_id"])
         page = VisitPage.model_construct(items=items, nextCursor=next_cursor)
         return pack_entry(role, None, encode(page))
 
