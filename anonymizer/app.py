@@ -22,6 +22,7 @@ from anonymizer.scheduler import run_forever
 from anonymizer.settings import AnonymizerSettings
 from anonymizer.shards import ShardPools
 from shared import idempotency
+from shared.admission import Limiter, admission_middleware
 from shared.appkeys import VERIFIER
 from shared.auth import TokenVerifier
 from shared.db import pool_scope
@@ -85,7 +86,8 @@ def create_app(
     settings: AnonymizerSettings, shard_map: ShardMap, *, role: str = "api"
 ) -> web.Application:
     """The studies API (``role="api"``) or the scheduler (``role="scheduler"``)."""
-    app = web.Application(middlewares=[observe_middleware, error_middleware])
+    admission = admission_middleware(Limiter({"request": settings.max_in_flight}))
+    app = web.Application(middlewares=[admission, observe_middleware, error_middleware])
     app[VERIFIER] = TokenVerifier(settings.jwt_secret.get_secret_value())
     app[RUN_TASKS] = set()
 

@@ -34,6 +34,9 @@ class AnonymizerSettings(CommonSettings):
     anonymizer_schedule_interval: float = Field(default=5.0, gt=0)
     # Seconds between refreshes of the per-study "last successful run" gauge.
     anonymizer_metrics_interval: float = Field(default=15.0, gt=0)
+    # Requests in flight past which more are shed at once with 503 (shared/admission.py); a
+    # records download holds its place until its last byte is sent.
+    max_in_flight: int = Field(default=32, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> AnonymizerSettings:

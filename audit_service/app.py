@@ -19,6 +19,7 @@ from audit_service.routes import NOTARY, SETTINGS, setup_routes
 from audit_service.settings import AuditSettings
 from audit_service.verify import make_checkpoint
 from shared import idempotency
+from shared.admission import Limiter, admission_middleware
 from shared.appkeys import PG_POOL, VERIFIER
 from shared.auth import TokenVerifier
 from shared.db import pool_scope
@@ -33,7 +34,11 @@ log = logging.getLogger("medsvc.audit")
 def create_app(settings: AuditSettings) -> web.Application:
     """Build audit_service for ``settings``."""
     app = web.Application(
-        middlewares=[observe_middleware, error_middleware],
+        middlewares=[
+            admission_middleware(Limiter({"request": settings.max_in_flight})),
+            observe_middleware,
+            error_middleware,
+        ],
         client_max_size=settings.audit_max_batch_bytes,
     )
     app[SETTINGS] = settings

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from bench.loadgen import Load, LoadError
-from bench.overload import CONNECTIONS
+from bench.overload import CLIENTS, CONNECTIONS
 from bench.report import RESULTS_DIR
 from bench.runner import Options, run
 from bench.scenarios import DEFAULT_SCENARIOS, DEFAULT_VARIANTS, SCENARIOS, VARIANTS
@@ -89,6 +89,12 @@ def parse(argv: list[str] | None = None) -> Options:
         default=",".join(str(c) for c in CONNECTIONS),
         help="comma-separated connection counts of the overload table",
     )
+    p.add_argument(
+        "--overload-clients",
+        default=",".join(CLIENTS),
+        help="comma-separated client kinds of the overload table: honour (wait Retry-After"
+        " after a 503 or 429) and/or ignore (resend at once)",
+    )
     p.add_argument("--no-save", action="store_true", help=f"print only; do not write {RESULTS_DIR}")
     a = p.parse_args(argv)
     try:
@@ -96,6 +102,9 @@ def parse(argv: list[str] | None = None) -> Options:
         variants = _names(a.variants, VARIANTS, "variants")
     except argparse.ArgumentTypeError as exc:
         p.error(str(exc))
+    unknown = set(a.overload_clients.split(",")) - set(CLIENTS) - {""}
+    if unknown:
+        p.error(f"--overload-clients: unknown {sorted(unknown)}; choose from {list(CLIENTS)}")
     workers = int(a.nginx_workers) if a.nginx_workers.isdigit() else a.nginx_workers
     return Options(
         load=Load(
@@ -119,6 +128,7 @@ def parse(argv: list[str] | None = None) -> Options:
         parts=(a.only,) if a.only else ("main", "overload"),
         overload_duration=a.overload_duration,
         overload_connections=tuple(int(c) for c in a.overload_connections.split(",") if c),
+        overload_clients=tuple(c for c in a.overload_clients.split(",") if c),
     )
 
 

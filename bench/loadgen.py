@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,8 +101,16 @@ class WrkRun:
     """One wrk process: :meth:`start` it, read :attr:`pid` while it runs, :meth:`result`."""
 
     def __init__(
-        self, base_url: str, script: str, args: list[str], load: Load, duration: float
+        self,
+        base_url: str,
+        script: str,
+        args: list[str],
+        load: Load,
+        duration: float,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        # Extra environment for the scripts (common.lua reads BENCH_HONOUR_RETRY_AFTER).
+        self.env = {**os.environ, **env} if env else None
         self.argv = [
             wrk_binary(), "-t", str(load.threads), "-c", str(load.connections),
             "-d", f"{duration:g}s", "--timeout", f"{load.timeout:g}s",
@@ -117,7 +127,7 @@ class WrkRun:
         # A session of its own: wrk's CPU is accounted for by process group like the rest.
         self._proc = await asyncio.create_subprocess_exec(
             *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True, env=self.env,
         )  # fmt: skip
 
     async def result(self) -> LoadResult:

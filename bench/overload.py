@@ -12,6 +12,15 @@ p99 of the 2xx come from nginx's access log (``requestTime``, millisecond resolu
 time from the request's first byte to its last byte sent), read for the window of the run.
 Timeouts are wrk's count of requests unanswered after 2 s. The kernel's listen-queue
 overflow counter is machine-wide: another program on a shared machine can move it.
+
+Two kinds of clients (``CLIENTS``). API.md tells a client that a 503 carries
+``Retry-After``; clients that *honour* it wait that long before they send again (each shed
+costs one connection a pause, bench/wrk/common.lua). Clients that *ignore* it are wrk as it
+is: a shed connection sends its next request at once, a retry storm at full speed. Both are
+measured: the first is the burst of well-behaved clients the targets are about; the second
+shows that even a storm that ignores every ``Retry-After`` does not collapse the stack,
+and what its sheds cost when, as on this machine, the load generator shares the server's
+cores.
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ PATHS = (
     ("mix", "90/10 read/write mix", "mix"),
 )
 CONNECTIONS = (50, 200, 500, 1000)
+# "honour": clients wait Retry-After after a 503 or 429; "ignore": they resend at once.
+CLIENTS = ("honour", "ignore")
 # wrk counts a request unanswered after this long as a timeout: "no request waits 2 s".
 TIMEOUT = 2.0
 # nginx flushes its access-log buffer at least once a second (nginx.conf.j2).
@@ -50,6 +61,7 @@ _LOG_FLUSH = 1.2
 class OverloadRow:
     path: str
     title: str
+    clients: str  # one of CLIENTS
     connections: int
     seconds: float
     goodput: float  # 2xx a second
@@ -107,21 +119,24 @@ def _percentile(values: list[float], p: float) -> float | None:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(p * 10) - 1]
 
 
-async def _wrk(ctx: BenchContext, script: str, load: Load, seconds: float) -> LoadResult:
-    run = WrkRun(ctx.stack.base_url, script, ctx.wrk_args(), load, seconds)
+async def _wrk(
+    ctx: BenchContext, script: str, load: Load, seconds: float, clients: str
+) -> LoadResult:
+    env = {"BENCH_HONOUR_RETRY_AFTER": "1" if clients == "honour" else "0"}
+    run = WrkRun(ctx.stack.base_url, script, ctx.wrk_args(), load, seconds, env=env)
     await run.start()
     return await run.result()
 
 
 async def measure_level(
-    ctx: BenchContext, key: str, title: str, script: str, connections: int
+    ctx: BenchContext, key: str, title: str, script: str, clients: str, connections: int
 ) -> OverloadRow:
     """One path at one number of connections: a short warm-up, then the measured run."""
     opts = ctx.options
     load = Load(connections=connections, threads=opts.load.threads,
                 duration=opts.overload_duration, timeout=TIMEOUT)  # fmt: skip
     if opts.warmup > 0:
-        await _wrk(ctx, script, load, min(opts.warmup, 3.0))
+        await _wrk(ctx, script, load, min(opts.warmup, 3.0), clients)
     await asyncio.sleep(_LOG_FLUSH)  # the warm-up's lines reach the log before the offset
     await ctx.gate.wait(ctx.components())
     access_log = ctx.stack.logs_dir / "nginx.access.log"
@@ -130,7 +145,7 @@ async def measure_level(
     meter = CpuMeter(ctx.components())
     meter.start()
     started = time.monotonic()
-    result = await _wrk(ctx, script, load, opts.overload_duration)
+    result = await _wrk(ctx, script, load, opts.overload_duration, clients)
     cpu = meter.stop(time.monotonic() - started)
     overflows_after = listen_overflows()
     await asyncio.sleep(_LOG_FLUSH)
@@ -139,7 +154,8 @@ async def measure_level(
     ok = sum(n for s, n in st.items() if 200 <= s < 300)
     s503 = st.get(503, 0)
     row = OverloadRow(
-        path=key, title=title, connections=connections, seconds=result.seconds,
+        path=key, title=title, clients=clients, connections=connections,
+        seconds=result.seconds,
         goodput=ok / result.seconds if result.seconds else 0.0,
         p50_ms=_percentile(ok_ms, 50), p99_ms=_percentile(ok_ms, 99),
         max_ms=max(ok_ms) if ok_ms else None,
@@ -155,9 +171,9 @@ async def measure_level(
         statuses=dict(sorted(st.items())), cpu_cores=cpu,
     )  # fmt: skip
     log.info(
-        "overload %-22s %5d conns: %7.0f 2xx/s  p50 %s  p99 %s  shed %d  429 %d  timeouts %d"
-        "  502/504 %d  other 5xx %d  overflows %s",
-        title, connections, row.goodput, _ms(row.p50_ms), _ms(row.p99_ms), row.shed_503,
+        "overload %-22s %-6s %5d conns: %7.0f 2xx/s  p50 %s  p99 %s  shed %d  429 %d"
+        "  timeouts %d  502/504 %d  other 5xx %d  overflows %s",
+        title, clients, connections, row.goodput, _ms(row.p50_ms), _ms(row.p99_ms), row.shed_503,
         row.s429, row.timeouts, row.s502_504, row.other_5xx, row.listen_overflows,
     )  # fmt: skip
     return row
@@ -166,33 +182,34 @@ async def measure_level(
 async def overload(ctx: BenchContext) -> list[OverloadRow]:
     """Every path at every number of connections, as rows of the overload table."""
     rows = []
-    for key, title, script in PATHS:
-        if key not in ctx.options.overload_paths:
-            continue
-        for connections in ctx.options.overload_connections:
-            for proc in ctx.stack.processes():
-                proc.check_alive()
-            rows.append(await measure_level(ctx, key, title, script, connections))
+    for clients in ctx.options.overload_clients:
+        for key, title, script in PATHS:
+            if key not in ctx.options.overload_paths:
+                continue
+            for connections in ctx.options.overload_connections:
+                for proc in ctx.stack.processes():
+                    proc.check_alive()
+                rows.append(await measure_level(ctx, key, title, script, clients, connections))
     return rows
 
 
 def markdown(rows: list[OverloadRow]) -> list[str]:
-    """The table, with each row's goodput and p99 compared with its path's fewest connections."""
+    """The table, each row's goodput and p99 compared with its path's fewest connections."""
     if not rows:
         return []
     lines = [
-        "| path | conns | goodput 2xx/s | vs first | p50 ms (2xx) | p99 ms (2xx) | p99 vs first "
+        "| path | Retry-After | conns | goodput 2xx/s | vs first | p50 ms (2xx) | p99 ms (2xx) | p99 vs first "
         "| max ms (2xx) | shed 503 | 429 | timeouts | 502/504 | other 5xx | other | "
         "socket errors | listen overflows |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    first: dict[str, OverloadRow] = {}
+    first: dict[tuple[str, str], OverloadRow] = {}
     for r in rows:
-        base = first.setdefault(r.path, r)
+        base = first.setdefault((r.path, r.clients), r)
         good = f"{r.goodput / base.goodput:.2f}" if base.goodput else ""
         p99 = f"{r.p99_ms / base.p99_ms:.2f}" if r.p99_ms and base.p99_ms else ""
         lines.append(
-            f"| {r.title} | {r.connections} | {r.goodput:,.0f} | {good} | {_ms(r.p50_ms)} "
+            f"| {r.title} | {r.clients} | {r.connections} | {r.goodput:,.0f} | {good} | {_ms(r.p50_ms)} "
             f"| {_ms(r.p99_ms)} | {p99} | {_ms(r.max_ms)} | {r.shed_503} | {r.s429} "
             f"| {r.timeouts} | {r.s502_504} | {r.other_5xx + r.other_503} | {r.other} "
             f"| {r.socket_errors} | {'' if r.listen_overflows is None else r.listen_overflows} |"
@@ -203,10 +220,13 @@ def markdown(rows: list[OverloadRow]) -> list[str]:
 def cpu_markdown(rows: list[OverloadRow]) -> list[str]:
     """Cores busy per component during each level: where the sheds' CPU went."""
     kinds = ["wrk", "nginx", "gateway", "fe", "redis", "postgres", "kernel", "other", "idle"]
-    lines = ["| path | conns | " + " | ".join(kinds) + " |", "|---|---:|" + "---:|" * len(kinds)]
+    lines = [
+        "| path | Retry-After | conns | " + " | ".join(kinds) + " |",
+        "|---|---|---:|" + "---:|" * len(kinds),
+    ]
     for r in rows:
         cells = [f"{r.cpu_cores[k]:.2f}" if k in r.cpu_cores else "" for k in kinds]
-        lines.append(f"| {r.title} | {r.connections} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r.title} | {r.clients} | {r.connections} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -98,6 +98,7 @@ class Options:
     overload_duration: float = 8.0
     overload_paths: tuple[str, ...] = tuple(p[0] for p in overload.PATHS)
     overload_connections: tuple[int, ...] = overload.CONNECTIONS
+    overload_clients: tuple[str, ...] = overload.CLIENTS
 
 
 @dataclass
@@ -407,7 +408,9 @@ async def run_overload(ctx: BenchContext, base_env: dict[str, dict[str, str]]) -
         + ["", f"wrk {ctx.options.load.threads} thread(s), {ctx.options.overload_duration:g} s "
            f"per level, timeout {overload.TIMEOUT:g} s. p50/p99/max of the 2xx from nginx's "
            "access log (ms resolution); \"vs first\" compares with the path's fewest "
-           "connections; shed 503 = 503 with Retry-After; other 5xx includes 503s without it. "
+           "connections with the same clients; Retry-After: honour = each 503 or 429 "
+           "makes one connection wait its Retry-After, ignore = wrk resends at once; "
+           "shed 503 = 503 with Retry-After; other 5xx includes 503s without it. "
            "Listen overflows are machine-wide (TcpExtListenOverflows)."],
         overload.as_json(rows),
     )  # fmt: skip

@@ -52,10 +52,34 @@ end
 -- counted apart from those that do not (an error that is not load shedding).
 retry_after = 0
 
+-- Clients that honour Retry-After (BENCH_HONOUR_RETRY_AFTER=1 in wrk's environment): every
+-- 503 or 429 with Retry-After makes one connection wait that long before its next request.
+-- wrk calls delay() before each request with no word of which connection asks, so the
+-- waits owed are kept in a queue and paid by the next connections to ask: as many waits,
+-- as long, as a well-behaved client would make. Without the variable there is no delay()
+-- (wrk then sends each request as soon as the last one is answered, as before).
+local honour = os.getenv("BENCH_HONOUR_RETRY_AFTER") == "1"
+local owed, owed_first, owed_last = {}, 1, 0
+
 function response(status, headers, body)
    statuses[status] = (statuses[status] or 0) + 1
-   if status == 503 and (headers["Retry-After"] or headers["retry-after"]) then
+   local after = headers["Retry-After"] or headers["retry-after"]
+   if status == 503 and after then
       retry_after = retry_after + 1
+   end
+   if honour and after and (status == 503 or status == 429) then
+      owed_last = owed_last + 1
+      owed[owed_last] = (tonumber(after) or 1) * 1000
+   end
+end
+
+if honour then
+   function delay()
+      if owed_first > owed_last then return 0 end
+      local ms = owed[owed_first]
+      owed[owed_first] = nil
+      owed_first = owed_first + 1
+      return ms
    end
 end
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +46,20 @@ CIPHERS = ":".join(
 # flight evenly, and a gateway sent a little more than its share must still admit it.
 GATEWAY_IN_FLIGHT = GatewaySettings.model_fields["max_in_flight"].default
 GATEWAY_IN_FLIGHT_CACHED = GatewaySettings.model_fields["max_in_flight_cached"].default
+
+
+def gateway_bounds(env: Mapping[str, str]) -> dict[str, int]:
+    """What one gateway started with ``env`` admits, as NginxConfig's keyword arguments.
+
+    The gateways read MEDSVC_MAX_IN_FLIGHT and MEDSVC_MAX_IN_FLIGHT_CACHED (shared/settings.py);
+    nginx's edge bounds must follow what they will really admit, not the defaults.
+    """
+    return {
+        "gateway_in_flight": int(env.get("MEDSVC_MAX_IN_FLIGHT", GATEWAY_IN_FLIGHT)),
+        "gateway_in_flight_cached": int(
+            env.get("MEDSVC_MAX_IN_FLIGHT_CACHED", GATEWAY_IN_FLIGHT_CACHED)
+        ),
+    }
 
 
 @dataclass(frozen=True)

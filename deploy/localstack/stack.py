@@ -39,7 +39,7 @@ from shared.shardmap import (
 
 from .audit_keys import AuditKeyFiles
 from .certs import ensure_cert
-from .nginx import DEFAULT_BURST, DEFAULT_RATE, NginxConfig, NginxServer
+from .nginx import DEFAULT_BURST, DEFAULT_RATE, NginxConfig, NginxServer, gateway_bounds
 from .ports import PortAllocator
 from .postgres import ClusterTemplate, PostgresServer, server_account
 from .procs import ManagedProcess
@@ -156,6 +156,7 @@ class Stack:
                 rate=cfg.rate,
                 burst=cfg.burst,
                 worker_processes=cfg.nginx_workers,
+                **gateway_bounds({**os.environ, **cfg.extra_env}),
             )
         )
         self.shard_map = self._build_shard_map()

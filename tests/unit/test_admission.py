@@ -184,3 +184,28 @@ def test_nginx_lets_through_what_the_gateways_admit_together() -> None:
         assert text.count(f"max_fails=3 fail_timeout=2s max_conns={every};") == n
         assert f"keepalive {every};" in text
         assert "proxy_next_upstream error;" in text  # never on a timeout: no doubled load
+
+
+def test_nginx_follows_bounds_the_gateways_are_started_with(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A stack whose gateways get MEDSVC_MAX_IN_FLIGHT(_CACHED) sizes nginx from the same
+    values the gateways' settings parse, not from the defaults."""
+    from pathlib import Path
+
+    from deploy.localstack.nginx import NginxConfig, gateway_bounds
+    from shared.settings import GatewaySettings
+
+    env = {"MEDSVC_MAX_IN_FLIGHT": "30", "MEDSVC_MAX_IN_FLIGHT_CACHED": "150"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    gw = GatewaySettings()
+    assert (gw.max_in_flight, gw.max_in_flight_cached) == (30, 150)
+    text = NginxConfig(
+        run_dir=Path("/tmp/x"), http_port=1, https_port=2, ops_port=3, cert=Path("/c"),
+        key=Path("/k"), gateways=["127.0.0.1:9000", "127.0.0.1:9001"], **gateway_bounds(env),
+    ).render()  # fmt: skip
+    assert f"limit_conn inflight {2 * gw.max_in_flight_cached * 2 // 3};" in text
+    assert f"limit_conn inflight_uncached {2 * gw.max_in_flight * 2 // 3};" in text
+    assert gateway_bounds({}) == {
+        "gateway_in_flight": GatewaySettings.model_fields["max_in_flight"].default,
+        "gateway_in_flight_cached": GatewaySettings.model_fields["max_in_flight_cached"].default,
+    }
