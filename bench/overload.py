@@ -198,8 +198,8 @@ def markdown(rows: list[OverloadRow]) -> list[str]:
     if not rows:
         return []
     lines = [
-        "| path | Retry-After | conns | goodput 2xx/s | vs first | p50 ms (2xx) | p99 ms (2xx) | p99 vs first "
-        "| max ms (2xx) | shed 503 | 429 | timeouts | 502/504 | other 5xx | other | "
+        "| path | Retry-After | conns | goodput 2xx/s | vs first | p50 ms (2xx) | p99 ms (2xx) "
+        "| p99 vs first | max ms (2xx) | shed 503 | 429 | timeouts | 502/504 | other 5xx | other | "
         "socket errors | listen overflows |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -209,10 +209,12 @@ def markdown(rows: list[OverloadRow]) -> list[str]:
         good = f"{r.goodput / base.goodput:.2f}" if base.goodput else ""
         p99 = f"{r.p99_ms / base.p99_ms:.2f}" if r.p99_ms and base.p99_ms else ""
         lines.append(
-            f"| {r.title} | {r.clients} | {r.connections} | {r.goodput:,.0f} | {good} | {_ms(r.p50_ms)} "
-            f"| {_ms(r.p99_ms)} | {p99} | {_ms(r.max_ms)} | {r.shed_503} | {r.s429} "
+            f"| {r.title} | {r.clients} | {r.connections} | {r.goodput:,.0f} | {good} "
+            f"| {_ms(r.p50_ms)} | {_ms(r.p99_ms)} | {p99} | {_ms(r.max_ms)} "
+            f"| {r.shed_503} | {r.s429} "
             f"| {r.timeouts} | {r.s502_504} | {r.other_5xx + r.other_503} | {r.other} "
-            f"| {r.socket_errors} | {'' if r.listen_overflows is None else r.listen_overflows} |"
+            f"| {r.socket_errors} "
+            f"| {'' if r.listen_overflows is None else r.listen_overflows} |"
         )
     return lines
 
