@@ -195,12 +195,12 @@ async def _extract(handle: RunHandle) -> asyncpg.Record:
         body = BodyWriter(conn, run_id)
         head: dict[str, Any] = {}
 
-        async def write_head(results: list[ShardResult]) -> None:
-            head.update(
-                await _participants(conn, study_id, handle.study["k"], known, results, cutoff)
-            )
+        def write_head(results: list[ShardResult]) -> Awaitable[None]:
+            """Put the head in the body; return the participants' registry write (done while
+            the shards stream their visits: the statement order in the transaction is free)."""
+            head.update(_participants(handle.study["k"], known, results, cutoff))
             body.add(head.pop("body"))
-            await body.flush()
+            return store.save_participants(conn, study_id, *head.pop("participants"))
 
         results = await _read_all(ex, body, study_id, keys, marks, known, cutoff, write_head)
         await body.close()
@@ -294,8 +294,9 @@ async def _read_all(
 
     async def coordinate() -> None:
         await all_in.wait()
-        await write_head([heads[s.id] for s in shard_list])
+        save_participants = write_head([heads[s.id] for s in shard_list])
         go.set()
+        await save_participants
         while (item := await queue.get()) is not None:
             body.add(item[0])
             if body.full:
@@ -329,9 +330,7 @@ async def _read_all(
     return [t.result() for t in tasks]
 
 
-async def _participants(
-    conn: asyncpg.Connection,
-    study_id: str,
+def _participants(
     k: int | None,
     known: dict[str, asyncpg.Record],
     results: Iterable[ShardResult],
@@ -340,7 +339,8 @@ async def _participants(
     """Withdrawals, participant records and k-anonymity over everyone participating now.
 
     Returns the head of the body (withdrawals first, then participant records, each sorted by
-    pid: an order that says nothing about who anyone is), the counts and the k report. A
+    pid: an order that says nothing about who anyone is), the counts, the k report and the
+    participants' rows to write (upserts, removed pids: :func:`store.save_participants`). A
     participant whose consent was renewed since the last run gets a withdrawal and then a
     fresh participant record, so the consumer drops the old data before the new arrives.
     """
@@ -379,12 +379,12 @@ async def _participants(
             or before["consent_version"] != version
         ):
             upserts.append((pid, shard_id, record, released[pid], version))
-    await store.save_participants(
-        conn, study_id, upserts, [p for p in withdrawn if p not in active]
-    )
     report["reemitted"] = reemitted
     counts = {"participant": len(lines) - len(withdrawn), "withdrawal": len(withdrawn)}
-    return {"body": b"".join(line + b"\n" for line in lines), "counts": counts, "report": report}
+    return {
+        "body": b"".join(line + b"\n" for line in lines), "counts": counts, "report": report,
+        "participants": (upserts, [p for p in withdrawn if p not in active]),
+    }  # fmt: skip
 
 
 def _json(record: dict[str, Any]) -> bytes:
