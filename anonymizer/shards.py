@@ -279,6 +279,12 @@ class CodedFields:
         left.update(self.left)
 
 
+# A visit stream fails after this long without data (the pool's command timeout, per batch).
+IDLE_SECONDS = 30.0
+# asyncpg bounds a COPY as a whole (its default: the command timeout): a day, the idle guard
+# being what stops a stalled one.
+_COPY_TIMEOUT = 86_400.0
+
 # COPY's text format (what COPY TO writes): a backslash escapes a backslash, the delimiter and
 # the control characters below; a field that is just \N is SQL NULL.
 _COPY_ESCAPE = re.compile(rb"\\(.)", re.DOTALL)
@@ -301,6 +307,7 @@ async def _stream_visits(
     emit: Emit,
     batch_rows: int,
     coded: CodedFields,
+    idle: float = IDLE_SECONDS,
 ) -> int:
     """The visit lines ``query`` selects, at least ``batch_rows`` at a time, to ``emit``; how many.
 
@@ -309,7 +316,12 @@ async def _stream_visits(
     this process de-identifies the last (a cursor would wait a round trip per batch). Each row
     is one line of tab-separated text fields, split here; the coded fields are looked up as
     sent. (The arguments are inlined by asyncpg as quoted literals: COPY takes no parameters.)
+
+    A COPY of a large shard may take long, so it has no total timeout; ``idle`` seconds
+    without data (a stalled shard, or a writer that stopped taking batches) fail it, as the
+    pool's command timeout failed a cursor's fetch.
     """
+    loop = asyncio.get_running_loop()
     n = 0
     memo, miss = coded.memo, coded.miss
     diag_memo, vital_memo, med_memo = memo["diagnoses"], memo["vitals"], memo["medications"]
@@ -320,6 +332,7 @@ async def _stream_visits(
 
     async def sink(chunk: bytes | bytearray) -> None:
         nonlocal rows, bad_types, rest
+        guard.reschedule(loop.time() + idle)
         data = rest + chunk  # bytes (asyncpg gives a bytearray; the keys must be hashable)
         end = data.rfind(b"\n") + 1
         rest = data[end:]
@@ -354,11 +367,13 @@ async def _stream_visits(
             n += rows
             count, rows = rows, 0
             await emit(data, count)
+            guard.reschedule(loop.time() + idle)
 
-    await conn.copy_from_query(query, *args, output=sink)
-    if rest:
-        raise ValueError("COPY ended within a row")
-    await flush()
+    async with asyncio.timeout(idle) as guard:
+        await conn.copy_from_query(query, *args, output=sink, timeout=_COPY_TIMEOUT)
+        if rest:
+            raise ValueError("COPY ended within a row")
+        await flush()
     coded.left["invalidVisitType"] += bad_types
     return n
 
