@@ -329,8 +329,22 @@ async def _stream_visits(
     pending: list[bytes] = []
     rows = bad_types = 0
     rest = b""
+    failure: BaseException | None = None
 
     async def sink(chunk: bytes | bytearray) -> None:
+        # Nothing may leave the sink while the COPY runs: asyncpg answers it by cancelling the
+        # query, and when the shard had already sent everything (asyncpg pauses reading while
+        # the sink works) the connection then hangs until the command timeout. So a failure,
+        # or a cancellation (another shard failed, the process stops), is kept and raised
+        # once the COPY has ended, the rest of it read and dropped.
+        nonlocal failure
+        if failure is None:
+            try:
+                await take(chunk)
+            except BaseException as exc:  # noqa: BLE001 - raised below, after the COPY
+                failure = exc
+
+    async def take(chunk: bytes | bytearray) -> None:
         nonlocal rows, bad_types, rest
         guard.reschedule(loop.time() + idle)
         data = rest + chunk  # bytes (asyncpg gives a bytearray; the keys must be hashable)
@@ -371,6 +385,8 @@ async def _stream_visits(
 
     async with asyncio.timeout(idle) as guard:
         await conn.copy_from_query(query, *args, output=sink, timeout=_COPY_TIMEOUT)
+        if failure is not None:
+            raise failure
         if rest:
             raise ValueError("COPY ended within a row")
         await flush()
