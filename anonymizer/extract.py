@@ -233,23 +233,28 @@ class BodyWriter:
 
     def __init__(self, conn: asyncpg.Connection, run_id: Any) -> None:
         self._conn, self._run_id = conn, run_id
-        self._buffer = bytearray()
+        # The pieces added since the last chunk, joined once when it is written (no growing
+        # buffer copied at every add).
+        self._pieces: list[bytes] = []
+        self._pending = 0
         self._seq = 0
         self.sha256 = hashlib.sha256()
         self.size = 0
 
     def add(self, data: bytes) -> None:
-        self._buffer += data
+        self._pieces.append(data)
+        self._pending += len(data)
         self.sha256.update(data)
         self.size += len(data)
 
     @property
     def full(self) -> bool:
-        return len(self._buffer) >= self.CHUNK
+        return self._pending >= self.CHUNK
 
     async def flush(self) -> None:
-        if self._buffer:
-            data, self._buffer = bytes(self._buffer), bytearray()
+        if self._pending:
+            data = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
+            self._pieces, self._pending = [], 0
             await store.save_chunk(self._conn, self._run_id, self._seq, data)
             self._seq += 1
 
