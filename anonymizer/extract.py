@@ -196,8 +196,9 @@ async def _extract(handle: RunHandle) -> asyncpg.Record:
         head: dict[str, Any] = {}
 
         def write_head(results: list[ShardResult]) -> Awaitable[None]:
-            """Put the head in the body; return the participants' registry write (done while
-            the shards stream their visits: the statement order in the transaction is free)."""
+            """Put the head in the body; return the participants' registry write (sent before
+            the first chunk, while the shards stream: the statement order in the transaction
+            is free)."""
             head.update(_participants(handle.study["k"], known, results, cutoff))
             body.add(head.pop("body"))
             return store.save_participants(conn, study_id, *head.pop("participants"))
@@ -275,16 +276,17 @@ async def _read_all(
     """Read every shard in parallel; write the head once all have their participants, then
     the visit records as they come.
 
-    Phase one on each shard (its consents and user rows) reports to the coordinator and waits;
-    once every shard has, the coordinator writes the head (withdrawals, participant records:
-    k-anonymity needs everyone) and lets the readers stream their visits, which it appends to
-    the body while they go on reading (a bounded queue: a reader far ahead waits,
-    back-pressure). Anything failing (a reader, the coordinator) cancels the rest and fails the run.
+    Phase one on each shard (its consents and user rows) reports to the coordinator; once
+    every shard has, the coordinator writes the head (withdrawals, participant records:
+    k-anonymity needs everyone), then appends the visit batches the readers queue. A reader
+    streams its visits as soon as it has reported (they wait in the queue, behind the head
+    being computed), and the queue is bounded: a reader far ahead waits, back-pressure.
+    Anything failing (a reader, the coordinator) cancels the rest and fails the run.
     """
     queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue(maxsize=_QUEUED_BATCHES)
     shard_list = ex.shard_pools.shard_map.shards
     heads: dict[int, ShardResult] = {}
-    all_in, go = asyncio.Event(), asyncio.Event()
+    all_in = asyncio.Event()
     remaining = len(shard_list)
     versions = {pid: row["consent_version"] for pid, row in known.items()}
 
@@ -292,16 +294,13 @@ async def _read_all(
         heads[result.shard_id] = result
         if len(heads) == len(shard_list):
             all_in.set()
-        await go.wait()
 
     async def emit(data: bytes, n: int) -> None:
         await queue.put((data, n))
 
     async def coordinate() -> None:
         await all_in.wait()
-        save_participants = write_head([heads[s.id] for s in shard_list])
-        go.set()
-        await save_participants
+        await write_head([heads[s.id] for s in shard_list])
         while (item := await queue.get()) is not None:
             body.add(item[0])
             if body.full:

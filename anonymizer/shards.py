@@ -43,7 +43,7 @@ from shared.shardmap import MapWatcher, Shard, ShardMap
 
 # A batch of visit records as NDJSON bytes, and how many records it holds.
 Emit = Callable[[bytes, int], Awaitable[None]]
-# Called with the shard's participants (phase one); returns once the head of the body is written.
+# Called with the shard's participants (phase one), before the visits are streamed.
 HeadDone = Callable[["ShardResult"], Awaitable[None]]
 
 # participants_now: the study's consents in force in this snapshot with their versions, in the
@@ -318,8 +318,9 @@ async def _stream_visits(
     sent. (The arguments are inlined by asyncpg as quoted literals: COPY takes no parameters.)
 
     A COPY of a large shard may take long, so it has no total timeout; ``idle`` seconds
-    without data (a stalled shard, or a writer that stopped taking batches) fail it, as the
-    pool's command timeout failed a cursor's fetch.
+    without data from the shard fail it, as the pool's command timeout failed a cursor's
+    fetch. (Time spent waiting for the writer to take a batch does not count: the head of a
+    large study, written before any visit, may take long.)
     """
     loop = asyncio.get_running_loop()
     n = 0
@@ -377,6 +378,7 @@ async def _stream_visits(
             pending.clear()
             n += rows
             count, rows = rows, 0
+            guard.reschedule(None)  # waiting for the writer is not the shard's silence
             await emit(data, count)
             guard.reschedule(loop.time() + idle)
 

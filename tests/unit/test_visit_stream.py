@@ -156,3 +156,17 @@ async def test_a_stream_without_data_for_the_idle_time_fails() -> None:
     assert task in done, "the stalled stream was not stopped"
     with pytest.raises(TimeoutError):
         task.result()
+
+
+async def test_waiting_for_the_writer_is_not_idleness() -> None:
+    keys = StudyKeys(KEY, "study-s")
+    got: list[int] = []
+
+    async def slow_writer(data: bytes, n: int) -> None:
+        await asyncio.sleep(0.3)  # longer than the idle time, for every batch
+        got.append(n)
+
+    n = await shards._stream_visits(
+        FakeCopy(copy_stream(), 64), "q", (), slow_writer, 1, shards.CodedFields(keys), 0.1
+    )
+    assert n == sum(got) == len(VISITS)
