@@ -197,6 +197,9 @@ async def extraction_benchmark(
         await store.insert_study(ex.registry, StudyIn(studyId=study_id, title="bench"), "bench")
         await consent_all(shard_map, study_id, password)
         copy_rows, copy_seconds = await raw_copy(shard_map, study_id, password)
+        # Both on open connections: the COPY's are opened before its clock starts, and a
+        # service's shard pools outlive its runs (here they would open within the run).
+        await asyncio.gather(*(ex.shard_pools.get(shard) for shard in shard_map.shards))
         started = time.perf_counter()
         handle = await begin_run(ex, study_id, "cli", "bench")
         assert handle is not None

@@ -195,12 +195,13 @@ async def _extract(handle: RunHandle) -> asyncpg.Record:
         body = BodyWriter(conn, run_id)
         head: dict[str, Any] = {}
 
-        async def write_head(results: list[ShardResult]) -> None:
-            head.update(
-                await _participants(conn, study_id, handle.study["k"], known, results, cutoff)
-            )
+        def write_head(results: list[ShardResult]) -> Awaitable[None]:
+            """Put the head in the body; return the participants' registry write (sent before
+            the first chunk, while the shards stream: the statement order in the transaction
+            is free)."""
+            head.update(_participants(handle.study["k"], known, results, cutoff))
             body.add(head.pop("body"))
-            await body.flush()
+            return store.save_participants(conn, study_id, *head.pop("participants"))
 
         results = await _read_all(ex, body, study_id, keys, marks, known, cutoff, write_head)
         await body.close()
@@ -233,23 +234,28 @@ class BodyWriter:
 
     def __init__(self, conn: asyncpg.Connection, run_id: Any) -> None:
         self._conn, self._run_id = conn, run_id
-        self._buffer = bytearray()
+        # The pieces added since the last chunk, joined once when it is written (no growing
+        # buffer copied at every add).
+        self._pieces: list[bytes] = []
+        self._pending = 0
         self._seq = 0
         self.sha256 = hashlib.sha256()
         self.size = 0
 
     def add(self, data: bytes) -> None:
-        self._buffer += data
+        self._pieces.append(data)
+        self._pending += len(data)
         self.sha256.update(data)
         self.size += len(data)
 
     @property
     def full(self) -> bool:
-        return len(self._buffer) >= self.CHUNK
+        return self._pending >= self.CHUNK
 
     async def flush(self) -> None:
-        if self._buffer:
-            data, self._buffer = bytes(self._buffer), bytearray()
+        if self._pending:
+            data = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
+            self._pieces, self._pending = [], 0
             await store.save_chunk(self._conn, self._run_id, self._seq, data)
             self._seq += 1
 
@@ -270,16 +276,17 @@ async def _read_all(
     """Read every shard in parallel; write the head once all have their participants, then
     the visit records as they come.
 
-    Phase one on each shard (its consents and user rows) reports to the coordinator and waits;
-    once every shard has, the coordinator writes the head (withdrawals, participant records:
-    k-anonymity needs everyone) and lets the readers stream their visits, which it appends to
-    the body while they go on reading (a bounded queue: a reader far ahead waits,
-    back-pressure). Anything failing (a reader, the coordinator) cancels the rest and fails the run.
+    Phase one on each shard (its consents and user rows) reports to the coordinator; once
+    every shard has, the coordinator writes the head (withdrawals, participant records:
+    k-anonymity needs everyone), then appends the visit batches the readers queue. A reader
+    streams its visits as soon as it has reported (they wait in the queue, behind the head
+    being computed), and the queue is bounded: a reader far ahead waits, back-pressure.
+    Anything failing (a reader, the coordinator) cancels the rest and fails the run.
     """
     queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue(maxsize=_QUEUED_BATCHES)
     shard_list = ex.shard_pools.shard_map.shards
     heads: dict[int, ShardResult] = {}
-    all_in, go = asyncio.Event(), asyncio.Event()
+    all_in = asyncio.Event()
     remaining = len(shard_list)
     versions = {pid: row["consent_version"] for pid, row in known.items()}
 
@@ -287,7 +294,6 @@ async def _read_all(
         heads[result.shard_id] = result
         if len(heads) == len(shard_list):
             all_in.set()
-        await go.wait()
 
     async def emit(data: bytes, n: int) -> None:
         await queue.put((data, n))
@@ -295,7 +301,6 @@ async def _read_all(
     async def coordinate() -> None:
         await all_in.wait()
         await write_head([heads[s.id] for s in shard_list])
-        go.set()
         while (item := await queue.get()) is not None:
             body.add(item[0])
             if body.full:
@@ -329,9 +334,7 @@ async def _read_all(
     return [t.result() for t in tasks]
 
 
-async def _participants(
-    conn: asyncpg.Connection,
-    study_id: str,
+def _participants(
     k: int | None,
     known: dict[str, asyncpg.Record],
     results: Iterable[ShardResult],
@@ -340,7 +343,8 @@ async def _participants(
     """Withdrawals, participant records and k-anonymity over everyone participating now.
 
     Returns the head of the body (withdrawals first, then participant records, each sorted by
-    pid: an order that says nothing about who anyone is), the counts and the k report. A
+    pid: an order that says nothing about who anyone is), the counts, the k report and the
+    participants' rows to write (upserts, removed pids: :func:`store.save_participants`). A
     participant whose consent was renewed since the last run gets a withdrawal and then a
     fresh participant record, so the consumer drops the old data before the new arrives.
     """
@@ -379,12 +383,12 @@ async def _participants(
             or before["consent_version"] != version
         ):
             upserts.append((pid, shard_id, record, released[pid], version))
-    await store.save_participants(
-        conn, study_id, upserts, [p for p in withdrawn if p not in active]
-    )
     report["reemitted"] = reemitted
     counts = {"participant": len(lines) - len(withdrawn), "withdrawal": len(withdrawn)}
-    return {"body": b"".join(line + b"\n" for line in lines), "counts": counts, "report": report}
+    return {
+        "body": b"".join(line + b"\n" for line in lines), "counts": counts, "report": report,
+        "participants": (upserts, [p for p in withdrawn if p not in active]),
+    }  # fmt: skip
 
 
 def _json(record: dict[str, Any]) -> bytes:

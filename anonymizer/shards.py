@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from shared.shardmap import MapWatcher, Shard, ShardMap
 
 # A batch of visit records as NDJSON bytes, and how many records it holds.
 Emit = Callable[[bytes, int], Awaitable[None]]
-# Called with the shard's participants (phase one); returns once the head of the body is written.
+# Called with the shard's participants (phase one), before the visits are streamed.
 HeadDone = Callable[["ShardResult"], Awaitable[None]]
 
 # participants_now: the study's consents in force in this snapshot with their versions, in the
@@ -236,9 +237,10 @@ class CodedFields:
     """The released JSON of each distinct diagnoses / vitals / medications value, remembered.
 
     Clinical data repeats (the same diagnosis list, the same prescriptions): each distinct
-    jsonb text is parsed and checked once (:mod:`anonymizer.deidentify`), and what it left out
-    is counted once per use. Bounded: forgotten wholesale past ``LIMIT`` distinct values (their
-    counts kept).
+    value is parsed and checked once (:mod:`anonymizer.deidentify`), and what it left out is
+    counted once per use. Keyed by the field as ``COPY`` sent it (escaped text: one key per
+    value, decoded only on a miss). Bounded: forgotten wholesale past ``LIMIT`` distinct values
+    (their counts kept).
     """
 
     LIMIT = 50_000
@@ -251,20 +253,21 @@ class CodedFields:
     def __init__(self, keys: StudyKeys) -> None:
         self.keys = keys
         self.left = Counter[str]()
-        # field → jsonb text (None: SQL NULL) → [released JSON, left out, uses]
-        self.memo: dict[str, dict[str | None, list[Any]]] = {f: {} for f in self.CHECKS}
+        # field → the field as COPY sent it → [its part of the line, left out, uses]
+        self.memo: dict[str, dict[bytes, list[Any]]] = {f: {} for f in self.CHECKS}
 
-    def miss(self, field: str, text: str | None) -> list[Any]:
+    def miss(self, field: str, raw: bytes) -> list[Any]:
         """Check a value not seen yet; remember it."""
         memo = self.memo[field]
         if len(memo) >= self.LIMIT:
             self._settle(memo)
         left: Counter[str] = Counter()
+        text = copy_text(raw)
         value = self.CHECKS[field](None if text is None else orjson.loads(text), left)
-        entry = memo[text] = [orjson.dumps(value).decode(), left, 0]
+        entry = memo[raw] = [b',"%s":%s' % (field.encode(), orjson.dumps(value)), left, 0]
         return entry
 
-    def _settle(self, memo: dict[str | None, list[Any]]) -> None:
+    def _settle(self, memo: dict[bytes, list[Any]]) -> None:
         for _, left, uses in memo.values():
             for reason, n in left.items():
                 self.left[reason] += n * uses
@@ -276,6 +279,27 @@ class CodedFields:
         left.update(self.left)
 
 
+# A visit stream fails after this long without data (the pool's command timeout, per batch).
+IDLE_SECONDS = 30.0
+# asyncpg bounds a COPY as a whole (its default: the command timeout): a day, the idle guard
+# being what stops a stalled one.
+_COPY_TIMEOUT = 86_400.0
+
+# COPY's text format (what COPY TO writes): a backslash escapes a backslash, the delimiter and
+# the control characters below; a field that is just \N is SQL NULL.
+_COPY_ESCAPE = re.compile(rb"\\(.)", re.DOTALL)
+_COPY_CONTROL = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v"}
+
+
+def copy_text(field: bytes) -> bytes | None:
+    """A field of COPY's text format as its value's text (None: SQL NULL)."""
+    if field == b"\\N":
+        return None
+    if b"\\" not in field:
+        return field
+    return _COPY_ESCAPE.sub(lambda m: _COPY_CONTROL.get(m[1], m[1]), field)
+
+
 async def _stream_visits(
     conn: asyncpg.Connection,
     query: str,
@@ -283,18 +307,56 @@ async def _stream_visits(
     emit: Emit,
     batch_rows: int,
     coded: CodedFields,
+    idle: float = IDLE_SECONDS,
 ) -> int:
-    """The visit lines ``query`` selects, ``batch_rows`` at a time, to ``emit``; how many."""
+    """The visit lines ``query`` selects, at least ``batch_rows`` at a time, to ``emit``; how many.
+
+    Streamed with ``COPY (query) TO STDOUT``: the shard sends rows as fast as they come and
+    the socket's flow control is the back-pressure, so the shard computes the next rows while
+    this process de-identifies the last (a cursor would wait a round trip per batch). Each row
+    is one line of tab-separated text fields, split here; the coded fields are looked up as
+    sent. (The arguments are inlined by asyncpg as quoted literals: COPY takes no parameters.)
+
+    A COPY of a large shard may take long, so it has no total timeout; ``idle`` seconds
+    without data from the shard fail it, as the pool's command timeout failed a cursor's
+    fetch. (Time spent waiting for the writer to take a batch does not count: the head of a
+    large study, written before any visit, may take long.)
+    """
+    loop = asyncio.get_running_loop()
     n = 0
-    memo, miss, vid = coded.memo, coded.miss, coded.keys.vid
+    memo, miss = coded.memo, coded.miss
     diag_memo, vital_memo, med_memo = memo["diagnoses"], memo["vitals"], memo["medications"]
-    cursor = await conn.cursor(query, *args)
-    while rows := await cursor.fetch(batch_rows):
-        lines: list[str] = []
-        append = lines.append
-        bad_types = 0
-        for head, start, visit_id, type_ok, diagnoses, vitals, medications in rows:
-            if not type_ok:
+    keyed, hex_len = coded.keys.vid_hasher(), deidentify.PSEUDONYM_HEX
+    pending: list[bytes] = []
+    rows = bad_types = 0
+    rest = b""
+    failure: BaseException | None = None
+
+    async def sink(chunk: bytes | bytearray) -> None:
+        # Nothing may leave the sink while the COPY runs: asyncpg answers it by cancelling the
+        # query, and when the shard had already sent everything (asyncpg pauses reading while
+        # the sink works) the connection then hangs until the command timeout. So a failure,
+        # or a cancellation (another shard failed, the process stops), is kept and raised
+        # once the COPY has ended, the rest of it read and dropped.
+        nonlocal failure
+        if failure is None:
+            try:
+                await take(chunk)
+            except BaseException as exc:  # noqa: BLE001 - raised below, after the COPY
+                failure = exc
+
+    async def take(chunk: bytes | bytearray) -> None:
+        nonlocal rows, bad_types, rest
+        guard.reschedule(loop.time() + idle)
+        data = rest + chunk  # bytes (asyncpg gives a bytearray; the keys must be hashable)
+        end = data.rfind(b"\n") + 1
+        rest = data[end:]
+        lines = data[:end].split(b"\n")
+        lines.pop()  # the empty string after the last newline
+        out = pending
+        for line in lines:
+            head, start, visit_id, type_ok, diagnoses, vitals, medications = line.split(b"\t")
+            if type_ok != b"t":
                 bad_types += 1
             d = diag_memo.get(diagnoses) or miss("diagnoses", diagnoses)
             v = vital_memo.get(vitals) or miss("vitals", vitals)
@@ -302,13 +364,32 @@ async def _stream_visits(
             d[2] += 1
             v[2] += 1
             m[2] += 1
-            append(
-                f'{start}{vid(visit_id)}{head},"diagnoses":{d[0]},"vitals":{v[0]},'
-                f'"medications":{m[0]}}}\n'
-            )
-        coded.left["invalidVisitType"] += bad_types
-        await emit("".join(lines).encode(), len(rows))
-        n += len(rows)
+            h = keyed.copy()
+            h.update(visit_id)
+            out += (start, h.hexdigest()[:hex_len].encode(), head, d[0], v[0], m[0], b"}\n")
+        rows += len(lines)
+        if rows >= batch_rows:
+            await flush()
+
+    async def flush() -> None:
+        nonlocal n, rows
+        if rows:
+            data = b"".join(pending)
+            pending.clear()
+            n += rows
+            count, rows = rows, 0
+            guard.reschedule(None)  # waiting for the writer is not the shard's silence
+            await emit(data, count)
+            guard.reschedule(loop.time() + idle)
+
+    async with asyncio.timeout(idle) as guard:
+        await conn.copy_from_query(query, *args, output=sink, timeout=_COPY_TIMEOUT)
+        if failure is not None:
+            raise failure
+        if rest:
+            raise ValueError("COPY ended within a row")
+        await flush()
+    coded.left["invalidVisitType"] += bad_types
     return n
 
 

@@ -1,0 +1,172 @@
+"""A run's visit stream (``anonymizer.shards._stream_visits``) on COPY text, without a server.
+
+The shard sends each visit as one line of COPY's text format; the run splits the lines (they
+arrive in pieces of any size), decodes the coded fields (escaped by COPY) and checks them. The
+e2e tests hold whole runs to the reference (``deidentify.visit``) on real shards; these pin the
+parsing: escapes, SQL NULL, rows cut across reads, the counts, and the idle guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+
+from anonymizer import deidentify, shards
+from anonymizer.deidentify import StudyKeys
+
+KEY = b"test-master-key-of-some-length-0123456789"
+HEAD = b'","year":2024,"type":"inpatient","durationMinutes":35'
+START = b'{"kind":"visit","pid":"0123456789abcdef0123456789abcdef","vid":"'
+# Free text with every character COPY escapes, a quote, a backslash and COPY's NULL marker.
+NASTY = 'Jane "JD" Doe\tC:\\notes\\N\nline\r2 \b\f\v 555-0100 \\N'
+
+
+def copy_field(text: str | None) -> bytes:
+    """``text`` as PostgreSQL's COPY TO writes a text field (CopyAttributeOutText)."""
+    if text is None:
+        return b"\\N"
+    escapes = {"\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t",
+               "\v": "\\v"}  # fmt: skip
+    return "".join(escapes.get(c, c) for c in text).encode()
+
+
+def jsonb_text(value: Any) -> str | None:
+    """Like PostgreSQL's jsonb output: JSON text (strings escaped), None for SQL NULL."""
+    return None if value is None else orjson.dumps(value).decode()
+
+
+VISITS: list[tuple[str, bool, Any, Any, Any]] = [
+    # visit id, type in its set, diagnoses, vitals, medications
+    ("0b9f2c1e-0000-4000-8000-000000000001", True,
+     [{"system": "ICD-10", "code": "E11.9", "display": NASTY}, {"system": "ICD-10", "code": NASTY}],
+     {"heartRate": 61, "note": NASTY},
+     [{"name": NASTY, "dose": NASTY}, {"name": NASTY, "system": "RxNorm", "code": "860975"}]),
+    ("0b9f2c1e-0000-4000-8000-000000000002", False, None, None, None),
+    ("0b9f2c1e-0000-4000-8000-000000000003", True,
+     [{"system": "SNOMED-CT", "code": "44054006", "display": "\\N"}], {"systolic": 120},
+     [{"system": "ATC", "code": "A10BA02", "name": "\\N"}]),
+    # The same values again: remembered, counted once per use.
+    ("0b9f2c1e-0000-4000-8000-000000000004", True,
+     [{"system": "ICD-10", "code": "E11.9", "display": NASTY}, {"system": "ICD-10", "code": NASTY}],
+     {"heartRate": 61, "note": NASTY},
+     [{"name": NASTY, "dose": NASTY}, {"name": NASTY, "system": "RxNorm", "code": "860975"}]),
+]  # fmt: skip
+
+
+def copy_stream() -> bytes:
+    """The visits as the shard's COPY sends them (the columns of shards._VISITS_ALL)."""
+    lines = []
+    for visit_id, type_ok, diagnoses, vitals, medications in VISITS:
+        fields = [HEAD, START, visit_id.encode(), b"t" if type_ok else b"f"]
+        fields += [copy_field(jsonb_text(v)) for v in (diagnoses, vitals, medications)]
+        lines.append(b"\t".join(fields) + b"\n")
+    return b"".join(lines)
+
+
+class FakeCopy:
+    """A connection whose COPY sends ``data`` in pieces of ``size`` bytes, then ``then``."""
+
+    def __init__(
+        self, data: bytes, size: int, then: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        self.data, self.size, self.then = data, size, then
+
+    async def copy_from_query(
+        self, query: str, *args: Any, output: Callable[[bytearray], Awaitable[None]], timeout: float
+    ) -> str:
+        for at in range(0, len(self.data), self.size):
+            await output(bytearray(self.data[at : at + self.size]))
+        if self.then is not None:
+            await self.then()
+        return "COPY"
+
+
+async def stream(
+    conn: Any, batch_rows: int = 2, idle: float = shards.IDLE_SECONDS
+) -> tuple[list[dict[str, Any]], Counter[str], list[int]]:
+    keys = StudyKeys(KEY, "study-s")
+    coded = shards.CodedFields(keys)
+    out: list[bytes] = []
+    sizes: list[int] = []
+
+    async def emit(data: bytes, n: int) -> None:
+        assert data.count(b"\n") == n
+        out.append(data)
+        sizes.append(n)
+
+    n = await shards._stream_visits(conn, "q", (), emit, batch_rows, coded, idle)
+    left: Counter[str] = Counter()
+    coded.count_into(left)
+    records = [orjson.loads(line) for line in b"".join(out).splitlines()]
+    assert n == len(records)
+    return records, left, sizes
+
+
+def expected() -> tuple[list[dict[str, Any]], Counter[str]]:
+    """What deidentify makes of the visits (the head as the shard built it)."""
+    keys = StudyKeys(KEY, "study-s")
+    left: Counter[str] = Counter()
+    records = []
+    for visit_id, type_ok, diagnoses, vitals, medications in VISITS:
+        record = deidentify.visit_record(
+            keys, "0123456789abcdef0123456789abcdef", visit_id, "inpatient" if type_ok else "x",
+            2024, 35 * 60, diagnoses, vitals, medications, left,
+        )  # fmt: skip
+        records.append(record | {"type": "inpatient"})  # the head says inpatient
+    return records, left
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64, 1 << 20])
+async def test_rows_cut_anywhere_give_the_reference_records_and_counts(size: int) -> None:
+    records, left, sizes = await stream(FakeCopy(copy_stream(), size))
+    want, want_left = expected()
+    assert records == want
+    assert +left == +want_left
+    assert left["invalidVisitType"] == 1 and left["invalidDiagnosis"] == 2
+    assert left["uncodedMedication"] == 2 and left["invalidVitals"] == 2
+    assert sum(sizes) == len(VISITS)
+    assert records[0]["vid"] == StudyKeys(KEY, "study-s").vid(VISITS[0][0])
+
+
+def test_copy_text_decodes_what_copy_escapes() -> None:
+    assert shards.copy_text(b"\\N") is None
+    assert shards.copy_text(b"\\\\N") == b"\\N"
+    assert shards.copy_text(copy_field(NASTY)) == NASTY.encode()
+    assert shards.copy_text(b"plain") == b"plain"
+
+
+async def test_a_stream_ending_within_a_row_fails() -> None:
+    with pytest.raises(ValueError, match="within a row"):
+        await stream(FakeCopy(copy_stream()[:-5], 64))
+
+
+async def test_a_stream_without_data_for_the_idle_time_fails() -> None:
+    async def stall() -> None:
+        await asyncio.sleep(30)
+
+    task = asyncio.create_task(stream(FakeCopy(copy_stream(), 64, stall), idle=0.2))
+    done, _ = await asyncio.wait({task}, timeout=10)  # (not the guard's timeout: a bound)
+    if not done:
+        task.cancel()
+    assert task in done, "the stalled stream was not stopped"
+    with pytest.raises(TimeoutError):
+        task.result()
+
+
+async def test_waiting_for_the_writer_is_not_idleness() -> None:
+    keys = StudyKeys(KEY, "study-s")
+    got: list[int] = []
+
+    async def slow_writer(data: bytes, n: int) -> None:
+        await asyncio.sleep(0.3)  # longer than the idle time, for every batch
+        got.append(n)
+
+    n = await shards._stream_visits(
+        FakeCopy(copy_stream(), 64), "q", (), slow_writer, 1, shards.CodedFields(keys), 0.1
+    )
+    assert n == sum(got) == len(VISITS)
