@@ -40,8 +40,10 @@ class AuditSettings(CommonSettings):
     # How often to sign a checkpoint while events arrive (the API promises at most 10 s).
     audit_checkpoint_interval: float = Field(default=5.0, gt=0, le=10)
     # Requests in flight past which more are shed at once with 503 (shared/admission.py): a
-    # relay backs off and sends the batch again; a reader is told Retry-After.
-    max_in_flight: int = Field(default=32, ge=1)
+    # relay backs off and sends the batch again; a reader is told Retry-After. Appends wait
+    # for the chain head one at a time and queue for the pool's connections: the bound keeps
+    # that queue finite, not short.
+    max_in_flight: int = Field(default=128, ge=1)
 
     @model_validator(mode="after")
     def _dsn_required(self) -> AuditSettings:

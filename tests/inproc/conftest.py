@@ -23,9 +23,12 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
+from anonymizer import store as registry_store
+from audit_service import store as audit_store
 from deploy.localstack.ports import free_port
 from deploy.localstack.postgres import PostgresServer, server_account
 from fe_server.app import create_app, migration_sets
+from shared import idempotency
 from shared.auth import make_token
 from shared.migrate import apply_migrations
 from shared.settings import FESettings
@@ -123,3 +126,20 @@ def as_role(fe: TestClient) -> Callable[[str, str], Api]:
 @pytest.fixture
 def admin(as_role: Callable[[str, str], Api]) -> Api:
     return as_role("admin", "admin")
+
+
+# The templates of the central services' databases, made once per session for every module
+# that builds their apps (the handler tests, the admission tests).
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def audit_template(pg: PostgresServer) -> str:
+    """The name of a database holding the migrated audit schema."""
+    return await create_template(
+        pg, "audit_template", [("audit", audit_store.MIGRATIONS), idempotency.migration_set()]
+    )
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def registry_template(pg: PostgresServer) -> str:
+    """The name of a database holding the migrated study registry (the anonymizer's)."""
+    sets = [("anonymizer", registry_store.MIGRATIONS), idempotency.migration_set()]
+    return await create_template(pg, "anonymizer_template", sets)

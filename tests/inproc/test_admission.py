@@ -22,8 +22,6 @@ from deploy.localstack.postgres import PostgresServer
 from shared.auth import make_token
 from shared.shardmap import DEFAULT_BUCKETS, Shard, ShardMap
 from tests.inproc.conftest import SECRET, database_from
-from tests.inproc.test_anonymizer_handlers import registry_template  # noqa: F401 - fixture
-from tests.inproc.test_audit_handlers import audit_template  # noqa: F401 - fixture
 
 
 async def _held_body(release: asyncio.Event) -> AsyncIterator[bytes]:
@@ -71,7 +69,7 @@ async def _sheds_past_one_in_flight(app: Application, held_path: str, probe_path
 
 async def test_audit_service_sheds_past_its_bound(
     pg: PostgresServer,
-    audit_template: str,  # noqa: F811 - the fixture imported above
+    audit_template: str,
 ) -> None:
     async with database_from(pg, audit_template, "audit") as dsn:
         settings = AuditSettings(audit_dsn=dsn, jwt_secret=SECRET, pg_pool_min=1,
@@ -83,7 +81,7 @@ async def test_audit_service_sheds_past_its_bound(
 
 async def test_anonymizer_sheds_past_its_bound(
     pg: PostgresServer,
-    registry_template: str,  # noqa: F811 - the fixture imported above
+    registry_template: str,
     shard_db: str,
 ) -> None:
     async with database_from(pg, registry_template, "registry") as dsn:

@@ -14,24 +14,13 @@ from collections.abc import AsyncIterator, Callable
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
-from anonymizer import store
 from anonymizer.app import create_app
 from anonymizer.settings import AnonymizerSettings
 from deploy.localstack.postgres import PostgresServer
-from shared import idempotency
 from shared.auth import make_token
 from shared.shardmap import DEFAULT_BUCKETS, Shard, ShardMap
 from tests.e2e.api import Api
-from tests.inproc.conftest import SECRET, create_template, database_from
-
-TEMPLATE = "anonymizer_template"
-
-
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def registry_template(pg: PostgresServer) -> str:
-    """A database holding the migrated study registry, made once per session."""
-    sets = [("anonymizer", store.MIGRATIONS), idempotency.migration_set()]
-    return await create_template(pg, TEMPLATE, sets)
+from tests.inproc.conftest import SECRET, database_from
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -12,23 +12,12 @@ from collections.abc import AsyncIterator, Callable
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
-from audit_service import store
 from audit_service.app import create_app
 from audit_service.settings import AuditSettings
 from deploy.localstack.postgres import PostgresServer
-from shared import idempotency
 from shared.auth import make_token
 from tests.e2e.api import Api
-from tests.inproc.conftest import SECRET, create_template, database_from
-
-TEMPLATE = "audit_template"
-
-
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def audit_template(pg: PostgresServer) -> str:
-    """The name of a database holding the migrated audit schema, made once per session."""
-    sets = [("audit", store.MIGRATIONS), idempotency.migration_set()]
-    return await create_template(pg, TEMPLATE, sets)
+from tests.inproc.conftest import SECRET, database_from
 
 
 @pytest_asyncio.fixture(loop_scope="session")
