@@ -27,6 +27,7 @@ import pytest_asyncio
 from deploy.localstack import Stack
 from deploy.localstack.stack import REPO_ROOT
 from deploy.localstack.throwaway import throwaway_stack
+from resharder.move import STALL_POINTS
 from shared.shardmap import bucket_of, load_shard_map
 from tests.e2e.api import Api
 
@@ -460,58 +461,135 @@ async def test_overlapping_moves_refuse_each_other_and_a_killed_move_resumes(
         assert reply.status == 200 and len(reply.body["items"]) == 1
 
 
-async def test_a_study_misses_no_change_made_during_a_move_and_settles_after_it(
+async def test_a_study_after_a_move_emits_exactly_the_changes_made_during_and_after_it(
     grow: Stack, admin: Api
 ) -> None:
     from tests.e2e.studies_client import Researcher, by_kind, consent, keys
 
     lo, hi = 256, 319
-    users = names_in(lo, hi, 4, "sy")
+    users = names_in(lo, hi, 6, "sy")
+    visits = {}
     for name in users:
         await admin.create_patient(name)
-        await admin.create_visit(name)
+        visits[name] = await admin.create_visit(name)
     research = Researcher(admin)
     study = await research.create_study()
     for name in users:
         await consent(admin, name, study)
     _, first = await research.run(study)
-    assert len(by_kind(first)["participant"]) == 4 and len(by_kind(first)["visit"]) == 4
+    assert len(by_kind(first)["participant"]) == 6 and len(by_kind(first)["visit"]) == 6
+
+    async def patch(name: str, phone: str) -> None:
+        reply = await admin.call(
+            "PATCH",
+            f"/v1/users/{name}",
+            raw=orjson.dumps({"phone": phone}),
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        assert reply.status == 200, reply.body
 
     previous = await last_move_id(grow)
     proc = await resharder(
         grow, "move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json", "--hold-before-fence", "2"
     )
     await wait_phase(grow, {"catchup"}, after=previous)
-    during = await admin.create_visit(users[0], reason="during the move")  # on the source
+    # Changes during the move (on the source) and after it (on the target); users[4] and
+    # users[5] and the other visits do not change: they moved, nothing more.
+    during = await admin.create_visit(users[0], reason="during the move")
+    await patch(users[1], "+1-555-0101")
     code, summary, err = await finish(proc)
     assert code == 0 and summary["outcome"] == "done", err
-    after = await admin.create_visit(users[1], reason="after the move")  # on the target
+    after = await admin.create_visit(users[2], reason="after the move")
+    await patch(users[3], "+1-555-0103")
 
     k = keys(study)
     _, second = await research.run(study)
-    vids = [r["vid"] for r in by_kind(second)["visit"]]
-    assert k.vid(during["visitId"]) in vids and k.vid(after["visitId"]) in vids
-    assert len(vids) == len(set(vids))  # nothing twice in one run
-    # The next run, with no change since, emits nothing: the move is not a change forever.
+    got = by_kind(second)
+    # Exactly the changes, once each: not a moved participant or visit more.
+    assert sorted(r["vid"] for r in got["visit"]) == sorted(
+        [k.vid(during["visitId"]), k.vid(after["visitId"])]
+    )
+    assert sorted(r["pid"] for r in got["participant"]) == sorted(
+        [k.pid(users[1]), k.pid(users[3])]
+    )
+    assert got["withdrawal"] == []
+    # The next run, with no change since, emits nothing.
     _, third = await research.run(study)
     assert third == []
 
 
-async def test_a_move_killed_in_its_fence_resumes_and_loses_nothing(
-    grow: Stack, admin: Api
+async def audit_in_order(admin: Api, user: str) -> None:
+    """The user's audit events: its create and its updates, versions 1..current, each once."""
+    reply = await admin.call("GET", f"/v1/users/{user}")
+    expected = reply.body["version"]
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        events = (
+            await admin.call(
+                "GET",
+                "/v1/audit/events",
+                params={"entityType": "user", "entityId": user, "limit": "200"},
+            )
+        ).body["items"]
+        if len(events) >= expected or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert [e["after"]["version"] for e in events] == list(range(1, expected + 1)), user
+    assert events[0]["action"] == "create"
+
+
+async def stalled(stack: Stack, point: str, *args: str) -> asyncio.subprocess.Process:
+    """A move started with the resharder told to stall at ``point``, once it says it has."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "resharder", *args, cwd=REPO_ROOT,
+        env={**env(stack), "MEDSVC_RESHARDER_STALL": point},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    lines = []
+    while True:
+        line = await asyncio.wait_for(proc.stderr.readline(), timeout=120)
+        lines.append(line.decode())
+        assert line, f"the move ended before stalling at {point}: {''.join(lines)}"
+        if f"stalled at {point}" in line.decode():
+            return proc
+
+
+# One bucket range of shard 0 per stall point (shard 0 owns 0-511; lower ranges are taken).
+_KILLS = {point: (384 + 16 * i, 399 + 16 * i) for i, point in enumerate(STALL_POINTS)}
+
+
+@pytest.mark.parametrize("point", STALL_POINTS)
+async def test_a_move_killed_in_any_phase_resumes_and_loses_nothing(
+    grow: Stack, admin: Api, point: str
 ) -> None:
-    lo, hi = 320, 383
-    users = names_in(lo, hi, 6, "kf")
+    lo, hi = _KILLS[point]
+    users = names_in(lo, hi, 3, f"k{point}")
     for name in users:
         await admin.create_patient(name)
         await admin.create_visit(name)
-    previous = await last_move_id(grow)
-    first = await resharder(grow, "move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json")
-    # Killed as soon as it enters the fence (or just after: either way it must recover).
-    await wait_phase(grow, {"fence", "switch", "verify", "cleanup"}, after=previous)
+    args = ("move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json")
+    first = await stalled(grow, point, *args)
+    if point == "fence":
+        # Writes to the moving users wait while the fence holds: killed, they go through.
+        writes = [
+            asyncio.create_task(
+                admin.call(
+                    "PATCH",
+                    f"/v1/users/{name}",
+                    raw=b'{"phone": "+1-555-0170"}',
+                    headers={"Content-Type": "application/merge-patch+json"},
+                )
+            )  # fmt: skip
+            for name in users
+        ]
+        await asyncio.sleep(0.3)
     first.send_signal(signal.SIGKILL)
     await first.wait()
+    if point == "fence":
+        assert [r.status for r in await asyncio.gather(*writes)] == [200] * len(users)
     # Meanwhile writes to the moving users go on; none may be lost.
+    created = {}
     for name in users:
         reply = await admin.call(
             "PATCH",
@@ -520,14 +598,64 @@ async def test_a_move_killed_in_its_fence_resumes_and_loses_nothing(
             headers={"Content-Type": "application/merge-patch+json"},
         )
         assert reply.status == 200, reply.body
-    again = await resharder(grow, "move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json")
+        created[name] = await admin.create_visit(name, reason=f"killed in {point}")
+    again = await resharder(grow, *args)
     code, summary, err = await finish(again)
     assert code == 0, err
-    assert summary["outcome"] == "done"
+    assert summary["outcome"] == "done" and summary["resumed"] is True, summary
     assert all(d["missing"] == d["extra"] == d["mismatched"] == 0 for d in summary["diff"].values())
-    assert await owners(grow, 0, lo, hi) == {2} and await rows_in(grow, 0, lo, hi) == 0
+    assert await owners(grow, 0, lo, hi) == {2} and await owners(grow, 2, lo, hi) == {2}
+    assert await rows_in(grow, 0, lo, hi) == 0
+    conn = await asyncpg.connect(grow.postgres[2].dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM pg_subscription") == 0
+    finally:
+        await conn.close()
     for name in users:
         reply = await admin.call("GET", f"/v1/users/{name}")
         assert reply.status == 200 and reply.body["phone"] == "+1-555-0177"
-        visits = await admin.call("GET", f"/v1/users/{name}/visits")
-        assert visits.status == 200 and len(visits.body["items"]) == 1
+        listed = await admin.call("GET", f"/v1/users/{name}/visits")
+        assert listed.status == 200 and len(listed.body["items"]) == 2
+        assert created[name] in listed.body["items"]
+        await audit_in_order(admin, name)
+    verdict = await admin.call("GET", "/v1/audit/verify")
+    assert verdict.status == 200 and verdict.body["ok"] is True
+
+
+async def test_a_copy_that_differs_aborts_before_the_flip_and_the_source_keeps_everything(
+    grow: Stack, admin: Api
+) -> None:
+    lo, hi = 496, 511
+    users = names_in(lo, hi, 3, "cs")
+    for name in users:
+        await admin.create_patient(name)
+        await admin.create_visit(name)
+    version_before = load_shard_map(grow.shard_map_path).version
+    first = await stalled(grow, "catchup", "move", "--buckets", f"{lo}-{hi}", "--to", "2",
+                          "--json")  # fmt: skip
+    first.send_signal(signal.SIGKILL)
+    await first.wait()
+    # Corrupt the target's copy of one moving user (as replication apply writes: no trigger
+    # but the bucket's), then let the move go on.
+    conn = await asyncpg.connect(grow.postgres[2].dsn)
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            status = await conn.execute(
+                "UPDATE users SET given_name = 'Corrupted' WHERE user_name = $1", users[0]
+            )
+            assert status == "UPDATE 1"
+    finally:
+        await conn.close()
+    proc = await resharder(grow, "move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json")
+    code, summary, err = await finish(proc)
+    assert code == 1, err
+    assert summary["outcome"] == "aborted" and "checksums differ" in summary["reason"], summary
+    assert "users" in summary["reason"]
+    # The source owns, in both databases and in the map; the target kept nothing.
+    assert await owners(grow, 0, lo, hi) == {0} and await owners(grow, 2, lo, hi) == {0}
+    assert await rows_in(grow, 2, lo, hi) == 0 and await rows_in(grow, 0, lo, hi) == 6
+    assert load_shard_map(grow.shard_map_path).version == version_before
+    for name in users:
+        reply = await admin.call("GET", f"/v1/users/{name}")
+        assert reply.status == 200 and reply.body["givenName"] != "Corrupted"
