@@ -341,8 +341,9 @@ def _check_ownership(results: Iterable[ShardResult]) -> None:
     for r in results:
         for bucket in r.owned:
             if seen.setdefault(bucket, r.shard_id) != r.shard_id:
+                first, second = sorted((seen[bucket], r.shard_id))
                 raise Unavailable(
-                    f"bucket {bucket} is owned by shards {seen[bucket]} and {r.shard_id}: a move"
+                    f"bucket {bucket} is owned by shards {first} and {second}: a move"
                     " stopped between its flips; resume it (python -m resharder move)"
                 )
 

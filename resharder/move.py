@@ -412,7 +412,8 @@ class Mover:
             await b_tx.start()
             b_open = True
             remaining = max(int((limit - (time.monotonic() - started)) * 1000), 1)
-            await self.b.execute(f"SET LOCAL lock_timeout = '{remaining}ms'")
+            for conn in (fence, self.b):
+                await conn.execute(f"SET LOCAL lock_timeout = '{remaining}ms'")
             ordered = sorted([(self.m.source, fence), (self.m.target, self.b)], key=lambda c: c[0])
             try:
                 for _, conn in ordered:
@@ -564,8 +565,8 @@ class Mover:
 
     async def _cleanup(self) -> None:
         await self._drop_replication()
-        await self._stall("cleanup")
         await self._delete_unowned(self.a)
+        await self._stall("cleanup")
 
     async def _rollback(self, reason: str) -> None:
         """Undo a move that did not flip: A owns, B's copies and the replication go."""

@@ -28,6 +28,7 @@ from deploy.localstack import Stack
 from deploy.localstack.stack import REPO_ROOT
 from deploy.localstack.throwaway import throwaway_stack
 from resharder.move import STALL_POINTS
+from shared.ownership import OWNERSHIP_CUT_LOCK
 from shared.shardmap import bucket_of, load_shard_map
 from tests.e2e.api import Api
 
@@ -588,9 +589,10 @@ async def test_a_move_killed_in_any_phase_resumes_and_loses_nothing(
     await first.wait()
     if point == "fence":
         assert [r.status for r in await asyncio.gather(*writes)] == [200] * len(users)
-    # Meanwhile writes to the moving users go on; none may be lost.
-    created = {}
-    for name in users:
+
+    # Meanwhile writes to the moving users go on; none may be lost (all at once: between the
+    # flip and the switch each waits until the gateway follows the refusing shard's hint).
+    async def write(name: str) -> dict[str, Any]:
         reply = await admin.call(
             "PATCH",
             f"/v1/users/{name}",
@@ -598,7 +600,9 @@ async def test_a_move_killed_in_any_phase_resumes_and_loses_nothing(
             headers={"Content-Type": "application/merge-patch+json"},
         )
         assert reply.status == 200, reply.body
-        created[name] = await admin.create_visit(name, reason=f"killed in {point}")
+        return await admin.create_visit(name, reason=f"killed in {point}")
+
+    created = dict(zip(users, await asyncio.gather(*(write(name) for name in users))))
     again = await resharder(grow, *args)
     code, summary, err = await finish(again)
     assert code == 0, err
@@ -659,3 +663,63 @@ async def test_a_copy_that_differs_aborts_before_the_flip_and_the_source_keeps_e
     for name in users:
         reply = await admin.call("GET", f"/v1/users/{name}")
         assert reply.status == 200 and reply.body["givenName"] != "Corrupted"
+
+
+async def test_a_run_takes_its_snapshots_between_moves_never_between_two_flips(
+    grow: Stack, admin: Api
+) -> None:
+    from tests.e2e.studies_client import Researcher, consent
+
+    lo, hi = 320, 351
+    name = names_in(lo, hi, 1, "cut")[0]
+    await admin.create_patient(name)
+    research = Researcher(admin)
+    study = await research.create_study()
+    await consent(admin, name, study)
+
+    # A move between its flips holds the ownership cut on its shards: a run waits for it.
+    mover = await asyncpg.connect(grow.postgres[1].dsn)
+    try:
+        tx = mover.transaction()
+        await tx.start()
+        await mover.execute("SELECT pg_advisory_xact_lock($1)", OWNERSHIP_CUT_LOCK)
+        started = await research.start(study)
+        assert started.status == 202, started.body
+        await asyncio.sleep(1.5)
+        reply = await admin.call("GET", started.headers["Location"])
+        assert reply.body["status"] == "running"
+        await tx.rollback()
+        run = await research.wait(started.headers["Location"])
+        assert run["status"] == "succeeded", run
+    finally:
+        await mover.close()
+
+    # A run holds it while it takes its snapshots: a move's flip waits for it (here, past
+    # its fence limit: the move aborts, the source keeps the buckets).
+    reader = await asyncpg.connect(grow.postgres[0].dsn)
+    try:
+        await reader.execute("SELECT pg_advisory_lock_shared($1)", OWNERSHIP_CUT_LOCK)
+        proc = await resharder(
+            grow, "move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json", "--fence-limit", "2"
+        )
+        code, summary, err = await finish(proc)
+    finally:
+        await reader.close()
+    assert code == 1, err
+    assert "extraction's snapshots" in summary["reason"], summary
+    assert await owners(grow, 0, lo, hi) == {0} and await owners(grow, 2, lo, hi) == {0}
+
+    # A move killed between its flips leaves two owners: a run refuses to read them twice.
+    bucket = bucket_of(name)
+    target = await asyncpg.connect(grow.postgres[2].dsn)
+    try:
+        await target.execute("UPDATE shard_buckets SET owner = 2 WHERE bucket = $1", bucket)
+        started = await research.start(study)
+        run = await research.wait(started.headers["Location"])
+        assert run["status"] == "failed"
+        assert f"bucket {bucket} is owned by shards 0 and 2" in run["error"], run
+    finally:
+        await target.execute("UPDATE shard_buckets SET owner = 0 WHERE bucket = $1", bucket)
+        await target.close()
+    run, records = await research.run(study)
+    assert records == []
