@@ -11,6 +11,7 @@ from shared import policy
 from shared.appkeys import CACHE, PG_POOL, SHARD_ID, VERIFIER
 from shared.auth import Principal
 from shared.cache import ReadCache
+from shared.cachekeys import user_group, visits_group
 from shared.db import db_errors
 from shared.errors import Misdirected, NotFound
 from shared.types import USER_NAME_PATTERN
@@ -55,6 +56,11 @@ async def require_owned(request: web.Request, user_name: str) -> None:
         # bucket_owner: one primary-key lookup.
         owner = await request.app[PG_POOL].fetchval("SELECT medsvc_owner($1)", user_name)
     if owner != shard_id:
+        # Whatever this shard's Redis still holds of the user is from before the bucket left
+        # (a move killed between its flip and its switch leaves it there, and a gateway on the
+        # old map would serve it after the new owner's writes): forget it. Nothing refills
+        # it: a fill needs this check to pass.
+        await cache(request).drop([user_group(user_name), visits_group(user_name)])
         raise Misdirected(f"{user_name} belongs to shard {owner}, not {shard_id}", owner=owner)
 
 

@@ -723,3 +723,36 @@ async def test_a_run_takes_its_snapshots_between_moves_never_between_two_flips(
         await target.close()
     run, records = await research.run(study)
     assert records == []
+
+
+async def test_a_gateway_following_an_owner_hint_before_the_switch_serves_no_stale_read(
+    grow: Stack, admin: Api
+) -> None:
+    lo, hi = 352, 383
+    name = names_in(lo, hi, 1, "hint")[0]
+    await admin.create_patient(name)
+    # Cached on the source: the first read fills shard 0's Redis, the second is served from it.
+    for _ in range(2):
+        assert (await admin.call("GET", f"/v1/users/{name}")).status == 200
+    args = ("move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json")
+    # The move stops for good between its flip and its switch: the map still names shard 0,
+    # whose database refuses; the gateway follows the owner it names, shard 2, which writes.
+    first = await stalled(grow, "flipped", *args)
+    try:
+        patched = await admin.call(
+            "PATCH",
+            f"/v1/users/{name}",
+            raw=b'{"phone": "+1-555-0188"}',
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        assert patched.status == 200, patched.body
+        # The next read, routed by the same map, must not be shard 0's cached copy.
+        reply = await admin.call("GET", f"/v1/users/{name}")
+        assert reply.status == 200 and reply.body["phone"] == "+1-555-0188", reply.body
+    finally:
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+    code, summary, err = await finish(await resharder(grow, *args))
+    assert code == 0 and summary["outcome"] == "done", err
+    reply = await admin.call("GET", f"/v1/users/{name}")
+    assert reply.status == 200 and reply.body["phone"] == "+1-555-0188"
