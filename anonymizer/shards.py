@@ -212,6 +212,11 @@ class OwnershipCut:
                 with db_errors(f"shard {shard.id}"):
                     await conn.execute(f"SET lock_timeout = '{cls.TIMEOUT}'")
                     await conn.execute("SELECT pg_advisory_lock_shared($1)", OWNERSHIP_CUT_LOCK)
+        except asyncpg.LockNotAvailableError as exc:
+            await cut.release()
+            raise Unavailable(
+                f"a bucket move held shard {shard.id}'s ownership cut for {cls.TIMEOUT}"
+            ) from exc
         except BaseException:
             await cut.release()
             raise

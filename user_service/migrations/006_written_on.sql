@@ -13,16 +13,22 @@
 -- arrives stamped. NULL: written before this database knew its shard (before its FE server
 -- first seeded shard_identity); the anonymizer reads it as this database's, and the
 -- resharder stamps such rows before it copies them.
+CREATE FUNCTION medsvc_shard_id() RETURNS int LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT shard_id FROM shard_identity
+$$;
 CREATE FUNCTION medsvc_stamp_write() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     NEW.updated_xid := pg_current_xact_id();
-    NEW.written_on := (SELECT shard_id FROM shard_identity);
+    NEW.written_on := medsvc_shard_id();
     RETURN NEW;
 END $$;
 
 -- The existing rows were all written here (replication gave copied rows this database's
 -- transaction id until now). A constant default fills them without rewriting the table and
--- without firing a trigger (their updated_xid, the watermark, stays as it is).
+-- without firing a trigger (their updated_xid, the watermark, stays as it is). Then the
+-- default is this shard, as updated_xid's is this transaction: a bulk load that bypasses the
+-- triggers (session_replication_role = replica, bench/move.py) still stamps its rows, while
+-- replication apply, which supplies every column, keeps the writer's.
 DO $$
 DECLARE
     self text := coalesce((SELECT shard_id::text FROM shard_identity), 'NULL');
@@ -30,8 +36,8 @@ BEGIN
     EXECUTE format('ALTER TABLE users ADD COLUMN written_on int DEFAULT %s', self);
     EXECUTE format('ALTER TABLE study_consents ADD COLUMN written_on int DEFAULT %s', self);
 END $$;
-ALTER TABLE users ALTER COLUMN written_on DROP DEFAULT;
-ALTER TABLE study_consents ALTER COLUMN written_on DROP DEFAULT;
+ALTER TABLE users ALTER COLUMN written_on SET DEFAULT medsvc_shard_id();
+ALTER TABLE study_consents ALTER COLUMN written_on SET DEFAULT medsvc_shard_id();
 
 DROP TRIGGER users_updated_xid ON users;
 CREATE TRIGGER users_updated_xid BEFORE INSERT OR UPDATE ON users
