@@ -169,7 +169,10 @@ class Mover:
         self.b_snapshot: asyncpg.Connection | None = None
 
     async def _connect(self, dsn: str) -> asyncpg.Connection:
-        return await asyncpg.connect(dsn, password=self.password, timeout=10)
+        # One time zone on every connection: the checksums hash rows as text.
+        return await asyncpg.connect(
+            dsn, password=self.password, timeout=10, server_settings={"TimeZone": "UTC"}
+        )
 
     # -- the whole move -----------------------------------------------------------------
 
@@ -447,23 +450,20 @@ class Mover:
 
         columns = {table: ", ".join(await self._columns(table)) for table, _ in TABLES}
 
-        async def sums(dsn: str) -> dict[str, tuple[int, int]]:
-            conn = await self._connect(dsn)
-            try:
-                out = {}
-                for table, cols in columns.items():
-                    row = await conn.fetchrow(
-                        f"SELECT count(*) AS n, coalesce(sum(('x' || left(md5(ROW({cols})::text),"
-                        f" 16))::bit(64)::bigint), 0) AS h FROM {table}"
-                        " WHERE bucket BETWEEN $1 AND $2",
-                        self.m.lo, self.m.hi,
-                    )  # fmt: skip
-                    out[table] = (row["n"], int(row["h"]))
-                return out
-            finally:
-                await conn.close()
+        async def sums(conn: asyncpg.Connection) -> dict[str, tuple[int, int]]:
+            out = {}
+            for table, cols in columns.items():
+                row = await conn.fetchrow(
+                    f"SELECT count(*) AS n, coalesce(sum(('x' || left(md5(ROW({cols})::text),"
+                    f" 16))::bit(64)::bigint), 0) AS h FROM {table}"
+                    " WHERE bucket BETWEEN $1 AND $2",
+                    self.m.lo, self.m.hi,
+                )  # fmt: skip
+                out[table] = (row["n"], int(row["h"]))
+            return out
 
-        a_sums, b_sums = await asyncio.gather(sums(self.src.postgres), sums(self.dst.postgres))
+        # A's and B's own connections (idle now): no connection set up inside the fence.
+        a_sums, b_sums = await asyncio.gather(sums(self.a), sums(self.b))
         check("the checksums")
         return [table for table, _ in TABLES if a_sums[table] != b_sums[table]]
 
