@@ -446,7 +446,8 @@ class Mover:
 
     async def _checksums_differ(self, check: Any) -> list[str]:
         """The tables whose moving rows differ between A and B (count and an order-free sum of
-        row checksums), both sides read at once; A is fenced, B caught up to it."""
+        row hashes), both sides read at once; A is fenced, B caught up to it. It costs fence
+        time in proportion to the range (~4 µs a row on the development machine)."""
 
         columns = {table: ", ".join(await self._columns(table)) for table, _ in TABLES}
 
@@ -454,8 +455,8 @@ class Mover:
             out = {}
             for table, cols in columns.items():
                 row = await conn.fetchrow(
-                    f"SELECT count(*) AS n, coalesce(sum(('x' || left(md5(ROW({cols})::text),"
-                    f" 16))::bit(64)::bigint), 0) AS h FROM {table}"
+                    f"SELECT count(*) AS n,"
+                    f" coalesce(sum(hashtextextended(ROW({cols})::text, 0)), 0) AS h FROM {table}"
                     " WHERE bucket BETWEEN $1 AND $2",
                     self.m.lo, self.m.hi,
                 )  # fmt: skip
