@@ -17,17 +17,20 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
 import orjson
 import pytest
 import pytest_asyncio
+import redis.asyncio as aioredis
 
 from deploy.localstack import Stack
 from deploy.localstack.stack import REPO_ROOT
 from deploy.localstack.throwaway import throwaway_stack
 from resharder.move import STALL_POINTS
+from shared.cachekeys import user_group
 from shared.ownership import OWNERSHIP_CUT_LOCK
 from shared.shardmap import bucket_of, load_shard_map
 from tests.e2e.api import Api
@@ -756,3 +759,119 @@ async def test_a_gateway_following_an_owner_hint_before_the_switch_serves_no_sta
     assert code == 0 and summary["outcome"] == "done", err
     reply = await admin.call("GET", f"/v1/users/{name}")
     assert reply.status == 200 and reply.body["phone"] == "+1-555-0188"
+
+
+class HeldReplies:
+    """A TCP proxy that holds back its server's replies while ``held`` (then delivers them)."""
+
+    def __init__(self, target: str) -> None:
+        parts = urlsplit(target)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 5432
+        self.held = False
+        self.waiting = 0  # bytes held back
+        self._release = asyncio.Event()
+        self.server: asyncio.Server | None = None
+        self.links: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def release(self) -> None:
+        self.held = False
+        self._release.set()
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in list(self.links):
+            w.close()
+        await self.server.wait_closed()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+        self.links |= {writer, up_writer}
+        await asyncio.gather(
+            self._pump(reader, up_writer, hold=False),
+            self._pump(up_reader, writer, hold=True),
+            return_exceptions=True,
+        )
+        for w in (writer, up_writer):
+            self.links.discard(w)
+            w.close()
+
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hold: bool
+    ) -> None:
+        while data := await reader.read(65536):
+            if hold and self.held:
+                self.waiting += len(data)
+                await self._release.wait()
+            writer.write(data)
+            await writer.drain()
+
+
+async def test_a_read_checked_before_the_flip_cannot_fill_the_old_shards_cache_after_it(
+    grow: Stack, admin: Api, tmp_path: Any
+) -> None:
+    from deploy.localstack.ports import free_port
+    from deploy.localstack.service import ServiceProcess
+
+    lo, hi = 320, 351  # (the ownership-cut test's move of these aborted: shard 0 owns them)
+    name = names_in(lo, hi, 1, "refill")[0]
+    await admin.create_patient(name)
+    redis_url = grow.shard_map.shard(0).redis
+    assert redis_url
+    # A third FE server of shard 0 whose database replies the test can hold back.
+    proxy = HeldReplies(grow.postgres[0].dsn)
+    port = await proxy.start()
+    doc = orjson.loads(grow.shard_map_path.read_bytes())
+    for shard in doc["shards"]:
+        if shard["id"] == 0:
+            parts = urlsplit(shard["postgres"])
+            shard["postgres"] = parts._replace(
+                netloc=parts.netloc.replace(f":{parts.port}", f":{port}")
+            ).geturl()
+    (tmp_path / "shardmap.json").write_bytes(orjson.dumps(doc))
+    twin = grow.fe[0][0]
+    fe = ServiceProcess(
+        "fe-shard-0-held", twin.module, free_port(), grow.logs_dir / "fe-shard-0-held.log",
+        args=twin.argv[3 : twin.argv.index("--port")],
+        env={**(twin.env or {}), "MEDSVC_SHARD_MAP": str(tmp_path / "shardmap.json")},
+        cwd=twin.cwd,
+    )  # fmt: skip
+    await fe.start()
+    args = ("move", "--buckets", f"{lo}-{hi}", "--to", "2", "--json")
+    mover = None
+    try:
+        async with aiohttp.ClientSession() as http:
+            direct = Api(http, fe.url, admin.token)
+            # The read's ownership check runs while shard 0 owns the user; its answer is held
+            # back until the move has flipped and dropped the moved users' cache entries.
+            proxy.held = True
+            read = asyncio.create_task(direct.call("GET", f"/v1/users/{name}"))
+            for _ in range(500):
+                if proxy.waiting:
+                    break
+                await asyncio.sleep(0.01)
+            assert proxy.waiting, "the read never reached its database"
+            mover = await stalled(grow, "switch", *args)  # flipped, entries dropped, map old
+            proxy.release()
+            reply = await read
+        # Once it has its lease, it checks again: refused, and it filled nothing.
+        assert reply.status == 421, reply.body
+        r = aioredis.Redis.from_url(redis_url)
+        try:
+            assert await r.exists(f"{{{user_group(name)}}}") == 0
+        finally:
+            await r.aclose()
+    finally:
+        proxy.release()
+        if mover is not None:
+            mover.send_signal(signal.SIGKILL)
+            await mover.wait()
+        await fe.stop()
+        await proxy.close()
+    code, summary, err = await finish(await resharder(grow, *args))
+    assert code == 0 and summary["outcome"] == "done", err
+    assert (await admin.call("GET", f"/v1/users/{name}")).status == 200
