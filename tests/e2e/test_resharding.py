@@ -818,8 +818,9 @@ async def test_a_read_checked_before_the_flip_cannot_fill_the_old_shards_cache_a
     from deploy.localstack.service import ServiceProcess
 
     lo, hi = 320, 351  # (the ownership-cut test's move of these aborted: shard 0 owns them)
-    name = names_in(lo, hi, 1, "refill")[0]
-    await admin.create_patient(name)
+    name, other = names_in(lo, hi, 2, "refill")
+    for user in (name, other):
+        await admin.create_patient(user)
     redis_url = grow.shard_map.shard(0).redis
     assert redis_url
     # A third FE server of shard 0 whose database replies the test can hold back.
@@ -837,7 +838,10 @@ async def test_a_read_checked_before_the_flip_cannot_fill_the_old_shards_cache_a
     fe = ServiceProcess(
         "fe-shard-0-held", twin.module, free_port(), grow.logs_dir / "fe-shard-0-held.log",
         args=twin.argv[3 : twin.argv.index("--port")],
-        env={**(twin.env or {}), "MEDSVC_SHARD_MAP": str(tmp_path / "shardmap.json")},
+        # One database connection, warmed below: the held read's statements are prepared, so
+        # its ownership check runs at once (only the reply waits).
+        env={**(twin.env or {}), "MEDSVC_SHARD_MAP": str(tmp_path / "shardmap.json"),
+             "MEDSVC_PG_POOL_MIN": "1", "MEDSVC_PG_POOL_MAX": "1"},
         cwd=twin.cwd,
     )  # fmt: skip
     await fe.start()
@@ -846,6 +850,7 @@ async def test_a_read_checked_before_the_flip_cannot_fill_the_old_shards_cache_a
     try:
         async with aiohttp.ClientSession() as http:
             direct = Api(http, fe.url, admin.token)
+            assert (await direct.call("GET", f"/v1/users/{other}")).status == 200
             # The read's ownership check runs while shard 0 owns the user; its answer is held
             # back until the move has flipped and dropped the moved users' cache entries.
             proxy.held = True
