@@ -30,7 +30,7 @@ from anonymizer import deidentify, kanon, metrics, shards, store
 from anonymizer.deidentify import StudyKeys
 from anonymizer.shards import ShardPools, ShardResult
 from shared.db import db_errors
-from shared.errors import Conflict, NotFound, ServiceError
+from shared.errors import Conflict, NotFound, ServiceError, Unavailable
 
 log = logging.getLogger("medsvc.anonymizer.run")
 # Record batches read but not yet written, at most (then the readers wait for the writer).
@@ -300,6 +300,7 @@ async def _read_all(
 
     async def coordinate() -> None:
         await all_in.wait()
+        _check_ownership(heads.values())
         await write_head([heads[s.id] for s in shard_list])
         while (item := await queue.get()) is not None:
             body.add(item[0])
@@ -310,8 +311,8 @@ async def _read_all(
         nonlocal remaining
         pool = await ex.shard_pools.get(shard)
         result = await shards.read_shard(
-            pool, shard.id, study_id, keys, marks.get(shard.id), versions, cutoff, head_done,
-            emit, ex.batch_rows,
+            pool, shard.id, study_id, keys, marks, versions, cutoff, head_done,
+            emit, ex.batch_rows, cut.taken,
         )  # fmt: skip
         remaining -= 1
         if remaining == 0:
@@ -323,6 +324,7 @@ async def _read_all(
     if not shard_list:
         await write_head([])
         return []
+    cut = await shards.OwnershipCut.hold(ex.shard_pools, shard_list)
     try:
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(read(shard)) for shard in shard_list]
@@ -331,7 +333,24 @@ async def _read_all(
         # One shard failing fails the run (the others were cancelled): say which.
         errors = group.exceptions
         raise next((e for e in errors if isinstance(e, ServiceError)), errors[0]) from None
+    finally:
+        await cut.release()  # (done already unless a reader failed before its snapshot)
     return [t.result() for t in tasks]
+
+
+def _check_ownership(results: Iterable[ShardResult]) -> None:
+    """Refuse a run in which two shards own one bucket: a move killed between its two flips
+    (the ownership cut keeps a live move's flips out of a run's snapshots). Its participants
+    would be read twice; the move's resume settles the owner, and a later run reads it."""
+    seen: dict[int, int] = {}
+    for r in results:
+        for bucket in r.owned:
+            if seen.setdefault(bucket, r.shard_id) != r.shard_id:
+                first, second = sorted((seen[bucket], r.shard_id))
+                raise Unavailable(
+                    f"bucket {bucket} is owned by shards {first} and {second}: a move"
+                    " stopped between its flips; resume it (python -m resharder move)"
+                )
 
 
 def _participants(

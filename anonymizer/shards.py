@@ -10,6 +10,15 @@ by time, so a transaction that was in flight when a run took its snapshot (liste
 ``xip``) is not visible to that run, and is to the next one: each committed write falls in
 exactly one run's window, however long it ran and whenever it committed.
 
+Moved rows. A bucket move (resharder/) copies rows with their ``updated_xid`` and
+``written_on`` (the shard whose database wrote them) as they were: a row is judged against the
+previous watermark of the shard it was written on (a study's watermarks include every shard it
+read), so a participant who moved is not new only because they moved. A shard never read by
+the study, or a row's writer of which the study has no watermark: the row is new. This is exact
+because a run's snapshots are an ownership cut (:class:`OwnershipCut`): a move flips ownership
+in two databases, and no run takes its snapshots between the two flips; every row read on the
+bucket's owner then was written before the snapshot of the shard that wrote it.
+
 Participants. Consent is read in the same snapshot. Someone consenting now who was not a
 participant at the last successful run (the registry keeps the pids) gets their whole
 history; someone who was gets the rows changed in the window. Someone whose consent has a
@@ -24,6 +33,7 @@ withdrawals and participant records), then, once the head is written, the visits
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import re
 from collections import Counter
@@ -39,6 +49,7 @@ from anonymizer.deidentify import StudyKeys
 from shared.db import create_pool, db_errors
 from shared.dbsetup import dsn_with
 from shared.errors import Unavailable
+from shared.ownership import OWNERSHIP_CUT_LOCK
 from shared.shardmap import MapWatcher, Shard, ShardMap
 
 # A batch of visit records as NDJSON bytes, and how many records it holds.
@@ -48,17 +59,21 @@ HeadDone = Callable[["ShardResult"], Awaitable[None]]
 
 # participants_now: the study's consents in force in this snapshot with their versions, in the
 # buckets this shard owns in the same snapshot (a move's copy on its way in, or the source's
-# copy before cleanup, is not read twice). moved_in: the bucket came to this shard (resharder)
-# after the previous watermark $2, so the participant's rows are new here, whatever their
-# updated_xid: the whole history is read, and nothing changed on the old shard since its last
-# run is missed.
+# copy before cleanup, is not read twice). arrived: the bucket came to this shard (resharder)
+# after the previous watermark $2 (or the shard was never read): its rows may have been written
+# on another shard, and are judged each in its writer's id space (users_arrived).
 _CONSENTS = """
 SELECT c.user_name, c.version,
-       coalesce(NOT pg_visible_in_snapshot(sb.since_xid, $2::text::pg_snapshot), false)
+       $2::text IS NULL OR NOT pg_visible_in_snapshot(sb.since_xid, $2::text::pg_snapshot)
 FROM study_consents c
 JOIN shard_buckets sb ON sb.bucket = c.bucket
 JOIN shard_identity si ON sb.owner = si.shard_id
 WHERE c.study_id = $1 AND c.withdrawn_at IS NULL"""
+# owned: the buckets this shard owns in the run's snapshot (the run checks that no two shards
+# claim one: a move killed between its two flips, extract.py).
+_OWNED = """
+SELECT coalesce(array_agg(sb.bucket), '{}') FROM shard_buckets sb
+JOIN shard_identity si ON sb.owner = si.shard_id"""
 _USER_COLUMNS = "u.user_name, u.birth_date, u.sex, u.address"
 # users_all: the participant rows of new participants ($1). (Their visits: visits_sql.)
 _USERS_ALL = f"""
@@ -82,12 +97,16 @@ SELECT '","year":' || CASE WHEN v.started_at >= '1900-01-01Z' AND v.started_at <
        v.type IN ({_TYPES}) AS type_ok,
        v.diagnoses::text AS diagnoses, v.vitals::text AS vitals, v.medications::text AS medications
 FROM unnest($1::text[], $2::text[]) AS p(user_name, pid) JOIN visits v USING (user_name)"""
-# visits_changed: the same for continuing participants, the rows written since $3.
+# visits_changed: the same for continuing participants, the rows written on this shard ($4)
+# since $3. Rows another shard wrote came with a move and are not judged here: a bucket that
+# arrived since $3 is read with visits_arrived; one that arrived before it, by the ownership
+# cut, held only rows its writers' watermarks of $3's run already covered.
 _VISITS_CHANGED = (
     _VISITS_ALL
     + """
 WHERE v.updated_xid >= pg_snapshot_xmin($3::text::pg_snapshot)
-  AND NOT pg_visible_in_snapshot(v.updated_xid, $3::text::pg_snapshot)"""
+  AND NOT pg_visible_in_snapshot(v.updated_xid, $3::text::pg_snapshot)
+  AND coalesce(v.written_on, $4) = $4"""
 )
 # users_changed: continuing participants' ($1) rows whose writer the previous
 # snapshot ($2) did not see. The xmin bound follows from the visibility test; it lets the
@@ -96,8 +115,18 @@ _USERS_CHANGED = (
     _USERS_ALL
     + """
 WHERE u.updated_xid >= pg_snapshot_xmin($2::text::pg_snapshot)
-  AND NOT pg_visible_in_snapshot(u.updated_xid, $2::text::pg_snapshot)"""
+  AND NOT pg_visible_in_snapshot(u.updated_xid, $2::text::pg_snapshot)
+  AND coalesce(u.written_on, $3) = $3"""
 )
+# *_arrived: continuing participants in buckets that arrived since the previous run: each row
+# judged against the previous watermark of the shard that wrote it (shards $s, watermarks $w;
+# $self: this shard, for rows written before it knew its id); none for that shard: new.
+_ARRIVED = """
+WHERE NOT coalesce(pg_visible_in_snapshot({t}.updated_xid,
+    (${w}::text[])[array_position(${s}::int[], coalesce({t}.written_on, ${self}))]::pg_snapshot),
+    false)"""
+_USERS_ARRIVED = _USERS_ALL + _ARRIVED.format(t="u", s=2, w=3, self=4)
+_VISITS_ARRIVED = _VISITS_ALL + _ARRIVED.format(t="v", s=3, w=4, self=5)
 
 
 class ShardPools:
@@ -142,10 +171,70 @@ class ShardPools:
                     )  # fmt: skip
             return self._pools[shard.id]
 
+    async def connect(self, shard: Shard) -> asyncpg.Connection:
+        """A connection of its own to ``shard``, outside the pool (Unavailable when it cannot)."""
+        with db_errors(f"shard {shard.id}"):
+            dsn = dsn_with(shard.postgres, user=self._user) if self._user else shard.postgres
+            conn: asyncpg.Connection = await asyncpg.connect(
+                dsn, password=self._password, timeout=10
+            )
+            return conn
+
     async def close(self) -> None:
         for pool in self._pools.values():
             await pool.close()
         self._pools.clear()
+
+
+class OwnershipCut:
+    """A run's snapshots taken while no bucket move is between its two flips.
+
+    :meth:`hold` takes the shared ownership-cut lock (shared/ownership.py) on every shard, in
+    ascending id order, on connections of its own; the readers take their snapshots; the
+    last one's :meth:`taken` lets go. A move holds the lock exclusively on its two shards from
+    before its first flip until after its second, so every snapshot of the run sees both
+    flips or neither. The readers' connections stay out of it (they may wait for their pool).
+    """
+
+    # A move holds the lock for its flips (milliseconds); a wait this long means trouble.
+    TIMEOUT = "30s"
+
+    def __init__(self, conns: list[asyncpg.Connection], readers: int) -> None:
+        self._conns = conns
+        self._waiting = readers
+
+    @classmethod
+    async def hold(cls, pools: ShardPools, shard_list: list[Shard]) -> OwnershipCut:
+        cut = cls([], len(shard_list))
+        try:
+            for shard in sorted(shard_list, key=lambda s: s.id):
+                conn = await pools.connect(shard)
+                cut._conns.append(conn)
+                with db_errors(f"shard {shard.id}"):
+                    await conn.execute(f"SET lock_timeout = '{cls.TIMEOUT}'")
+                    await conn.execute("SELECT pg_advisory_lock_shared($1)", OWNERSHIP_CUT_LOCK)
+        except asyncpg.LockNotAvailableError as exc:
+            await cut.release()
+            raise Unavailable(
+                f"a bucket move held shard {shard.id}'s ownership cut for {cls.TIMEOUT}"
+            ) from exc
+        except BaseException:
+            await cut.release()
+            raise
+        return cut
+
+    async def taken(self) -> None:
+        """One reader has its snapshot; the last one releases the cut."""
+        self._waiting -= 1
+        if self._waiting == 0:
+            await self.release()
+
+    async def release(self) -> None:
+        """Let go (closing a connection drops its session's locks); idempotent."""
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=5)
 
 
 @dataclass
@@ -162,11 +251,16 @@ class ShardResult:
     renewed: set[str] = field(default_factory=set)
     visits: int = 0
     left: Counter[str] = field(default_factory=Counter)
+    # The buckets this shard owns in the snapshot.
+    owned: list[int] = field(default_factory=list)
 
 
-def is_new(pid: str, version: int, previous: str | None, known: Mapping[str, Any]) -> bool:
-    """Does ``pid`` get its whole history (never read here, new, or consent renewed)?"""
-    if previous is None or pid not in known:
+def is_new(pid: str, version: int, known: Mapping[str, Any]) -> bool:
+    """Does ``pid`` get its whole history (new to the study, or consent renewed)?
+
+    A participant the study knows, on a shard it never read, is not: they moved there, and
+    their rows are judged each against its writer's watermark (``*_ARRIVED``)."""
+    if pid not in known:
         return True
     before = known[pid]
     return before is not None and before != version
@@ -177,18 +271,23 @@ async def read_shard(
     shard_id: int,
     study_id: str,
     keys: StudyKeys,
-    previous: str | None,
+    marks: Mapping[int, str],
     known: Mapping[str, int | None],
     cutoff: int,
     head_done: HeadDone,
     emit: Emit,
     batch_rows: int = 2000,
+    snapshot_taken: Callable[[], Awaitable[None]] | None = None,
 ) -> ShardResult:
     """Read one shard for one run: its participants to ``head_done``, its visits to ``emit``.
 
-    ``previous``: the shard's watermark (None: never read for this study, everyone is new);
-    ``known``: pid → consent version of the participants at the last successful run.
+    ``marks``: the study's watermark of each shard it read at the last successful run (this
+    shard's missing: never read here); ``known``: pid → consent version of the participants at
+    the last successful run; ``snapshot_taken``: awaited once the snapshot is taken (the
+    ownership cut, :class:`OwnershipCut`).
     """
+    previous = marks.get(shard_id)
+    mark_shards, mark_snapshots = list(marks), list(marks.values())
     with db_errors(f"shard {shard_id}"):
         async with (
             pool.acquire() as conn,
@@ -196,22 +295,29 @@ async def read_shard(
         ):
             # The first statement fixes the transaction's snapshot; this is it.
             snapshot = await conn.fetchval("SELECT pg_current_snapshot()::text")
+            if snapshot_taken is not None:
+                await snapshot_taken()
             # Compiling the visit query costs more than it saves (over a second, measured).
             await conn.execute("SET LOCAL jit = off")
-            result = ShardResult(shard_id, snapshot)
+            result = ShardResult(shard_id, snapshot, owned=await conn.fetchval(_OWNED))
             pid_of: dict[str, str] = {}
             new: list[str] = []
             continuing: list[str] = []
+            arrived: list[str] = []
             for user_name, version, moved_in in await conn.fetch(_CONSENTS, study_id, previous):
                 pid = pid_of[user_name] = keys.pid(user_name)
                 result.active[pid] = version
-                whole = is_new(pid, version, previous, known)
-                if whole and previous is not None and pid in known:
+                whole = is_new(pid, version, known)
+                if whole and pid in known:
                     result.renewed.add(pid)
-                (new if whole or moved_in else continuing).append(user_name)
+                (new if whole else arrived if moved_in else continuing).append(user_name)
             users = await conn.fetch(_USERS_ALL, new) if new else []
             if continuing:
-                users += await conn.fetch(_USERS_CHANGED, continuing, previous)
+                users += await conn.fetch(_USERS_CHANGED, continuing, previous, shard_id)
+            if arrived:
+                users += await conn.fetch(
+                    _USERS_ARRIVED, arrived, mark_shards, mark_snapshots, shard_id
+                )
             for r in users:
                 record = deidentify.participant(
                     keys, r["user_name"], r["birth_date"], r["sex"], r["address"], cutoff,
@@ -223,9 +329,15 @@ async def read_shard(
             if new:
                 queries.append((_VISITS_ALL, (new, [pid_of[u] for u in new])))
             if continuing:
-                queries.append(
-                    (_VISITS_CHANGED, (continuing, [pid_of[u] for u in continuing], previous))
-                )
+                queries.append((
+                    _VISITS_CHANGED,
+                    (continuing, [pid_of[u] for u in continuing], previous, shard_id),
+                ))  # fmt: skip
+            if arrived:
+                queries.append((
+                    _VISITS_ARRIVED,
+                    (arrived, [pid_of[u] for u in arrived], mark_shards, mark_snapshots, shard_id),
+                ))  # fmt: skip
             coded = CodedFields(keys)
             for query, args in queries:
                 result.visits += await _stream_visits(conn, query, args, emit, batch_rows, coded)

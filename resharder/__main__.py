@@ -102,7 +102,8 @@ async def move(args: argparse.Namespace, settings: ResharderSettings) -> int:
         if resumed:
             print(f"resuming move {m.move_id} (phase {m.phase})", file=sys.stderr)
         options = Options(fence_limit=args.fence_limit or settings.fence_limit,
-                          hold_before_fence=args.hold_before_fence)  # fmt: skip
+                          hold_before_fence=args.hold_before_fence,
+                          stall_at=settings.resharder_stall)  # fmt: skip
         progress = Progress(quiet=args.json)
         password = settings.pg_password.get_secret_value() if settings.pg_password else None
         mover = Mover(m, shard_map, registry, settings.shard_map, password, options, progress,

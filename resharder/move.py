@@ -8,25 +8,31 @@ catchup  wait until B is close behind A (replication lag, bytes of WAL).
 fence    lock the moving buckets' rows of A's ``shard_buckets`` FOR UPDATE: every write to
          them waits in its ownership trigger (it does not fail). Insert a marker on A and wait
          until B has applied it (B then has every commit A made), and until A's outbox holds
-         no event of a moving user (the audit chain keeps each entity's order). Flip the
-         owner on B, then on A (one transaction with the lock), all within the fence limit;
-         past it, roll back: A stays the owner.
+         no event of a moving user (the audit chain keeps each entity's order). Compare
+         checksums of the moving rows, per table, on both sides at once: a mismatch aborts
+         with A the owner. Flip the owner on B, then on A (one transaction with the lock),
+         both under the ownership-cut lock (shared/ownership.py: no extraction run sees one
+         flip without the other), all within the fence limit; past it, roll back: A stays
+         the owner.
 switch   invalidate the moved users' cache entries on both shards, then publish the next map
          version. Writes that waited on A are refused with 421 once the flip commits; the
          gateways hold them until they see the new map and send them to B.
 verify   per table, every row of the range on A (now frozen: it refuses writes) against B as
          it was at the flip: missing = extra = mismatched = 0, by checksum of every column
-         but the anonymizer's watermark (which is B's own transaction id by design).
+         (the anonymizer's watermark included: replication keeps a row's writer and its
+         transaction id, user_service/migrations/008_written_on.sql).
 cleanup  drop the subscription (and its slot) and the publication, then delete A's copies.
 
 Resuming: what has happened is read from the databases themselves (who owns the range on A
-and on B, which replication objects exist), not only from the registry's phase.
+and on B, which replication objects exist), not only from the registry's phase. A move
+resumed in its cleanup was verified before it: it only finishes the cleanup.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -40,6 +46,7 @@ from resharder.progress import Progress
 from resharder.state import Move, set_phase
 from shared.cache import _keys as cache_keys  # the one place that knows the key layout
 from shared.cachekeys import user_group, visits_group
+from shared.ownership import OWNERSHIP_CUT_LOCK
 from shared.shardmap import ShardMap
 
 # Tables keyed by userName, parents first, with the key that identifies a row.
@@ -48,9 +55,8 @@ TABLES: tuple[tuple[str, str], ...] = (
     ("visits", "visit_id::text"),
     ("study_consents", "user_name || '/' || study_id"),
 )
-# Columns that differ between the copies by design: the anonymizer's watermark (each
-# database's own transaction id) and the bucket (a function of the key).
-_NOT_COMPARED = ("updated_xid", "bucket")
+# Not compared: the bucket, a function of the key (set again by B's trigger).
+_NOT_COMPARED = ("bucket",)
 
 
 async def invalidate(redis_url: str, user_names: list[str]) -> None:
@@ -80,6 +86,12 @@ class Options:
     catchup_bytes: int = 1 << 20
     catchup_timeout: float = 600.0
     copy_timeout: float = 3600.0
+    # Tests: stop for good at this point (STALL_POINTS), saying so on stderr, to be killed.
+    stall_at: str = ""
+
+
+# Where a move can be told to stall (Options.stall_at): inside each phase.
+STALL_POINTS = ("copy", "catchup", "fence", "flipped", "switch", "verify", "cleanup")
 
 
 @dataclass
@@ -157,12 +169,21 @@ class Mover:
         self.b_snapshot: asyncpg.Connection | None = None
 
     async def _connect(self, dsn: str) -> asyncpg.Connection:
-        return await asyncpg.connect(dsn, password=self.password, timeout=10)
+        # One time zone on every connection: the checksums hash rows as text.
+        return await asyncpg.connect(
+            dsn, password=self.password, timeout=10, server_settings={"TimeZone": "UTC"}
+        )
 
     # -- the whole move -----------------------------------------------------------------
 
+    async def _stall(self, point: str) -> None:
+        if self.opts.stall_at == point:
+            print(f"resharder: stalled at {point}", file=sys.stderr, flush=True)
+            await asyncio.Event().wait()
+
     async def run(self, resumed: bool) -> Summary:
         self.summary.resumed = resumed
+        verified = resumed and self.m.phase == "cleanup"
         self.a = await self._connect(self.src.postgres)
         self.b = await self._connect(self.dst.postgres)
         try:
@@ -178,8 +199,13 @@ class Mover:
                 except Aborted as exc:
                     await self._rollback(str(exc))
                     return self.summary
-            await self._timed("switch", self._switch())
-            ok = await self._timed("verify", self._verify(exact=self.b_snapshot is not None))
+                await self._stall("flipped")
+            # Resumed in the cleanup: switched and verified before it (A's copies may be gone).
+            if not verified:
+                await self._timed("switch", self._switch())
+            ok = verified or await self._timed(
+                "verify", self._verify(exact=self.b_snapshot is not None)
+            )
             if not ok:
                 self.summary.outcome = "verify_failed"
                 self.summary.reason = "the copies differ: the source's copies are kept"
@@ -235,9 +261,23 @@ class Mover:
             )
         return out
 
+    async def _stamp_unknown_writer(self) -> None:
+        """Rows of the range written before A knew its shard id (written_on NULL) are A's:
+        say so before they travel, without firing a trigger (their updated_xid stays; no
+        audit event). Replica role: only the ALWAYS triggers (the bucket) fire."""
+        async with self.a.transaction():
+            await self.a.execute("SET LOCAL session_replication_role = replica")
+            for table, _ in TABLES:
+                await self.a.execute(
+                    f"UPDATE {table} SET written_on = $3"
+                    " WHERE bucket BETWEEN $1 AND $2 AND written_on IS NULL",
+                    self.m.lo, self.m.hi, self.m.source,
+                )  # fmt: skip
+
     async def _copy(self) -> None:
         name, lo, hi = self.m.name, self.m.lo, self.m.hi
         if not await self.a.fetchval("SELECT 1 FROM pg_publication WHERE pubname = $1", name):
+            await self._stamp_unknown_writer()
             where = f"WHERE (bucket BETWEEN {int(lo)} AND {int(hi)})"
             tables = ", ".join(f"{t} {where}" for t, _ in TABLES)
             await self.a.execute(
@@ -252,6 +292,7 @@ class Mover:
                 f"CONNECTION {conninfo(self.src.postgres, self.password)}"
                 f" PUBLICATION {name} WITH (copy_data = true)"
             )
+        await self._stall("copy")
         total = sum((await self._count(self.a)).values())
         started = time.monotonic()
         deadline = started + self.opts.copy_timeout
@@ -300,6 +341,7 @@ class Mover:
         return None if lag is None else max(int(lag), 0)
 
     async def _catch_up(self) -> None:
+        await self._stall("catchup")
         started = time.monotonic()
         while True:
             lag = await self._lag()
@@ -324,7 +366,7 @@ class Mover:
                 raise Aborted(f"fence limit {limit:g} s exceeded waiting for {what}")
 
         fence = await self._connect(self.src.postgres)
-        b_flipped = committed = False
+        b_flipped = b_open = committed = False
         tx = fence.transaction()
         try:
             await fence.execute(f"SET lock_timeout = '{max(int(limit * 1000), 1)}ms'")
@@ -355,19 +397,43 @@ class Mover:
             ):
                 check("the source's outbox to ship the moving users' audit events")
                 await asyncio.sleep(0.01)
+            await self._stall("fence")
+            # B has every row A has: the checksums of the moving rows must agree before B
+            # may own them (a mismatch aborts here, A still the owner).
+            differ = await self._checksums_differ(check)
+            if differ:
+                raise Aborted(f"checksums differ before the flip: {', '.join(differ)}")
             # B as it is at the flip, for the verification (A stays frozen after it).
             snap = await self._connect(self.dst.postgres)
             await snap.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             await snap.fetchval("SELECT count(*) FROM shard_buckets")
             self.b_snapshot = snap
             check("the flip")
+            # The ownership cut on both databases, in ascending shard id order (as every
+            # extraction run takes it), held until both flips commit.
+            b_tx = self.b.transaction()
+            await b_tx.start()
+            b_open = True
+            remaining = max(int((limit - (time.monotonic() - started)) * 1000), 1)
+            for conn in (fence, self.b):
+                await conn.execute(f"SET LOCAL lock_timeout = '{remaining}ms'")
+            ordered = sorted([(self.m.source, fence), (self.m.target, self.b)], key=lambda c: c[0])
+            try:
+                for _, conn in ordered:
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", OWNERSHIP_CUT_LOCK)
+            except asyncpg.LockNotAvailableError as exc:
+                raise Aborted("fence limit exceeded waiting for an extraction's snapshots") from exc
             await self._set_owner(self.b, self.m.target)
-            b_flipped = True
             check("the flip")
             await self._set_owner(fence, self.m.target)
+            await b_tx.commit()
+            b_open, b_flipped = False, True
             await tx.commit()
             committed = True
         except BaseException:
+            if b_open:
+                with contextlib.suppress(Exception):
+                    await b_tx.rollback()
             if not committed:
                 with contextlib.suppress(Exception):  # the connection is closed below either way
                     await tx.rollback()
@@ -377,6 +443,30 @@ class Mover:
         finally:
             await fence.close()
         self._fence_started = started
+
+    async def _checksums_differ(self, check: Any) -> list[str]:
+        """The tables whose moving rows differ between A and B (count and an order-free sum of
+        row hashes), both sides read at once; A is fenced, B caught up to it. It costs fence
+        time in proportion to the range (~4 µs a row on the development machine)."""
+
+        columns = {table: ", ".join(await self._columns(table)) for table, _ in TABLES}
+
+        async def sums(conn: asyncpg.Connection) -> dict[str, tuple[int, int]]:
+            out = {}
+            for table, cols in columns.items():
+                row = await conn.fetchrow(
+                    f"SELECT count(*) AS n,"
+                    f" coalesce(sum(hashtextextended(ROW({cols})::text, 0)), 0) AS h FROM {table}"
+                    " WHERE bucket BETWEEN $1 AND $2",
+                    self.m.lo, self.m.hi,
+                )  # fmt: skip
+                out[table] = (row["n"], int(row["h"]))
+            return out
+
+        # A's and B's own connections (idle now): no connection set up inside the fence.
+        a_sums, b_sums = await asyncio.gather(sums(self.a), sums(self.b))
+        check("the checksums")
+        return [table for table, _ in TABLES if a_sums[table] != b_sums[table]]
 
     async def _switch(self) -> None:
         await set_phase(self.registry, self.m, "switch")
@@ -390,6 +480,7 @@ class Mover:
         # map, the target's could be left from an earlier move of these buckets. A failure
         # stops the move here (before the new map): run it again to resume.
         await asyncio.gather(*(invalidate(s.redis, names) for s in (self.src, self.dst) if s.redis))
+        await self._stall("switch")
         self.summary.map_version = await publish.publish(
             self.map_path, self.m.lo, self.m.hi, self.m.target, self.configmap
         )
@@ -421,10 +512,12 @@ class Mover:
                 b_rows = {r["k"]: r["h"] for r in await b.fetch(query, self.m.lo, self.m.hi)}
                 skipped: set[str] = set()
             else:
+                # Written on B since the flip: by B (replication keeps A's stamp), after it.
                 since = (f"SELECT {key} AS k FROM {table} t WHERE bucket BETWEEN $1 AND $2 AND"
-                         " updated_xid >= (SELECT max(since_xid) FROM shard_buckets"
-                         " WHERE bucket BETWEEN $1 AND $2)")  # fmt: skip
-                skipped = {r["k"] for r in await b.fetch(since, self.m.lo, self.m.hi)}
+                         " written_on = $3 AND updated_xid >= (SELECT max(since_xid)"
+                         " FROM shard_buckets WHERE bucket BETWEEN $1 AND $2)")  # fmt: skip
+                m = self.m
+                skipped = {r["k"] for r in await b.fetch(since, m.lo, m.hi, m.target)}
                 b_rows = {
                     r["k"]: r["h"]
                     for r in await b.fetch(query, self.m.lo, self.m.hi)
@@ -442,6 +535,7 @@ class Mover:
                 "notCompared": len(skipped),
             }
             ok = ok and missing == extra == mismatched == 0
+            await self._stall("verify")
         if self.b_snapshot is not None:
             await self.b_snapshot.execute("COMMIT")
         return ok
@@ -473,6 +567,7 @@ class Mover:
     async def _cleanup(self) -> None:
         await self._drop_replication()
         await self._delete_unowned(self.a)
+        await self._stall("cleanup")
 
     async def _rollback(self, reason: str) -> None:
         """Undo a move that did not flip: A owns, B's copies and the replication go."""

@@ -26,6 +26,9 @@ class ResharderSettings(CommonSettings):
     fence_limit: float = Field(default=2.0, gt=0)
     # In Kubernetes: publish a new map version by patching this ConfigMap (in-cluster API).
     shardmap_configmap: str = ""
+    # Tests only (tests/e2e/test_resharding.py): stall for good at this point of a move
+    # (resharder/move.py STALL_POINTS), to be killed there.
+    resharder_stall: str = ""
 
     @property
     def registry_dsn(self) -> str:

@@ -376,6 +376,19 @@ class ReadCache:
             return error
         return error
 
+    async def drop(self, groups: list[str]) -> None:
+        """Forget ``groups`` and their leases (a load in flight fills nothing); best effort.
+
+        For entries this shard may no longer serve (shared/service.py require_owned)."""
+        if self.redis is None:
+            return
+        for group in groups:
+            self._inflight.pop(group, None)
+        try:
+            await self.redis.delete(*(k for g in groups for k in _keys(g)[:2]))
+        except RedisError as exc:
+            self._failed(exc, "user")
+
     def fence(self, entity: str, group: str) -> WriteFence:
         """The fence of one write to ``group``: ``async with cache.fence(...) as f:`` around
         the transaction, calling ``f.check()`` just before it commits."""

@@ -20,6 +20,14 @@ log = logging.getLogger("medsvc.ownership")
 # The bucket count the database's medsvc_bucket() computes (user_service/migrations/004_*).
 DB_BUCKETS = DEFAULT_BUCKETS
 
+# The ownership cut: an advisory lock on every shard database. A bucket move flips ownership
+# in two databases, one transaction each; it holds this lock exclusively on both (taken in
+# ascending shard id order) until both flips commit. The anonymizer holds it shared on every
+# shard (same order) while a run takes its snapshots, so that no run sees one flip without
+# the other (anonymizer/shards.py OwnershipCut, resharder/move.py _fence). Held for
+# milliseconds on either side; the same order on both sides rules out a deadlock.
+OWNERSHIP_CUT_LOCK = 0x6D65_6473_6375_7421  # 'medscut!'
+
 
 async def seed_ownership(conn: asyncpg.Connection, shard_id: int, shard_map: ShardMap) -> bool:
     """Record ``shard_id`` and the map's bucket owners unless this database already knows.

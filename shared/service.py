@@ -10,7 +10,8 @@ from aiohttp import web
 from shared import policy
 from shared.appkeys import CACHE, PG_POOL, SHARD_ID, VERIFIER
 from shared.auth import Principal
-from shared.cache import ReadCache
+from shared.cache import Loader, ReadCache
+from shared.cachekeys import user_group, visits_group
 from shared.db import db_errors
 from shared.errors import Misdirected, NotFound
 from shared.types import USER_NAME_PATTERN
@@ -19,7 +20,8 @@ _USER_NAME = re.compile(USER_NAME_PATTERN)
 
 
 __all__ = [
-    "Misdirected", "cache", "path_user_name", "pool", "principal", "require_owned", "user_request",
+    "Misdirected", "cache", "owned", "path_user_name", "pool", "principal", "require_owned",
+    "user_request",
 ]
 
 
@@ -55,7 +57,30 @@ async def require_owned(request: web.Request, user_name: str) -> None:
         # bucket_owner: one primary-key lookup.
         owner = await request.app[PG_POOL].fetchval("SELECT medsvc_owner($1)", user_name)
     if owner != shard_id:
+        # Whatever this shard's Redis still holds of the user is from before the bucket left
+        # (a move killed between its flip and its switch leaves it there, and a gateway on the
+        # old map would serve it after the new owner's writes): forget it. Nothing refills
+        # it: a fill needs this check to pass.
+        await cache(request).drop([user_group(user_name), visits_group(user_name)])
         raise Misdirected(f"{user_name} belongs to shard {owner}, not {shard_id}", owner=owner)
+
+
+def owned(request: web.Request, user_name: str, load: Loader) -> Loader:
+    """``load``, checking again first that this shard owns ``user_name``.
+
+    The cache calls a load under a lease, and a lease taken after a bucket move's
+    invalidation would fill this shard's Redis with the row as it was at the flip (for a
+    gateway on the old map to serve after the new owner's writes) if the check before the
+    lease passed just before the flip. Only with the cache on: without it nothing is filled.
+    """
+    if not cache(request).enabled:
+        return load
+
+    async def checked() -> bytes | None:
+        await require_owned(request, user_name)
+        return await load()
+
+    return checked
 
 
 async def user_request(request: web.Request) -> tuple[Principal, str]:

@@ -23,7 +23,7 @@ from shared.httpio import (
     merge_patch,
     read_json_object,
 )
-from shared.service import cache, pool, principal, require_owned, user_request
+from shared.service import cache, owned, pool, principal, require_owned, user_request
 from shared.writes import begin_write
 from user_service import store
 from user_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, User, UserIn, UserPage
@@ -57,7 +57,9 @@ async def get_user(request: web.Request) -> web.Response:
             return None
         return pack_entry(row["role"], row["version"], encode(User.from_row(row)))
 
-    entry = await cache(request).get("user", user_group(user_name), USER_FIELD, load)
+    entry = await cache(request).get(
+        "user", user_group(user_name), USER_FIELD, owned(request, user_name, load)
+    )
     if entry is None:
         raise NotFound(f"user {user_name} does not exist")
     role, version, body = unpack_entry(entry)

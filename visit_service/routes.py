@@ -28,7 +28,15 @@ from shared.httpio import (
     parse_instant,
     read_json_object,
 )
-from shared.service import cache, path_user_name, pool, principal, require_owned, user_request
+from shared.service import (
+    cache,
+    owned,
+    path_user_name,
+    pool,
+    principal,
+    require_owned,
+    user_request,
+)
 from shared.shard_users import user_role
 from shared.writes import begin_write, write_tags
 from visit_service import store
@@ -136,8 +144,9 @@ async def get_visit(request: web.Request) -> web.Response:
         return pack_entry(role, row["version"], encode(Visit.from_row(row)))
 
     entry = await cache(request).get(
-        "visit", visits_group(user_name), visit_field(str(visit_id)), load
-    )
+        "visit", visits_group(user_name), visit_field(str(visit_id)),
+        owned(request, user_name, load),
+    )  # fmt: skip
     role, version, body = unpack_entry(entry or b"")
     policy.may_read_visits(caller, user_name, role)
     if version is None:
@@ -176,7 +185,9 @@ async def list_visits(request: web.Request) -> web.Response:
 
     page_key = visit_list_field(request.query)
     assert page_key is not None  # the query's names were checked above
-    entry = await cache(request).get("visits", visits_group(user_name), page_key, load)
+    entry = await cache(request).get(
+        "visits", visits_group(user_name), page_key, owned(request, user_name, load)
+    )
     assert entry is not None
     role, _, body = unpack_entry(entry)
     policy.may_read_visits(caller, user_name, role)
