@@ -95,6 +95,8 @@ class Options:
     quiet_budget: float = 60.0
     # "main" (hello-world, scenarios, variants, steps) and/or "overload" (overload.py).
     parts: tuple[str, ...] = ("main", "overload")
+    # The steps (scenarios.STEPS, by function name) the main part runs after the scenarios.
+    steps: tuple[str, ...] = tuple(step.__name__ for step in STEPS)
     overload_duration: float = 8.0
     overload_paths: tuple[str, ...] = tuple(p[0] for p in overload.PATHS)
     overload_connections: tuple[int, ...] = overload.CONNECTIONS
@@ -373,7 +375,7 @@ async def run(opts: Options) -> Report:
         base_env = {p.name: dict(p.env or {}) for tier in stack.tiers()[1:4] for p in tier}
         if "main" in opts.parts:
             await run_variants(ctx)
-            for step in STEPS:
+            for step in (s for s in STEPS if s.__name__ in opts.steps):
                 for item in await step(ctx):
                     if isinstance(item, Row):
                         report.add(item)
