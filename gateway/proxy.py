@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.balancer import Cluster
@@ -30,6 +32,12 @@ _FORWARD_RESPONSE = (
     "Allow",
     "Idempotent-Replayed",
 )
+
+
+# The labelled metric children by (shard, service[, outcome]): ``labels()`` validates and
+# locks on every call; the label sets are few, so each is looked up once.
+_REQUESTS: dict[tuple[str, str, str], Any] = {}
+_LATENCIES: dict[tuple[str, str], Any] = {}
 
 
 def retry_safe(method: str, headers: CIMultiDict[str], keyed_posts: bool) -> bool:
@@ -61,7 +69,7 @@ async def forward(
     cluster: Cluster,
     method: str,
     path_qs: str,
-    headers: dict[str, str],
+    headers: Mapping[str, str],
     body: bytes | None,
     *,
     keyed_posts: bool = False,
@@ -74,7 +82,9 @@ async def forward(
     than a second write.
     """
     shard, service = str(cluster.shard_id), cluster.service
-    given = CIMultiDict(headers)  # header names are case-insensitive, whatever the client sent
+    # Header names are case-insensitive, whatever the client sent (a request's own headers
+    # are already a case-insensitive mapping).
+    given = headers if isinstance(headers, CIMultiDictProxy | CIMultiDict) else CIMultiDict(headers)
     out_headers = CIMultiDict((k, v) for k in _FORWARD_REQUEST if (v := given.get(k)) is not None)
     out_headers["X-Request-ID"] = request_id_var.get()
     for attempt, member in enumerate(cluster.candidates()):
@@ -99,11 +109,13 @@ async def forward(
             error = exc
         else:
             cluster.mark_ok(member)
-            UPSTREAM_REQUESTS.labels(shard, service, str(resp.status)).inc()
-            UPSTREAM_LATENCY.labels(shard, service).observe(time.perf_counter() - started)
+            _requests(shard, service, str(resp.status)).inc()
+            if (latency := _LATENCIES.get((shard, service))) is None:
+                latency = _LATENCIES[(shard, service)] = UPSTREAM_LATENCY.labels(shard, service)
+            latency.observe(time.perf_counter() - started)
             kept = CIMultiDict((k, v) for k in _FORWARD_RESPONSE if (v := resp.headers.get(k)))
             return Upstream(resp.status, kept, payload)
-        UPSTREAM_REQUESTS.labels(shard, service, outcome).inc()
+        _requests(shard, service, outcome).inc()
         await cluster.mark_failed(member)
         MEMBERS_DOWN.labels(shard, service).set(
             sum(not m.live(time.monotonic()) for m in cluster.members)
@@ -125,3 +137,12 @@ async def forward(
                 "been applied: read the resource before retrying"
             ) from error
     raise Unavailable(f"shard {shard} has no live {service} server", retry_after=5)
+
+
+def _requests(shard: str, service: str, outcome: str) -> Any:
+    """The UPSTREAM_REQUESTS child of these labels."""
+    if (counter := _REQUESTS.get((shard, service, outcome))) is None:
+        counter = _REQUESTS[(shard, service, outcome)] = UPSTREAM_REQUESTS.labels(
+            shard, service, outcome
+        )
+    return counter

@@ -366,24 +366,26 @@ class ReadCache:
         task.add_done_callback(self._batch_tasks.discard)
 
     async def _run_batch(self, batch: list[tuple[asyncio.Future[Any], tuple[Any, ...]]]) -> None:
-        error: BaseException = RedisConnectionError("the cache command was not answered")
+        error: BaseException | None = None
         try:
             error = await self._send_batch(batch)
         finally:
             # Whatever happened (an error, a cancellation at shutdown), no caller is left waiting.
-            failed = error if isinstance(error, RedisError) else RedisConnectionError(
-                f"cache command failed: {type(error).__name__}")  # fmt: skip
-            for future, _ in batch:
-                if not future.done():
-                    future.set_exception(failed)
+            if any(not future.done() for future, _ in batch):
+                failed = error if isinstance(error, RedisError) else RedisConnectionError(
+                    "the cache command was not answered" if error is None
+                    else f"cache command failed: {type(error).__name__}")  # fmt: skip
+                for future, _ in batch:
+                    if not future.done():
+                        future.set_exception(failed)
 
     async def _send_batch(
         self, batch: list[tuple[asyncio.Future[Any], tuple[Any, ...]]]
-    ) -> BaseException:
+    ) -> BaseException | None:
         """Answer the batch's futures; the error that stopped it otherwise (returned)."""
         assert self.redis is not None
         pool = self.redis.connection_pool
-        error: BaseException = RedisConnectionError("no connection")
+        error: BaseException | None = None
         # As the client's own retry (see __init__): one more try on a *connection* error
         # only (a pooled connection that a Redis restart broke); a timeout is not retried.
         # A script sent again runs again: each of this module's may (a fence is put up, or
