@@ -17,6 +17,7 @@ from yarl import URL
 from gateway.balancer import Cluster
 from gateway.metrics import MEMBERS_DOWN, UPSTREAM_LATENCY, UPSTREAM_REQUESTS
 from gateway.retrybudget import BUDGET
+from gateway.upstream import ConnectFailed, ExchangeFailed
 from shared.errors import Unavailable
 from shared.logs import request_id_var
 
@@ -95,26 +96,34 @@ async def forward(
             )  # fmt: skip
         started = time.perf_counter()
         try:
-            # encoded=True: the member gets exactly the path the routes checked; a plain URL
-            # string would be normalised again by yarl (dot-segments collapsed).
-            async with member.session.request(
-                method, URL(member.url + path_qs, encoded=True), headers=out_headers, data=body
-            ) as resp:
-                payload = await resp.read()
-        except aiohttp.ClientConnectorError as exc:
+            if member.upstream is not None:
+                # The path goes out exactly as the routes checked it.
+                status, answer, payload = await member.upstream.request(
+                    method, path_qs, out_headers.items(), body
+                )
+            else:
+                # encoded=True: the member gets exactly the path the routes checked; a plain
+                # URL string would be normalised again by yarl (dot-segments collapsed).
+                async with member.session.request(
+                    method, URL(member.url + path_qs, encoded=True), headers=out_headers,
+                    data=body,
+                ) as resp:
+                    payload = await resp.read()
+                status, answer = resp.status, CIMultiDict(resp.headers)
+        except (aiohttp.ClientConnectorError, ConnectFailed) as exc:
             outcome, retry = "refused", True
             error: Exception = exc
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (aiohttp.ClientError, ExchangeFailed, OSError, asyncio.TimeoutError) as exc:
             outcome, retry = "lost", retry_safe(method, out_headers, keyed_posts)
             error = exc
         else:
             cluster.mark_ok(member)
-            _requests(shard, service, str(resp.status)).inc()
+            _requests(shard, service, str(status)).inc()
             if (latency := _LATENCIES.get((shard, service))) is None:
                 latency = _LATENCIES[(shard, service)] = UPSTREAM_LATENCY.labels(shard, service)
             latency.observe(time.perf_counter() - started)
-            kept = CIMultiDict((k, v) for k in _FORWARD_RESPONSE if (v := resp.headers.get(k)))
-            return Upstream(resp.status, kept, payload)
+            kept = CIMultiDict((k, v) for k in _FORWARD_RESPONSE if (v := answer.get(k)))
+            return Upstream(status, kept, payload)
         _requests(shard, service, outcome).inc()
         await cluster.mark_failed(member)
         MEMBERS_DOWN.labels(shard, service).set(
