@@ -45,10 +45,12 @@ from prometheus_client import Counter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.errors import Unavailable
+from shared.resp import RespConnection
+from shared.resp import connect as resp_connect
 
 log = logging.getLogger("medsvc.cache")
 
@@ -210,6 +212,11 @@ class ReadCache:
         self._queued: list[tuple[asyncio.Future[Any], tuple[Any, ...]]] = []
         self._batch_tasks: set[asyncio.Task[None]] = set()
         self._events: dict[tuple[str, str], Any] = {}
+        # The connection the batches go out on (shared/resp.py), made when first needed.
+        self._url, self._timeout = redis_url, timeout
+        self._credentials = {"username": username, "password": password}
+        self._conn: RespConnection | None = None
+        self._connecting = asyncio.Lock()
         self.redis: aioredis.Redis | None = None
         if redis_url:
             self.redis = aioredis.Redis.from_url(
@@ -236,6 +243,8 @@ class ReadCache:
             await self.redis.ping()
 
     async def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -383,49 +392,62 @@ class ReadCache:
         self, batch: list[tuple[asyncio.Future[Any], tuple[Any, ...]]]
     ) -> BaseException | None:
         """Answer the batch's futures; the error that stopped it otherwise (returned)."""
-        assert self.redis is not None
-        pool = self.redis.connection_pool
         error: BaseException | None = None
         # As the client's own retry (see __init__): one more try on a *connection* error
-        # only (a pooled connection that a Redis restart broke); a timeout is not retried.
+        # only (a connection that a Redis restart broke); a timeout is not retried.
         # A script sent again runs again: each of this module's may (a fence is put up, or
         # lifted, twice; a fill whose lease it removed the first time does nothing).
         for attempt in (1, 2):
             try:
-                # redis-py's asyncio pool method carries no annotations.
-                conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-            except (RedisError, OSError) as exc:
+                conn = await self._connection()
+            except RedisError as exc:
                 return exc
-            replies: list[Any] = []
             try:
-                await conn.send_packed_command(
-                    conn.pack_commands([command for _, command in batch]), check_health=False
-                )
-                for _ in batch:
-                    try:
-                        replies.append(await conn.read_response())
-                    except ResponseError as exc:  # this command's error reply (NOSCRIPT, ...)
-                        replies.append(exc)
-            except BaseException as exc:
-                # Replies may be left unread on it: this connection is not reused.
-                await conn.disconnect()
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
+                replies = conn.send([command for _, command in batch])
+            except RedisError as exc:  # closed since
                 error = exc
-                if attempt == 1 and isinstance(exc, RedisConnectionError):
+                continue
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await asyncio.wait(replies)
+            except TimeoutError:
+                # Replies are late: this connection is dropped (as redis-py does), and the
+                # callers see the timeout (the breaker tells slow from down).
+                self._drop(conn)
+                return RedisTimeoutError("Timeout reading from the cache")
+            lost = next((r.exception() for r in replies
+                         if isinstance(r.exception(), RedisConnectionError)), None)  # fmt: skip
+            if lost is not None:
+                error = lost
+                if attempt == 1:
                     continue
                 return error
-            finally:
-                await pool.release(conn)
             for (future, _), reply in zip(batch, replies, strict=True):
                 if future.done():
                     continue
-                if isinstance(reply, ResponseError):
-                    future.set_exception(reply)
+                if (failure := reply.exception()) is not None:  # this command's error reply
+                    future.set_exception(failure)
                 else:
-                    future.set_result(reply)
+                    future.set_result(reply.result())
             return error
         return error
+
+    async def _connection(self) -> RespConnection:
+        """The open connection, or a new one (RedisError when it cannot be made)."""
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        assert self._url is not None
+        async with self._connecting:
+            if self._conn is None or self._conn.closed:
+                self._conn = await resp_connect(
+                    self._url, timeout=self._timeout, **self._credentials
+                )
+            return self._conn
+
+    def _drop(self, conn: RespConnection) -> None:
+        conn.close()
+        if self._conn is conn:
+            self._conn = None
 
     def fence(self, entity: str, group: str) -> WriteFence:
         """The fence of one write to ``group``: ``async with cache.fence(...) as f:`` around
