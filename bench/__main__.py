@@ -62,6 +62,12 @@ def parse(argv: list[str] | None = None) -> Options:
         default=",".join(steps),
         help=f"comma-separated steps after the scenarios, of: {', '.join(steps)} (none: '')",
     )
+    p.add_argument(
+        "--hello-each",
+        action="store_true",
+        help="measure the hello-world again right before each scenario and quote the "
+        "scenario's ratio to that run (steadier ratios on a machine whose load drifts)",
+    )
     p.add_argument("--shards", type=int, default=2)
     p.add_argument("--fe-per-shard", type=int, default=2)
     p.add_argument("--gateways", type=int, default=2)
@@ -125,6 +131,7 @@ def parse(argv: list[str] | None = None) -> Options:
         results_dir=None if a.no_save else RESULTS_DIR,
         parts=(a.only,) if a.only else ("main", "overload"),
         steps=chosen_steps,
+        hello_each=a.hello_each,
         overload_duration=a.overload_duration,
         overload_connections=tuple(int(c) for c in a.overload_connections.split(",") if c),
     )
