@@ -6,7 +6,10 @@ exchange itself on each request (request and response objects, tracing hooks, co
 redirect handling, timers): measured with ``forward`` against a hello-world, 75-80 µs of
 CPU per request against 17-20 µs for one write of the request and a parse of the answer on
 a pooled connection. This module is that write and that parse, for the one kind of
-exchange the hop makes: a request with its body in memory, an answer read whole.
+exchange the hop makes: a request with its body in memory, an answer read whole. The parse
+is not written here: llhttp (Node.js's parser, the one aiohttp's and uvicorn's servers use)
+does it through ``httptools``, so what a proxy must refuse (two framings, a bad chunk, bare
+line feeds) is refused by a parser that is maintained and fuzzed for that.
 
 Failures keep the two kinds :func:`gateway.proxy.forward` tells apart: :class:`ConnectFailed`
 (the connection was refused: the request never reached a server, any method may go
@@ -21,6 +24,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import cast
 
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from multidict import CIMultiDict
 
 # The largest response head accepted (aiohttp's client allows lines of 8190 bytes).
@@ -28,6 +32,7 @@ MAX_HEAD = 64 * 1024
 # Idle connections kept per FE server; more in flight at once are closed when done.
 MAX_IDLE = 64
 _NO_BODY_STATUS = frozenset({204, 304})
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 
 class ConnectFailed(Exception):
@@ -39,14 +44,20 @@ class ExchangeFailed(Exception):
 
 
 class _Exchange(asyncio.Protocol):
-    """One connection; at most one request on it at a time."""
+    """One connection; at most one request on it at a time.
+
+    The answer is parsed by llhttp (Node.js's HTTP parser, through ``httptools``), which
+    frames it (Content-Length, chunked, or until close) and refuses what a smuggling attempt
+    or a broken server would send (both Content-Length and Transfer-Encoding, two lengths, a
+    bad chunk size, bare line feeds, folded headers). Its callbacks gather the answer; the
+    exchange ends only after a whole ``feed_data`` call went through, so bytes after the
+    answer in the same read fail it rather than wait for a next request.
+    """
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self._buf = bytearray()
         self._waiter: asyncio.Future[tuple[int, CIMultiDict[str], bytes]] | None = None
-        self._head_only = False
         self._reusable = True
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
@@ -58,8 +69,11 @@ class _Exchange(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self._waiter is not None and not self._waiter.done():
-            # An answer without a length ends with the connection.
-            if self._until_close():
+            # An answer without a length ends with the connection. llhttp would say so in
+            # llhttp_finish(), which httptools does not expose: its rule, for the answers
+            # it let through (no Content-Length, no Transfer-Encoding, a status with a body).
+            if self._head_done and not self._framed and not self._no_body:
+                self._waiter.set_result((self._status, self._headers, b"".join(self._body)))
                 return
             self._waiter.set_exception(ExchangeFailed(
                 f"the connection was lost before the answer was complete ({exc!r})"
@@ -71,13 +85,58 @@ class _Exchange(asyncio.Protocol):
             self._reusable = False
             self.close()
             return
-        self._buf += data
         try:
-            self._parse()
-        except ExchangeFailed as exc:
+            self._parser.feed_data(data)
+            if not self._head_done:
+                self._head_size += len(data)
+                if self._head_size > MAX_HEAD:
+                    raise ExchangeFailed("the answer's head is too large")
+            if self._extra:
+                raise ExchangeFailed("the server sent more than its answer")
+        except (HttpParserError, HttpParserUpgrade, ExchangeFailed) as exc:
             self._reusable = False
-            self._waiter.set_exception(exc)
+            self._waiter.set_exception(_failure(exc))
             self.close()
+            return
+        if self._complete:
+            self._waiter.set_result((self._status, self._headers, b"".join(self._body)))
+
+    # -- httptools' callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._complete:  # a second answer (or bytes that are none) after the first
+            self._extra = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("utf-8", "surrogateescape")
+        # llhttp drops the whitespace before a value, not the one after it.
+        self._headers.add(key, value.decode("utf-8", "surrogateescape").rstrip(" \t"))
+        if key.lower() in _FRAMING:
+            self._framed = True
+
+    def on_headers_complete(self) -> None:
+        status = self._status = self._parser.get_status_code()
+        if status < 200:
+            raise ExchangeFailed(f"an interim answer ({status}) was not expected")
+        self._head_done = True
+        # False for HTTP/1.0 without keep-alive, Connection: close, or a body that ends
+        # with the connection.
+        self._reusable = self._reusable and self._parser.should_keep_alive()
+        self._no_body = self._head_only or status in _NO_BODY_STATUS
+        if self._head_only:
+            # llhttp cannot be told the request was a HEAD (httptools does not pass its
+            # "skip the body" answer on), so it would wait for the body a Content-Length
+            # announces: the answer ends here, and this parser is not used again.
+            self._complete = True
+
+    def on_body(self, body: bytes) -> None:
+        if self._complete:  # a body after the head of a HEAD's answer
+            self._extra = True
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._complete = True
 
     # -- one exchange -------------------------------------------------------------------------
 
@@ -87,114 +146,41 @@ class _Exchange(asyncio.Protocol):
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         self._waiter = loop.create_future()
-        self._buf.clear()
+        # A parser per exchange (a third of a µs): each answer starts from a clean state,
+        # whatever the last one left (a HEAD's answer ends before llhttp thinks it does).
+        self._parser = HttpResponseParser(self)
         self._head_only = head_only
         self._status = 0
         self._headers: CIMultiDict[str] = CIMultiDict()
-        self._body_start = -1  # where the body starts in the buffer, once the head is parsed
-        self._length: int | None = None  # the body's length, when the head gave one
-        self._chunked = False
+        self._body: list[bytes] = []
+        self._head_size = 0
+        self._head_done = False
+        self._framed = False  # a Content-Length or a Transfer-Encoding: not until close
+        self._no_body = False
+        self._complete = False
+        self._extra = False
         self.transport.write(request)
         return self._waiter
 
     def done(self) -> bool:
         """True when this connection may carry another request."""
-        return self._reusable and not self.closed and not self._buf
+        return self._reusable and not self.closed
 
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
             self.transport.close()
 
-    def _parse(self) -> None:
-        if self._body_start < 0 and not self._parse_head():
-            return
-        assert self._waiter is not None
-        buf, start = self._buf, self._body_start
-        if self._chunked:
-            body = self._dechunk()
-            if body is None:
-                return
-        elif self._length is not None:
-            if len(buf) - start < self._length:
-                return
-            if len(buf) - start > self._length:
-                raise ExchangeFailed("the server sent more than its answer's Content-Length")
-            body = bytes(buf[start:])
-        else:
-            return  # read until the connection closes (connection_lost)
-        self._buf.clear()
-        self._waiter.set_result((self._status, self._headers, body))
 
-    def _parse_head(self) -> bool:
-        end = self._buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._buf) > MAX_HEAD:
-                raise ExchangeFailed("the answer's head is too large")
-            return False
-        lines = bytes(self._buf[:end]).decode("utf-8", "surrogateescape").split("\r\n")
-        version, _, rest = lines[0].partition(" ")
-        code = rest[:3]
-        if version not in ("HTTP/1.1", "HTTP/1.0") or not code.isdigit():
-            raise ExchangeFailed(f"not an HTTP answer: {lines[0][:40]!r}")
-        self._status = int(code)
-        headers = self._headers
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
-                raise ExchangeFailed("a malformed header line in the answer")
-            headers.add(name, value.strip())
-        if version == "HTTP/1.0" or headers.get("Connection", "").lower() == "close":
-            self._reusable = False
-        self._body_start = end + 4
-        if self._head_only or self._status in _NO_BODY_STATUS or self._status < 200:
-            if self._status < 200:
-                raise ExchangeFailed(f"an interim answer ({self._status}) was not expected")
-            self._length = 0
-        elif "chunked" in headers.get("Transfer-Encoding", "").lower():
-            self._chunked = True
-        elif (length := headers.get("Content-Length")) is not None:
-            if not length.isdigit():
-                raise ExchangeFailed("the answer's Content-Length is not a number")
-            self._length = int(length)
-        else:
-            self._reusable = False  # the body ends when the connection does
-        return True
-
-    def _dechunk(self) -> bytes | None:
-        """The whole chunked body once it has arrived, else None."""
-        buf, pos = self._buf, self._body_start
-        parts: list[bytes] = []
-        while True:
-            eol = buf.find(b"\r\n", pos)
-            if eol < 0:
-                return None
-            size_text = bytes(buf[pos:eol]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError as exc:
-                raise ExchangeFailed("a malformed chunk size in the answer") from exc
-            if size == 0:
-                # The last chunk, then trailers (ignored) up to an empty line.
-                end = buf.find(b"\r\n\r\n", eol)
-                if end < 0:
-                    return None
-                if len(buf) > end + 4:
-                    raise ExchangeFailed("the server sent more than its chunked answer")
-                return b"".join(parts)
-            start = eol + 2
-            if len(buf) < start + size + 2:
-                return None
-            parts.append(bytes(buf[start:start + size]))
-            pos = start + size + 2
-
-    def _until_close(self) -> bool:
-        """Complete an answer whose body ends with the connection; True if there was one."""
-        if self._body_start < 0 or self._chunked or self._length is not None:
-            return False
-        assert self._waiter is not None
-        self._waiter.set_result((self._status, self._headers, bytes(self._buf[self._body_start:])))
-        return True
+def _failure(exc: Exception) -> ExchangeFailed:
+    """The ExchangeFailed for an answer the parser (or a callback of ours) refused."""
+    if isinstance(exc, ExchangeFailed):
+        return exc
+    if isinstance(exc.__context__, ExchangeFailed):  # raised in a callback
+        return exc.__context__
+    if isinstance(exc, HttpParserUpgrade):
+        return ExchangeFailed("the server switched protocols, which was not asked for")
+    return ExchangeFailed(f"not a valid HTTP answer: {exc}")
 
 
 class UpstreamPool:

@@ -145,3 +145,62 @@ async def test_silence_is_a_timeout(raw) -> None:
     with pytest.raises(TimeoutError):
         await pool.request("GET", "/", [], None)
     assert pool._idle == []  # the connection of a timed-out exchange is not reused
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # Two framings at once: a front end and a back end that pick different ones disagree
+        # on where the answer ends (response smuggling).
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 9\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",  # bare line feeds
+        b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok",  # a space before the colon
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 2\r\n\r\nok",
+        # A whole second answer after the first, in the same read.
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"x" * (70 * 1024),  # a head that never ends
+    ],
+    ids=[
+        "cl-and-te",
+        "two-lengths",
+        "bad-chunk-size",
+        "negative-chunk-size",
+        "bare-lf",
+        "space-before-colon",
+        "folded-header",
+        "second-answer",
+        "interim",
+        "upgrade",
+        "head-too-large",
+    ],  # fmt: skip
+)
+async def test_a_malformed_answer_is_lost_and_its_connection_not_reused(raw, answer) -> None:
+    # The server keeps the connection open: only the client's refusal closes it.
+    pool = pool_for(await raw(answer, False))
+    with pytest.raises(ExchangeFailed):
+        await pool.request("GET", "/", [], None)
+    assert pool._idle == []
+
+
+async def test_a_head_answer_does_not_wait_for_the_body_it_announces(raw) -> None:
+    pool = pool_for(await raw(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", False))
+    status, headers, body = await pool.request("HEAD", "/", [], None)
+    assert (status, headers["Content-Length"], body) == (200, "5", b"")
+    assert len(pool._idle) == 1  # in step: may carry the next request
+    # The same answer to a GET is cut short: it waits for its 5 bytes until the deadline.
+    pool = pool_for(await raw(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", False), total=0.3)
+    with pytest.raises(TimeoutError):
+        await pool.request("GET", "/", [], None)
+
+
+async def test_header_values_lose_their_surrounding_whitespace_only(raw) -> None:
+    answer = b'HTTP/1.1 200 OK\r\nETag:  "a b" \t\r\nContent-Length: 0\r\n\r\n'
+    _, headers, _ = await pool_for(await raw(answer, False)).request("GET", "/", [], None)
+    assert headers["etag"] == '"a b"'
