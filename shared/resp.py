@@ -8,11 +8,13 @@ Measured with ``ReadCache.peek`` on a local Redis: 35 µs of CPU per HGET one at
 and a parse of the replies on one connection.
 
 This is the RESP2 protocol for that one use: commands written back to back on one
-connection, each answered by the next reply in order. Errors come out as redis-py's
-exception classes, so the cache's handling (the breaker, a write's retries) is unchanged:
-``ConnectionError`` when the connection cannot be made or is lost, ``TimeoutError`` when the
-server does not answer in time, the reply's own error class (``NoScriptError``, ...) for an
-error reply.
+connection, each answered by the next reply in order. Neither the encoding nor the parse is
+written here: hiredis (the C library redis-py itself uses when installed) packs the commands
+and reads the replies; this module only pairs each reply with its command. Errors come out
+as redis-py's exception classes, so the cache's handling (the breaker, a write's retries) is
+unchanged: ``ConnectionError`` when the connection cannot be made or is lost (or sends what
+is not RESP), ``TimeoutError`` when the server does not answer in time, the reply's own
+error class (``NoScriptError``, ...) for an error reply.
 """
 
 from __future__ import annotations
@@ -23,67 +25,33 @@ from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
+import hiredis
+from hiredis import pack_command
 from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Command = Sequence[Any]
-# What _parse returns for a reply that has not fully arrived yet.
+# What the reader's gets() returns while a reply has not fully arrived.
 _INCOMPLETE = object()
 
 
 def pack(commands: Sequence[Command]) -> bytes:
-    """The RESP2 encoding of ``commands`` (each a sequence of str, bytes, int or float)."""
-    out: list[bytes] = []
-    for command in commands:
-        out.append(b"*%d\r\n" % len(command))
-        for arg in command:
-            if isinstance(arg, bytes):
-                data = arg
-            elif isinstance(arg, str):
-                data = arg.encode()
-            elif isinstance(arg, int | float) and not isinstance(arg, bool):
-                data = repr(arg).encode()
-            else:
-                raise TypeError(f"a Redis argument must be str, bytes or a number, not {arg!r}")
-            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
+    """The RESP2 encoding of ``commands`` (each a sequence of str, bytes, int or float),
+    by hiredis's packer (redis-py's with hiredis installed); anything else is a TypeError."""
+    return b"".join([pack_command(tuple(command)) for command in commands])
 
 
-def _parse(buf: bytearray, pos: int) -> tuple[Any, int]:
-    """(the reply starting at ``pos``, the position after it), or (_INCOMPLETE, pos)."""
-    eol = buf.find(b"\r\n", pos)
-    if eol < 0:
-        return _INCOMPLETE, pos
-    kind, line = buf[pos], bytes(buf[pos + 1:eol])
-    after = eol + 2
-    if kind == 0x2B:  # +simple string
-        return line, after
-    if kind == 0x2D:  # -error
-        error = BaseParser.parse_error(line.decode("utf-8", "replace"))  # type: ignore[no-untyped-call]
-        return error, after
-    if kind == 0x3A:  # :integer
-        return int(line), after
-    if kind == 0x24:  # $bulk string
-        size = int(line)
-        if size < 0:
-            return None, after
-        if len(buf) < after + size + 2:
-            return _INCOMPLETE, pos
-        return bytes(buf[after:after + size]), after + size + 2
-    if kind == 0x2A:  # *array
-        count = int(line)
-        if count < 0:
-            return None, after
-        items = []
-        for _ in range(count):
-            item, after = _parse(buf, after)
-            if item is _INCOMPLETE:
-                return _INCOMPLETE, pos
-            items.append(item)
-        return items, after
-    raise RedisConnectionError(f"not a Redis reply: {bytes(buf[pos:pos + 20])!r}")
+def _reader() -> hiredis.Reader:
+    """hiredis's RESP parser: replies as bytes, ints, lists and None; an error reply as the
+    redis-py exception its prefix names (NOSCRIPT: NoScriptError, ...), as redis-py's own
+    hiredis parser builds it; a stream that is not RESP as a lost connection."""
+    return hiredis.Reader(
+        protocolError=RedisConnectionError,
+        replyError=BaseParser.parse_error,
+        notEnoughData=_INCOMPLETE,
+    )
 
 
 class RespConnection(asyncio.Protocol):
@@ -93,7 +61,7 @@ class RespConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._waiting: deque[asyncio.Future[Any]] = deque()
-        self._buf = bytearray()
+        self._reader = _reader()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; they have its methods.
@@ -104,13 +72,11 @@ class RespConnection(asyncio.Protocol):
         self._fail(RedisConnectionError(f"the connection to Redis was lost ({exc!r})"))
 
     def data_received(self, data: bytes) -> None:
-        self._buf += data
-        pos = 0
+        if self.closed:  # failed on a stream that was not RESP: nothing more is read
+            return
+        self._reader.feed(data)
         try:
-            while pos < len(self._buf):
-                reply, pos = _parse(self._buf, pos)
-                if reply is _INCOMPLETE:
-                    break
+            while (reply := self._reader.gets()) is not _INCOMPLETE:
                 if not self._waiting:
                     raise RedisConnectionError("Redis sent a reply nothing asked for")
                 future = self._waiting.popleft()
@@ -120,20 +86,19 @@ class RespConnection(asyncio.Protocol):
                     future.set_exception(reply)
                 else:
                     future.set_result(reply)
-        except (RedisError, ValueError) as exc:
-            self._fail(exc if isinstance(exc, RedisError) else RedisConnectionError(str(exc)))
+        except RedisError as exc:  # the reader's protocol error included
+            self._fail(exc)
             self.close()
-            return
-        del self._buf[:pos]
 
     def send(self, commands: Sequence[Command]) -> list[asyncio.Future[Any]]:
         """Write ``commands`` at once; one future per command for its reply."""
         if self.closed or self.transport is None:
             raise RedisConnectionError("the connection to Redis is closed")
+        data = pack(commands)  # first: a command that cannot be sent leaves nothing waiting
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in commands]
         self._waiting.extend(futures)
-        self.transport.write(pack(commands))
+        self.transport.write(data)
         return futures
 
     def close(self) -> None:

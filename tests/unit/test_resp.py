@@ -48,6 +48,10 @@ async def test_pipelined_commands_are_answered_in_order(redis_url: str) -> None:
         assert done[7] == b"v\x00\r\n" * 3  # an error reply leaves the stream in step
         db = await conn.send([("CLIENT", "INFO")])[0]
         assert b" db=3 " in db  # the URL's database
+        with pytest.raises(TypeError):  # not an argument Redis takes: nothing is sent
+            conn.send([("HGET", "{g}", "f"), ("HGET", "{g}", True)])
+        in_step = await asyncio.wait_for(conn.send([("HGET", "{g}", "f")])[0], 2)
+        assert in_step == b"v\x00\r\n" * 3
     finally:
         conn.close()
 
@@ -96,7 +100,7 @@ def test_replies_split_anywhere_are_put_together() -> None:
         conn._waiting.extend(futures)
         stream = b"*2\r\n:1\r\n$3\r\nabc\r\n$-1\r\n-NOSCRIPT No matching script\r\n"
         for i in range(len(stream)):
-            conn.data_received(stream[i:i + 1])
+            conn.data_received(stream[i : i + 1])
         assert futures[0].result() == [1, b"abc"] and futures[1].result() is None
         assert isinstance(futures[2].exception(), NoScriptError)
     finally:
@@ -105,3 +109,27 @@ def test_replies_split_anywhere_are_put_together() -> None:
         b"*3\r\n$4\r\nHGET\r\n$1\r\nk\r\n$1\r\nf\r\n"
         b"*4\r\n$4\r\nEVAL\r\n$1\r\ns\r\n$1\r\n2\r\n$3\r\n1.5\r\n"
     )
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [b"?what\r\n", b"$abc\r\n", b":1\r\n:2\r\n"],
+    ids=["unknown-type", "bad-length", "unasked-reply"],
+)
+def test_a_stream_that_is_not_the_replies_fails_what_waits_and_closes(stream: bytes) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        conn = RespConnection()
+        futures = [loop.create_future(), loop.create_future()]
+        conn._waiting.append(futures[0])
+        conn.data_received(stream)
+        conn._waiting.append(futures[1])  # sent after the failure: never answered by it
+        conn.data_received(b":3\r\n")
+        assert conn.closed
+        if stream.startswith(b":1"):
+            assert futures[0].result() == 1
+        else:
+            assert isinstance(futures[0].exception(), RedisConnectionError)
+        assert not futures[1].done()
+    finally:
+        loop.close()
