@@ -10,6 +10,11 @@ with the one before it (run it on both checkouts, one after the other).
 - ``peek``: :meth:`shared.cache.ReadCache.peek` (one HGET) on a local Redis, one at a time
   and ``--conc`` at a time (those share a batch: one write, one read).
 
+- ``parse``: the exchange objects alone, no socket (a transport that drops writes): one
+  answer of 300 bytes (Content-Length, chunked) through ``_Exchange``, one HGET's reply
+  (and eight in one read) through ``RespConnection``. Best of 5, wall clock, steadier than
+  the rows above on a shared machine: the parsers' own cost.
+
 The figure is this process's CPU (user + system, ``time.process_time``) over the calls, the
 event loop (uvloop) included; the server's CPU is not counted. Each row is the median of
 ``--runs`` runs.
@@ -25,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -35,7 +41,9 @@ from deploy.localstack.ports import free_port
 from deploy.localstack.redis_server import RedisServer
 from gateway.balancer import Cluster, Member
 from gateway.proxy import forward
+from gateway.upstream import _Exchange
 from shared.cache import ReadCache
+from shared.resp import RespConnection
 
 
 async def _cpu_per_call(
@@ -115,7 +123,56 @@ async def peek_rows(n: int, conc: int, runs: int) -> tuple[float, float]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+class _NoTransport:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+_ANSWERS = {
+    "Content-Length": (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"
+        b"Content-Length: 300\r\nDate: Tue, 01 Dec 2026 17:00:00 GMT\r\n"
+        b'Server: Python/3.11 aiohttp/3.14.5\r\nETag: "7"\r\n\r\n' + b"x" * 300
+    ),
+    "chunked": (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"100\r\n" + b"y" * 256 + b"\r\n2c\r\n" + b"z" * 44 + b"\r\n0\r\n\r\n"
+    ),
+}
+
+
+async def parse_rows(n: int) -> None:
+    exchange = _Exchange()
+    exchange.connection_made(_NoTransport())  # type: ignore[arg-type]
+    for name, answer in _ANSWERS.items():
+
+        def one(answer: bytes = answer) -> None:
+            future = exchange.send(b"GET / HTTP/1.1\r\n\r\n", False)
+            exchange.data_received(answer)
+            assert future.result()[0] == 200 and exchange.done()
+
+        us = min(timeit.repeat(one, number=n, repeat=5)) / n * 1e6
+        print(f"parse: HTTP answer, 300 B, {name}: {us:.2f} µs", flush=True)
+    conn = RespConnection()
+    conn.connection_made(_NoTransport())  # type: ignore[arg-type]
+    reply = b"$300\r\n" + b"v" * 300 + b"\r\n"
+
+    def hget(k: int) -> None:
+        futures = conn.send([("HGET", "{g}", "f")] * k)
+        conn.data_received(reply * k)
+        assert futures[-1].result() is not None
+
+    for k in (1, 8):
+        us = min(timeit.repeat(lambda: hget(k), number=n // k, repeat=5)) / (n // k) / k * 1e6
+        print(f"parse: HGET, {k} in one write and read: {us:.2f} µs per command", flush=True)
+
+
 async def main(args: argparse.Namespace) -> None:
+    if "parse" in args.rows:
+        await parse_rows(args.n)
     if "forward" in args.rows:
         us = await forward_row(args.n, args.conc, args.runs)
         print(f"forward, {args.conc} in flight: {us:.1f} µs CPU per request", flush=True)
@@ -130,5 +187,5 @@ if __name__ == "__main__":
     parser.add_argument("--n", type=int, default=20_000, help="calls per run")
     parser.add_argument("--conc", type=int, default=8)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("rows", nargs="*", default=["forward", "peek"])
+    parser.add_argument("rows", nargs="*", default=["forward", "peek", "parse"])
     uvloop.run(main(parser.parse_args()))
