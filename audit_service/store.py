@@ -46,6 +46,8 @@ _WHAT = "the audit database"
 # Driver errors leave every function of this module translated (shared/db.py).
 _mapped = maps_db_errors(_WHAT)
 _VERIFY_PREFETCH = 2000
+# Events whose bodies a checkpoint reads at a time (leaves_between).
+_LEAVES_CHUNK = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,13 +330,25 @@ async def consistency_proof(
 @_mapped
 async def leaves_between(
     conn: asyncpg.Connection, after: int, upto: int
-) -> list[tuple[int, bytes]]:
-    """(seq, leaf hash) of the events after ``after`` up to ``upto``, from their bodies."""
-    rows = await conn.fetch(
-        "SELECT seq, body FROM audit_events WHERE seq > $1 AND seq <= $2 ORDER BY seq",
-        after, upto,
-    )  # fmt: skip
-    return [(r["seq"], leaf_hash(r["body"].encode("utf-8"))) for r in rows]
+) -> AsyncIterator[tuple[int, bytes]]:
+    """(seq, leaf hash) of the events after ``after`` up to ``upto``, from their bodies.
+
+    Read :data:`_LEAVES_CHUNK` events at a time: a checkpoint over a long stretch (the
+    first one after a large ingest covers every event since the last) must not hold every
+    body in memory at once.
+    """
+    while after < upto:
+        # leaves_chunk: a keyset page of bodies by primary key.
+        rows = await conn.fetch(
+            "SELECT seq, body FROM audit_events WHERE seq > $1 AND seq <= $2 ORDER BY seq"
+            " LIMIT $3",
+            after, upto, _LEAVES_CHUNK,
+        )  # fmt: skip
+        if not rows:
+            return
+        for r in rows:
+            yield r["seq"], leaf_hash(r["body"].encode("utf-8"))
+        after = rows[-1]["seq"]
 
 
 async def backfill_tree(conn: asyncpg.Connection) -> int:

@@ -197,7 +197,7 @@ async def make_checkpoint(pool: asyncpg.Pool, cp_log: CheckpointLog,
         if last and tree.root().hex() != last.root_hash:
             _refuse("the last checkpoint's compact range does not match its root")
             return None
-        for seq, leaf in await store.leaves_between(conn, last_size, size):
+        async for seq, leaf in store.leaves_between(conn, last_size, size):
             if seq != tree.size + 1:
                 _refuse(f"audit event seq {tree.size + 1} is missing")
                 return None

@@ -19,7 +19,7 @@ from bench.loadgen import Load, LoadError
 from bench.overload import CLIENTS, CONNECTIONS
 from bench.report import RESULTS_DIR
 from bench.runner import Options, run
-from bench.scenarios import DEFAULT_SCENARIOS, DEFAULT_VARIANTS, SCENARIOS, VARIANTS
+from bench.scenarios import DEFAULT_SCENARIOS, DEFAULT_VARIANTS, SCENARIOS, STEPS, VARIANTS
 from deploy.localstack.procs import ProcessError
 
 
@@ -55,6 +55,18 @@ def parse(argv: list[str] | None = None) -> Options:
         "--variants",
         default=",".join(DEFAULT_VARIANTS),
         help=f"comma-separated, of: {', '.join(VARIANTS)}",
+    )
+    steps = {step.__name__: step for step in STEPS}
+    p.add_argument(
+        "--steps",
+        default=",".join(steps),
+        help=f"comma-separated steps after the scenarios, of: {', '.join(steps)} (none: '')",
+    )
+    p.add_argument(
+        "--hello-each",
+        action="store_true",
+        help="measure the hello-world again right before each scenario and quote the "
+        "scenario's ratio to that run (steadier ratios on a machine whose load drifts)",
     )
     p.add_argument("--shards", type=int, default=2)
     p.add_argument("--fe-per-shard", type=int, default=2)
@@ -100,6 +112,7 @@ def parse(argv: list[str] | None = None) -> Options:
     try:
         scenarios = _names(a.scenarios, SCENARIOS, "scenarios")
         variants = _names(a.variants, VARIANTS, "variants")
+        chosen_steps = _names(a.steps, steps, "steps")
     except argparse.ArgumentTypeError as exc:
         p.error(str(exc))
     unknown = set(a.overload_clients.split(",")) - set(CLIENTS) - {""}
@@ -126,6 +139,8 @@ def parse(argv: list[str] | None = None) -> Options:
         quiet_budget=a.quiet_budget,
         results_dir=None if a.no_save else RESULTS_DIR,
         parts=(a.only,) if a.only else ("main", "overload"),
+        steps=chosen_steps,
+        hello_each=a.hello_each,
         overload_duration=a.overload_duration,
         overload_connections=tuple(int(c) for c in a.overload_connections.split(",") if c),
         overload_clients=tuple(c for c in a.overload_clients.split(",") if c),

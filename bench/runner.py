@@ -95,6 +95,11 @@ class Options:
     quiet_budget: float = 60.0
     # "main" (hello-world, scenarios, variants, steps) and/or "overload" (overload.py).
     parts: tuple[str, ...] = ("main", "overload")
+    # The steps (scenarios.STEPS, by function name) the main part runs after the scenarios.
+    steps: tuple[str, ...] = tuple(step.__name__ for step in STEPS)
+    # Measure the hello-world again right before each scenario and quote that scenario's
+    # ratio to it (steadier ratios on a machine whose load drifts during the run).
+    hello_each: bool = False
     overload_duration: float = 8.0
     overload_paths: tuple[str, ...] = tuple(p[0] for p in overload.PATHS)
     overload_connections: tuple[int, ...] = overload.CONNECTIONS
@@ -170,6 +175,7 @@ async def measure(
     gate: QuietGate,
     probes: list[Probe] = (),
     ctx: BenchContext | None = None,  # type: ignore[assignment]
+    baseline: str | None = HELLO.key,
 ) -> Row:
     """Warm up, then one measured wrk run with CPU, memory and probes read around it."""
     if warmup > 0:
@@ -203,7 +209,7 @@ async def measure(
         key=key, title=title, rate=result.rate, p50_ms=result.percentile_ms("50"),
         p99_ms=result.percentile_ms("99"), non_2xx=result.non_2xx,
         socket_errors=result.socket_errors, requests=result.requests, seconds=result.seconds,
-        baseline=None if key == HELLO.key else HELLO.key, target=scenario.target,
+        baseline=None if scenario is HELLO else baseline, target=scenario.target,
         p99_target_ms=scenario.p99_target_ms, statuses=result.statuses,
         latency_us=result.latency_us, cpu_cores=cpu, extra=extra,
     )  # fmt: skip
@@ -221,14 +227,15 @@ async def _wrk(
 
 
 async def measure_hello(
-    opts: Options, args: list[str], logs: Path, memory: MemoryMeter, gate: QuietGate
-) -> Row:
+    opts: Options, args: list[str], logs: Path, memory: MemoryMeter, gate: QuietGate,
+    key: str = HELLO.key, title: str = HELLO.title,
+) -> Row:  # fmt: skip
     """The baseline: ``python -m bench.hello`` alone on the machine, same load."""
     hello = ServiceProcess("hello", "bench.hello", _hello_port(), logs / "hello.log", cwd=REPO)
     await hello.start()
     try:
         return await measure(
-            HELLO.title, HELLO.key, HELLO, hello.url, args, opts.load, opts.warmup,
+            title, key, HELLO, hello.url, args, opts.load, opts.warmup,
             list(components_of([hello])), memory, gate,
         )  # fmt: skip
     finally:
@@ -374,7 +381,7 @@ async def run(opts: Options) -> Report:
         base_env = {p.name: dict(p.env or {}) for tier in stack.tiers()[1:4] for p in tier}
         if "main" in opts.parts:
             await run_variants(ctx)
-            for step in STEPS:
+            for step in (s for s in STEPS if s.__name__ in opts.steps):
                 for item in await step(ctx):
                     if isinstance(item, Row):
                         report.add(item)
@@ -437,9 +444,17 @@ async def run_variants(ctx: BenchContext) -> None:
                 warmed = True
             key = skey if variant.key == "default" else f"{skey}@{variant.key}"
             title = scenario.title + (f" ({variant.label})" if variant.label else "")
+            baseline = HELLO.key
+            if ctx.options.hello_each:
+                baseline = f"{HELLO.key}@{key}"
+                ctx.report.add(await measure_hello(
+                    ctx.options, ctx.wrk_args(), stack.logs_dir, ctx.memory, ctx.gate,
+                    key=baseline, title=f"hello-world (before {title})",
+                ))  # fmt: skip
             ctx.report.add(await measure(
                 title, key, scenario, stack.base_url, ctx.wrk_args(), ctx.options.load,
                 ctx.options.warmup, ctx.components(), ctx.memory, ctx.gate, ctx.probes, ctx,
+                baseline,
             ))  # fmt: skip
 
 

@@ -9,25 +9,53 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from gateway.upstream import UpstreamPool
+
 SessionFactory = Callable[[], aiohttp.ClientSession]
 
 
 @dataclass
 class Member:
-    """One FE server of a cluster, with its own keep-alive connection pool."""
+    """One FE server of a cluster, with its own keep-alive connection pool.
+
+    ``lean``: requests go through :class:`UpstreamPool` (an FE server's request/response
+    exchanges, gateway/upstream.py) rather than the aiohttp session, with its timeouts.
+    """
 
     url: str
     new_session: SessionFactory
+    lean: bool = False
     session: aiohttp.ClientSession = field(init=False)
+    upstream: UpstreamPool | None = field(init=False, default=None)
     down_until: float = 0.0
 
     def __post_init__(self) -> None:
         self.session = self.new_session()
+        self.upstream = self._new_upstream()
+
+    def _new_upstream(self) -> UpstreamPool | None:
+        if not self.lean:
+            return None
+        timeout = self.session.timeout
+        return UpstreamPool(
+            self.url, connect_timeout=timeout.sock_connect, total_timeout=timeout.total
+        )
 
     def live(self, now: float) -> bool:
         return self.down_until <= now
 
+    def renew(self) -> aiohttp.ClientSession:
+        """Fresh connection pools (a failed member's pooled connections are suspect); the
+        old session, for the caller to close."""
+        old, self.session = self.session, self.new_session()
+        if self.upstream is not None:
+            self.upstream.close()
+        self.upstream = self._new_upstream()
+        return old
+
     async def close(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
         await self.session.close()
 
 
@@ -61,8 +89,7 @@ class Cluster:
         on one cannot be retried safely), so the member gets a fresh pool.
         """
         member.down_until = time.monotonic() + self.cooldown
-        old, member.session = member.session, member.new_session()
-        await old.close()
+        await member.renew().close()
 
     def mark_ok(self, member: Member) -> None:
         member.down_until = 0.0

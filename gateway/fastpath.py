@@ -24,8 +24,10 @@ from shared.errors import NotFound
 from shared.httpio import etag
 
 
-def _lookup(user_name: str, tail: str, query) -> tuple[str, str, str] | None:  # type: ignore[no-untyped-def]
+def _lookup(user_name: str, tail: str, request: web.Request) -> tuple[str, str, str] | None:
     """(entity, group, field) of the entry answering this GET, or None when none could."""
+    # The query string is parsed only when there is one.
+    query = request.query if request.query_string else {}
     if tail == "":
         return ("user", user_group(user_name), USER_FIELD) if not query else None
     if tail == "visits":
@@ -47,7 +49,7 @@ async def cached_response(
 ) -> web.Response | None:
     """The cached answer to a GET, or None to pass the request on to the FE cluster."""
     cache: ReadCache | None = request.app[CACHES].get(shard_id)
-    where = _lookup(user_name, tail, request.query)
+    where = _lookup(user_name, tail, request)
     if cache is None or where is None:
         return None
     entity, group, field = where

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.balancer import Cluster
 from gateway.metrics import MEMBERS_DOWN, UPSTREAM_LATENCY, UPSTREAM_REQUESTS
 from gateway.retrybudget import BUDGET
+from gateway.upstream import ConnectFailed, ExchangeFailed
 from shared.errors import Unavailable
 from shared.logs import request_id_var
 
@@ -30,6 +33,12 @@ _FORWARD_RESPONSE = (
     "Allow",
     "Idempotent-Replayed",
 )
+
+
+# The labelled metric children by (shard, service[, outcome]): ``labels()`` validates and
+# locks on every call; the label sets are few, so each is looked up once.
+_REQUESTS: dict[tuple[str, str, str], Any] = {}
+_LATENCIES: dict[tuple[str, str], Any] = {}
 
 
 def retry_safe(method: str, headers: CIMultiDict[str], keyed_posts: bool) -> bool:
@@ -61,7 +70,7 @@ async def forward(
     cluster: Cluster,
     method: str,
     path_qs: str,
-    headers: dict[str, str],
+    headers: Mapping[str, str],
     body: bytes | None,
     *,
     keyed_posts: bool = False,
@@ -74,7 +83,9 @@ async def forward(
     than a second write.
     """
     shard, service = str(cluster.shard_id), cluster.service
-    given = CIMultiDict(headers)  # header names are case-insensitive, whatever the client sent
+    # Header names are case-insensitive, whatever the client sent (a request's own headers
+    # are already a case-insensitive mapping).
+    given = headers if isinstance(headers, CIMultiDictProxy | CIMultiDict) else CIMultiDict(headers)
     out_headers = CIMultiDict((k, v) for k in _FORWARD_REQUEST if (v := given.get(k)) is not None)
     out_headers["X-Request-ID"] = request_id_var.get()
     for attempt, member in enumerate(cluster.candidates()):
@@ -85,25 +96,35 @@ async def forward(
             )  # fmt: skip
         started = time.perf_counter()
         try:
-            # encoded=True: the member gets exactly the path the routes checked; a plain URL
-            # string would be normalised again by yarl (dot-segments collapsed).
-            async with member.session.request(
-                method, URL(member.url + path_qs, encoded=True), headers=out_headers, data=body
-            ) as resp:
-                payload = await resp.read()
-        except aiohttp.ClientConnectorError as exc:
+            if member.upstream is not None:
+                # The path goes out exactly as the routes checked it.
+                status, answer, payload = await member.upstream.request(
+                    method, path_qs, out_headers.items(), body
+                )
+            else:
+                # encoded=True: the member gets exactly the path the routes checked; a plain
+                # URL string would be normalised again by yarl (dot-segments collapsed).
+                async with member.session.request(
+                    method, URL(member.url + path_qs, encoded=True), headers=out_headers,
+                    data=body,
+                ) as resp:
+                    payload = await resp.read()
+                status, answer = resp.status, CIMultiDict(resp.headers)
+        except (aiohttp.ClientConnectorError, ConnectFailed) as exc:
             outcome, retry = "refused", True
             error: Exception = exc
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (aiohttp.ClientError, ExchangeFailed, OSError, asyncio.TimeoutError) as exc:
             outcome, retry = "lost", retry_safe(method, out_headers, keyed_posts)
             error = exc
         else:
             cluster.mark_ok(member)
-            UPSTREAM_REQUESTS.labels(shard, service, str(resp.status)).inc()
-            UPSTREAM_LATENCY.labels(shard, service).observe(time.perf_counter() - started)
-            kept = CIMultiDict((k, v) for k in _FORWARD_RESPONSE if (v := resp.headers.get(k)))
-            return Upstream(resp.status, kept, payload)
-        UPSTREAM_REQUESTS.labels(shard, service, outcome).inc()
+            _requests(shard, service, str(status)).inc()
+            if (latency := _LATENCIES.get((shard, service))) is None:
+                latency = _LATENCIES[(shard, service)] = UPSTREAM_LATENCY.labels(shard, service)
+            latency.observe(time.perf_counter() - started)
+            kept = CIMultiDict((k, v) for k in _FORWARD_RESPONSE if (v := answer.get(k)))
+            return Upstream(status, kept, payload)
+        _requests(shard, service, outcome).inc()
         await cluster.mark_failed(member)
         MEMBERS_DOWN.labels(shard, service).set(
             sum(not m.live(time.monotonic()) for m in cluster.members)
@@ -125,3 +146,12 @@ async def forward(
                 "been applied: read the resource before retrying"
             ) from error
     raise Unavailable(f"shard {shard} has no live {service} server", retry_after=5)
+
+
+def _requests(shard: str, service: str, outcome: str) -> Any:
+    """The UPSTREAM_REQUESTS child of these labels."""
+    if (counter := _REQUESTS.get((shard, service, outcome))) is None:
+        counter = _REQUESTS[(shard, service, outcome)] = UPSTREAM_REQUESTS.labels(
+            shard, service, outcome
+        )
+    return counter

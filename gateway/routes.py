@@ -69,7 +69,6 @@ async def forward_to_owner(
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + request.app[MOVE_HOLD]
-    headers = dict(request.headers)
     hint: int | None = None
     while True:
         shard_map = routing.map
@@ -79,7 +78,7 @@ async def forward_to_owner(
         request["shard"] = shard_id
         cluster = cluster_for(request.app, shard_id, service)
         up = await forward(
-            cluster, request.method, request.raw_path, headers, body, keyed_posts=True
+            cluster, request.method, request.raw_path, request.headers, body, keyed_posts=True
         )
         if up.status != 421:
             return up
@@ -165,7 +164,7 @@ async def search_users(request: web.Request) -> web.Response:
     policy.may_search_users(caller(request))
     limit = limit_param(request.query)
     clusters = [c for (shard, svc), c in request.app[CLUSTERS].items() if svc == "user"]
-    headers = dict(request.headers)
+    headers = request.headers
 
     async def one(cluster):  # type: ignore[no-untyped-def]
         try:

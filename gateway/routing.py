@@ -51,7 +51,8 @@ class Routing:
                 old = self.clusters.get((shard.id, service))
                 if old is not None and [m.url for m in old.members] == wanted:
                     continue
-                members = [Member(u, self._new_session) for u in wanted]
+                # The FE servers' hop: lean request/response exchanges (gateway/upstream.py).
+                members = [Member(u, self._new_session, lean=True) for u in wanted]
                 self.clusters[(shard.id, service)] = Cluster(
                     shard.id, service, members, self._cooldown
                 )

@@ -18,8 +18,9 @@ commit the writer deletes the group again and lifts its fence. Hence:
 - a writer that cannot reach Redis *after* committing (Redis paused, or this process cut off
   from it) still answers success: its fence keeps the group uncached until the fence's
   deadline, and the commit happened well before that deadline (a transaction that ran longer
-  than :data:`COMMIT_WITHIN` is rolled back instead of committed), so the first fill after
-  the fence loads the committed row;
+  than :data:`COMMIT_WITHIN` is rolled back instead of committed; a write made in one
+  statement is cancelled at that time, :meth:`WriteFence.remaining`), so the first fill
+  after the fence loads the committed row;
 - a reader that loaded the old row before the write cannot put it back (the stale-set race):
   the fence deleted its lease.
 
@@ -31,6 +32,7 @@ succeeded without its fence. (Redis runs without persistence: a restarted Redis 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import uuid
@@ -43,10 +45,12 @@ from prometheus_client import Counter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.errors import Unavailable
+from shared.resp import RespConnection
+from shared.resp import connect as resp_connect
 
 log = logging.getLogger("medsvc.cache")
 
@@ -129,6 +133,22 @@ return 1
 Loader = Callable[[], Awaitable[bytes | None]]
 
 
+@dataclass(frozen=True)
+class _Lua:
+    """A script of this module and its SHA1 (EVALSHA; EVAL when Redis lacks it)."""
+
+    source: str
+    sha: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())  # noqa: S324
+
+
+GET_OR_LEASE, FILL, FENCE, UNFENCE = (
+    _Lua(_GET_OR_LEASE), _Lua(_FILL), _Lua(_FENCE), _Lua(_UNFENCE)
+)
+
+
 @dataclass
 class Breaker:
     """Open for a cool-down after a Redis failure: reads go to PostgreSQL meanwhile.
@@ -187,10 +207,16 @@ class ReadCache:
         self.breaker = Breaker(cooldown)
         # group -> field -> the load in flight in this process (single flight).
         self._inflight: dict[str, dict[str, asyncio.Future[bytes | None]]] = {}
-        # The gateway's peeks waiting for this loop iteration's batch, and the batches sent.
-        self._peeks: list[tuple[asyncio.Future[bytes | None], str, str]] = []
-        self._peek_tasks: set[asyncio.Task[None]] = set()
+        # The commands (peeks, scripts) waiting for this loop iteration's batch, and the
+        # batches sent (:meth:`_command`).
+        self._queued: list[tuple[asyncio.Future[Any], tuple[Any, ...]]] = []
+        self._batch_tasks: set[asyncio.Task[None]] = set()
         self._events: dict[tuple[str, str], Any] = {}
+        # The connection the batches go out on (shared/resp.py), made when first needed.
+        self._url, self._timeout = redis_url, timeout
+        self._credentials = {"username": username, "password": password}
+        self._conn: RespConnection | None = None
+        self._connecting = asyncio.Lock()
         self.redis: aioredis.Redis | None = None
         if redis_url:
             self.redis = aioredis.Redis.from_url(
@@ -206,10 +232,6 @@ class ReadCache:
                 retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
                 max_connections=64,
             )
-            self._get_or_lease = self.redis.register_script(_GET_OR_LEASE)
-            self._fill = self.redis.register_script(_FILL)
-            self._fence = self.redis.register_script(_FENCE)
-            self._unfence = self.redis.register_script(_UNFENCE)
 
     @property
     def enabled(self) -> bool:
@@ -221,8 +243,18 @@ class ReadCache:
             await self.redis.ping()
 
     async def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
         if self.redis is not None:
             await self.redis.aclose()
+
+    def bypassed(self, entity: str) -> bool:
+        """True, counted as a bypass, when :meth:`get` would not use the cache now (turned
+        off, or the breaker open): the caller may then load as it sees fit."""
+        if self.redis is not None and self.breaker.allows():
+            return False
+        CACHE_EVENTS.labels(self.shard, entity, "bypass").inc()
+        return True
 
     async def get(self, entity: str, group: str, field: str, load: Loader) -> bytes | None:
         """The cached value of ``group``/``field``, or ``load()``'s (cached when allowed)."""
@@ -257,7 +289,7 @@ class ReadCache:
         delay = 0.002
         while True:
             try:
-                got = await self._get_or_lease(keys=keys, args=[field, token, self.lease_ms])
+                got = await self._script(GET_OR_LEASE, keys, field, token, self.lease_ms)
             except RedisError as exc:
                 self._failed(exc, entity, read=True)
                 return await load()
@@ -281,8 +313,8 @@ class ReadCache:
         value = await load()
         if value is not None:
             try:
-                filled = await self._fill(
-                    keys=keys, args=[field, token, value, self.ttl_ms, GROUP_MAX_ENTRIES]
+                filled = await self._script(
+                    FILL, keys, field, token, value, self.ttl_ms, GROUP_MAX_ENTRIES
                 )
             except RedisError as exc:
                 self._failed(exc, entity)
@@ -295,17 +327,11 @@ class ReadCache:
         """The cached value or None; never loads, never fills (the gateway's fast path).
 
         A None sends the request on to an FE server, whose :meth:`get` takes the lease.
-        The peeks of one loop iteration go to Redis together (:meth:`_send_peeks`).
         """
         if self.redis is None or not self.breaker.allows():
             return None
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bytes | None] = loop.create_future()
-        if not self._peeks:
-            loop.call_soon(self._send_peeks)
-        self._peeks.append((future, f"{{{group}}}", field))
         try:
-            value = await future
+            value: bytes | None = await self._command(("HGET", f"{{{group}}}", field))
         except RedisError as exc:
             self._failed(exc, entity, read=True)
             return None
@@ -316,63 +342,93 @@ class ReadCache:
         counter.inc()
         return value
 
-    def _send_peeks(self) -> None:
-        """Send the peeks queued in this loop iteration as one write of pipelined HGETs.
-
-        Plain HGETs, as one ``redis.hget`` each would send them, on one pooled connection:
-        the client's per-command work (pool checkout, timeout scope, reply parsing set-up)
-        is paid once per batch, not per request; under load a batch holds several requests.
-        """
-        batch, self._peeks = self._peeks, []
-        task = asyncio.ensure_future(self._run_peeks(batch))
-        self._peek_tasks.add(task)
-        task.add_done_callback(self._peek_tasks.discard)
-
-    async def _run_peeks(self, batch: list[tuple[asyncio.Future[bytes | None], str, str]]) -> None:
-        error: BaseException = RedisConnectionError("the cache read was not answered")
+    async def _script(self, script: _Lua, keys: list[str], *args: Any) -> Any:
+        """Run one of this module's scripts (EVALSHA; EVAL once when Redis lacks it: a Redis
+        restarted since it last ran)."""
         try:
-            error = await self._read_batch(batch)
-        finally:
-            # Whatever happened (an error, a cancellation at shutdown), no peek is left waiting.
-            failed = error if isinstance(error, RedisError) else RedisConnectionError(
-                f"cache read failed: {type(error).__name__}")  # fmt: skip
-            for future, _, _ in batch:
-                if not future.done():
-                    future.set_exception(failed)
+            return await self._command(("EVALSHA", script.sha, len(keys), *keys, *args))
+        except NoScriptError:
+            return await self._command(("EVAL", script.source, len(keys), *keys, *args))
 
-    async def _read_batch(
-        self, batch: list[tuple[asyncio.Future[bytes | None], str, str]]
-    ) -> BaseException:
+    def _command(self, command: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """One command's reply (a RedisError when it failed), sent with the commands of the
+        same loop iteration (:meth:`_send_queued`)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._queued:
+            loop.call_soon(self._send_queued)
+        self._queued.append((future, command))
+        return future
+
+    def _send_queued(self) -> None:
+        """Send the commands queued in this loop iteration as one write, pipelined.
+
+        The reads and scripts the client's ``execute_command`` would send, on one pooled
+        connection: the client's per-command work (pool checkout, retry wrapper, timeout
+        scope, reply callbacks) is paid once per batch, not per command; under load a batch
+        holds several requests' commands. Each command is still one atomic command (a
+        script runs whole), and each caller awaits its own reply before going on.
+        """
+        batch, self._queued = self._queued, []
+        task = asyncio.ensure_future(self._run_batch(batch))
+        self._batch_tasks.add(task)
+        task.add_done_callback(self._batch_tasks.discard)
+
+    async def _run_batch(self, batch: list[tuple[asyncio.Future[Any], tuple[Any, ...]]]) -> None:
+        error: BaseException | None = None
+        try:
+            error = await self._send_batch(batch)
+        finally:
+            # Whatever happened (an error, a cancellation at shutdown), no caller is left waiting.
+            if any(not future.done() for future, _ in batch):
+                failed = error if isinstance(error, RedisError) else RedisConnectionError(
+                    "the cache command was not answered" if error is None
+                    else f"cache command failed: {type(error).__name__}")  # fmt: skip
+                for future, _ in batch:
+                    if not future.done():
+                        future.set_exception(failed)
+
+    async def _send_batch(
+        self, batch: list[tuple[asyncio.Future[Any], tuple[Any, ...]]]
+    ) -> BaseException | None:
         """Answer the batch's futures; the error that stopped it otherwise (returned)."""
-        assert self.redis is not None
-        pool = self.redis.connection_pool
-        commands = [("HGET", key, field) for _, key, field in batch]
-        error: BaseException = RedisConnectionError("no connection")
+        error: BaseException | None = None
         # As the client's own retry (see __init__): one more try on a *connection* error
-        # only (a pooled connection that a Redis restart broke); a timeout is not retried.
+        # only (a connection that a Redis restart broke); a timeout is not retried.
+        # A script sent again runs again: each of this module's may (a fence is put up, or
+        # lifted, twice; a fill whose lease it removed the first time does nothing).
         for attempt in (1, 2):
             try:
-                # redis-py's asyncio pool method carries no annotations.
-                conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-            except (RedisError, OSError) as exc:
+                conn = await self._connection()
+            except RedisError as exc:
                 return exc
             try:
-                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-                values = [await conn.read_response() for _ in batch]
-            except BaseException as exc:
-                # Replies may be left unread on it: this connection is not reused.
-                await conn.disconnect()
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
+                replies = conn.send([command for _, command in batch])
+            except RedisError as exc:  # closed since
                 error = exc
-                if attempt == 1 and isinstance(exc, RedisConnectionError):
+                continue
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await asyncio.wait(replies)
+            except TimeoutError:
+                # Replies are late: this connection is dropped (as redis-py does), and the
+                # callers see the timeout (the breaker tells slow from down).
+                self._drop(conn)
+                return RedisTimeoutError("Timeout reading from the cache")
+            lost = next((r.exception() for r in replies
+                         if isinstance(r.exception(), RedisConnectionError)), None)  # fmt: skip
+            if lost is not None:
+                error = lost
+                if attempt == 1:
                     continue
                 return error
-            finally:
-                await pool.release(conn)
-            for (future, _, _), value in zip(batch, values, strict=True):
-                if not future.done():
-                    future.set_result(value)
+            for (future, _), reply in zip(batch, replies, strict=True):
+                if future.done():
+                    continue
+                if (failure := reply.exception()) is not None:  # this command's error reply
+                    future.set_exception(failure)
+                else:
+                    future.set_result(reply.result())
             return error
         return error
 
@@ -385,16 +441,33 @@ class ReadCache:
         for group in groups:
             self._inflight.pop(group, None)
         try:
-            await self.redis.delete(*(k for g in groups for k in _keys(g)[:2]))
+            await self._command(("DEL", *(k for g in groups for k in _keys(g)[:2])))
         except RedisError as exc:
             self._failed(exc, "user")
+
+    async def _connection(self) -> RespConnection:
+        """The open connection, or a new one (RedisError when it cannot be made)."""
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        assert self._url is not None
+        async with self._connecting:
+            if self._conn is None or self._conn.closed:
+                self._conn = await resp_connect(
+                    self._url, timeout=self._timeout, **self._credentials
+                )
+            return self._conn
+
+    def _drop(self, conn: RespConnection) -> None:
+        conn.close()
+        if self._conn is conn:
+            self._conn = None
 
     def fence(self, entity: str, group: str) -> WriteFence:
         """The fence of one write to ``group``: ``async with cache.fence(...) as f:`` around
         the transaction, calling ``f.check()`` just before it commits."""
         return WriteFence(self, entity, group)
 
-    async def _run_for_write(self, entity: str, group: str, script: Any, args: list[Any]) -> bool:
+    async def _run_for_write(self, entity: str, group: str, script: _Lua, args: list[Any]) -> bool:
         """Run a write's fence script, retrying for :data:`WRITE_RETRY_BUDGET`; True if it ran.
 
         Tried even while the breaker is open: Redis may be back, and the other hops may be
@@ -407,7 +480,7 @@ class ReadCache:
         delay = 0.05
         while True:
             try:
-                await script(keys=_keys(group), args=args)
+                await self._script(script, _keys(group), *args)
                 return True
             except RedisError as exc:
                 self._failed(exc, entity)
@@ -455,7 +528,7 @@ class WriteFence:
             return self
         self.raised_at = time.monotonic()
         if not await self.cache._run_for_write(
-            self.entity, self.group, self.cache._fence, [self.token, FENCE_MS]
+            self.entity, self.group, FENCE, [self.token, FENCE_MS]
         ):
             raise Unavailable(
                 "the shard's read cache cannot be reached, so the change could not be made "
@@ -471,13 +544,25 @@ class WriteFence:
                 "the change took too long and was not made; nothing was changed", retry_after=2
             )
 
+    def remaining(self) -> float | None:
+        """The seconds left to commit in (None: no fence, no bound), for a write made in one
+        statement that commits by itself (no transaction to roll back after :meth:`check`):
+        give it as the statement's timeout, which cancels it at that time.
+
+        Unavailable, as :meth:`check`, when no time is left.
+        """
+        if self.cache.redis is None:
+            return None
+        self.check()
+        return COMMIT_WITHIN - (time.monotonic() - self.raised_at)
+
     async def __aexit__(self, *exc: object) -> None:
         if self.cache.redis is None:
             return
         # Lifted whether the write committed or not; if Redis cannot be reached now, the
         # fence lapses at its deadline, long after the commit, and the group fills afresh.
         if not await self.cache._run_for_write(
-            self.entity, self.group, self.cache._unfence, [self.token]
+            self.entity, self.group, UNFENCE, [self.token]
         ):
             log.warning(
                 "write fence left to lapse",

@@ -23,7 +23,15 @@ from shared.httpio import (
     merge_patch,
     read_json_object,
 )
-from shared.service import cache, owned, pool, principal, require_owned, user_request
+from shared.service import (
+    cache,
+    check_owner,
+    owned_read,
+    pool,
+    principal,
+    require_owned,
+    user_request,
+)
 from shared.writes import begin_write
 from user_service import store
 from user_service.models import IMMUTABLE_FIELDS, MUTABLE_FIELDS, User, UserIn, UserPage
@@ -48,18 +56,20 @@ async def create_user(request: web.Request) -> web.Response:
 
 
 async def get_user(request: web.Request) -> web.Response:
-    caller, user_name = await user_request(request)
+    caller, user_name = await user_request(request, check_owned=False)
     db = pool(request)
 
-    async def load() -> bytes | None:
-        row = await store.get_user(db, user_name)
-        if row is None:
+    async def load(owner_check: bool) -> bytes | None:
+        if owner_check:
+            row = await store.get_owned_user(db, user_name)
+            await check_owner(request, user_name, row["owner"])
+            if row["user_name"] is None:
+                return None
+        elif (row := await store.get_user(db, user_name)) is None:
             return None
         return pack_entry(row["role"], row["version"], encode(User.from_row(row)))
 
-    entry = await cache(request).get(
-        "user", user_group(user_name), USER_FIELD, owned(request, user_name, load)
-    )
+    entry = await owned_read(request, user_name, "user", user_group(user_name), USER_FIELD, load)
     if entry is None:
         raise NotFound(f"user {user_name} does not exist")
     role, version, body = unpack_entry(entry)

@@ -54,6 +54,18 @@ async def get_user(
 
 
 @_mapped
+async def get_owned_user(conn: asyncpg.Connection | asyncpg.Pool, user_name: str) -> asyncpg.Record:
+    """The bucket's owner (``owner``) and the user row's columns (NULL: no such user)."""
+    # get_owned_user: the bucket_owner lookup and get_user in one statement (one snapshot).
+    return await conn.fetchrow(
+        f"""SELECT medsvc_owner($1) AS owner, u.*
+            FROM (VALUES (1)) AS one (x)
+            LEFT JOIN (SELECT {_COLUMNS} FROM users WHERE user_name = $1) AS u ON true""",
+        user_name,
+    )
+
+
+@_mapped
 async def lock_user(conn: asyncpg.Connection, user_name: str) -> asyncpg.Record:
     """The user row, locked for update inside the caller's transaction; NotFound if absent."""
     # lock_user: serialises concurrent updates of one user.

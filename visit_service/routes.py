@@ -6,6 +6,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
+import asyncpg
 import orjson
 from aiohttp import web
 
@@ -15,7 +16,7 @@ from shared.auth import Principal
 from shared.cache import pack_entry, unpack_entry
 from shared.cachekeys import VISIT_LIST_PARAMS, visit_field, visit_list_field, visits_group
 from shared.contract import Handler, register_routes
-from shared.db import transaction
+from shared.db import db_errors, transaction
 from shared.entity import encode, reply
 from shared.errors import BadRequest, FieldError, Forbidden, Misdirected, NotFound, ValidationFailed
 from shared.httpio import (
@@ -93,39 +94,50 @@ async def create_visit(request: web.Request) -> web.Response:
         visit = visit.model_copy(update={"clinician": caller.sub})
     shard_id = request.app[SHARD_ID]
     request["shard"] = shard_id
+    actor, source, request_id = write_tags(request, caller, "visit_service")
+
+    async def insert(conn: asyncpg.Connection, timeout: float | None) -> web.Response:
+        # One round trip: the owner check, the patient's lock and role, the insert and
+        # (by trigger) its audit outbox row.
+        row = await store.create_visit(
+            conn,
+            actor=actor,
+            source=source,
+            request_id=request_id,
+            shard_id=shard_id,
+            user_name=user_name,
+            may_record=_may_record_for_patients(caller),
+            visit=visit,
+            timeout=timeout,
+        )
+        if row["owner"] != shard_id:
+            raise Misdirected(
+                f"{user_name} belongs to shard {row['owner']}, not {shard_id}",
+                owner=row["owner"],
+            )
+        role = row["role"]
+        if role is None:
+            raise NotFound(f"user {user_name} does not exist")
+        policy.may_write_visits(caller, role)
+        if role != "patient":
+            raise ValidationFailed(
+                errors=[FieldError("userName", "visits are recorded for patients only")]
+            )
+        # Encoded here (inside the transaction when keyed: the key keeps these very bytes).
+        return reply(Visit.from_row(row), status=201)
+
     # The fence keeps every hop from serving the patient's old visit lists (shared/cache.py).
     async with cache(request).fence("visit", visits_group(user_name)) as fence:
+        if key is None:
+            # Nothing to claim or record: the statement is the whole transaction, with no
+            # BEGIN and COMMIT round trips; cancelled if it runs past the fence's deadline.
+            with db_errors("the shard database"):
+                async with pool(request).acquire() as conn:
+                    return await insert(conn, fence.remaining())
         async with transaction(pool(request)) as conn:
             if (replay := await idempotency.claim(conn, key)) is not None:
                 return replay
-            actor, source, request_id = write_tags(request, caller, "visit_service")
-            # One round trip: the owner check, the patient's lock and role, the insert and
-            # (by trigger) its audit outbox row.
-            row = await store.create_visit(
-                conn,
-                actor=actor,
-                source=source,
-                request_id=request_id,
-                shard_id=shard_id,
-                user_name=user_name,
-                may_record=_may_record_for_patients(caller),
-                visit=visit,
-            )
-            if row["owner"] != shard_id:
-                raise Misdirected(
-                    f"{user_name} belongs to shard {row['owner']}, not {shard_id}",
-                    owner=row["owner"],
-                )
-            role = row["role"]
-            if role is None:
-                raise NotFound(f"user {user_name} does not exist")
-            policy.may_write_visits(caller, role)
-            if role != "patient":
-                raise ValidationFailed(
-                    errors=[FieldError("userName", "visits are recorded for patients only")]
-                )
-            # Encoded here, inside the transaction: the key keeps these very bytes.
-            response = reply(Visit.from_row(row), status=201)
+            response = await insert(conn, None)
             await idempotency.record(conn, key, response)
             fence.check()
     return response

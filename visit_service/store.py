@@ -68,13 +68,17 @@ FROM own LEFT JOIN patient ON true LEFT JOIN ins ON true
 @_mapped
 async def create_visit(
     conn: asyncpg.Connection, *, actor: str, source: str, request_id: str, shard_id: int,
-    user_name: str, may_record: bool, visit: VisitIn,
+    user_name: str, may_record: bool, visit: VisitIn, timeout: float | None = None,
 ) -> asyncpg.Record:
     """Tag, check and insert in one statement (:data:`_CREATE_VISIT`); the caller decides
-    from the owner and role what a row without a visit means (421, 404, 403, 422)."""
+    from the owner and role what a row without a visit means (421, 404, 403, 422).
+
+    Outside a transaction the statement is its own transaction: it commits as it returns.
+    ``timeout`` cancels it at that time (Unavailable), as a write's fence requires.
+    """
     return await conn.fetchrow(
         _CREATE_VISIT, actor, source, request_id, shard_id, user_name, may_record,
-        uuid.uuid4(), *_values(visit),
+        uuid.uuid4(), *_values(visit), timeout=timeout,
     )
 
 
