@@ -6,7 +6,8 @@ A local stack (durable PostgreSQL settings, as ``make run``) is started in a tem
 user / PATCH user) through nginx, ``python -m resharder move`` moves those buckets to the new
 shard. Printed (JSON): the move's summary (fence, copy rate), the copy time against two raw
 COPYs of the same rows (to /dev/null; source → target into tables with the same indexes),
-and the mix's p50/p99 before and during the move.
+the second also timed while the mix runs (the move's copy competes with it for the same two
+cores), and the mix's p50/p99 before and during the move.
 """
 
 from __future__ import annotations
@@ -148,6 +149,9 @@ async def main_async(opts: argparse.Namespace) -> dict[str, Any]:
             workers = [asyncio.create_task(mix.worker(http, i)) for i in range(opts.connections)]
             await asyncio.sleep(opts.before)
             before = mix.take()
+            # The same raw COPY again, now competing with the mix for the CPU as the move will.
+            raw_loaded = await raw_copies(src, dst)
+            mix.take()  # (the mix's figures while that ran are no one's)
             env = {
                 **os.environ,
                 "MEDSVC_SHARD_MAP": str(stack.shard_map_path),
@@ -180,6 +184,8 @@ async def main_async(opts: argparse.Namespace) -> dict[str, Any]:
             "rawCopySeconds": raw,
             "copyRatioToCopyToNull": round(raw["copyToNull"] / copy_s, 3),
             "copyRatioToCopyAcross": round(raw["copyAcross"] / copy_s, 3),
+            "rawCopySecondsUnderMix": raw_loaded,
+            "copyRatioToCopyAcrossUnderMix": round(raw_loaded["copyAcross"] / copy_s, 3),
             "mixBefore": before,
             "mixDuringMove": during,
             "mixErrors": mix.errors,
