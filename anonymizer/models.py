@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, field_validator
 
-from shared.entity import Entity
+from shared.entity import Entity, OmitsNone
 from shared.types import INTEGRAL, UserName, no_nul
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -72,7 +72,7 @@ class Manifest(BaseModel):
 # The one JSON shape of a run and of a study (shared/entity.py): built from their rows (their
 # columns are their fields in snake_case) and encoded once; tests/unit/test_entities.py pins
 # the bytes.
-class Run(Entity):
+class Run(Entity, OmitsNone):
     """One extraction run as the API shows it."""
 
     AS_TEXT = frozenset({"runId"})
@@ -94,21 +94,7 @@ class Run(Entity):
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:
-        """The run of a runs row; a ``manifest`` or ``error`` it has not is no key of the
-        body (encode writes the model's ``__dict__``), yet reads as None."""
-        run = super().from_row(row)
-        for name in cls.OMITTED_WHEN_NONE:
-            if run.__dict__[name] is None:
-                del run.__dict__[name]
-                run.__pydantic_fields_set__.discard(name)
-        return run
-
-    if not TYPE_CHECKING:  # as pydantic's own __getattr__: invisible to the type checker
-
-        def __getattr__(self, name: str) -> Any:
-            if name in self.OMITTED_WHEN_NONE:
-                return None
-            return super().__getattr__(name)
+        return super().from_row(row).omitting_none()
 
     def location(self) -> str:
         """Where the run is polled (the ``Location`` of the 202 that started it)."""

@@ -201,6 +201,8 @@ def test_a_run_row_encodes_to_the_pinned_bytes() -> None:
     assert encode(page) == (
         b'{"items":[' + SUCCEEDED_JSON + b"," + RUNNING_JSON + b'],"nextCursor":"abc"}'
     )
+    running = Run.from_row(RUNNING_ROW)
+    assert (running.manifest, running.error) == (None, None)  # absent keys, read as None
     # What a client reads back is the documented model, the manifest's fields included.
     done = Run.model_validate_json(encode(Run.from_row(SUCCEEDED_ROW)))
     assert done.manifest is not None and done.manifest.recordsBytes == 1234
