@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, field_validator
@@ -77,7 +77,7 @@ class Run(Entity, OmitsNone):
 
     AS_TEXT = frozenset({"runId"})
     # Left out of the body, not written as null, while the run has none.
-    OMITTED_WHEN_NONE: ClassVar[tuple[str, ...]] = ("manifest", "error")
+    OMITTED_WHEN_NONE = ("manifest", "error")
 
     runId: str
     studyId: str

@@ -11,6 +11,9 @@ import asyncpg.pgproto.pgproto as pgproto
 import orjson
 
 from anonymizer.models import Run, RunPage, Study, StudyPage, StudySummary
+from audit_service.chain import Verdict
+from audit_service.checkpoints import Checkpoint
+from audit_service.models import ConsistencyProof, InclusionProof
 from shared.entity import column_of, encode, reply
 from user_service.models import (
     IMMUTABLE_FIELDS as USER_IMMUTABLE,
@@ -227,3 +230,35 @@ def test_a_started_run_and_a_new_study_carry_their_location() -> None:
     study = reply(Study.of(STUDY_ROW, 0, None, None), status=201)
     assert study.headers["Location"] == "/v1/studies/asthma-2026"
     assert "ETag" not in study.headers
+
+
+# -- the audit API's proofs, checkpoints and verdicts (the events are their stored bytes) -----
+
+
+def test_audit_replies_encode_to_the_pinned_bytes() -> None:
+    cp = Checkpoint(1400, "ab" * 32, "2026-11-20T09:00:00Z", "0123456789abcdef", "c2ln",
+                    ["cd" * 32], ["ef" * 32])  # fmt: skip
+    public = (
+        b'{"treeSize":1400,"rootHash":"' + b"ab" * 32 + b'","signedAt":"2026-11-20T09:00:00Z",'
+        b'"keyId":"0123456789abcdef","signature":"c2ln"'
+    )
+    assert encode(cp.public()) == public + b"}"
+    # The checkpoint log's line (a file older processes wrote too): the same fields first.
+    assert cp.line() == (
+        public + b',"compactRange":["' + b"cd" * 32 + b'"],"consistency":["' + b"ef" * 32
+        + b'"]}\n'
+    )  # fmt: skip
+    assert Checkpoint.parse(cp.line()) == cp
+    assert encode(Verdict(ok=True, checked=5, last_seq=5).model()) == (
+        b'{"ok":true,"checked":5,"lastSeq":5}'
+    )
+    bad = Verdict(ok=False, checked=3, first_bad_seq=4, reason="altered", last_seq=3).model()
+    assert encode(bad) == b'{"ok":false,"checked":3,"lastSeq":3,"firstBadSeq":4,"reason":"altered"}'
+    assert Verdict(ok=True, checked=0).model().firstBadSeq is None
+    path = InclusionProof.model_construct(leafIndex=6, treeSize=9, auditPath=["cd" * 32])
+    assert encode(path) == b'{"leafIndex":6,"treeSize":9,"auditPath":["' + b"cd" * 32 + b'"]}'
+    proof = ConsistencyProof.model_construct(**{"from": 3, "to": 9, "proof": ["ef" * 32]})
+    assert encode(proof) == b'{"from":3,"to":9,"proof":["' + b"ef" * 32 + b'"]}'
+    assert ConsistencyProof.model_validate_json(encode(proof)).model_dump(by_alias=True) == {
+        "from": 3, "to": 9, "proof": ["ef" * 32],
+    }  # fmt: skip

@@ -281,8 +281,8 @@ def test_a_repeated_audit_event_is_answered_like_the_first(document: dict) -> No
     assert record["200"]["content"] == record["201"]["content"]
     assert {"Location", "X-Request-ID"} <= set(record["200"]["headers"])
     verdict = chain.Verdict(ok=False, checked=3, first_bad_seq=4, reason="altered", last_seq=3)
-    ChainVerdict.model_validate(verdict.as_json())
-    ChainVerdict.model_validate(chain.Verdict(ok=True, checked=0).as_json())
+    ChainVerdict.model_validate_json(encode(verdict.model()))
+    ChainVerdict.model_validate_json(encode(chain.Verdict(ok=True, checked=0).model()))
 
 
 def test_a_stored_event_as_the_api_renders_it_is_an_event() -> None:
