@@ -21,9 +21,10 @@ import uvloop
 
 from anonymizer.app import create_app, extractor_scope
 from anonymizer.extract import begin_run, execute
-from anonymizer.routes import run_json
+from anonymizer.models import Run
 from anonymizer.scheduler import tick
 from anonymizer.settings import AnonymizerSettings
+from shared.entity import encode
 from shared.errors import Conflict, NotFound
 from shared.logs import setup_logging
 from shared.runner import run_app
@@ -44,7 +45,9 @@ async def run_once(settings: AnonymizerSettings, study_id: str) -> int:
             return 2
         assert handle is not None
         row = await execute(handle)
-        print(orjson.dumps(run_json(row), option=orjson.OPT_UTC_Z | orjson.OPT_INDENT_2).decode())
+        # The run as the API shows it (its one encoder), indented for a reader.
+        shown = orjson.loads(encode(Run.from_row(row)))
+        print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
         return 0 if row["status"] == "succeeded" else 1
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Self
 
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, field_validator
 
+from shared.entity import Entity, OmitsNone
 from shared.types import INTEGRAL, UserName, no_nul
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -67,8 +69,15 @@ class Manifest(BaseModel):
     recordsBytes: int = Field(description="size of the records download")
 
 
-class Run(BaseModel):
+# The one JSON shape of a run and of a study (shared/entity.py): built from their rows (their
+# columns are their fields in snake_case) and encoded once; tests/unit/test_entities.py pins
+# the bytes.
+class Run(Entity, OmitsNone):
     """One extraction run as the API shows it."""
+
+    AS_TEXT = frozenset({"runId"})
+    # Left out of the body, not written as null, while the run has none.
+    OMITTED_WHEN_NONE = ("manifest", "error")
 
     runId: str
     studyId: str
@@ -83,8 +92,16 @@ class Run(BaseModel):
     manifest: Manifest | None = Field(default=None, description="a succeeded run's manifest")
     error: str | None = None
 
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        return super().from_row(row).omitting_none()
 
-class StudySummary(BaseModel):
+    def location(self) -> str:
+        """Where the run is polled (the ``Location`` of the 202 that started it)."""
+        return f"/v1/studies/{self.studyId}/runs/{self.runId}"
+
+
+class StudySummary(Entity):
     """A study as the list of studies shows it."""
 
     studyId: str
@@ -94,6 +111,9 @@ class StudySummary(BaseModel):
     createdBy: str
     createdAt: dt.datetime
 
+    def location(self) -> str:
+        return f"/v1/studies/{self.studyId}"
+
 
 class Study(StudySummary):
     """A study with its participant count (consents in force now) and its last run."""
@@ -101,6 +121,25 @@ class Study(StudySummary):
     participantCount: int
     lastRun: Run | None
     lastSuccessfulRunAt: dt.datetime | None
+
+    @classmethod
+    def of(
+        cls,
+        row: Mapping[str, Any],
+        participants: int,
+        last: Mapping[str, Any] | None,
+        success: dt.datetime | None,
+    ) -> Self:
+        """The study of its row, its participant count, its last run's row and the finish
+        time of its last successful run."""
+        return cls.from_row(
+            dict(row)
+            | {
+                "participant_count": participants,
+                "last_run": None if last is None else Run.from_row(last),
+                "last_successful_run_at": success,
+            }
+        )
 
 
 class RunPage(BaseModel):

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import re
 import uuid
-from typing import Any
 
 import asyncpg
 import orjson
@@ -15,11 +13,12 @@ from aiohttp import web
 from anonymizer import shards, store
 from anonymizer.contract import OPERATIONS
 from anonymizer.extract import Extractor, begin_run, execute
-from anonymizer.models import StudyIn
+from anonymizer.models import Run, RunPage, Study, StudyIn, StudyPage, StudySummary
 from shared import idempotency, policy
 from shared.auth import Principal
 from shared.contract import Handler, register_routes
 from shared.db import transaction
+from shared.entity import reply
 from shared.errors import Conflict, FieldError, NotFound, ValidationFailed
 from shared.httpio import (
     decode_cursor,
@@ -65,48 +64,6 @@ def path_run_id(request: web.Request) -> uuid.UUID:
         raise NotFound(f"run {raw[:64]} does not exist") from exc
 
 
-def run_json(row: asyncpg.Record) -> dict[str, Any]:
-    """A runs row as the API's JSON object."""
-    out = {
-        "runId": str(row["run_id"]),
-        "studyId": row["study_id"],
-        "status": row["status"],
-        "trigger": row["trigger"],
-        "requestedBy": row["requested_by"],
-        "startedAt": row["started_at"],
-        "finishedAt": row["finished_at"],
-        "policyVersion": row["policy_version"],
-        "counts": row["counts"],
-        "kAnonymity": row["k_anonymity"],
-    }
-    if row["manifest"] is not None:
-        out["manifest"] = row["manifest"]
-    if row["error"] is not None:
-        out["error"] = row["error"]
-    return out
-
-
-def study_json(
-    row: asyncpg.Record, participants: int, last: asyncpg.Record | None, success: dt.datetime | None
-) -> dict[str, Any]:
-    """A studies row, its participant count and its last run as the API's JSON object."""
-    return {
-        "studyId": row["study_id"],
-        "title": row["title"],
-        "schedule": row["schedule"],
-        "k": row["k"],
-        "createdBy": row["created_by"],
-        "createdAt": row["created_at"],
-        "participantCount": participants,
-        "lastRun": run_json(last) if last is not None else None,
-        "lastSuccessfulRunAt": success,
-    }
-
-
-def _run_location(study_id: str, run_id: Any) -> str:
-    return f"/v1/studies/{study_id}/runs/{run_id}"
-
-
 async def create_study(request: web.Request) -> web.Response:
     caller = researcher(request)
     body = await read_json_object(request)
@@ -116,16 +73,12 @@ async def create_study(request: web.Request) -> web.Response:
         if (replay := await idempotency.claim(conn, key)) is not None:
             return replay
         row = await store.insert_study(conn, study, caller.sub)
-        response = json_response(
-            study_json(row, 0, None, None),
-            status=201,
-            headers={"Location": f"/v1/studies/{study.studyId}"},
-        )
+        response = reply(Study.of(row, 0, None, None), status=201)
         await idempotency.record(conn, key, response)
     return response
 
 
-async def list_studies(request: web.Request) -> web.Response:
+async def list_studies(request: web.Request) -> StudyPage:
     researcher(request)
     unknown = set(request.query) - {"limit", "cursor"}
     if unknown:
@@ -137,16 +90,12 @@ async def list_studies(request: web.Request) -> web.Response:
     rows = await store.studies_page(
         extractor(request).registry, after[0] if after else None, limit + 1
     )
-    items = [
-        {"studyId": r["study_id"], "title": r["title"], "schedule": r["schedule"], "k": r["k"],
-         "createdBy": r["created_by"], "createdAt": r["created_at"]}
-        for r in rows[:limit]
-    ]  # fmt: skip
-    next_cursor = encode_cursor([items[-1]["studyId"]]) if len(rows) > limit else None
-    return json_response({"items": items, "nextCursor": next_cursor})
+    items = [StudySummary.from_row(r) for r in rows[:limit]]
+    next_cursor = encode_cursor([items[-1].studyId]) if len(rows) > limit else None
+    return StudyPage.model_construct(items=items, nextCursor=next_cursor)
 
 
-async def get_study(request: web.Request) -> web.Response:
+async def get_study(request: web.Request) -> Study:
     researcher(request)
     study_id = path_study_id(request)
     ex = extractor(request)
@@ -157,7 +106,7 @@ async def get_study(request: web.Request) -> web.Response:
     count, (last, success) = await asyncio.gather(
         shards.count_participants(ex.shard_pools, study_id), store.last_runs(ex.registry, study_id)
     )
-    return json_response(study_json(row, count, last, success))
+    return Study.of(row, count, last, success)
 
 
 async def start_run(request: web.Request) -> web.Response:
@@ -178,11 +127,10 @@ async def start_run(request: web.Request) -> web.Response:
         task = asyncio.create_task(execute(handle), name=f"run-{handle.row['run_id']}")
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-        response = json_response(
-            run_json(handle.row),
-            status=202,
-            headers={"Location": _run_location(study_id, handle.row["run_id"])},
-        )
+        run = Run.from_row(handle.row)
+        response = reply(run, status=202)
+        # A 202's Location is where the run is polled (reply adds one to a 201 only).
+        response.headers["Location"] = run.location()
         await idempotency.record(conn, key, response)
     return response
 
@@ -204,11 +152,11 @@ async def _path_run(request: web.Request) -> asyncpg.Record:
     return row
 
 
-async def get_run(request: web.Request) -> web.Response:
-    return json_response(run_json(await _path_run(request)))
+async def get_run(request: web.Request) -> Run:
+    return Run.from_row(await _path_run(request))
 
 
-async def list_runs(request: web.Request) -> web.Response:
+async def list_runs(request: web.Request) -> RunPage:
     researcher(request)
     study_id = path_study_id(request)
     unknown = set(request.query) - {"limit", "cursor"}
@@ -226,7 +174,9 @@ async def list_runs(request: web.Request) -> web.Response:
     if len(rows) > limit:
         last = rows[limit - 1]
         next_cursor = encode_instant_cursor(last["started_at"], last["run_id"])
-    return json_response({"items": [run_json(r) for r in rows[:limit]], "nextCursor": next_cursor})
+    return RunPage.model_construct(
+        items=[Run.from_row(r) for r in rows[:limit]], nextCursor=next_cursor
+    )
 
 
 async def run_records(request: web.Request) -> web.StreamResponse:

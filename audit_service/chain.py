@@ -33,6 +33,8 @@ from typing import Any
 
 import orjson
 
+from audit_service.models import ChainVerdict
+
 GENESIS = "0" * 64
 
 _CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z
@@ -105,12 +107,14 @@ class Verdict:
     reason: str | None = None
     last_seq: int = 0
 
-    def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"ok": self.ok, "checked": self.checked, "lastSeq": self.last_seq}
-        if not self.ok:
-            out["firstBadSeq"] = self.first_bad_seq
-            out["reason"] = self.reason
-        return out
+    def model(self) -> ChainVerdict:
+        """The verdict as ``GET /v1/audit/verify`` and the offline verifier show it: an intact
+        chain's has no ``firstBadSeq`` nor ``reason`` key."""
+        verdict = ChainVerdict.model_construct(
+            ok=self.ok, checked=self.checked, lastSeq=self.last_seq,
+            firstBadSeq=self.first_bad_seq, reason=self.reason,
+        )  # fmt: skip
+        return verdict.omitting_none() if self.ok else verdict
 
 
 class ChainVerifier:

@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from audit_service.merkle import CompactRange, check_consistency, fold_peaks
+from audit_service.models import SignedCheckpoint
 
 STATEMENT_HEADER = "medsvc-audit-checkpoint/v1"
 
@@ -110,16 +111,17 @@ class Checkpoint:
             f"{STATEMENT_HEADER}\n{self.tree_size}\n{self.root_hash}\n{self.signed_at}\n{self.key_id}\n"
         ).encode()
 
-    def public_json(self) -> dict[str, Any]:
+    def public(self) -> SignedCheckpoint:
         """The API form: the signed fields only."""
-        return {
-            "treeSize": self.tree_size, "rootHash": self.root_hash, "signedAt": self.signed_at,
-            "keyId": self.key_id, "signature": self.signature,
-        }  # fmt: skip
+        return SignedCheckpoint.model_construct(
+            treeSize=self.tree_size, rootHash=self.root_hash, signedAt=self.signed_at,
+            keyId=self.key_id, signature=self.signature,
+        )  # fmt: skip
 
     def line(self) -> bytes:
+        """The log's line: the API form's fields, then what the next checkpoint needs."""
         return orjson.dumps({
-            **self.public_json(), "compactRange": self.compact_range,
+            **self.public().model_dump(), "compactRange": self.compact_range,
             "consistency": self.consistency,
         }) + b"\n"  # fmt: skip
 

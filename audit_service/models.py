@@ -7,8 +7,9 @@ import datetime as dt
 import uuid
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, create_model
 
+from shared.entity import OmitsNone
 from shared.types import no_nul
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -103,8 +104,11 @@ class EventPage(BaseModel):
     nextCursor: str | None
 
 
-class ChainVerdict(BaseModel):
-    """What ``GET /v1/audit/verify`` found (``audit_service.chain.Verdict.as_json``)."""
+class ChainVerdict(OmitsNone):
+    """What ``GET /v1/audit/verify`` found (``audit_service.chain.Verdict.model``)."""
+
+    # An intact chain's verdict has no such keys (rather than nulls).
+    OMITTED_WHEN_NONE = ("firstBadSeq", "reason")
 
     ok: bool
     checked: int = Field(ge=0, description="events verified")
@@ -136,9 +140,15 @@ class InclusionProof(BaseModel):
     auditPath: list[Hash] = Field(description="sibling hashes, leaf level first (hex)")
 
 
-class ConsistencyProof(BaseModel):
-    """``GET /v1/audit/consistency``: RFC 6962 PROOF(from, D[to])."""
-
-    from_: int = Field(alias="from", ge=1)
-    to: int = Field(ge=1)
-    proof: list[Hash] = Field(description="hex node hashes, in RFC 6962 order")
+# A field named ``from`` (a Python keyword, so no class statement can name it): the model's
+# ``__dict__`` keys are the body's keys, which shared/entity.encode writes.
+_CONSISTENCY_FIELDS: dict[str, Any] = {
+    "from": (int, Field(ge=1)),
+    "to": (int, Field(ge=1)),
+    "proof": (list[Hash], Field(description="hex node hashes, in RFC 6962 order")),
+}
+ConsistencyProof = create_model(
+    "ConsistencyProof",
+    __doc__="``GET /v1/audit/consistency``: RFC 6962 PROOF(from, D[to]).",
+    **_CONSISTENCY_FIELDS,
+)

@@ -22,6 +22,7 @@ import orjson
 from audit_service.chain import StoredEvent, Verdict, canonical, subject_of
 from audit_service.checkpoints import CheckpointLog, load_public_keys
 from audit_service.verify import LogVerifier, verify_database
+from shared.entity import encode
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,5 +81,5 @@ async def run(argv: list[str]) -> Verdict:
 
 def main(argv: list[str]) -> int:
     verdict = asyncio.run(run(argv))
-    sys.stdout.write(orjson.dumps(verdict.as_json()).decode() + "\n")
+    sys.stdout.write(encode(verdict.model()).decode() + "\n")
     return 0 if verdict.ok else 1

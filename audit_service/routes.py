@@ -24,16 +24,28 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable
+from typing import Any
 
 import orjson
 from aiohttp import web
 from multidict import MultiMapping
+from pydantic import BaseModel
 
 from audit_service import store
 from audit_service.checkpoints import CheckpointLog, Notary
 from audit_service.contract import OPERATIONS
 from audit_service.metrics import APPEND_SECONDS, CHAIN_LAST_SEQ, EVENTS_APPENDED, EVENTS_DUPLICATE
-from audit_service.models import FILTER_MAX_LENGTH, NAME_PATTERN, EventBatch, EventIn, NewEvent
+from audit_service.models import (
+    FILTER_MAX_LENGTH,
+    NAME_PATTERN,
+    ChainVerdict,
+    ConsistencyProof,
+    EventBatch,
+    EventIn,
+    InclusionProof,
+    NewEvent,
+    SignedCheckpoint,
+)
 from audit_service.settings import AuditSettings
 from audit_service.verify import make_checkpoint, verify_database
 from shared import idempotency, policy
@@ -41,6 +53,7 @@ from shared.appkeys import PG_POOL
 from shared.auth import Principal
 from shared.contract import Handler, register_routes
 from shared.db import db_errors, transaction
+from shared.entity import reply
 from shared.errors import (
     BadRequest,
     FieldError,
@@ -235,7 +248,7 @@ async def _append(request: web.Request, new: NewEvent, caller: Principal) -> web
     return _json(_event_json(stored), status=201 if created else 200, headers=headers)
 
 
-async def verify(request: web.Request) -> web.Response:
+async def verify(request: web.Request) -> ChainVerdict:
     """``GET /v1/audit/verify``: the whole log against the signed checkpoints (verify.py)."""
     policy.may_prove_audit(principal(request))
     notary = request.app[NOTARY]
@@ -248,7 +261,7 @@ async def verify(request: web.Request) -> web.Response:
         async with request.app[PG_POOL].acquire() as conn:
             verdict = await verify_database(conn, checkpoints, keyring, checked,
                                             lambda: CheckpointLog.remember(memo))  # fmt: skip
-    return _json(orjson.dumps(verdict.as_json()))
+    return verdict.model()
 
 
 def _notary(request: web.Request) -> Notary:
@@ -258,13 +271,13 @@ def _notary(request: web.Request) -> Notary:
     return notary
 
 
-async def latest_checkpoint(request: web.Request) -> web.Response:
+async def latest_checkpoint(request: web.Request) -> SignedCheckpoint:
     """``GET /v1/audit/checkpoints/latest``: the newest signed checkpoint."""
     policy.may_prove_audit(principal(request))
     last = _notary(request).log.last()
     if last is None:
         raise NotFound("no audit checkpoint has been signed yet")
-    return _json(orjson.dumps(last.public_json()))
+    return last.public()
 
 
 async def sign_checkpoint(request: web.Request) -> web.Response:
@@ -277,7 +290,7 @@ async def sign_checkpoint(request: web.Request) -> web.Response:
     last = notary.log.last()
     if last is None:
         raise NotFound("no audit checkpoint has been signed yet (the log is empty)")
-    return _json(orjson.dumps(last.public_json()))
+    return reply(last.public())
 
 
 def _size_param(query: MultiMapping[str], name: str, *, required: bool) -> int | None:
@@ -300,7 +313,7 @@ def _only(query: MultiMapping[str], allowed: frozenset[str]) -> None:
         )
 
 
-async def inclusion_proof(request: web.Request) -> web.Response:
+async def inclusion_proof(request: web.Request) -> InclusionProof:
     """``GET /v1/audit/events/{eventId}/proof?treeSize=N``: the RFC 6962 audit path of the
     event in the tree of N events (default: the latest checkpoint's, else the current tree)."""
     policy.may_prove_audit(principal(request))
@@ -324,15 +337,12 @@ async def inclusion_proof(request: web.Request) -> web.Response:
             f"treeSize must be between the event's seq ({row['seq']}) and the tree size ({current})"
         )
     path = await _proof(store.inclusion_proof(pool, row["seq"], tree_size))
-    body = {
-        "leafIndex": row["seq"] - 1,
-        "treeSize": tree_size,
-        "auditPath": [h.hex() for h in path],
-    }
-    return _json(orjson.dumps(body))
+    return InclusionProof.model_construct(
+        leafIndex=row["seq"] - 1, treeSize=tree_size, auditPath=[h.hex() for h in path]
+    )
 
 
-async def consistency_proof(request: web.Request) -> web.Response:
+async def consistency_proof(request: web.Request) -> BaseModel:
     """``GET /v1/audit/consistency?from=M&to=N``: the RFC 6962 consistency proof."""
     policy.may_prove_audit(principal(request))
     _only(request.query, frozenset({"from", "to"}))
@@ -344,7 +354,8 @@ async def consistency_proof(request: web.Request) -> web.Response:
     if not old <= new <= current:
         raise BadRequest(f"need 1 <= from <= to <= the tree size ({current})")
     proof = await _proof(store.consistency_proof(pool, old, new))
-    return _json(orjson.dumps({"from": old, "to": new, "proof": [h.hex() for h in proof]}))
+    fields: dict[str, Any] = {"from": old, "to": new, "proof": [h.hex() for h in proof]}
+    return ConsistencyProof.model_construct(**fields)
 
 
 async def _proof(pending: Awaitable[list[bytes]]) -> list[bytes]:

@@ -20,7 +20,7 @@ import functools
 import re
 import uuid
 from collections.abc import Mapping
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import orjson
 from aiohttp import web
@@ -51,6 +51,32 @@ def _fields_of(value: Any) -> dict[str, Any] | str:
 def encode(body: BaseModel) -> bytes:
     """The JSON bytes of a response model (nested models included), encoded once."""
     return orjson.dumps(body, default=_fields_of, option=orjson.OPT_UTC_Z)
+
+
+class OmitsNone(BaseModel):
+    """A response model whose ``OMITTED_WHEN_NONE`` fields are no key of the body, rather
+    than null, while they have no value (a wire form older than the model, kept).
+
+    :meth:`omitting_none` drops them from the model's ``__dict__`` (what :func:`encode`
+    writes); read as attributes, they are still None.
+    """
+
+    OMITTED_WHEN_NONE: ClassVar[tuple[str, ...]] = ()
+
+    def omitting_none(self) -> Self:
+        """The model, its ``OMITTED_WHEN_NONE`` fields that are None left out of its body."""
+        for name in self.OMITTED_WHEN_NONE:
+            if name in self.__dict__ and self.__dict__[name] is None:
+                del self.__dict__[name]
+                self.__pydantic_fields_set__.discard(name)
+        return self
+
+    if not TYPE_CHECKING:  # as pydantic's own __getattr__: invisible to the type checker
+
+        def __getattr__(self, name: str) -> Any:
+            if name in type(self).OMITTED_WHEN_NONE:
+                return None
+            return super().__getattr__(name)
 
 
 class Entity(BaseModel):

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import orjson
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -107,3 +110,64 @@ async def test_a_run_of_an_empty_shard_succeeds_with_a_verifiable_download(
         assert records.status == 200
     assert hashlib.sha256(body).hexdigest() == run["manifest"]["recordsSha256"]
     assert len(body) == run["manifest"]["recordsBytes"]
+
+
+INSTANT = rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z"
+RUN_KEYS = ["runId", "studyId", "status", "trigger", "requestedBy", "startedAt", "finishedAt",
+            "policyVersion", "counts", "kAnonymity"]  # fmt: skip
+
+
+async def _raw(
+    api: Api, method: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, Any, bytes]:
+    hdrs = {"Authorization": f"Bearer {api.token}"} | (headers or {})
+    body = b'{"studyId":"wire-1","title":"Wire"}' if path == "/v1/studies" else None
+    if body is not None:
+        hdrs["Content-Type"] = "application/json"
+    async with api.http.request(method, api.base_url + path, data=body, headers=hdrs) as resp:
+        return resp.status, resp.headers, await resp.read()
+
+
+async def test_study_and_run_replies_are_the_pinned_wire_form(
+    as_role: Callable[[str, str], Api],
+) -> None:
+    """The bytes a client gets (tests/unit/test_entities.py pins them from rows): field order,
+    nulls written, a run's manifest and error absent until it has them, instants in UTC with Z;
+    a repeated Idempotency-Key gets the same bytes."""
+    rita = as_role("rita", "researcher")
+    key = {"Idempotency-Key": "wire-study-1"}
+    status, headers, created = await _raw(rita, "POST", "/v1/studies", key)
+    assert (status, headers["Location"]) == (201, "/v1/studies/wire-1"), created
+    assert re.fullmatch(
+        rb'\{"studyId":"wire-1","title":"Wire","schedule":null,"k":null,"createdBy":"rita",'
+        rb'"createdAt":"' + INSTANT + rb'","participantCount":0,"lastRun":null,'
+        rb'"lastSuccessfulRunAt":null\}',
+        created,
+    ), created
+    assert (await _raw(rita, "POST", "/v1/studies", key))[::2] == (201, created)
+
+    status, headers, started = await _raw(rita, "POST", "/v1/studies/wire-1/runs")
+    run = orjson.loads(started)
+    assert status == 202 and list(run) == RUN_KEYS, started
+    assert headers["Location"] == f"/v1/studies/wire-1/runs/{run['runId']}"
+    assert re.fullmatch(INSTANT, run["startedAt"].encode()) and run["finishedAt"] is None
+    for _ in range(200):
+        status, _, done = await _raw(rita, "GET", headers["Location"])
+        if orjson.loads(done)["status"] != "running":
+            break
+        await asyncio.sleep(0.05)
+    run = orjson.loads(done)
+    assert (status, run["status"], list(run)) == (200, "succeeded", [*RUN_KEYS, "manifest"])
+    assert re.fullmatch(INSTANT, run["finishedAt"].encode())
+    assert orjson.dumps(run) == done  # compact: the parsed body re-encodes to the same bytes
+
+    _, _, study = await _raw(rita, "GET", "/v1/studies/wire-1")
+    assert study == created.replace(b'"lastRun":null', b'"lastRun":' + done).replace(
+        b'"lastSuccessfulRunAt":null',
+        b'"lastSuccessfulRunAt":"' + run["finishedAt"].encode() + b'"',
+    )
+    _, _, runs = await _raw(rita, "GET", "/v1/studies/wire-1/runs")
+    assert runs == b'{"items":[' + done + b'],"nextCursor":null}'
+    _, _, studies = await _raw(rita, "GET", "/v1/studies")
+    summary = created[: created.index(b',"participantCount"')] + b"}"
+    assert studies == b'{"items":[' + summary + b'],"nextCursor":null}'

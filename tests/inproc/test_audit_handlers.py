@@ -6,6 +6,7 @@ same ``create_app`` and settings parser as production and served on a real socke
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -107,3 +108,30 @@ async def test_bad_queries_and_bodies_are_problems_that_change_nothing(
     assert {e["field"] for e in bad.body["errors"]} >= {"entityId", "action"}
     since = await admin.call("GET", "/v1/audit/events?since=2026-01-01T00:00:00%2B02:00")
     assert (since.status, since.body["items"]) == (200, [])
+
+
+async def test_verdicts_and_proofs_are_the_pinned_wire_form(
+    as_role: Callable[[str, str], Api],
+) -> None:
+    """The bytes of the verify, inclusion proof and consistency proof replies
+    (tests/unit/test_entities.py pins them from their models): field order, and no
+    ``firstBadSeq`` nor ``reason`` key in an intact chain's verdict."""
+    admin, auditor = as_role("admin", "admin"), as_role("aud", "auditor")
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    for event_id in ids:
+        assert (
+            await admin.call("POST", "/v1/audit/events", _event(eventId=event_id))
+        ).status == 201
+
+    async def raw(path: str) -> bytes:
+        headers = {"Authorization": f"Bearer {auditor.token}"}
+        async with auditor.http.get(auditor.base_url + path, headers=headers) as resp:
+            assert resp.status == 200 and resp.content_type == "application/json", resp.status
+            return await resp.read()
+
+    assert await raw("/v1/audit/verify") == b'{"ok":true,"checked":3,"lastSeq":3}'
+    hexes = rb'\["[0-9a-f]{64}"(,"[0-9a-f]{64}")*\]'
+    path = await raw(f"/v1/audit/events/{ids[1]}/proof")
+    assert re.fullmatch(rb'\{"leafIndex":1,"treeSize":3,"auditPath":' + hexes + rb"\}", path)
+    proof = await raw("/v1/audit/consistency?from=2&to=3")
+    assert re.fullmatch(rb'\{"from":2,"to":3,"proof":' + hexes + rb"\}", proof), proof

@@ -22,6 +22,7 @@ from audit_service.chain import (
 from audit_service.models import EventBatch, NewEvent
 from audit_service.settings import AuditSettings, dsn_with
 from audit_service.store import Pending
+from shared.entity import encode
 
 T0 = dt.datetime(2026, 11, 24, 9, 30, tzinfo=dt.UTC)
 
@@ -109,7 +110,7 @@ def test_an_intact_chain_verifies() -> None:
     assert (
         verdict.ok
         and verdict.checked == 5
-        and verdict.as_json() == {"ok": True, "checked": 5, "lastSeq": 5}
+        and encode(verdict.model()) == b'{"ok":true,"checked":5,"lastSeq":5}'
     )
 
 

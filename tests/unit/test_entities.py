@@ -10,6 +10,10 @@ import uuid
 import asyncpg.pgproto.pgproto as pgproto
 import orjson
 
+from anonymizer.models import Run, RunPage, Study, StudyPage, StudySummary
+from audit_service.chain import Verdict
+from audit_service.checkpoints import Checkpoint
+from audit_service.models import ConsistencyProof, InclusionProof
 from shared.entity import column_of, encode, reply
 from user_service.models import (
     IMMUTABLE_FIELDS as USER_IMMUTABLE,
@@ -136,3 +140,125 @@ def test_the_client_state_is_what_a_client_would_send() -> None:
     assert visit_state["startedAt"] == "2026-11-20T09:00:00Z" and "visitId" not in visit_state
     VisitIn.model_validate_json(orjson.dumps(visit_state))
     assert uuid.UUID(orjson.loads(VISIT_JSON)["visitId"]) == VISIT_ROW["visit_id"]
+
+
+# -- the studies API (anonymizer): a run and a study, as the hand-built dicts wrote them ------
+
+RUN_ID = "5f0c7a2e-8d3b-4c1e-9b7a-1e2d3c4b5a69"
+RUNNING_ROW = {
+    "run_id": pgproto.UUID(RUN_ID), "study_id": "asthma-2026", "status": "running",
+    "trigger": "api", "requested_by": "rita", "started_at": AT, "finished_at": None,
+    "policy_version": "deid-1", "counts": None, "k_anonymity": None, "error": None,
+    "manifest": None,
+}  # fmt: skip
+# A manifest is jsonb: written as PostgreSQL returned it, in its key order.
+MANIFEST = {
+    "counts": {"visit": 7}, "leftOut": {}, "keyVersion": "hmac-sha256:0123",
+    "watermarks": {"0": "10:12:11"}, "kAnonymity": {"k": 5}, "recordsBytes": 1234,
+    "policyVersion": "deid-1", "recordsSha256": "ab" * 32,
+}  # fmt: skip
+SUCCEEDED_ROW = RUNNING_ROW | {
+    "status": "succeeded", "finished_at": LATER, "counts": {"visit": 7},
+    "k_anonymity": {"k": 5}, "manifest": MANIFEST,
+}  # fmt: skip
+RUN_HEAD = b'{"runId":"' + RUN_ID.encode() + b'","studyId":"asthma-2026",'
+# A run has no "manifest" nor "error" key (not null) until it has one.
+RUNNING_JSON = RUN_HEAD + (
+    b'"status":"running","trigger":"api","requestedBy":"rita",'
+    b'"startedAt":"2026-11-20T09:00:00Z","finishedAt":null,"policyVersion":"deid-1",'
+    b'"counts":null,"kAnonymity":null}'
+)
+FAILED_JSON = RUN_HEAD + (
+    b'"status":"failed","trigger":"api","requestedBy":"rita",'
+    b'"startedAt":"2026-11-20T09:00:00Z","finishedAt":"2026-11-21T10:30:00.250000Z",'
+    b'"policyVersion":"deid-1","counts":null,"kAnonymity":null,'
+    b'"error":"the run failed (OSError)"}'
+)
+SUCCEEDED_JSON = RUN_HEAD + (
+    b'"status":"succeeded","trigger":"api","requestedBy":"rita",'
+    b'"startedAt":"2026-11-20T09:00:00Z","finishedAt":"2026-11-21T10:30:00.250000Z",'
+    b'"policyVersion":"deid-1","counts":{"visit":7},"kAnonymity":{"k":5},'
+    b'"manifest":{"counts":{"visit":7},"leftOut":{},"keyVersion":"hmac-sha256:0123",'
+    b'"watermarks":{"0":"10:12:11"},"kAnonymity":{"k":5},"recordsBytes":1234,'
+    b'"policyVersion":"deid-1","recordsSha256":"' + b"ab" * 32 + b'"}}'
+)
+STUDY_ROW = {
+    "study_id": "asthma-2026", "title": "Asthma", "schedule": "*/15 * * * *", "k": None,
+    "created_by": "rita", "created_at": AT,
+}  # fmt: skip
+STUDY_SUMMARY_JSON = (
+    b'{"studyId":"asthma-2026","title":"Asthma","schedule":"*/15 * * * *","k":null,'
+    b'"createdBy":"rita","createdAt":"2026-11-20T09:00:00Z"'
+)
+
+
+def test_a_run_row_encodes_to_the_pinned_bytes() -> None:
+    assert encode(Run.from_row(RUNNING_ROW)) == RUNNING_JSON
+    failed = RUNNING_ROW | {"status": "failed", "finished_at": LATER,
+                            "error": "the run failed (OSError)"}  # fmt: skip
+    assert encode(Run.from_row(failed)) == FAILED_JSON
+    assert encode(Run.from_row(SUCCEEDED_ROW)) == SUCCEEDED_JSON
+    page = RunPage.model_construct(
+        items=[Run.from_row(SUCCEEDED_ROW), Run.from_row(RUNNING_ROW)], nextCursor="abc"
+    )
+    assert encode(page) == (
+        b'{"items":[' + SUCCEEDED_JSON + b"," + RUNNING_JSON + b'],"nextCursor":"abc"}'
+    )
+    running = Run.from_row(RUNNING_ROW)
+    assert (running.manifest, running.error) == (None, None)  # absent keys, read as None
+    # What a client reads back is the documented model, the manifest's fields included.
+    done = Run.model_validate_json(encode(Run.from_row(SUCCEEDED_ROW)))
+    assert done.manifest is not None and done.manifest.recordsBytes == 1234
+
+
+def test_a_study_row_encodes_to_the_pinned_bytes() -> None:
+    assert encode(Study.of(STUDY_ROW, 0, None, None)) == STUDY_SUMMARY_JSON + (
+        b',"participantCount":0,"lastRun":null,"lastSuccessfulRunAt":null}'
+    )
+    assert encode(Study.of(STUDY_ROW, 3, SUCCEEDED_ROW, LATER)) == STUDY_SUMMARY_JSON + (
+        b',"participantCount":3,"lastRun":' + SUCCEEDED_JSON
+        + b',"lastSuccessfulRunAt":"2026-11-21T10:30:00.250000Z"}'
+    )  # fmt: skip
+    page = StudyPage.model_construct(items=[StudySummary.from_row(STUDY_ROW)], nextCursor=None)
+    assert encode(page) == b'{"items":[' + STUDY_SUMMARY_JSON + b'}],"nextCursor":null}'
+
+
+def test_a_started_run_and_a_new_study_carry_their_location() -> None:
+    run = reply(Run.from_row(RUNNING_ROW), status=202)
+    assert "Location" not in run.headers  # the handler adds a 202's (anonymizer/routes.py)
+    assert Run.from_row(RUNNING_ROW).location() == f"/v1/studies/asthma-2026/runs/{RUN_ID}"
+    study = reply(Study.of(STUDY_ROW, 0, None, None), status=201)
+    assert study.headers["Location"] == "/v1/studies/asthma-2026"
+    assert "ETag" not in study.headers
+
+
+# -- the audit API's proofs, checkpoints and verdicts (the events are their stored bytes) -----
+
+
+def test_audit_replies_encode_to_the_pinned_bytes() -> None:
+    cp = Checkpoint(1400, "ab" * 32, "2026-11-20T09:00:00Z", "0123456789abcdef", "c2ln",
+                    ["cd" * 32], ["ef" * 32])  # fmt: skip
+    public = (
+        b'{"treeSize":1400,"rootHash":"' + b"ab" * 32 + b'","signedAt":"2026-11-20T09:00:00Z",'
+        b'"keyId":"0123456789abcdef","signature":"c2ln"'
+    )
+    assert encode(cp.public()) == public + b"}"
+    # The checkpoint log's line (a file older processes wrote too): the same fields first.
+    assert cp.line() == (
+        public + b',"compactRange":["' + b"cd" * 32 + b'"],"consistency":["' + b"ef" * 32
+        + b'"]}\n'
+    )  # fmt: skip
+    assert Checkpoint.parse(cp.line()) == cp
+    assert encode(Verdict(ok=True, checked=5, last_seq=5).model()) == (
+        b'{"ok":true,"checked":5,"lastSeq":5}'
+    )
+    bad = Verdict(ok=False, checked=3, first_bad_seq=4, reason="altered", last_seq=3).model()
+    assert encode(bad) == b'{"ok":false,"checked":3,"lastSeq":3,"firstBadSeq":4,"reason":"altered"}'
+    assert Verdict(ok=True, checked=0).model().firstBadSeq is None
+    path = InclusionProof.model_construct(leafIndex=6, treeSize=9, auditPath=["cd" * 32])
+    assert encode(path) == b'{"leafIndex":6,"treeSize":9,"auditPath":["' + b"cd" * 32 + b'"]}'
+    proof = ConsistencyProof.model_construct(**{"from": 3, "to": 9, "proof": ["ef" * 32]})
+    assert encode(proof) == b'{"from":3,"to":9,"proof":["' + b"ef" * 32 + b'"]}'
+    assert ConsistencyProof.model_validate_json(encode(proof)).model_dump(by_alias=True) == {
+        "from": 3, "to": 9, "proof": ["ef" * 32],
+    }  # fmt: skip

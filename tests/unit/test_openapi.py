@@ -13,7 +13,6 @@ from aiohttp.test_utils import make_mocked_request
 from openapi_spec_validator import validate
 
 from anonymizer import deidentify, kanon
-from anonymizer import routes as anonymizer_routes
 from anonymizer.app import create_app as create_anonymizer
 from anonymizer.models import Record, Run, Study, StudyIn
 from anonymizer.settings import AnonymizerSettings
@@ -31,7 +30,6 @@ from gateway.api import ApiTable, api_table
 from gateway.app import create_app as create_gateway
 from gateway.routes import not_found
 from shared.entity import encode
-from shared.httpio import json_response
 from shared.settings import FESettings, GatewaySettings
 from shared.shardmap import Shard, ShardMap, even_ranges
 from user_service.models import Consent, UserIn
@@ -259,14 +257,11 @@ def test_what_the_studies_api_and_consents_answer_are_the_documented_models() ->
         "recordsBytes": 1234,
     }  # fmt: skip
     done = run | {"status": "succeeded", "error": None, "manifest": manifest}
-    assert Run.model_validate(
-        orjson.loads(json_response(anonymizer_routes.run_json(done)).body)
-    ).manifest.recordsBytes == 1234
+    assert Run.model_validate_json(encode(Run.from_row(done))).manifest.recordsBytes == 1234
     study = {"study_id": "diabetes-2026", "title": "t", "schedule": None, "k": 5,
              "created_by": "rita", "created_at": now}  # fmt: skip
-    Run.model_validate(orjson.loads(json_response(anonymizer_routes.run_json(run)).body))
-    body = anonymizer_routes.study_json(study, 2, run, now)
-    Study.model_validate(orjson.loads(json_response(body).body))
+    Run.model_validate_json(encode(Run.from_row(run)))
+    Study.model_validate_json(encode(Study.of(study, 2, run, now)))
     consent = {"user_name": "alice.smith", "study_id": "diabetes-2026", "consented_at": now,
                "withdrawn_at": None, "version": 1}  # fmt: skip
     Consent.model_validate(orjson.loads(encode(Consent.from_row(consent))))
@@ -286,8 +281,8 @@ def test_a_repeated_audit_event_is_answered_like_the_first(document: dict) -> No
     assert record["200"]["content"] == record["201"]["content"]
     assert {"Location", "X-Request-ID"} <= set(record["200"]["headers"])
     verdict = chain.Verdict(ok=False, checked=3, first_bad_seq=4, reason="altered", last_seq=3)
-    ChainVerdict.model_validate(verdict.as_json())
-    ChainVerdict.model_validate(chain.Verdict(ok=True, checked=0).as_json())
+    ChainVerdict.model_validate_json(encode(verdict.model()))
+    ChainVerdict.model_validate_json(encode(chain.Verdict(ok=True, checked=0).model()))
 
 
 def test_a_stored_event_as_the_api_renders_it_is_an_event() -> None:
