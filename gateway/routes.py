@@ -18,7 +18,7 @@ from gateway.routing import Routing
 from gateway.state import cluster_for
 from gateway.studies import studies
 from shared import policy
-from shared.appkeys import VERIFIER
+from shared.appkeys import REQUEST_SHARD, VERIFIER
 from shared.auth import Principal
 from shared.errors import NotFound, Unavailable
 from shared.httpio import encode_cursor, json_response, limit_param
@@ -75,7 +75,7 @@ async def forward_to_owner(
         shard_id = shard_map.shard_id_for(user_name) if user_name else shard_map.shards[0].id
         if hint is not None:
             shard_id, hint = hint, None
-        request["shard"] = shard_id
+        request[REQUEST_SHARD] = shard_id
         cluster = cluster_for(request.app, shard_id, service)
         up = await forward(
             cluster, request.method, request.raw_path, request.headers, body, keyed_posts=True
@@ -123,7 +123,7 @@ async def user_scoped(request: web.Request) -> web.Response:
     if not _USER_NAME.fullmatch(user_name):
         raise NotFound(f"user {user_name[:64]} does not exist")
     shard_id = request.app[ROUTING].map.shard_id_for(user_name)  # type: ignore[attr-defined]
-    request["shard"] = shard_id
+    request[REQUEST_SHARD] = shard_id
     if request.method == "GET":
         cached = await cached_response(request, principal, shard_id, user_name, tail)
         if cached is not None:

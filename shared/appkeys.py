@@ -14,6 +14,8 @@ PG_POOL = web.AppKey("pg_pool", asyncpg.Pool)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 SHARD_MAP = web.AppKey("shard_map", ShardMap)
 SHARD_ID = web.AppKey("shard_id", int)
+# The shard a request was served for (the access line and the problem logs name it).
+REQUEST_SHARD = web.RequestKey("shard", int)
 CACHE = web.AppKey("cache", ReadCache)
 FE_SETTINGS = web.AppKey("fe_settings", FESettings)
 # The readiness checks of GET /readyz (shared/ops.py), each an async function of the app.

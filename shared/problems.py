@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from shared.appkeys import SHARD_ID
+from shared.appkeys import REQUEST_SHARD, SHARD_ID
 from shared.errors import FieldError, MethodNotAllowed, ServiceError, Unavailable, ValidationFailed
 from shared.logs import ACCESS, request_id_from, request_id_var
 from shared.metrics import HTTP_LATENCY, HTTP_REQUESTS
@@ -167,5 +167,5 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
             "status": status,
             "durationMs": round(elapsed * 1000, 2),
             # The gateway names the shard it chose; an FE server serves one shard.
-            "shard": request.get("shard", request.app.get(SHARD_ID)),
+            "shard": request.get(REQUEST_SHARD, request.app.get(SHARD_ID)),
         })  # fmt: skip

@@ -9,7 +9,7 @@ import asyncpg
 from aiohttp import web
 
 from shared import policy
-from shared.appkeys import CACHE, PG_POOL, SHARD_ID, VERIFIER
+from shared.appkeys import CACHE, PG_POOL, REQUEST_SHARD, SHARD_ID, VERIFIER
 from shared.auth import Principal
 from shared.cache import Loader, ReadCache
 from shared.cachekeys import user_group, visits_group
@@ -62,7 +62,7 @@ async def check_owner(request: web.Request, user_name: str, owner: int | None) -
     """421 unless ``owner``, as this shard's database read it, is this shard
     (:func:`require_owned`, or a read that asked its query for ``medsvc_owner``)."""
     shard_id = request.app[SHARD_ID]
-    request["shard"] = shard_id
+    request[REQUEST_SHARD] = shard_id
     if owner != shard_id:
         # Whatever this shard's Redis still holds of the user is from before the bucket left
         # (a move killed between its flip and its switch leaves it there, and a gateway on the

@@ -11,7 +11,7 @@ import orjson
 from aiohttp import web
 
 from shared import idempotency, policy
-from shared.appkeys import SHARD_ID
+from shared.appkeys import REQUEST_SHARD, SHARD_ID
 from shared.auth import Principal
 from shared.cache import pack_entry, unpack_entry
 from shared.cachekeys import VISIT_LIST_PARAMS, visit_field, visit_list_field, visits_group
@@ -93,7 +93,7 @@ async def create_visit(request: web.Request) -> web.Response:
     if visit.clinician is None:
         visit = visit.model_copy(update={"clinician": caller.sub})
     shard_id = request.app[SHARD_ID]
-    request["shard"] = shard_id
+    request[REQUEST_SHARD] = shard_id
     actor, source, request_id = write_tags(request, caller, "visit_service")
 
     async def insert(conn: asyncpg.Connection, timeout: float | None) -> web.Response:
