@@ -21,6 +21,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from anonymizer import store as registry_store
@@ -95,16 +96,18 @@ async def shard_db(pg: PostgresServer) -> AsyncIterator[str]:
         yield dsn
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def fe(shard_db: str) -> AsyncIterator[TestClient]:
-    """The FE server of shard 0 (user and visit services) in process, its cache off."""
-    shard_map = ShardMap(
+def one_shard_map(dsn: str) -> ShardMap:
+    """A map of one shard (id 0) owning every bucket, its database ``dsn``."""
+    return ShardMap(
         buckets=DEFAULT_BUCKETS,
-        shards=[Shard(id=0, buckets=[(0, DEFAULT_BUCKETS - 1)], postgres=shard_db)],
+        shards=[Shard(id=0, buckets=[(0, DEFAULT_BUCKETS - 1)], postgres=dsn)],
     )
-    settings = FESettings(shard=0, services="user,visit", cache=False, jwt_secret=SECRET,
-                          pg_pool_min=1, pg_pool_max=4)
-    client = TestClient(TestServer(create_app(settings, shard_map)))
+
+
+@contextlib.asynccontextmanager
+async def served(app: web.Application) -> AsyncIterator[TestClient]:
+    """``app`` on aiohttp's test server (a real socket), and a client of it."""
+    client = TestClient(TestServer(app))
     await client.start_server()
     try:
         yield client
@@ -112,15 +115,29 @@ async def fe(shard_db: str) -> AsyncIterator[TestClient]:
         await client.close()
 
 
+def callers(client: TestClient) -> Callable[[str, str], Api]:
+    """``make(sub, role)``: an API client of the served app calling with that one role."""
+
+    def make(sub: str, role: str) -> Api:
+        base = str(client.make_url("")).rstrip("/")
+        return Api(client.session, base, make_token(SECRET, sub, [role]))
+
+    return make
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def fe(shard_db: str) -> AsyncIterator[TestClient]:
+    """The FE server of shard 0 (user and visit services) in process, its cache off."""
+    settings = FESettings(shard=0, services="user,visit", cache=False, jwt_secret=SECRET,
+                          pg_pool_min=1, pg_pool_max=4)  # fmt: skip
+    async with served(create_app(settings, one_shard_map(shard_db))) as client:
+        yield client
+
+
 @pytest.fixture
 def as_role(fe: TestClient) -> Callable[[str, str], Api]:
     """``as_role(sub, role)``: a client of the in-process app calling with that one role."""
-
-    def make(sub: str, role: str) -> Api:
-        base = str(fe.make_url("")).rstrip("/")
-        return Api(fe.session, base, make_token(SECRET, sub, [role]))
-
-    return make
+    return callers(fe)
 
 
 @pytest.fixture

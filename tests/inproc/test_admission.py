@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from aiohttp.web import Application
 
 from anonymizer.app import create_app as create_anonymizer
@@ -20,8 +20,7 @@ from audit_service.app import create_app as create_audit
 from audit_service.settings import AuditSettings
 from deploy.localstack.postgres import PostgresServer
 from shared.auth import make_token
-from shared.shardmap import DEFAULT_BUCKETS, Shard, ShardMap
-from tests.inproc.conftest import SECRET, database_from
+from tests.inproc.conftest import SECRET, database_from, one_shard_map, served
 
 
 async def _held_body(release: asyncio.Event) -> AsyncIterator[bytes]:
@@ -31,8 +30,11 @@ async def _held_body(release: asyncio.Event) -> AsyncIterator[bytes]:
 
 
 async def _sheds_past_one_in_flight(app: Application, held_path: str, probe_path: str) -> None:
-    client = TestClient(TestServer(app))
-    await client.start_server()
+    async with served(app) as client:
+        await _shed_and_served_again(client, held_path, probe_path)
+
+
+async def _shed_and_served_again(client: TestClient, held_path: str, probe_path: str) -> None:
     headers = {"Authorization": "Bearer " + make_token(SECRET, "admin", ["admin"])}
     release = asyncio.Event()
     try:
@@ -64,7 +66,6 @@ async def _sheds_past_one_in_flight(app: Application, held_path: str, probe_path
         assert (await client.get("/healthz")).status == 200
     finally:
         release.set()
-        await client.close()
 
 
 async def test_audit_service_sheds_past_its_bound(
@@ -85,12 +86,7 @@ async def test_anonymizer_sheds_past_its_bound(
     shard_db: str,
 ) -> None:
     async with database_from(pg, registry_template, "registry") as dsn:
-        shard_map = ShardMap(
-            buckets=DEFAULT_BUCKETS,
-            shards=[Shard(id=0, buckets=[(0, DEFAULT_BUCKETS - 1)], postgres=shard_db)],
-        )
         settings = AnonymizerSettings(anonymizer_dsn=dsn, jwt_secret=SECRET, pg_pool_min=1,
                                       pg_pool_max=2, max_in_flight=1)  # fmt: skip
-        await _sheds_past_one_in_flight(
-            create_anonymizer(settings, shard_map, role="api"), "/v1/studies", "/v1/studies"
-        )
+        app = create_anonymizer(settings, one_shard_map(shard_db), role="api")
+        await _sheds_past_one_in_flight(app, "/v1/studies", "/v1/studies")

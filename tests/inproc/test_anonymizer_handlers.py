@@ -15,15 +15,13 @@ from typing import Any
 
 import orjson
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from anonymizer.app import create_app
 from anonymizer.settings import AnonymizerSettings
 from deploy.localstack.postgres import PostgresServer
-from shared.auth import make_token
-from shared.shardmap import DEFAULT_BUCKETS, Shard, ShardMap
 from tests.e2e.api import Api
-from tests.inproc.conftest import SECRET, database_from
+from tests.inproc.conftest import SECRET, callers, database_from, one_shard_map, served
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -31,27 +29,15 @@ async def anonymizer(
     pg: PostgresServer, registry_template: str, shard_db: str
 ) -> AsyncIterator[TestClient]:
     async with database_from(pg, registry_template, "registry") as dsn:
-        shard_map = ShardMap(
-            buckets=DEFAULT_BUCKETS,
-            shards=[Shard(id=0, buckets=[(0, DEFAULT_BUCKETS - 1)], postgres=shard_db)],
-        )
         settings = AnonymizerSettings(anonymizer_dsn=dsn, jwt_secret=SECRET,
                                       pg_pool_min=1, pg_pool_max=4)  # fmt: skip
-        client = TestClient(TestServer(create_app(settings, shard_map, role="api")))
-        await client.start_server()
-        try:
+        async with served(create_app(settings, one_shard_map(shard_db), role="api")) as client:
             yield client
-        finally:
-            await client.close()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def as_role(anonymizer: TestClient) -> Callable[[str, str], Api]:
-    def make(sub: str, role: str) -> Api:
-        base = str(anonymizer.make_url("")).rstrip("/")
-        return Api(anonymizer.session, base, make_token(SECRET, sub, [role]))
-
-    return make
+    return callers(anonymizer)
 
 
 async def test_a_study_is_registered_once_and_listed(as_role: Callable[[str, str], Api]) -> None:

@@ -11,14 +11,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from audit_service.app import create_app
 from audit_service.settings import AuditSettings
 from deploy.localstack.postgres import PostgresServer
-from shared.auth import make_token
 from tests.e2e.api import Api
-from tests.inproc.conftest import SECRET, database_from
+from tests.inproc.conftest import SECRET, callers, database_from, served
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -26,22 +25,13 @@ async def audit(pg: PostgresServer, audit_template: str) -> AsyncIterator[TestCl
     """audit_service in process on a fresh copy of the template, dropped after the test."""
     async with database_from(pg, audit_template, "audit") as dsn:
         settings = AuditSettings(audit_dsn=dsn, jwt_secret=SECRET, pg_pool_min=1, pg_pool_max=4)
-        client = TestClient(TestServer(create_app(settings)))
-        await client.start_server()
-        try:
+        async with served(create_app(settings)) as client:
             yield client
-        finally:
-            await client.close()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def as_role(audit: TestClient) -> Callable[[str, str], Api]:
-    def make(sub: str, role: str) -> Api:
-        return Api(
-            audit.session, str(audit.make_url("")).rstrip("/"), make_token(SECRET, sub, [role])
-        )
-
-    return make
+    return callers(audit)
 
 
 def _event(**fields: object) -> dict[str, object]:

@@ -14,11 +14,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from fe_server.app import create_app
-from shared.auth import make_token
 from shared.settings import FESettings
-from shared.shardmap import DEFAULT_BUCKETS, Shard, ShardMap
 from tests.e2e.api import Api
-from tests.inproc.conftest import SECRET
+from tests.inproc.conftest import SECRET, callers, one_shard_map, served
 from tests.inproc.test_entities import shaped
 from user_service.models import Consent
 
@@ -46,27 +44,15 @@ async def registry() -> AsyncIterator[str]:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def consent_fe(shard_db: str, registry: str) -> AsyncIterator[TestClient]:
-    shard_map = ShardMap(
-        buckets=DEFAULT_BUCKETS,
-        shards=[Shard(id=0, buckets=[(0, DEFAULT_BUCKETS - 1)], postgres=shard_db)],
-    )
     settings = FESettings(shard=0, services="user,visit", cache=False, jwt_secret=SECRET,
                           pg_pool_min=1, pg_pool_max=4, anonymizer_urls=registry)  # fmt: skip
-    client = TestClient(TestServer(create_app(settings, shard_map)))
-    await client.start_server()
-    try:
+    async with served(create_app(settings, one_shard_map(shard_db))) as client:
         yield client
-    finally:
-        await client.close()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def caller(consent_fe: TestClient) -> Callable[[str, str], Api]:
-    def make(sub: str, role: str) -> Api:
-        base = str(consent_fe.make_url("")).rstrip("/")
-        return Api(consent_fe.session, base, make_token(SECRET, sub, [role]))
-
-    return make
+    return callers(consent_fe)
 
 
 async def test_a_patient_lists_the_studies_in_force_in_study_order(
