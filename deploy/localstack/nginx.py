@@ -127,6 +127,11 @@ class NginxConfig:
     # bounds, connection limits and pool sizes follow from them and the number of gateways.
     gateway_in_flight: int = GATEWAY_IN_FLIGHT
     gateway_in_flight_cached: int = GATEWAY_IN_FLIGHT_CACHED
+    # The gateway processes behind ``gateways`` (default: one per entry; in a cluster the one
+    # entry is the gateway Service, with its replicas behind it), and the nginx instances that
+    # share them (each takes an equal part of the edge bounds).
+    gateway_processes: int | None = None
+    nginx_instances: int = 1
     worker_processes: int | str = 1
     # Log files are <logs_dir>/<name>.access.log and <name>.error.log.
     name: str = "nginx"
@@ -151,14 +156,19 @@ class NginxConfig:
         """Requests in flight nginx lets through, and its connections to the gateways.
 
         In flight: two thirds of what the gateways admit together (the rest absorbs an
-        uneven split). Connections: one per request in flight, all to one gateway when the
-        other is down (then its own bound sheds the excess), all kept open in the idle pool.
+        uneven split), shared equally by the nginx instances in front of them. Connections:
+        one per request in flight, all to one gateway when the other is down (then its own
+        bound sheds the excess), all kept open in the idle pool.
         """
-        n = len(self.gateways)
-        edge = n * max(self.gateway_in_flight, self.gateway_in_flight_cached) * 2 // 3
+        n = self.gateway_processes or len(self.gateways)
+
+        def share(per_gateway: int) -> int:
+            return max(1, n * per_gateway * 2 // 3 // self.nginx_instances)
+
+        edge = share(max(self.gateway_in_flight, self.gateway_in_flight_cached))
         return {
             "edge_in_flight": edge,
-            "edge_in_flight_uncached": n * self.gateway_in_flight * 2 // 3,
+            "edge_in_flight_uncached": share(self.gateway_in_flight),
             "upstream_max_conns": edge,
             "upstream_keepalive": edge,
         }

@@ -476,10 +476,11 @@ def _routing(text: str) -> str:
     return "\n".join(keep)
 
 
-def test_nginx_runs_the_local_stack_config() -> None:
+def test_nginx_runs_the_local_stack_config(overlay: str) -> None:
     """Same door, limits and errors as `make run`: only addresses, logs and the redirect differ."""
     from deploy.localstack.nginx import NginxConfig
 
+    replicas = generate.ENVIRONMENTS[overlay].replicas
     local = NginxConfig(
         run_dir=Path("/tmp/nginx"),
         http_port=8080,
@@ -491,8 +492,10 @@ def test_nginx_runs_the_local_stack_config() -> None:
         worker_processes=2,
         logs_dir=Path("/LOGS"),
         user=None,
+        gateway_processes=replicas["gateway"],
+        nginx_instances=replicas["nginx"],
     ).render()
-    pod = (K8S / "base" / "nginx.conf").read_text()
+    pod = (K8S / "overlays" / overlay / "nginx.conf").read_text()
     assert _routing(pod) == _routing(local)
     assert "return 308 https://$host$request_uri;" in pod
     assert "listen 8080 backlog=4096;" in pod and "listen 8443 ssl backlog=4096;" in pod
@@ -500,7 +503,52 @@ def test_nginx_runs_the_local_stack_config() -> None:
     assert any('"requestId":"$reqid"' in line for line in pod.splitlines())
 
 
-def test_the_pods_nginx_conf_is_valid_for_nginx(tmp_path: Path) -> None:
+def _bound(conf: str, pattern: str) -> int:
+    found = re.findall(pattern, conf)
+    assert len(found) >= 1, pattern
+    assert len(set(found)) == 1, found
+    return int(found[0])
+
+
+def test_nginx_edge_bounds_follow_the_replicas(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    """Together the nginx replicas let through at most what the gateway replicas admit
+    (shared/admission.py bounds; two thirds, the rest for an uneven split), and not much less:
+    the rendered ConfigMap's bounds, multiplied by nginx's replicas, against the gateways'."""
+    from shared.settings import GatewaySettings
+
+    deployments = objects(rendered, overlay, "Deployment")
+    gateways, nginxes = (
+        deployments["gateway"]["spec"]["replicas"],
+        deployments["nginx"]["spec"]["replicas"],
+    )
+    env = {
+        e["name"]: e["value"]
+        for c in deployments["gateway"]["spec"]["template"]["spec"]["containers"]
+        for e in c.get("env", [])
+        if "value" in e
+    }
+    fields = GatewaySettings.model_fields
+    admit = int(env.get("MEDSVC_MAX_IN_FLIGHT", fields["max_in_flight"].default))
+    admit_cached = int(
+        env.get("MEDSVC_MAX_IN_FLIGHT_CACHED", fields["max_in_flight_cached"].default)
+    )
+    volumes = deployments["nginx"]["spec"]["template"]["spec"]["volumes"]
+    conf_map = next(v["configMap"]["name"] for v in volumes if v["name"] == "conf")
+    conf = objects(rendered, overlay, "ConfigMap")[conf_map]["data"]["nginx.conf"]
+    assert conf == (K8S / "overlays" / overlay / "nginx.conf").read_text()
+    edge = _bound(conf, r"limit_conn inflight (\d+);")
+    uncached = _bound(conf, r"limit_conn inflight_uncached (\d+);")
+    for ours, theirs in ((edge, max(admit, admit_cached)), (uncached, admit)):
+        together, capacity = ours * nginxes, theirs * gateways
+        assert capacity // 2 <= together <= capacity * 2 // 3, (overlay, ours, theirs)
+    # One connection per request in flight to the gateway Service, all kept warm.
+    assert _bound(conf, r"max_conns=(\d+);") == edge
+    assert _bound(conf, r"keepalive (\d+);") == edge
+
+
+def test_the_pods_nginx_conf_is_valid_for_nginx(tmp_path: Path, overlay: str) -> None:
     """``nginx -t`` accepts the pods' configuration (with a local certificate and folders)."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
@@ -524,7 +572,7 @@ def test_the_pods_nginx_conf_is_valid_for_nginx(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-    text = (K8S / "base" / "nginx.conf").read_text()
+    text = (K8S / "overlays" / overlay / "nginx.conf").read_text()
     text = (
         text.replace("/etc/nginx/tls/tls.crt", str(cert))
         .replace("/etc/nginx/tls/tls.key", str(key))
