@@ -35,17 +35,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-import orjson
 
 from anonymizer import deidentify
 from anonymizer.deidentify import StudyKeys
+from anonymizer.visitlines import CodedFields, VisitLines
 from shared.db import create_pool, db_errors
 from shared.dbsetup import dsn_with
 from shared.errors import Unavailable
@@ -345,72 +344,11 @@ async def read_shard(
     return result
 
 
-class CodedFields:
-    """The released JSON of each distinct diagnoses / vitals / medications value, remembered.
-
-    Clinical data repeats (the same diagnosis list, the same prescriptions): each distinct
-    value is parsed and checked once (:mod:`anonymizer.deidentify`), and what it left out is
-    counted once per use. Keyed by the field as ``COPY`` sent it (escaped text: one key per
-    value, decoded only on a miss). Bounded: forgotten wholesale past ``LIMIT`` distinct values
-    (their counts kept).
-    """
-
-    LIMIT = 50_000
-    CHECKS = {
-        "diagnoses": deidentify.coded_diagnoses,
-        "vitals": deidentify.bounded_vitals,
-        "medications": deidentify.coded_medications,
-    }
-
-    def __init__(self, keys: StudyKeys) -> None:
-        self.keys = keys
-        self.left = Counter[str]()
-        # field → the field as COPY sent it → [its part of the line, left out, uses]
-        self.memo: dict[str, dict[bytes, list[Any]]] = {f: {} for f in self.CHECKS}
-
-    def miss(self, field: str, raw: bytes) -> list[Any]:
-        """Check a value not seen yet; remember it."""
-        memo = self.memo[field]
-        if len(memo) >= self.LIMIT:
-            self._settle(memo)
-        left: Counter[str] = Counter()
-        text = copy_text(raw)
-        value = self.CHECKS[field](None if text is None else orjson.loads(text), left)
-        entry = memo[raw] = [b',"%s":%s' % (field.encode(), orjson.dumps(value)), left, 0]
-        return entry
-
-    def _settle(self, memo: dict[bytes, list[Any]]) -> None:
-        for _, left, uses in memo.values():
-            for reason, n in left.items():
-                self.left[reason] += n * uses
-        memo.clear()
-
-    def count_into(self, left: Counter[str]) -> None:
-        for memo in self.memo.values():
-            self._settle(memo)
-        left.update(self.left)
-
-
 # A visit stream fails after this long without data (the pool's command timeout, per batch).
 IDLE_SECONDS = 30.0
 # asyncpg bounds a COPY as a whole (its default: the command timeout): a day, the idle guard
 # being what stops a stalled one.
 _COPY_TIMEOUT = 86_400.0
-
-# COPY's text format (what COPY TO writes): a backslash escapes a backslash, the delimiter and
-# the control characters below; a field that is just \N is SQL NULL.
-_COPY_ESCAPE = re.compile(rb"\\(.)", re.DOTALL)
-_COPY_CONTROL = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v"}
-
-
-def copy_text(field: bytes) -> bytes | None:
-    """A field of COPY's text format as its value's text (None: SQL NULL)."""
-    if field == b"\\N":
-        return None
-    if b"\\" not in field:
-        return field
-    return _COPY_ESCAPE.sub(lambda m: _COPY_CONTROL.get(m[1], m[1]), field)
-
 
 async def _stream_visits(
     conn: asyncpg.Connection,
@@ -425,9 +363,10 @@ async def _stream_visits(
 
     Streamed with ``COPY (query) TO STDOUT``: the shard sends rows as fast as they come and
     the socket's flow control is the back-pressure, so the shard computes the next rows while
-    this process de-identifies the last (a cursor would wait a round trip per batch). Each row
-    is one line of tab-separated text fields, split here; the coded fields are looked up as
-    sent. (The arguments are inlined by asyncpg as quoted literals: COPY takes no parameters.)
+    this process de-identifies the last (a cursor would wait a round trip per batch). Each
+    piece that arrives is de-identified at once, its whole lines in bulk
+    (:class:`~anonymizer.visitlines.VisitLines`). (The arguments are inlined by asyncpg as
+    quoted literals: COPY takes no parameters.)
 
     A COPY of a large shard may take long, so it has no total timeout; ``idle`` seconds
     without data from the shard fail it, as the pool's command timeout failed a cursor's
@@ -435,12 +374,9 @@ async def _stream_visits(
     large study, written before any visit, may take long.)
     """
     loop = asyncio.get_running_loop()
-    n = 0
-    memo, miss = coded.memo, coded.miss
-    diag_memo, vital_memo, med_memo = memo["diagnoses"], memo["vitals"], memo["medications"]
-    keyed, hex_len = coded.keys.vid_hasher(), deidentify.PSEUDONYM_HEX
+    lines = VisitLines(coded)
+    n = rows = 0
     pending: list[bytes] = []
-    rows = bad_types = 0
     rest = b""
     failure: BaseException | None = None
 
@@ -458,35 +394,23 @@ async def _stream_visits(
                 failure = exc
 
     async def take(chunk: bytes | bytearray) -> None:
-        nonlocal rows, bad_types, rest
+        nonlocal rows, rest
         guard.reschedule(loop.time() + idle)
-        data = rest + chunk  # bytes (asyncpg gives a bytearray; the keys must be hashable)
+        data = rest + chunk  # bytes (asyncpg gives a bytearray)
         end = data.rfind(b"\n") + 1
-        rest = data[end:]
-        lines = data[:end].split(b"\n")
-        lines.pop()  # the empty string after the last newline
-        out = pending
-        for line in lines:
-            head, start, visit_id, type_ok, diagnoses, vitals, medications = line.split(b"\t")
-            if type_ok != b"t":
-                bad_types += 1
-            d = diag_memo.get(diagnoses) or miss("diagnoses", diagnoses)
-            v = vital_memo.get(vitals) or miss("vitals", vitals)
-            m = med_memo.get(medications) or miss("medications", medications)
-            d[2] += 1
-            v[2] += 1
-            m[2] += 1
-            h = keyed.copy()
-            h.update(visit_id)
-            out += (start, h.hexdigest()[:hex_len].encode(), head, d[0], v[0], m[0], b"}\n")
-        rows += len(lines)
-        if rows >= batch_rows:
-            await flush()
+        # asyncpg hands over whole COPY messages (one row each): usually no rest to keep.
+        whole, rest = (data, b"") if end == len(data) else (data[:end], data[end:])
+        if whole:
+            records, count = lines.records(whole)
+            pending.append(records)
+            rows += count
+            if rows >= batch_rows:
+                await flush()
 
     async def flush() -> None:
         nonlocal n, rows
         if rows:
-            data = b"".join(pending)
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
             pending.clear()
             n += rows
             count, rows = rows, 0
@@ -501,7 +425,7 @@ async def _stream_visits(
         if rest:
             raise ValueError("COPY ended within a row")
         await flush()
-    coded.left["invalidVisitType"] += bad_types
+    coded.left["invalidVisitType"] += lines.bad_types
     return n
 
 
