@@ -68,11 +68,12 @@ FROM study_consents c
 JOIN shard_buckets sb ON sb.bucket = c.bucket
 JOIN shard_identity si ON sb.owner = si.shard_id
 WHERE c.study_id = $1 AND c.withdrawn_at IS NULL"""
-# owned: the buckets this shard owns in the run's snapshot (the run checks that no two shards
-# claim one: a move killed between its two flips, extract.py).
-_OWNED = """
-SELECT coalesce(array_agg(sb.bucket), '{}') FROM shard_buckets sb
-JOIN shard_identity si ON sb.owner = si.shard_id"""
+# snapshot: the run's snapshot of the shard, and the buckets this shard owns in it (the run
+# checks that no two shards claim one: a move killed between its two flips, extract.py).
+_SNAPSHOT = """
+SELECT pg_current_snapshot()::text,
+       (SELECT coalesce(array_agg(sb.bucket), '{}') FROM shard_buckets sb
+        JOIN shard_identity si ON sb.owner = si.shard_id)"""
 _USER_COLUMNS = "u.user_name, u.birth_date, u.sex, u.address"
 # users_all: the participant rows of new participants ($1). (Their visits: visits_sql.)
 _USERS_ALL = f"""
@@ -143,6 +144,7 @@ class ShardPools:
         self._user = user
         self._max_size = max_size
         self._pools: dict[int, asyncpg.Pool] = {}
+        self._cut_pools: dict[int, asyncpg.Pool] = {}
         self._lock = asyncio.Lock()
 
     @property
@@ -154,63 +156,78 @@ class ShardPools:
         return self._map
 
     async def get(self, shard: Shard) -> asyncpg.Pool:
-        """The shard's pool (Unavailable when it cannot be opened now)."""
-        pool = self._pools.get(shard.id)
+        """The shard's pool for reads (Unavailable when it cannot be opened now).
+
+        Its sessions keep no state (a run's settings are transaction-local), so a connection
+        goes back without asyncpg's reset round trip; JIT is off from the start: compiling
+        the visit query costs more than it saves (over a second, measured)."""
+        return await self._pool(
+            self._pools, shard, reset_sessions=False, server_settings={"jit": "off"}
+        )
+
+    async def cut_pool(self, shard: Shard) -> asyncpg.Pool:
+        """The shard's connections for :class:`OwnershipCut` (their session lock is let go by
+        asyncpg's reset when a connection goes back): apart from the reads, so that a cut never
+        waits for a reader's connection while readers wait for it to be taken."""
+        return await self._pool(
+            self._cut_pools, shard, max_size=2,
+            server_settings={"lock_timeout": OwnershipCut.TIMEOUT},
+        )  # fmt: skip
+
+    async def _pool(
+        self, pools: dict[int, asyncpg.Pool], shard: Shard, max_size: int | None = None,
+        **options: Any,
+    ) -> asyncpg.Pool:
+        pool = pools.get(shard.id)
         if pool is not None:
             return pool
         async with self._lock:
-            if shard.id not in self._pools:
+            if shard.id not in pools:
                 with db_errors(f"shard {shard.id}"):
                     dsn = (
                         dsn_with(shard.postgres, user=self._user) if self._user else shard.postgres
                     )
-                    self._pools[shard.id] = await create_pool(
+                    pools[shard.id] = await create_pool(
                         dsn, password=self._password, min_size=0,
-                        max_size=self._max_size, attempts=1, what=f"shard-{shard.id}",
+                        max_size=max_size or self._max_size, attempts=1,
+                        what=f"shard-{shard.id}", **options,
                     )  # fmt: skip
-            return self._pools[shard.id]
-
-    async def connect(self, shard: Shard) -> asyncpg.Connection:
-        """A connection of its own to ``shard``, outside the pool (Unavailable when it cannot)."""
-        with db_errors(f"shard {shard.id}"):
-            dsn = dsn_with(shard.postgres, user=self._user) if self._user else shard.postgres
-            conn: asyncpg.Connection = await asyncpg.connect(
-                dsn, password=self._password, timeout=10
-            )
-            return conn
+            return pools[shard.id]
 
     async def close(self) -> None:
-        for pool in self._pools.values():
+        for pool in [*self._pools.values(), *self._cut_pools.values()]:
             await pool.close()
         self._pools.clear()
+        self._cut_pools.clear()
 
 
 class OwnershipCut:
     """A run's snapshots taken while no bucket move is between its two flips.
 
     :meth:`hold` takes the shared ownership-cut lock (shared/ownership.py) on every shard, in
-    ascending id order, on connections of its own; the readers take their snapshots; the
-    last one's :meth:`taken` lets go. A move holds the lock exclusively on its two shards from
-    before its first flip until after its second, so every snapshot of the run sees both
-    flips or neither. The readers' connections stay out of it (they may wait for their pool).
+    ascending id order, on connections of their own (:meth:`ShardPools.cut_pool`); the
+    readers take their snapshots; the last one's :meth:`taken` lets go. A move holds the lock
+    exclusively on its two shards from before its first flip until after its second, so every
+    snapshot of the run sees both flips or neither. The readers' connections stay out of it
+    (they may wait for their pool).
     """
 
     # A move holds the lock for its flips (milliseconds); a wait this long means trouble.
     TIMEOUT = "30s"
 
-    def __init__(self, conns: list[asyncpg.Connection], readers: int) -> None:
-        self._conns = conns
+    def __init__(self, readers: int) -> None:
+        self._held: list[tuple[asyncpg.Pool, asyncpg.pool.PoolConnectionProxy]] = []
         self._waiting = readers
 
     @classmethod
     async def hold(cls, pools: ShardPools, shard_list: list[Shard]) -> OwnershipCut:
-        cut = cls([], len(shard_list))
+        cut = cls(len(shard_list))
         try:
             for shard in sorted(shard_list, key=lambda s: s.id):
-                conn = await pools.connect(shard)
-                cut._conns.append(conn)
+                pool = await pools.cut_pool(shard)
                 with db_errors(f"shard {shard.id}"):
-                    await conn.execute(f"SET lock_timeout = '{cls.TIMEOUT}'")
+                    conn = await pool.acquire()
+                    cut._held.append((pool, conn))
                     await conn.execute("SELECT pg_advisory_lock_shared($1)", OWNERSHIP_CUT_LOCK)
         except asyncpg.LockNotAvailableError as exc:
             await cut.release()
@@ -229,11 +246,12 @@ class OwnershipCut:
             await self.release()
 
     async def release(self) -> None:
-        """Let go (closing a connection drops its session's locks); idempotent."""
-        conns, self._conns = self._conns, []
-        for conn in conns:
+        """Let go (the pool's reset unlocks the session's advisory locks; a connection whose
+        reset fails is closed, which drops them too); idempotent."""
+        held, self._held = self._held, []
+        for pool, conn in held:
             with contextlib.suppress(Exception):
-                await conn.close(timeout=5)
+                await pool.release(conn, timeout=5)
 
 
 @dataclass
@@ -292,13 +310,12 @@ async def read_shard(
             pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
-            # The first statement fixes the transaction's snapshot; this is it.
-            snapshot = await conn.fetchval("SELECT pg_current_snapshot()::text")
+            # The first statement fixes the transaction's snapshot; this is it (and the
+            # buckets the shard owns in it).
+            snapshot, owned = await conn.fetchrow(_SNAPSHOT)
             if snapshot_taken is not None:
                 await snapshot_taken()
-            # Compiling the visit query costs more than it saves (over a second, measured).
-            await conn.execute("SET LOCAL jit = off")
-            result = ShardResult(shard_id, snapshot, owned=await conn.fetchval(_OWNED))
+            result = ShardResult(shard_id, snapshot, owned=owned)
             pid_of: dict[str, str] = {}
             new: list[str] = []
             continuing: list[str] = []

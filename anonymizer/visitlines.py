@@ -83,11 +83,11 @@ class CodedFields:
         """The part of the line of each value in ``raws`` (field ``field`` of ``FIELDS``) —
         ``,"diagnoses":[…]`` — checking the values not seen yet; the uses are counted."""
         memo = self._released[field]
-        distinct = set(raws)
-        new = distinct.difference(memo)
+        uses = Counter(raws)  # (one pass: the distinct values, and how often each is used)
+        new = uses.keys() - memo.keys()
         if new and len(memo) + len(new) > self.LIMIT:
             self._settle(field)
-            new = distinct
+            new = set(uses)
         name = self.FIELDS[field]
         check = self.CHECKS[name]
         for raw in new:
@@ -97,7 +97,7 @@ class CodedFields:
             memo[raw] = b',"%s":%s' % (name.encode(), orjson.dumps(value))
             if left:
                 self._left[field][raw] = left
-        self._uses[field].update(raws)
+        self._uses[field].update(uses)
         return list(map(memo.__getitem__, raws))
 
     def _settle(self, field: int) -> None:
@@ -126,15 +126,16 @@ class VisitLines:
 
     def records(self, lines: bytes) -> tuple[bytes, int]:
         """The records of ``lines`` (whole lines, each ending with a newline) and their count."""
-        n = lines.count(b"\n")
         fields = lines.replace(b"\n", b"\t").split(b"\t")
         fields.pop()  # the empty string after the last newline
-        if len(fields) != COLUMNS * n:
-            raise ValueError(f"a visit line without the {COLUMNS} columns of the run's query")
+        n, odd = divmod(len(fields), COLUMNS)
         type_ok = fields[_TYPE_OK::COLUMNS]
-        self.bad_types += type_ok.count(b"f")
-        if len(type_ok) != type_ok.count(b"t") + type_ok.count(b"f"):
-            raise ValueError("a visit line whose type check is neither t nor f")
+        bad = type_ok.count(b"f")
+        # A line with a column too many or too few shifts every field after it: the type
+        # checks would then be other columns (JSON, ids), never all t or f.
+        if odd or type_ok.count(b"t") + bad != n:
+            raise ValueError(f"a visit line without the {COLUMNS} columns of the run's query")
+        self.bad_types += bad
         out: list[bytes] = [b"}\n"] * (_PIECES * n)
         out[0::_PIECES] = fields[_START::COLUMNS]
         out[1::_PIECES] = self.coded.keys.vids(fields[_VISIT_ID::COLUMNS])
