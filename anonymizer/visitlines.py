@@ -83,6 +83,12 @@ class CodedFields:
         """The part of the line of each value in ``raws`` (field ``field`` of ``FIELDS``) —
         ``,"diagnoses":[…]`` — checking the values not seen yet; the uses are counted."""
         memo = self._released[field]
+        if not self._left[field]:
+            # Nothing seen so far left anything out: the uses need no counting, and when every
+            # value is known (clinical data repeats) one lookup each is all there is to do.
+            known = list(map(memo.get, raws))
+            if None not in known:
+                return known  # type: ignore[return-value]  # (no None in it)
         uses = Counter(raws)  # (one pass: the distinct values, and how often each is used)
         new = uses.keys() - memo.keys()
         if new and len(memo) + len(new) > self.LIMIT:

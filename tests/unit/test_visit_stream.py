@@ -143,6 +143,19 @@ async def test_values_forgotten_past_the_limit_are_still_counted_per_use(limit: 
     assert +left == +want_left
 
 
+@pytest.mark.parametrize("size", [64, 1 << 20])
+async def test_values_that_leave_something_out_counted_when_they_come_after_clean_ones(
+    size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clean = [v for v in VISITS if v[0].endswith(("2", "3"))]
+    dirty = [v for v in VISITS if v[0].endswith(("1", "4"))]
+    monkeypatch.setattr(f"{__name__}.VISITS", clean * 3 + dirty + clean + dirty)
+    records, left, _ = await stream(FakeCopy(copy_stream(), size))
+    want, want_left = expected()
+    assert records == want
+    assert +left == +want_left and left["uncodedMedication"] == 4
+
+
 async def test_a_line_without_the_seven_columns_fails() -> None:
     broken = copy_stream().replace(b"\tt\t", b"\t", 1)  # the first line loses a column
     with pytest.raises(ValueError, match="columns"):
