@@ -198,8 +198,10 @@ async def extraction_benchmark(
         await consent_all(shard_map, study_id, password)
         copy_rows, copy_seconds = await raw_copy(shard_map, study_id, password)
         # Both on open connections: the COPY's are opened before its clock starts, and a
-        # service's shard pools outlive its runs (here they would open within the run).
+        # service's shard pools (reads and ownership cuts) outlive its runs (here they would
+        # open within the run).
         await asyncio.gather(*(ex.shard_pools.get(shard) for shard in shard_map.shards))
+        await asyncio.gather(*(ex.shard_pools.cut_pool(shard) for shard in shard_map.shards))
         started = time.perf_counter()
         handle = await begin_run(ex, study_id, "cli", "bench")
         assert handle is not None

@@ -31,12 +31,13 @@ fails a check is left out and counted (:class:`LeftOut`, reported in the run's m
 
 from __future__ import annotations
 
+import binascii
 import datetime as dt
 import decimal
 import hashlib
 import hmac
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from shared.codes import COUNTRY, DIAGNOSIS_SYSTEMS, MEDICATION_SYSTEMS, us_zip3
@@ -71,37 +72,64 @@ class StudyKeys:
 
     def __init__(self, master_key: bytes, study_id: str) -> None:
         study_key = hmac.new(master_key, b"study:" + study_id.encode(), hashlib.sha256).digest()
-        # A keyed hash object, copied per pseudonym: the key schedule is computed once. OpenSSL's
-        # HMAC object when hmac has one (the same hash without the pure-Python wrapper per call).
-        keyed = hmac.new(study_key, digestmod=hashlib.sha256)
-        self._base: Any = getattr(keyed, "_hmac", None) or keyed
+        self._pid = _KeyedPrefix(study_key, b"pid:")
+        self._vid = _KeyedPrefix(study_key, b"vid:")
         # Names the master key without revealing it (manifest ``keyVersion``): runs under one
         # key share it; a key change (every pseudonym changes) shows as a new version.
         self.version = "hmac-sha256:" + hmac.new(
             master_key, b"key-version", hashlib.sha256
         ).hexdigest()[:16]
 
-    def _pseudonym(self, prefix: bytes, value: str) -> str:
-        h = self._base.copy()
-        h.update(prefix + value.encode())
-        digest: str = h.hexdigest()
-        return digest[:PSEUDONYM_HEX]
-
     def pid(self, user_name: str) -> str:
         """The participant pseudonym of ``user_name`` in this study."""
-        return self._pseudonym(b"pid:", user_name)
+        return self._pid.one(user_name.encode()).decode()
 
     def vid(self, visit_id: str) -> str:
         """The visit pseudonym of ``visit_id`` in this study."""
-        return self._pseudonym(b"vid:", visit_id)
+        return self._vid.one(visit_id.encode()).decode()
 
-    def vid_hasher(self) -> Any:
-        """The keyed hash with the visit prefix fed, for runs that pseudonymise in bulk:
-        ``h = hasher.copy(); h.update(visit_id_utf8); h.hexdigest()[:PSEUDONYM_HEX]`` is
-        :meth:`vid` (one copy per visit, no key schedule or prefix per call)."""
-        hasher = self._base.copy()
-        hasher.update(b"vid:")
-        return hasher
+    def vids(self, visit_ids: Iterable[bytes]) -> list[bytes]:
+        """:meth:`vid` of each UTF-8 visit id, as ASCII bytes: for runs that pseudonymise in
+        bulk (one visit record each)."""
+        return self._vid.many(visit_ids)
+
+
+class _KeyedPrefix:
+    """HMAC-SHA-256(key, prefix + value), the first 128 bits in hex, computed as RFC 2104
+    defines it: SHA-256 of the key's outer pad and of the inner hash of its inner pad, the
+    prefix and the value (``hmac.new`` gives the same digest: unit-tested).
+
+    The two hash states after the pads (and the prefix) are kept and copied per value. Copying
+    two SHA-256 states costs less than copying OpenSSL's HMAC context, which the visits of a
+    run pay once each (0.73 against 0.90 µs a value, measured; nothing cheaper in the standard
+    library: a one-shot ``hmac.digest`` fetches the digest by name every time, 1.9 µs).
+    """
+
+    BLOCK = 64  # SHA-256's block size, in bytes
+
+    def __init__(self, key: bytes, prefix: bytes) -> None:
+        if len(key) > self.BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(self.BLOCK, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._inner.update(prefix)
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def one(self, value: bytes) -> bytes:
+        return self.many((value,))[0]
+
+    def many(self, values: Iterable[bytes]) -> list[bytes]:
+        inner, outer, hexlify = self._inner.copy, self._outer.copy, binascii.hexlify
+        out: list[bytes] = []
+        add = out.append
+        half = PSEUDONYM_HEX // 2  # the digest bytes the pseudonym shows, two hex digits each
+        for value in values:
+            i = inner()
+            i.update(value)
+            o = outer()
+            o.update(i.digest())
+            add(hexlify(o.digest()[:half]))
+        return out
 
 
 def ninety_plus_cutoff(today: dt.date) -> int:

@@ -18,7 +18,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +33,9 @@ from shared.db import db_errors
 from shared.errors import Conflict, NotFound, ServiceError, Unavailable
 
 log = logging.getLogger("medsvc.anonymizer.run")
-# Record batches read but not yet written, at most (then the readers wait for the writer).
-_QUEUED_BATCHES = 8
+# Bytes of record batches read but not yet written, at most (then the readers wait for the
+# writer): enough for the readers to go on while the head and the participants are written.
+_QUEUED_BYTES = 16 << 20
 
 
 @dataclass
@@ -225,9 +226,13 @@ async def _extract(handle: RunHandle) -> asyncpg.Record:
 
 
 class BodyWriter:
-    """The run's NDJSON body: hashed as it grows, stored in ~1 MiB chunks (bulk, not per record).
+    """The run's NDJSON body: hashed, compressed and stored in ~1 MiB chunks (bulk, not per
+    record).
 
-    Only the coordinating task writes, one chunk at a time, on the run's connection.
+    Only the coordinating task writes, one chunk at a time, on the run's connection. Hashing
+    and compressing a chunk (:func:`store.pack_chunk`) happen in a worker thread: both release
+    the GIL, so they run beside the event loop, which meanwhile de-identifies the next visits
+    (one chunk at a time, in order: the hash is of the body as it is served).
     """
 
     CHUNK = 1 << 20
@@ -245,18 +250,22 @@ class BodyWriter:
     def add(self, data: bytes) -> None:
         self._pieces.append(data)
         self._pending += len(data)
-        self.sha256.update(data)
         self.size += len(data)
 
     @property
     def full(self) -> bool:
         return self._pending >= self.CHUNK
 
+    def _pack(self, data: bytes) -> bytes:
+        self.sha256.update(data)
+        return store.pack_chunk(data)
+
     async def flush(self) -> None:
         if self._pending:
             data = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
             self._pieces, self._pending = [], 0
-            await store.save_chunk(self._conn, self._run_id, self._seq, data)
+            packed = await asyncio.to_thread(self._pack, data)
+            await store.save_chunk(self._conn, self._run_id, self._seq, packed)
             self._seq += 1
 
     async def close(self) -> None:
@@ -283,7 +292,7 @@ async def _read_all(
     being computed), and the queue is bounded: a reader far ahead waits, back-pressure.
     Anything failing (a reader, the coordinator) cancels the rest and fails the run.
     """
-    queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue(maxsize=_QUEUED_BATCHES)
+    queue = _Batches(_QUEUED_BYTES)
     shard_list = ex.shard_pools.shard_map.shards
     heads: dict[int, ShardResult] = {}
     all_in = asyncio.Event()
@@ -316,9 +325,7 @@ async def _read_all(
         )  # fmt: skip
         remaining -= 1
         if remaining == 0:
-            await queue.put(
-                None
-            )  # the last reader done: the coordinator stops after the last batch
+            await queue.put(None)  # the last reader done: the coordinator stops after the last
         return result
 
     if not shard_list:
@@ -336,6 +343,32 @@ async def _read_all(
     finally:
         await cut.release()  # (done already unless a reader failed before its snapshot)
     return [t.result() for t in tasks]
+
+
+class _Batches:
+    """A queue of record batches bounded by their bytes (a batch is admitted while fewer than
+    ``limit`` bytes wait: a reader far ahead waits, back-pressure); ``None`` ends it."""
+
+    def __init__(self, limit: int) -> None:
+        self._items: deque[tuple[bytes, int] | None] = deque()
+        self._bytes = 0
+        self._limit = limit
+        self._changed = asyncio.Condition()
+
+    async def put(self, item: tuple[bytes, int] | None) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._bytes < self._limit)
+            self._items.append(item)
+            self._bytes += 0 if item is None else len(item[0])
+            self._changed.notify_all()
+
+    async def get(self) -> tuple[bytes, int] | None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: bool(self._items))
+            item = self._items.popleft()
+            self._bytes -= 0 if item is None else len(item[0])
+            self._changed.notify_all()
+            return item
 
 
 def _check_ownership(results: Iterable[ShardResult]) -> None:

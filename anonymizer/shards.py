@@ -35,17 +35,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-import orjson
 
 from anonymizer import deidentify
 from anonymizer.deidentify import StudyKeys
+from anonymizer.visitlines import CodedFields, VisitLines
 from shared.db import create_pool, db_errors
 from shared.dbsetup import dsn_with
 from shared.errors import Unavailable
@@ -69,11 +68,12 @@ FROM study_consents c
 JOIN shard_buckets sb ON sb.bucket = c.bucket
 JOIN shard_identity si ON sb.owner = si.shard_id
 WHERE c.study_id = $1 AND c.withdrawn_at IS NULL"""
-# owned: the buckets this shard owns in the run's snapshot (the run checks that no two shards
-# claim one: a move killed between its two flips, extract.py).
-_OWNED = """
-SELECT coalesce(array_agg(sb.bucket), '{}') FROM shard_buckets sb
-JOIN shard_identity si ON sb.owner = si.shard_id"""
+# snapshot: the run's snapshot of the shard, and the buckets this shard owns in it (the run
+# checks that no two shards claim one: a move killed between its two flips, extract.py).
+_SNAPSHOT = """
+SELECT pg_current_snapshot()::text,
+       (SELECT coalesce(array_agg(sb.bucket), '{}') FROM shard_buckets sb
+        JOIN shard_identity si ON sb.owner = si.shard_id)"""
 _USER_COLUMNS = "u.user_name, u.birth_date, u.sex, u.address"
 # users_all: the participant rows of new participants ($1). (Their visits: visits_sql.)
 _USERS_ALL = f"""
@@ -144,6 +144,7 @@ class ShardPools:
         self._user = user
         self._max_size = max_size
         self._pools: dict[int, asyncpg.Pool] = {}
+        self._cut_pools: dict[int, asyncpg.Pool] = {}
         self._lock = asyncio.Lock()
 
     @property
@@ -155,63 +156,78 @@ class ShardPools:
         return self._map
 
     async def get(self, shard: Shard) -> asyncpg.Pool:
-        """The shard's pool (Unavailable when it cannot be opened now)."""
-        pool = self._pools.get(shard.id)
+        """The shard's pool for reads (Unavailable when it cannot be opened now).
+
+        Its sessions keep no state (a run's settings are transaction-local), so a connection
+        goes back without asyncpg's reset round trip; JIT is off from the start: compiling
+        the visit query costs more than it saves (over a second, measured)."""
+        return await self._pool(
+            self._pools, shard, reset_sessions=False, server_settings={"jit": "off"}
+        )
+
+    async def cut_pool(self, shard: Shard) -> asyncpg.Pool:
+        """The shard's connections for :class:`OwnershipCut` (their session lock is let go by
+        asyncpg's reset when a connection goes back): apart from the reads, so that a cut never
+        waits for a reader's connection while readers wait for it to be taken."""
+        return await self._pool(
+            self._cut_pools, shard, max_size=2,
+            server_settings={"lock_timeout": OwnershipCut.TIMEOUT},
+        )  # fmt: skip
+
+    async def _pool(
+        self, pools: dict[int, asyncpg.Pool], shard: Shard, max_size: int | None = None,
+        **options: Any,
+    ) -> asyncpg.Pool:
+        pool = pools.get(shard.id)
         if pool is not None:
             return pool
         async with self._lock:
-            if shard.id not in self._pools:
+            if shard.id not in pools:
                 with db_errors(f"shard {shard.id}"):
                     dsn = (
                         dsn_with(shard.postgres, user=self._user) if self._user else shard.postgres
                     )
-                    self._pools[shard.id] = await create_pool(
+                    pools[shard.id] = await create_pool(
                         dsn, password=self._password, min_size=0,
-                        max_size=self._max_size, attempts=1, what=f"shard-{shard.id}",
+                        max_size=max_size or self._max_size, attempts=1,
+                        what=f"shard-{shard.id}", **options,
                     )  # fmt: skip
-            return self._pools[shard.id]
-
-    async def connect(self, shard: Shard) -> asyncpg.Connection:
-        """A connection of its own to ``shard``, outside the pool (Unavailable when it cannot)."""
-        with db_errors(f"shard {shard.id}"):
-            dsn = dsn_with(shard.postgres, user=self._user) if self._user else shard.postgres
-            conn: asyncpg.Connection = await asyncpg.connect(
-                dsn, password=self._password, timeout=10
-            )
-            return conn
+            return pools[shard.id]
 
     async def close(self) -> None:
-        for pool in self._pools.values():
+        for pool in [*self._pools.values(), *self._cut_pools.values()]:
             await pool.close()
         self._pools.clear()
+        self._cut_pools.clear()
 
 
 class OwnershipCut:
     """A run's snapshots taken while no bucket move is between its two flips.
 
     :meth:`hold` takes the shared ownership-cut lock (shared/ownership.py) on every shard, in
-    ascending id order, on connections of its own; the readers take their snapshots; the
-    last one's :meth:`taken` lets go. A move holds the lock exclusively on its two shards from
-    before its first flip until after its second, so every snapshot of the run sees both
-    flips or neither. The readers' connections stay out of it (they may wait for their pool).
+    ascending id order, on connections of their own (:meth:`ShardPools.cut_pool`); the
+    readers take their snapshots; the last one's :meth:`taken` lets go. A move holds the lock
+    exclusively on its two shards from before its first flip until after its second, so every
+    snapshot of the run sees both flips or neither. The readers' connections stay out of it
+    (they may wait for their pool).
     """
 
     # A move holds the lock for its flips (milliseconds); a wait this long means trouble.
     TIMEOUT = "30s"
 
-    def __init__(self, conns: list[asyncpg.Connection], readers: int) -> None:
-        self._conns = conns
+    def __init__(self, readers: int) -> None:
+        self._held: list[tuple[asyncpg.Pool, asyncpg.pool.PoolConnectionProxy]] = []
         self._waiting = readers
 
     @classmethod
     async def hold(cls, pools: ShardPools, shard_list: list[Shard]) -> OwnershipCut:
-        cut = cls([], len(shard_list))
+        cut = cls(len(shard_list))
         try:
             for shard in sorted(shard_list, key=lambda s: s.id):
-                conn = await pools.connect(shard)
-                cut._conns.append(conn)
+                pool = await pools.cut_pool(shard)
                 with db_errors(f"shard {shard.id}"):
-                    await conn.execute(f"SET lock_timeout = '{cls.TIMEOUT}'")
+                    conn = await pool.acquire()
+                    cut._held.append((pool, conn))
                     await conn.execute("SELECT pg_advisory_lock_shared($1)", OWNERSHIP_CUT_LOCK)
         except asyncpg.LockNotAvailableError as exc:
             await cut.release()
@@ -230,11 +246,12 @@ class OwnershipCut:
             await self.release()
 
     async def release(self) -> None:
-        """Let go (closing a connection drops its session's locks); idempotent."""
-        conns, self._conns = self._conns, []
-        for conn in conns:
+        """Let go (the pool's reset unlocks the session's advisory locks; a connection whose
+        reset fails is closed, which drops them too); idempotent."""
+        held, self._held = self._held, []
+        for pool, conn in held:
             with contextlib.suppress(Exception):
-                await conn.close(timeout=5)
+                await pool.release(conn, timeout=5)
 
 
 @dataclass
@@ -293,13 +310,12 @@ async def read_shard(
             pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
-            # The first statement fixes the transaction's snapshot; this is it.
-            snapshot = await conn.fetchval("SELECT pg_current_snapshot()::text")
+            # The first statement fixes the transaction's snapshot; this is it (and the
+            # buckets the shard owns in it).
+            snapshot, owned = await conn.fetchrow(_SNAPSHOT)
             if snapshot_taken is not None:
                 await snapshot_taken()
-            # Compiling the visit query costs more than it saves (over a second, measured).
-            await conn.execute("SET LOCAL jit = off")
-            result = ShardResult(shard_id, snapshot, owned=await conn.fetchval(_OWNED))
+            result = ShardResult(shard_id, snapshot, owned=owned)
             pid_of: dict[str, str] = {}
             new: list[str] = []
             continuing: list[str] = []
@@ -345,72 +361,11 @@ async def read_shard(
     return result
 
 
-class CodedFields:
-    """The released JSON of each distinct diagnoses / vitals / medications value, remembered.
-
-    Clinical data repeats (the same diagnosis list, the same prescriptions): each distinct
-    value is parsed and checked once (:mod:`anonymizer.deidentify`), and what it left out is
-    counted once per use. Keyed by the field as ``COPY`` sent it (escaped text: one key per
-    value, decoded only on a miss). Bounded: forgotten wholesale past ``LIMIT`` distinct values
-    (their counts kept).
-    """
-
-    LIMIT = 50_000
-    CHECKS = {
-        "diagnoses": deidentify.coded_diagnoses,
-        "vitals": deidentify.bounded_vitals,
-        "medications": deidentify.coded_medications,
-    }
-
-    def __init__(self, keys: StudyKeys) -> None:
-        self.keys = keys
-        self.left = Counter[str]()
-        # field → the field as COPY sent it → [its part of the line, left out, uses]
-        self.memo: dict[str, dict[bytes, list[Any]]] = {f: {} for f in self.CHECKS}
-
-    def miss(self, field: str, raw: bytes) -> list[Any]:
-        """Check a value not seen yet; remember it."""
-        memo = self.memo[field]
-        if len(memo) >= self.LIMIT:
-            self._settle(memo)
-        left: Counter[str] = Counter()
-        text = copy_text(raw)
-        value = self.CHECKS[field](None if text is None else orjson.loads(text), left)
-        entry = memo[raw] = [b',"%s":%s' % (field.encode(), orjson.dumps(value)), left, 0]
-        return entry
-
-    def _settle(self, memo: dict[bytes, list[Any]]) -> None:
-        for _, left, uses in memo.values():
-            for reason, n in left.items():
-                self.left[reason] += n * uses
-        memo.clear()
-
-    def count_into(self, left: Counter[str]) -> None:
-        for memo in self.memo.values():
-            self._settle(memo)
-        left.update(self.left)
-
-
 # A visit stream fails after this long without data (the pool's command timeout, per batch).
 IDLE_SECONDS = 30.0
 # asyncpg bounds a COPY as a whole (its default: the command timeout): a day, the idle guard
 # being what stops a stalled one.
 _COPY_TIMEOUT = 86_400.0
-
-# COPY's text format (what COPY TO writes): a backslash escapes a backslash, the delimiter and
-# the control characters below; a field that is just \N is SQL NULL.
-_COPY_ESCAPE = re.compile(rb"\\(.)", re.DOTALL)
-_COPY_CONTROL = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v"}
-
-
-def copy_text(field: bytes) -> bytes | None:
-    """A field of COPY's text format as its value's text (None: SQL NULL)."""
-    if field == b"\\N":
-        return None
-    if b"\\" not in field:
-        return field
-    return _COPY_ESCAPE.sub(lambda m: _COPY_CONTROL.get(m[1], m[1]), field)
-
 
 async def _stream_visits(
     conn: asyncpg.Connection,
@@ -425,9 +380,10 @@ async def _stream_visits(
 
     Streamed with ``COPY (query) TO STDOUT``: the shard sends rows as fast as they come and
     the socket's flow control is the back-pressure, so the shard computes the next rows while
-    this process de-identifies the last (a cursor would wait a round trip per batch). Each row
-    is one line of tab-separated text fields, split here; the coded fields are looked up as
-    sent. (The arguments are inlined by asyncpg as quoted literals: COPY takes no parameters.)
+    this process de-identifies the last (a cursor would wait a round trip per batch). Each
+    piece that arrives is de-identified at once, its whole lines in bulk
+    (:class:`~anonymizer.visitlines.VisitLines`). (The arguments are inlined by asyncpg as
+    quoted literals: COPY takes no parameters.)
 
     A COPY of a large shard may take long, so it has no total timeout; ``idle`` seconds
     without data from the shard fail it, as the pool's command timeout failed a cursor's
@@ -435,12 +391,9 @@ async def _stream_visits(
     large study, written before any visit, may take long.)
     """
     loop = asyncio.get_running_loop()
-    n = 0
-    memo, miss = coded.memo, coded.miss
-    diag_memo, vital_memo, med_memo = memo["diagnoses"], memo["vitals"], memo["medications"]
-    keyed, hex_len = coded.keys.vid_hasher(), deidentify.PSEUDONYM_HEX
+    lines = VisitLines(coded)
+    n = rows = 0
     pending: list[bytes] = []
-    rows = bad_types = 0
     rest = b""
     failure: BaseException | None = None
 
@@ -458,35 +411,23 @@ async def _stream_visits(
                 failure = exc
 
     async def take(chunk: bytes | bytearray) -> None:
-        nonlocal rows, bad_types, rest
+        nonlocal rows, rest
         guard.reschedule(loop.time() + idle)
-        data = rest + chunk  # bytes (asyncpg gives a bytearray; the keys must be hashable)
+        data = rest + chunk  # bytes (asyncpg gives a bytearray)
         end = data.rfind(b"\n") + 1
-        rest = data[end:]
-        lines = data[:end].split(b"\n")
-        lines.pop()  # the empty string after the last newline
-        out = pending
-        for line in lines:
-            head, start, visit_id, type_ok, diagnoses, vitals, medications = line.split(b"\t")
-            if type_ok != b"t":
-                bad_types += 1
-            d = diag_memo.get(diagnoses) or miss("diagnoses", diagnoses)
-            v = vital_memo.get(vitals) or miss("vitals", vitals)
-            m = med_memo.get(medications) or miss("medications", medications)
-            d[2] += 1
-            v[2] += 1
-            m[2] += 1
-            h = keyed.copy()
-            h.update(visit_id)
-            out += (start, h.hexdigest()[:hex_len].encode(), head, d[0], v[0], m[0], b"}\n")
-        rows += len(lines)
-        if rows >= batch_rows:
-            await flush()
+        # asyncpg hands over whole COPY messages (one row each): usually no rest to keep.
+        whole, rest = (data, b"") if end == len(data) else (data[:end], data[end:])
+        if whole:
+            records, count = lines.records(whole)
+            pending.append(records)
+            rows += count
+            if rows >= batch_rows:
+                await flush()
 
     async def flush() -> None:
         nonlocal n, rows
         if rows:
-            data = b"".join(pending)
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
             pending.clear()
             n += rows
             count, rows = rows, 0
@@ -501,7 +442,7 @@ async def _stream_visits(
         if rest:
             raise ValueError("COPY ended within a row")
         await flush()
-    coded.left["invalidVisitType"] += bad_types
+    coded.left["invalidVisitType"] += lines.bad_types
     return n
 
 

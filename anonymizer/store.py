@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import lz4.frame
 import orjson
 
 from anonymizer.models import StudyIn
@@ -277,12 +278,36 @@ async def save_participants(
         )  # fmt: skip
 
 
+# How a chunk is stored (run_chunks.codec; migrations/003): NULL as is, else an LZ4 frame.
+CODEC = "lz4-frame"
+
+
+def pack_chunk(data: bytes) -> bytes:
+    """A chunk of a run's body as stored (codec :data:`CODEC`). Releases the GIL: a thread."""
+    packed: bytes = lz4.frame.compress(data)
+    return packed
+
+
+def unpack_chunk(data: bytes, codec: str | None) -> bytes:
+    """A stored chunk's bytes of the body."""
+    if codec is None:
+        return data
+    if codec != CODEC:
+        raise ValueError(f"a run chunk in an unknown codec {codec!r}")
+    body: bytes = lz4.frame.decompress(data)
+    return body
+
+
 @_mapped
-async def save_chunk(conn: asyncpg.Connection, run_id: uuid.UUID, seq: int, data: bytes) -> None:
-    """Add one chunk (about 1 MiB) of the run's NDJSON body, in the run's transaction."""
+async def save_chunk(
+    conn: asyncpg.Connection, run_id: uuid.UUID, seq: int, packed: bytes
+) -> None:
+    """Add one chunk (about 1 MiB of the run's NDJSON body, :func:`pack_chunk`), in the run's
+    transaction."""
     # save_chunk: one row per chunk, not per record (the bulk write).
     await conn.execute(
-        "INSERT INTO run_chunks (run_id, seq, data) VALUES ($1, $2, $3)", run_id, seq, data
+        "INSERT INTO run_chunks (run_id, seq, data, codec) VALUES ($1, $2, $3, $4)",
+        run_id, seq, packed, CODEC,
     )
 
 
@@ -292,10 +317,11 @@ async def body_chunks(pool: asyncpg.Pool, run_id: uuid.UUID) -> AsyncIterator[by
     async with pool.acquire() as conn, conn.transaction(readonly=True):
         # body_chunks: the primary key's order.
         cursor = conn.cursor(
-            "SELECT data FROM run_chunks WHERE run_id = $1 ORDER BY seq", run_id, prefetch=2
+            "SELECT data, codec FROM run_chunks WHERE run_id = $1 ORDER BY seq",
+            run_id, prefetch=2,
         )
         async for row in cursor:
-            yield row["data"]
+            yield unpack_chunk(row["data"], row["codec"])
 
 
 @_mapped

@@ -164,12 +164,14 @@ async def create_pool(
     attempts: int = 30,
     what: str = "database",
     reset_sessions: bool = True,
+    server_settings: dict[str, str] | None = None,
 ) -> asyncpg.Pool:
     """Open a pool, retrying a bounded number of times with one warning per try.
 
     ``reset_sessions=False`` skips asyncpg's reset query (``RESET ALL``, unlisten, unlock
     advisory locks: one more round trip) on every release, for pools whose users keep no
     session state: settings only transaction-local, advisory locks only transaction-scoped.
+    ``server_settings``: session settings every connection starts with.
     """
     for attempt in range(1, attempts + 1):
         try:
@@ -182,6 +184,7 @@ async def create_pool(
                 command_timeout=30,
                 timeout=5,
                 reset=None if reset_sessions else _keep_session,
+                server_settings=server_settings,
             )
             async with pool.acquire() as conn:
                 await conn.execute("SELECT 1")

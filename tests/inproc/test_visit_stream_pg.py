@@ -17,7 +17,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from anonymizer import deidentify, shards
+from anonymizer import deidentify, shards, visitlines
 from anonymizer.deidentify import StudyKeys
 from deploy.localstack.postgres import PostgresServer
 
@@ -53,7 +53,7 @@ def args(n: int) -> tuple[Any, ...]:
 async def stream(
     conn: asyncpg.Connection, n: int, emit: Callable[[bytes, int], Awaitable[None]]
 ) -> tuple[int, Counter[str]]:
-    coded = shards.CodedFields(StudyKeys(KEY, "study-s"))
+    coded = visitlines.CodedFields(StudyKeys(KEY, "study-s"))
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         got = await shards._stream_visits(conn, QUERY, args(n), emit, 2, coded)
     left: Counter[str] = Counter()

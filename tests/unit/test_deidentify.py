@@ -37,6 +37,35 @@ def test_the_pseudonym_is_hmac_sha256_of_the_study_key() -> None:
     assert StudyKeys(KEY, "s").pid("alice.smith") == expected
 
 
+VISIT_IDS = ["0b9f2c1e-0000-4000-8000-000000000001", "", "é" * 40, "v" * 200, "x\ty"]
+
+
+def test_vids_in_bulk_are_the_hmac_of_each_visit_id() -> None:
+    import hashlib
+    import hmac
+
+    keys = StudyKeys(KEY, "s")
+    study_key = hmac.new(KEY, b"study:s", hashlib.sha256).digest()
+    expected = [
+        hmac.new(study_key, b"vid:" + v.encode(), hashlib.sha256).hexdigest()[:32].encode()
+        for v in VISIT_IDS
+    ]
+    assert keys.vids([v.encode() for v in VISIT_IDS]) == expected
+    assert [keys.vid(v).encode() for v in VISIT_IDS] == expected
+    assert keys.vids([]) == []
+
+
+def test_a_key_longer_than_a_block_is_hashed_first_as_hmac_does() -> None:
+    import hashlib
+    import hmac
+
+    from anonymizer.deidentify import _KeyedPrefix
+
+    for key in (b"k" * 64, b"k" * 65, b"k" * 200, b""):
+        want = hmac.new(key, b"p:value", hashlib.sha256).hexdigest()[:32].encode()
+        assert _KeyedPrefix(key, b"p:").one(b"value") == want
+
+
 @pytest.mark.parametrize(
     ("born", "today", "expected"),
     [

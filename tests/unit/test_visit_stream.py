@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from anonymizer import deidentify, shards
+from anonymizer import deidentify, shards, visitlines
 from anonymizer.deidentify import StudyKeys
 
 KEY = b"test-master-key-of-some-length-0123456789"
@@ -87,10 +87,12 @@ class FakeCopy:
 
 
 async def stream(
-    conn: Any, batch_rows: int = 2, idle: float = shards.IDLE_SECONDS
+    conn: Any, batch_rows: int = 2, idle: float = shards.IDLE_SECONDS, limit: int | None = None
 ) -> tuple[list[dict[str, Any]], Counter[str], list[int]]:
     keys = StudyKeys(KEY, "study-s")
-    coded = shards.CodedFields(keys)
+    coded = visitlines.CodedFields(keys)
+    if limit is not None:
+        coded.LIMIT = limit
     out: list[bytes] = []
     sizes: list[int] = []
 
@@ -133,11 +135,44 @@ async def test_rows_cut_anywhere_give_the_reference_records_and_counts(size: int
     assert records[0]["vid"] == StudyKeys(KEY, "study-s").vid(VISITS[0][0])
 
 
+@pytest.mark.parametrize("limit", [1, 2])
+async def test_values_forgotten_past_the_limit_are_still_counted_per_use(limit: int) -> None:
+    records, left, _ = await stream(FakeCopy(copy_stream(), 64), limit=limit)
+    want, want_left = expected()
+    assert records == want
+    assert +left == +want_left
+
+
+@pytest.mark.parametrize("size", [64, 1 << 20])
+async def test_values_that_leave_something_out_counted_when_they_come_after_clean_ones(
+    size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clean = [v for v in VISITS if v[0].endswith(("2", "3"))]
+    dirty = [v for v in VISITS if v[0].endswith(("1", "4"))]
+    monkeypatch.setattr(f"{__name__}.VISITS", clean * 3 + dirty + clean + dirty)
+    records, left, _ = await stream(FakeCopy(copy_stream(), size))
+    want, want_left = expected()
+    assert records == want
+    assert +left == +want_left and left["uncodedMedication"] == 4
+
+
+async def test_a_line_without_the_seven_columns_fails() -> None:
+    broken = copy_stream().replace(b"\tt\t", b"\t", 1)  # the first line loses a column
+    with pytest.raises(ValueError, match="columns"):
+        await stream(FakeCopy(broken, 1 << 20))
+
+
+async def test_a_type_check_other_than_t_or_f_fails() -> None:
+    broken = copy_stream().replace(b"\tt\t", b"\tx\t", 1)
+    with pytest.raises(ValueError, match="columns"):
+        await stream(FakeCopy(broken, 1 << 20))
+
+
 def test_copy_text_decodes_what_copy_escapes() -> None:
-    assert shards.copy_text(b"\\N") is None
-    assert shards.copy_text(b"\\\\N") == b"\\N"
-    assert shards.copy_text(copy_field(NASTY)) == NASTY.encode()
-    assert shards.copy_text(b"plain") == b"plain"
+    assert visitlines.copy_text(b"\\N") is None
+    assert visitlines.copy_text(b"\\\\N") == b"\\N"
+    assert visitlines.copy_text(copy_field(NASTY)) == NASTY.encode()
+    assert visitlines.copy_text(b"plain") == b"plain"
 
 
 async def test_a_stream_ending_within_a_row_fails() -> None:
@@ -167,6 +202,6 @@ async def test_waiting_for_the_writer_is_not_idleness() -> None:
         got.append(n)
 
     n = await shards._stream_visits(
-        FakeCopy(copy_stream(), 64), "q", (), slow_writer, 1, shards.CodedFields(keys), 0.1
+        FakeCopy(copy_stream(), 64), "q", (), slow_writer, 1, visitlines.CodedFields(keys), 0.1
     )
     assert n == sum(got) == len(VISITS)
