@@ -61,7 +61,8 @@ TABLES: tuple[tuple[str, str], ...] = (
     ("visits", "visit_id::text"),
     ("study_consents", "user_name || '/' || study_id"),
 )
-# Not compared: the bucket, a function of the key (set again by B's trigger).
+# Not compared: the bucket, a function of the key (A's trigger computed it; replication
+# carries it: user_service/migrations/009_bucket_kept_by_replication.sql).
 _NOT_COMPARED = ("bucket",)
 # At most this many streams (publication + subscription + slot, each over a bucket
 # sub-range): each takes 1 + max_sync_workers_per_subscription replication workers on B and
@@ -287,7 +288,8 @@ class Mover:
     async def _stamp_unknown_writer(self) -> None:
         """Rows of the range written before A knew its shard id (written_on NULL) are A's:
         say so before they travel, without firing a trigger (their updated_xid stays; no
-        audit event). Replica role: only the ALWAYS triggers (the bucket) fire."""
+        audit event). Replica role: no trigger fires (the bucket's would only for a change
+        of the userName or the bucket)."""
         async with self.a.transaction():
             await self.a.execute("SET LOCAL session_replication_role = replica")
             for table, _ in TABLES:
