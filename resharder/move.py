@@ -68,6 +68,9 @@ _NOT_COMPARED = ("bucket",)
 # sub-range): each takes 1 + max_sync_workers_per_subscription replication workers on B and
 # as many slots and WAL senders on A while it copies, so fewer when the servers lack room.
 MAX_STREAMS = 4
+# Connections per side that compute the fence's checksums, each over a part of the range:
+# the fence lasts while they run, and several backends get more of a busy machine's CPU.
+CHECKSUM_CONNECTIONS = 4
 
 
 async def invalidate(redis_url: str, user_names: list[str]) -> None:
@@ -481,13 +484,25 @@ class Mover:
         await set_phase(self.registry, self.m, "fence")
         limit = self.opts.fence_limit
         lo, hi = self.m.lo, self.m.hi
+        # The checksums' connections and the columns they hash, ready before the fence (its
+        # limit counts from here on).
+        columns = {table: ", ".join(await self._columns(table)) for table, _ in TABLES}
+        extra = CHECKSUM_CONNECTIONS - 1
+        helpers: list[asyncpg.Connection] = await asyncio.gather(
+            *(self._connect(sh.postgres) for sh in (self.src, self.dst) for _ in range(extra))
+        )
         started = time.monotonic()
 
         def check(what: str) -> None:
             if time.monotonic() - started > limit:
                 raise Aborted(f"fence limit {limit:g} s exceeded waiting for {what}")
 
-        fence = await self._connect(self.src.postgres)
+        try:
+            fence = await self._connect(self.src.postgres)
+        except BaseException:
+            for conn in helpers:
+                await conn.close()
+            raise
         b_flipped = b_open = committed = False
         tx = fence.transaction()
         try:
@@ -529,7 +544,9 @@ class Mover:
             await self._stall("fence")
             # B has every row A has: the checksums of the moving rows must agree before B
             # may own them (a mismatch aborts here, A still the owner).
-            differ = await self._checksums_differ(check)
+            differ = await self._checksums_differ(
+                check, columns, [self.a, *helpers[:extra]], [self.b, *helpers[extra:]]
+            )
             if differ:
                 raise Aborted(f"checksums differ before the flip: {', '.join(differ)}")
             # B as it is at the flip, for the verification (A stays frozen after it).
@@ -571,29 +588,46 @@ class Mover:
             raise
         finally:
             await fence.close()
+            for conn in helpers:
+                await conn.close()
         self._fence_started = started
 
-    async def _checksums_differ(self, check: Any) -> list[str]:
+    async def _checksums_differ(
+        self,
+        check: Any,
+        columns: dict[str, str],
+        a_conns: list[asyncpg.Connection],
+        b_conns: list[asyncpg.Connection],
+    ) -> list[str]:
         """The tables whose moving rows differ between A and B (count and an order-free sum of
         row hashes), both sides read at once; A is fenced, B caught up to it. It costs fence
-        time in proportion to the range (~4 µs a row on the development machine)."""
+        time in proportion to the range (~4 µs a row on the development machine), shared by
+        each side's connections: each sums a part of the buckets of every table."""
+        parts = [(t, lo, hi) for t in columns for lo, hi in self._ranges(len(a_conns))]
 
-        columns = {table: ", ".join(await self._columns(table)) for table, _ in TABLES}
-
-        async def sums(conn: asyncpg.Connection) -> dict[str, tuple[int, int]]:
-            out = {}
-            for table, cols in columns.items():
-                row = await conn.fetchrow(
-                    f"SELECT count(*) AS n,"
-                    f" coalesce(sum(hashtextextended(ROW({cols})::text, 0)), 0) AS h FROM {table}"
-                    " WHERE bucket BETWEEN $1 AND $2",
-                    self.m.lo, self.m.hi,
+        async def sums(conn: asyncpg.Connection, mine: list[tuple[str, int, int]]) -> list[Any]:
+            return [
+                await conn.fetchrow(
+                    f"SELECT count(*) AS n, coalesce(sum(hashtextextended(ROW({columns[t]})::text,"
+                    f" 0)), 0) AS h FROM {t} WHERE bucket BETWEEN $1 AND $2",
+                    lo,
+                    hi,
                 )  # fmt: skip
-                out[table] = (row["n"], int(row["h"]))
+                for t, lo, hi in mine
+            ]
+
+        async def side(conns: list[asyncpg.Connection]) -> dict[str, tuple[int, int]]:
+            mine = [parts[i :: len(conns)] for i in range(len(conns))]
+            rows = await asyncio.gather(*(sums(c, m) for c, m in zip(conns, mine, strict=True)))
+            out = dict.fromkeys(columns, (0, 0))
+            for m, got in zip(mine, rows, strict=True):
+                for (table, _, _), row in zip(m, got, strict=True):
+                    n, h = out[table]
+                    out[table] = (n + row["n"], h + int(row["h"]))
             return out
 
-        # A's and B's own connections (idle now): no connection set up inside the fence.
-        a_sums, b_sums = await asyncio.gather(sums(self.a), sums(self.b))
+        # Connections opened before the lock (idle now): none is set up inside the fence.
+        a_sums, b_sums = await asyncio.gather(side(a_conns), side(b_conns))
         check("the checksums")
         return [table for table, _ in TABLES if a_sums[table] != b_sums[table]]
 
