@@ -167,6 +167,7 @@ async def main_async(opts: argparse.Namespace) -> dict[str, Any]:
                 "--to",
                 str(new_id),
                 "--json",
+                *(["--streams", str(opts.streams)] if opts.streams else []),
                 cwd=REPO_ROOT,
                 env=env,
                 stdout=asyncio.subprocess.PIPE,
@@ -201,6 +202,9 @@ def main() -> int:
     parser.add_argument("--visits", type=int, default=100_000, help="visits in the moving buckets")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--before", type=float, default=10.0, help="seconds of mix before the move")
+    parser.add_argument(
+        "--streams", type=int, default=0, help="the resharder's --streams (0: its own choice)"
+    )
     opts = parser.parse_args()
     result = asyncio.run(main_async(opts))
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())

@@ -103,7 +103,8 @@ async def move(args: argparse.Namespace, settings: ResharderSettings) -> int:
             print(f"resuming move {m.move_id} (phase {m.phase})", file=sys.stderr)
         options = Options(fence_limit=args.fence_limit or settings.fence_limit,
                           hold_before_fence=args.hold_before_fence,
-                          stall_at=settings.resharder_stall)  # fmt: skip
+                          stall_at=settings.resharder_stall,
+                          streams=args.streams)  # fmt: skip
         progress = Progress(quiet=args.json)
         password = settings.pg_password.get_secret_value() if settings.pg_password else None
         mover = Mover(m, shard_map, registry, settings.shard_map, password, options, progress,
@@ -201,6 +202,13 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="catch up at least this many seconds before fencing (0)",
+    )
+    mv.add_argument(
+        "--streams",
+        type=int,
+        default=0,
+        help="replication streams to copy with, each over a bucket sub-range"
+        " (0: as many as the servers have room for, at most 4)",
     )
     mv.add_argument("--json", action="store_true", help="print the summary as JSON")
     st = sub.add_parser("status", help="moves in progress and each process's map version")

@@ -2,12 +2,16 @@
 
 copy     the source A publishes the moving buckets' rows (a publication with a row filter on
          the ``bucket`` column); the target B subscribes: PostgreSQL copies the rows, then
-         streams every later change. Apply runs with session_replication_role = replica, so
-         B's audit and ownership triggers do not fire: the copy adds no audit event.
+         streams every later change. The range is split into streams, each a publication,
+         a subscription and a slot over a bucket sub-range, so that several initial COPYs
+         (PostgreSQL runs one per table and subscription) run side by side. Apply runs with
+         session_replication_role = replica, so B's audit and ownership triggers do not
+         fire: the copy adds no audit event.
 catchup  wait until B is close behind A (replication lag, bytes of WAL).
 fence    lock the moving buckets' rows of A's ``shard_buckets`` FOR UPDATE: every write to
-         them waits in its ownership trigger (it does not fail). Insert a marker on A and wait
-         until B has applied it (B then has every commit A made), and until A's outbox holds
+         them waits in its ownership trigger (it does not fail). Insert a marker per stream
+         on A (one transaction) and wait until B has applied every one (each stream applies
+         in commit order: B then has every commit A made), and until A's outbox holds
          no event of a moving user (the audit chain keeps each entity's order). Compare
          checksums of the moving rows, per table, on both sides at once: a mismatch aborts
          with A the owner. Flip the owner on B, then on A (one transaction with the lock),
@@ -21,7 +25,8 @@ verify   per table, every row of the range on A (now frozen: it refuses writes) 
          it was at the flip: missing = extra = mismatched = 0, by checksum of every column
          (the anonymizer's watermark included: replication keeps a row's writer and its
          transaction id, user_service/migrations/008_written_on.sql).
-cleanup  drop the subscription (and its slot) and the publication, then delete A's copies.
+cleanup  drop the subscriptions (and their slots) and the publications, then delete A's
+         copies.
 
 Resuming: what has happened is read from the databases themselves (who owns the range on A
 and on B, which replication objects exist), not only from the registry's phase. A move
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sys
 import time
 import uuid
@@ -55,8 +61,16 @@ TABLES: tuple[tuple[str, str], ...] = (
     ("visits", "visit_id::text"),
     ("study_consents", "user_name || '/' || study_id"),
 )
-# Not compared: the bucket, a function of the key (set again by B's trigger).
+# Not compared: the bucket, a function of the key (A's trigger computed it; replication
+# carries it: user_service/migrations/009_bucket_kept_by_replication.sql).
 _NOT_COMPARED = ("bucket",)
+# At most this many streams (publication + subscription + slot, each over a bucket
+# sub-range): each takes 1 + max_sync_workers_per_subscription replication workers on B and
+# as many slots and WAL senders on A while it copies, so fewer when the servers lack room.
+MAX_STREAMS = 4
+# Connections per side that compute the fence's checksums, each over a part of the range:
+# the fence lasts while they run, and several backends get more of a busy machine's CPU.
+CHECKSUM_CONNECTIONS = 4
 
 
 async def invalidate(redis_url: str, user_names: list[str]) -> None:
@@ -86,6 +100,9 @@ class Options:
     catchup_bytes: int = 1 << 20
     catchup_timeout: float = 600.0
     copy_timeout: float = 3600.0
+    # Replication streams to copy with (0: as many as both servers have room for, at most
+    # MAX_STREAMS). Fixed when the move's publications are created; a resumed move keeps them.
+    streams: int = 0
     # Tests: stop for good at this point (STALL_POINTS), saying so on stderr, to be killed.
     stall_at: str = ""
 
@@ -108,6 +125,7 @@ class Summary:
     fence_seconds: float | None = None
     rows: dict[str, int] = field(default_factory=dict)
     copy_rows_per_second: float | None = None
+    streams: int | None = None  # replication streams the copy ran in (None: no copy this run)
     diff: dict[str, dict[str, int]] = field(default_factory=dict)
     map_version: int | None = None
 
@@ -124,6 +142,7 @@ class Summary:
             "fenceSeconds": None if self.fence_seconds is None else round(self.fence_seconds, 3),
             "rows": self.rows,
             "copyRowsPerSecond": self.copy_rows_per_second,
+            "streams": self.streams,
             "diff": self.diff,
             "mapVersion": self.map_version,
         }
@@ -167,6 +186,7 @@ class Mover:
         self.a: asyncpg.Connection
         self.b: asyncpg.Connection
         self.b_snapshot: asyncpg.Connection | None = None
+        self.streams: list[str] = []  # the move's streams, once its publications exist
 
     async def _connect(self, dsn: str) -> asyncpg.Connection:
         # One time zone on every connection: the checksums hash rows as text.
@@ -261,10 +281,18 @@ class Mover:
             )
         return out
 
+    async def _count_on(self, dsn: str) -> dict[str, int]:
+        conn = await self._connect(dsn)
+        try:
+            return await self._count(conn)
+        finally:
+            await conn.close()
+
     async def _stamp_unknown_writer(self) -> None:
         """Rows of the range written before A knew its shard id (written_on NULL) are A's:
         say so before they travel, without firing a trigger (their updated_xid stays; no
-        audit event). Replica role: only the ALWAYS triggers (the bucket) fire."""
+        audit event). Replica role: no trigger fires (the bucket's would only for a change
+        of the userName or the bucket)."""
         async with self.a.transaction():
             await self.a.execute("SET LOCAL session_replication_role = replica")
             for table, _ in TABLES:
@@ -274,71 +302,168 @@ class Mover:
                     self.m.lo, self.m.hi, self.m.source,
                 )  # fmt: skip
 
-    async def _copy(self) -> None:
-        name, lo, hi = self.m.name, self.m.lo, self.m.hi
-        if not await self.a.fetchval("SELECT 1 FROM pg_publication WHERE pubname = $1", name):
-            await self._stamp_unknown_writer()
-            where = f"WHERE (bucket BETWEEN {int(lo)} AND {int(hi)})"
-            tables = ", ".join(f"{t} {where}" for t, _ in TABLES)
-            await self.a.execute(
-                f"CREATE PUBLICATION {name} FOR TABLE {tables},"
-                f" move_markers WHERE (move_name = '{name}')"
-            )
-        if not await self.b.fetchval("SELECT 1 FROM pg_subscription WHERE subname = $1", name):
+    # -- streams ---------------------------------------------------------------------------
+
+    def _stream_name(self, i: int) -> str:
+        return f"{self.m.name}_s{i}"
+
+    def _ours(self, names: list[str]) -> list[str]:
+        """This move's streams among replication object names, in stream order (the bare move
+        name is a stream too: a move begun before there were several)."""
+        pattern = re.compile(re.escape(self.m.name) + r"(_s(\d+))?")
+        found = {n: m for n in names if (m := pattern.fullmatch(n))}
+        return sorted(found, key=lambda n: int(found[n].group(2) or -1))
+
+    async def _streams(self) -> list[str]:
+        """The move's streams, as its publications on A say (created in one transaction)."""
+        return self._ours(
+            [r["pubname"] for r in await self.a.fetch("SELECT pubname FROM pg_publication")]
+        )
+
+    async def _room(self) -> int:
+        """How many streams both servers can run at once: each needs an apply worker and its
+        table-sync workers on B, and a slot and a WAL sender for each of them on A."""
+        per = 1 + int(await self.b.fetchval("SHOW max_sync_workers_per_subscription"))
+        workers = int(await self.b.fetchval("SHOW max_logical_replication_workers"))
+        busy = await self.b.fetchval(
+            "SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL"
+        )
+        slots = int(await self.a.fetchval("SHOW max_replication_slots"))
+        used = await self.a.fetchval("SELECT count(*) FROM pg_replication_slots")
+        senders = int(await self.a.fetchval("SHOW max_wal_senders"))
+        sending = await self.a.fetchval("SELECT count(*) FROM pg_stat_replication")
+        room = min(workers - busy, slots - used, senders - sending) // per
+        return max(1, int(room))
+
+    def _ranges(self, k: int) -> list[tuple[int, int]]:
+        """``k`` contiguous sub-ranges of the move's buckets, as even as can be (a bucket's
+        users are a hash's: rows spread evenly over buckets)."""
+        lo, n = self.m.lo, self.m.hi - self.m.lo + 1
+        k = max(1, min(k, n))
+        bounds = [lo + (n * i) // k for i in range(k + 1)]
+        return [(bounds[i], bounds[i + 1] - 1) for i in range(k)]
+
+    async def _publish(self) -> list[str]:
+        """The streams' publications on A, all or none (one transaction)."""
+        streams = await self._streams()
+        if streams:
+            return streams
+        await self._stamp_unknown_writer()
+        k = self.opts.streams or min(MAX_STREAMS, await self._room())
+        ranges = self._ranges(k)
+        streams = [self._stream_name(i) for i in range(len(ranges))]
+        async with self.a.transaction():
+            for name, (lo, hi) in zip(streams, ranges, strict=True):
+                where = f"WHERE (bucket BETWEEN {int(lo)} AND {int(hi)})"
+                tables = ", ".join(f"{t} {where}" for t, _ in TABLES)
+                await self.a.execute(
+                    f"CREATE PUBLICATION {name} FOR TABLE {tables},"
+                    f" move_markers WHERE (move_name = '{name}')"
+                )
+        return streams
+
+    async def _subscribe(self, streams: list[str]) -> None:
+        """B's subscription to each stream, created disabled (one at a time: each creates its
+        slot on A), then all enabled in one transaction: PostgreSQL's launcher starts the
+        apply workers of the subscriptions it finds enabled in one pass, and then no other
+        for wal_retrieve_retry_interval (5 s by default), which one by one would cost."""
+        rows = await self.b.fetch("SELECT subname, subenabled FROM pg_subscription")
+        existing = set(self._ours([r["subname"] for r in rows]))
+        disabled = set(self._ours([r["subname"] for r in rows if not r["subenabled"]]))
+        missing = [name for name in streams if name not in existing]
+        await self._create_subscriptions(missing, fresh=not existing)
+        async with self.b.transaction():
+            for name in streams:
+                if name in missing or name in disabled:
+                    await self.b.execute(f"ALTER SUBSCRIPTION {name} ENABLE")
+
+    async def _create_subscriptions(self, missing: list[str], fresh: bool) -> None:
+        if not missing:
+            return
+        # Slots left by a CREATE SUBSCRIPTION killed before it committed on B.
+        await self.a.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+            " WHERE slot_name = ANY($1::text[])",
+            missing,
+        )
+        if fresh:
             # Leftovers of an earlier aborted move of these buckets would collide with the copy.
             await self._delete_unowned(self.b)
+        for name in missing:
             await self.b.execute(
                 f"CREATE SUBSCRIPTION {name} "
                 f"CONNECTION {conninfo(self.src.postgres, self.password)}"
-                f" PUBLICATION {name} WITH (copy_data = true)"
+                f" PUBLICATION {name} WITH (copy_data = true, enabled = false)"
             )
-        await self._stall("copy")
-        total = sum((await self._count(self.a)).values())
+
+    async def _copy(self) -> None:
         started = time.monotonic()
-        deadline = started + self.opts.copy_timeout
-        synced: dict[str, int] = {}  # rows of the tables whose initial copy is done
+        streams = self.streams = await self._publish()
+        self.summary.streams = len(streams)
+        await self._subscribe(streams)
+        await self._stall("copy")
+        # The rows to copy, for the progress: counted on A beside the copy, not before it.
+        counting = asyncio.create_task(self._count_on(self.src.postgres))
+        try:
+            await self._wait_synced(streams, counting, started)
+        except BaseException:
+            counting.cancel()
+            raise
+        elapsed = time.monotonic() - started
+        total = sum((await counting).values())
+        self.summary.copy_rows_per_second = round(total / elapsed, 1) if elapsed > 0 else None
+
+    async def _wait_synced(
+        self, streams: list[str], counting: asyncio.Task[dict[str, int]], started: float
+    ) -> None:
+        """Until every stream has copied every table (sync state ready, or done and waiting
+        for its apply worker), showing the progress."""
+        counted: dict[str, int] = {}
+        deadline = time.monotonic() + self.opts.copy_timeout
+        expected = len(streams) * (len(TABLES) + 1)
         while True:
             states = await self.b.fetch(
                 "SELECT r.srrelid::regclass::text AS rel, r.srsubstate::text AS state"
                 " FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid"
-                " WHERE s.subname = $1",
-                name,
+                " WHERE s.subname = ANY($1::text[])",
+                streams,
             )
-            for row in states:
-                if (
-                    row["state"] in ("r", "s")
-                    and row["rel"] not in synced
-                    and row["rel"] != "move_markers"
-                ):
-                    synced[row["rel"]] = await self.b.fetchval(
-                        f"SELECT count(*) FROM {row['rel']} WHERE bucket BETWEEN $1 AND $2", lo, hi
-                    )
-            # The copies in progress, as PostgreSQL reports them (no count over growing tables).
+            pending = {r["rel"] for r in states if r["state"] not in ("r", "s")}
+            if len(states) == expected and not pending:
+                return
+            # The tables every stream has copied, and the copies in progress as PostgreSQL
+            # reports them (no count over growing tables).
             running = await self.b.fetchval(
                 "SELECT coalesce(sum(tuples_processed), 0) FROM pg_stat_progress_copy"
                 " WHERE datname = current_database() AND command = 'COPY FROM'"
             )
-            copied = sum(synced.values()) + int(running)
+            if not counted and counting.done():
+                counted = counting.result()
+            copied = int(running) + sum(
+                n for t, n in counted.items() if len(states) == expected and t not in pending
+            )
+            total = sum(counted.values())
             elapsed = time.monotonic() - started
             self.progress.copy(
                 copied, total, copied / elapsed if elapsed > 0 else 0.0, await self._lag()
             )
-            if len(states) == len(TABLES) + 1 and all(r["state"] in ("r", "s") for r in states):
-                break
             if time.monotonic() > deadline:
                 raise Aborted(f"the copy did not finish in {self.opts.copy_timeout:.0f} s")
-            await asyncio.sleep(0.1)
-        elapsed = time.monotonic() - started
-        copied = sum(synced.values())
-        self.summary.copy_rows_per_second = round(copied / elapsed, 1) if elapsed > 0 else None
+            await asyncio.sleep(0.05)
 
     async def _lag(self) -> int | None:
-        lag = await self.a.fetchval(
-            "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots"
-            " WHERE slot_name = $1",
-            self.m.name,
+        """Bytes of WAL the furthest-behind stream has still to confirm (None: a slot is not
+        there yet)."""
+        streams = self.streams or await self._streams()
+        row = await self.a.fetchrow(
+            "SELECT count(*) AS n,"
+            " max((pg_current_wal_lsn() - confirmed_flush_lsn)::bigint) AS lag"
+            " FROM pg_replication_slots WHERE slot_name = ANY($1::text[])",
+            streams,
         )
-        return None if lag is None else max(int(lag), 0)
+        if not streams or row["n"] < len(streams) or row["lag"] is None:
+            return None
+        return max(int(row["lag"]), 0)
 
     async def _catch_up(self) -> None:
         await self._stall("catchup")
@@ -359,13 +484,25 @@ class Mover:
         await set_phase(self.registry, self.m, "fence")
         limit = self.opts.fence_limit
         lo, hi = self.m.lo, self.m.hi
+        # The checksums' connections and the columns they hash, ready before the fence (its
+        # limit counts from here on).
+        columns = {table: ", ".join(await self._columns(table)) for table, _ in TABLES}
+        extra = CHECKSUM_CONNECTIONS - 1
+        helpers: list[asyncpg.Connection] = await asyncio.gather(
+            *(self._connect(sh.postgres) for sh in (self.src, self.dst) for _ in range(extra))
+        )
         started = time.monotonic()
 
         def check(what: str) -> None:
             if time.monotonic() - started > limit:
                 raise Aborted(f"fence limit {limit:g} s exceeded waiting for {what}")
 
-        fence = await self._connect(self.src.postgres)
+        try:
+            fence = await self._connect(self.src.postgres)
+        except BaseException:
+            for conn in helpers:
+                await conn.close()
+            raise
         b_flipped = b_open = committed = False
         tx = fence.transaction()
         try:
@@ -381,12 +518,19 @@ class Mover:
             except asyncpg.LockNotAvailableError as exc:
                 raise Aborted("fence limit exceeded waiting for writes in flight") from exc
             nonce = uuid.uuid4()
+            streams = self.streams or await self._streams()
+            # One marker per stream, one transaction: each stream carries its own.
             await self.a.execute(
-                "INSERT INTO move_markers (move_name, nonce) VALUES ($1, $2)", self.m.name, nonce
+                "INSERT INTO move_markers (move_name, nonce) SELECT unnest($1::text[]), $2",
+                streams,
+                nonce,
             )
-            while not await self.b.fetchval(
-                "SELECT 1 FROM move_markers WHERE move_name = $1 AND nonce = $2", self.m.name, nonce
-            ):
+            while await self.b.fetchval(
+                "SELECT count(*) FROM move_markers WHERE move_name = ANY($1::text[])"
+                " AND nonce = $2",
+                streams,
+                nonce,
+            ) < len(streams):
                 check("the target to catch up")
                 await asyncio.sleep(0.005)
             while await self.a.fetchval(
@@ -400,7 +544,9 @@ class Mover:
             await self._stall("fence")
             # B has every row A has: the checksums of the moving rows must agree before B
             # may own them (a mismatch aborts here, A still the owner).
-            differ = await self._checksums_differ(check)
+            differ = await self._checksums_differ(
+                check, columns, [self.a, *helpers[:extra]], [self.b, *helpers[extra:]]
+            )
             if differ:
                 raise Aborted(f"checksums differ before the flip: {', '.join(differ)}")
             # B as it is at the flip, for the verification (A stays frozen after it).
@@ -442,29 +588,46 @@ class Mover:
             raise
         finally:
             await fence.close()
+            for conn in helpers:
+                await conn.close()
         self._fence_started = started
 
-    async def _checksums_differ(self, check: Any) -> list[str]:
+    async def _checksums_differ(
+        self,
+        check: Any,
+        columns: dict[str, str],
+        a_conns: list[asyncpg.Connection],
+        b_conns: list[asyncpg.Connection],
+    ) -> list[str]:
         """The tables whose moving rows differ between A and B (count and an order-free sum of
         row hashes), both sides read at once; A is fenced, B caught up to it. It costs fence
-        time in proportion to the range (~4 µs a row on the development machine)."""
+        time in proportion to the range (~4 µs a row on the development machine), shared by
+        each side's connections: each sums a part of the buckets of every table."""
+        parts = [(t, lo, hi) for t in columns for lo, hi in self._ranges(len(a_conns))]
 
-        columns = {table: ", ".join(await self._columns(table)) for table, _ in TABLES}
-
-        async def sums(conn: asyncpg.Connection) -> dict[str, tuple[int, int]]:
-            out = {}
-            for table, cols in columns.items():
-                row = await conn.fetchrow(
-                    f"SELECT count(*) AS n,"
-                    f" coalesce(sum(hashtextextended(ROW({cols})::text, 0)), 0) AS h FROM {table}"
-                    " WHERE bucket BETWEEN $1 AND $2",
-                    self.m.lo, self.m.hi,
+        async def sums(conn: asyncpg.Connection, mine: list[tuple[str, int, int]]) -> list[Any]:
+            return [
+                await conn.fetchrow(
+                    f"SELECT count(*) AS n, coalesce(sum(hashtextextended(ROW({columns[t]})::text,"
+                    f" 0)), 0) AS h FROM {t} WHERE bucket BETWEEN $1 AND $2",
+                    lo,
+                    hi,
                 )  # fmt: skip
-                out[table] = (row["n"], int(row["h"]))
+                for t, lo, hi in mine
+            ]
+
+        async def side(conns: list[asyncpg.Connection]) -> dict[str, tuple[int, int]]:
+            mine = [parts[i :: len(conns)] for i in range(len(conns))]
+            rows = await asyncio.gather(*(sums(c, m) for c, m in zip(conns, mine, strict=True)))
+            out = dict.fromkeys(columns, (0, 0))
+            for m, got in zip(mine, rows, strict=True):
+                for (table, _, _), row in zip(m, got, strict=True):
+                    n, h = out[table]
+                    out[table] = (n + row["n"], h + int(row["h"]))
             return out
 
-        # A's and B's own connections (idle now): no connection set up inside the fence.
-        a_sums, b_sums = await asyncio.gather(sums(self.a), sums(self.b))
+        # Connections opened before the lock (idle now): none is set up inside the fence.
+        a_sums, b_sums = await asyncio.gather(side(a_conns), side(b_conns))
         check("the checksums")
         return [table for table, _ in TABLES if a_sums[table] != b_sums[table]]
 
@@ -541,14 +704,31 @@ class Mover:
         return ok
 
     async def _drop_replication(self) -> None:
-        name = self.m.name
-        if await self.b.fetchval("SELECT 1 FROM pg_subscription WHERE subname = $1", name):
-            await self.b.execute(f"DROP SUBSCRIPTION {name}")  # drops its slot on A too
-        if await self.a.fetchval("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", name):
+        """Drop every stream's subscription, slot and publication, and the markers, whatever
+        a killed run left of them (each catalog is read, not only the publications)."""
+        subs = self._ours(
+            [r["subname"] for r in await self.b.fetch("SELECT subname FROM pg_subscription")]
+        )
+        for name in subs:
+            await self.b.execute(f"DROP SUBSCRIPTION {name}")  # drops its slots on A too
+        slots = self._ours(
+            [
+                r["slot_name"]
+                for r in await self.a.fetch("SELECT slot_name FROM pg_replication_slots")
+            ]
+        )
+        for name in slots:
             await self.a.execute("SELECT pg_drop_replication_slot($1)", name)
-        await self.a.execute(f"DROP PUBLICATION IF EXISTS {name}")
+        for name in await self._streams():
+            await self.a.execute(f"DROP PUBLICATION IF EXISTS {name}")
         for conn in (self.a, self.b):
-            await conn.execute("DELETE FROM move_markers WHERE move_name = $1", name)
+            names = [
+                r["move_name"]
+                for r in await conn.fetch("SELECT DISTINCT move_name FROM move_markers")
+            ]
+            await conn.execute(
+                "DELETE FROM move_markers WHERE move_name = ANY($1::text[])", self._ours(names)
+            )
 
     async def _delete_unowned(self, conn: asyncpg.Connection) -> dict[str, int]:
         """Delete the range's rows where this database does not own them (children first)."""

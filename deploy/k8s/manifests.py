@@ -362,7 +362,9 @@ def postgres(
         "image": POSTGRES_IMAGE,
         # No PHI in the server log: terse errors leave out DETAIL ("Failing row contains
         # (...)", "Key (...)=(...)"), and failing statements are not logged.
-        # wal_level=logical: a bucket move (resharder/) copies by logical replication.
+        # wal_level=logical: a bucket move (resharder/) copies by logical replication, in
+        # several streams at once (the worker, slot and sender limits: room for them, as
+        # deploy/localstack/postgres.py REPLICATION_SETTINGS).
         "args": [
             "-c",
             "max_connections=200",
@@ -370,6 +372,14 @@ def postgres(
             "shared_buffers=256MB",
             "-c",
             "wal_level=logical",
+            "-c",
+            "max_logical_replication_workers=16",
+            "-c",
+            "max_worker_processes=24",
+            "-c",
+            "max_replication_slots=16",
+            "-c",
+            "max_wal_senders=16",
             "-c",
             "log_error_verbosity=terse",
             "-c",

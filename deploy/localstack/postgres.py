@@ -129,6 +129,16 @@ class ClusterTemplate:
         await asyncio.to_thread(_chown_tree, data_dir, self.account)
 
 
+# Room for a bucket move's parallel streams (resharder/move.py MAX_STREAMS): 4 streams of
+# 1 + 2 workers, beside the launcher and parallel query's workers; the same in the manifests.
+REPLICATION_SETTINGS = (
+    "-c", "max_logical_replication_workers=16",
+    "-c", "max_worker_processes=24",
+    "-c", "max_replication_slots=16",
+    "-c", "max_wal_senders=16",
+)  # fmt: skip
+
+
 class PostgresServer(ManagedProcess):
     """A PostgreSQL cluster in ``data_dir`` serving ``127.0.0.1:port`` (TCP only).
 
@@ -153,8 +163,11 @@ class PostgresServer(ManagedProcess):
             binaries.pg_bin("postgres"), "-D", str(data_dir), "-p", str(port),
             "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
             "-c", f"max_connections={max_connections}",
-            # A bucket move (resharder/) copies and catches up by logical replication.
+            # A bucket move (resharder/) copies and catches up by logical replication, in
+            # several streams at once: each an apply worker and two table-sync workers on the
+            # target, and as many slots and WAL senders on the source.
             "-c", "wal_level=logical",
+            *REPLICATION_SETTINGS,
         ]  # fmt: skip
         if fast:
             for setting in _FAST:

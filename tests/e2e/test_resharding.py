@@ -147,6 +147,19 @@ async def rows_in(stack: Stack, shard: int, lo: int, hi: int) -> int:
         await conn.close()
 
 
+async def assert_no_replication_left(stack: Stack) -> None:
+    """No shard keeps anything of a finished or rolled-back move: no publication, subscription,
+    slot (the streams' nor a table sync's), replication origin or fence marker."""
+    for shard, server in stack.postgres.items():
+        conn = await asyncpg.connect(server.dsn)
+        try:
+            for what in ("pg_publication", "pg_subscription", "pg_replication_slots",
+                         "pg_replication_origin", "move_markers"):  # fmt: skip
+                assert await conn.fetchval(f"SELECT count(*) FROM {what}") == 0, (shard, what)
+        finally:
+            await conn.close()
+
+
 # -- ownership in the databases ------------------------------------------------------------
 
 
@@ -305,7 +318,9 @@ async def test_add_a_shard_and_move_a_quarter_of_shard_0_under_load(
     for table, diff in summary["diff"].items():
         assert diff == {"missing": 0, "extra": 0, "mismatched": 0, "notCompared": 0}, table
     assert summary["rows"]["users"] == len(moving)
+    assert summary["streams"] > 1  # the copy ran in parallel streams over sub-ranges
     assert load.failures == [] and load.requests > 100
+    await assert_no_replication_left(grow)
 
     # Ownership flipped in the databases; the source's copies are gone; the map says so.
     assert await owners(grow, 0, 0, 127) == {2} and await owners(grow, 2, 0, 127) == {2}
@@ -415,11 +430,7 @@ async def test_a_move_stalled_past_the_fence_limit_aborts_and_the_source_keeps_e
     assert await owners(grow, 0, lo, hi) == {0} and await owners(grow, 2, lo, hi) == {0}
     assert await rows_in(grow, 2, lo, hi) == 0
     assert load_shard_map(grow.shard_map_path).version == version_before
-    conn = await asyncpg.connect(target)
-    try:
-        assert await conn.fetchval("SELECT count(*) FROM pg_subscription") == 0
-    finally:
-        await conn.close()
+    await assert_no_replication_left(grow)
     # Nothing lost: the write made during the move is there, every user reads and writes.
     reply = await admin.call("GET", f"/v1/users/{users[0]}")
     assert reply.status == 200 and reply.body["phone"] == "+1-555-0142"
@@ -613,11 +624,7 @@ async def test_a_move_killed_in_any_phase_resumes_and_loses_nothing(
     assert all(d["missing"] == d["extra"] == d["mismatched"] == 0 for d in summary["diff"].values())
     assert await owners(grow, 0, lo, hi) == {2} and await owners(grow, 2, lo, hi) == {2}
     assert await rows_in(grow, 0, lo, hi) == 0
-    conn = await asyncpg.connect(grow.postgres[2].dsn)
-    try:
-        assert await conn.fetchval("SELECT count(*) FROM pg_subscription") == 0
-    finally:
-        await conn.close()
+    await assert_no_replication_left(grow)
     for name in users:
         reply = await admin.call("GET", f"/v1/users/{name}")
         assert reply.status == 200 and reply.body["phone"] == "+1-555-0177"
@@ -663,6 +670,7 @@ async def test_a_copy_that_differs_aborts_before_the_flip_and_the_source_keeps_e
     assert await owners(grow, 0, lo, hi) == {0} and await owners(grow, 2, lo, hi) == {0}
     assert await rows_in(grow, 2, lo, hi) == 0 and await rows_in(grow, 0, lo, hi) == 6
     assert load_shard_map(grow.shard_map_path).version == version_before
+    await assert_no_replication_left(grow)
     for name in users:
         reply = await admin.call("GET", f"/v1/users/{name}")
         assert reply.status == 200 and reply.body["givenName"] != "Corrupted"
