@@ -67,9 +67,9 @@ http {{
         location / {{
             {route}
         }}
-        location /_decide/ {{
+        location = /_decide {{
             internal;
-            proxy_pass http://gateways;
+            proxy_pass http://gateways/_decide$request_uri;
             proxy_pass_request_body off;
             proxy_set_header Content-Length "";
             proxy_http_version 1.1;
@@ -81,7 +81,7 @@ http {{
 _VIA_GATEWAY = """proxy_pass http://gateways;
             proxy_http_version 1.1;
             proxy_set_header Connection "";"""
-_ACCEL = """auth_request /_decide$uri;
+_ACCEL = """auth_request /_decide;
             auth_request_set $medsvc_shard $upstream_http_x_medsvc_shard;
             proxy_pass http://fe_shard_$medsvc_shard;
             proxy_http_version 1.1;
@@ -200,7 +200,10 @@ async def run(rounds: int, duration: float, users: int) -> None:
                     url = f"http://127.0.0.1:{ports[name]}/v1/users/{names[0]}"
                     async with http.get(url, headers=headers) as resp:
                         body_bytes = await resp.read()
-                        assert resp.status == 200, (name, resp.status, body_bytes[:300])
+                        if resp.status != 200:
+                            logs = [work / name / "error.log", *work.glob("decider-*.log")]
+                            raise RuntimeError(f"{name}: {resp.status} {body_bytes[:300]!r}\n"
+                                               + "\n".join(f.read_text()[-2000:] for f in logs))
             users_file = work / "users.txt"
             users_file.write_text("\n".join(names) + "\n")
             groups: dict[str, list[int]] = {
