@@ -107,6 +107,13 @@ def parse(argv: list[str] | None = None) -> Options:
         help="comma-separated client kinds of the overload table: honour (wait Retry-After"
         " after a 503 or 429) and/or ignore (resend at once)",
     )
+    p.add_argument(
+        "--pg-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a further PostgreSQL setting for every cluster (repeatable), e.g. commit_delay=50",
+    )
     p.add_argument("--no-save", action="store_true", help=f"print only; do not write {RESULTS_DIR}")
     a = p.parse_args(argv)
     try:
@@ -141,6 +148,7 @@ def parse(argv: list[str] | None = None) -> Options:
         parts=(a.only,) if a.only else ("main", "overload"),
         steps=chosen_steps,
         hello_each=a.hello_each,
+        pg_settings=tuple(a.pg_setting),
         overload_duration=a.overload_duration,
         overload_connections=tuple(int(c) for c in a.overload_connections.split(",") if c),
         overload_clients=tuple(c for c in a.overload_clients.split(",") if c),

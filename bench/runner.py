@@ -100,6 +100,8 @@ class Options:
     # Measure the hello-world again right before each scenario and quote that scenario's
     # ratio to it (steadier ratios on a machine whose load drifts during the run).
     hello_each: bool = False
+    # Further PostgreSQL settings ("name=value") for every cluster of the stack.
+    pg_settings: tuple[str, ...] = ()
     overload_duration: float = 8.0
     overload_paths: tuple[str, ...] = tuple(p[0] for p in overload.PATHS)
     overload_connections: tuple[int, ...] = overload.CONNECTIONS
@@ -474,7 +476,7 @@ def _make_stack(opts: Options, base: Path) -> Stack:
                 base_dir=base, shards=opts.shards, fe_per_shard=opts.fe_per_shard,
                 gateways=opts.gateways, http_port=0, https_port=0, internal_port_base=port_base,
                 fast=False, nginx_workers=opts.nginx_workers, jwt_secret=opts.jwt_secret,
-                rate=BENCH_RATE, burst=BENCH_BURST,
+                rate=BENCH_RATE, burst=BENCH_BURST, pg_settings=opts.pg_settings,
             ))  # fmt: skip
         except OSError as exc:
             log.info("ports from %d: %s; trying others", port_base, exc)
@@ -518,7 +520,8 @@ def _meta(opts: Options, stack: Stack) -> dict[str, object]:
         f"{load.duration:g} s per run after a {opts.warmup:g} s warm-up",
         "stack": f"{opts.shards} shards × {opts.fe_per_shard} FE servers, {opts.gateways} "
         f"gateways, nginx ({opts.nginx_workers} worker), PostgreSQL durable (fsync on), "
-        "Redis per shard",
+        "Redis per shard"
+        + (f"; PostgreSQL settings {', '.join(opts.pg_settings)}" if opts.pg_settings else ""),
         "data": f"{opts.users} users, {opts.visits} visits (seed {opts.seed})",
         "versions": {
             "python": platform.python_version(),

@@ -40,10 +40,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 from prometheus_client import Counter
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -217,41 +214,28 @@ class ReadCache:
         self._credentials = {"username": username, "password": password}
         self._conn: RespConnection | None = None
         self._connecting = asyncio.Lock()
-        self.redis: aioredis.Redis | None = None
-        if redis_url:
-            self.redis = aioredis.Redis.from_url(
-                redis_url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                # The ACL user from the settings (the URL in the shard map carries none).
-                username=username,
-                password=password,
-                # One retry on a *connection* error only: after a Redis restart a pooled
-                # connection fails once; an invalidation lost that way would let a slow
-                # reader put an old value back. A timeout is not retried (the breaker acts).
-                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-                max_connections=64,
-            )
+        # On only with a URL (the shard map's Redis): without one, nothing is cached.
+        self._enabled = bool(redis_url)
 
     @property
     def enabled(self) -> bool:
-        return self.redis is not None
+        return self._enabled
 
     async def ping(self) -> None:
-        """Prove the connection (start-up and readiness)."""
-        if self.redis is not None:
-            await self.redis.ping()
+        """Prove the connection (start-up and readiness): a PING on the connection the
+        cache's batches use, so it proves what the reads and writes will use."""
+        if self._enabled:
+            await self._command(("PING",))
 
     async def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
-        if self.redis is not None:
-            await self.redis.aclose()
+            self._conn = None
 
     def bypassed(self, entity: str) -> bool:
         """True, counted as a bypass, when :meth:`get` would not use the cache now (turned
         off, or the breaker open): the caller may then load as it sees fit."""
-        if self.redis is not None and self.breaker.allows():
+        if self._enabled and self.breaker.allows():
             return False
         CACHE_EVENTS.labels(self.shard, entity, "bypass").inc()
         return True
@@ -328,7 +312,7 @@ class ReadCache:
 
         A None sends the request on to an FE server, whose :meth:`get` takes the lease.
         """
-        if self.redis is None or not self.breaker.allows():
+        if not self._enabled or not self.breaker.allows():
             return None
         try:
             value: bytes | None = await self._command(("HGET", f"{{{group}}}", field))
@@ -436,7 +420,7 @@ class ReadCache:
         """Forget ``groups`` and their leases (a load in flight fills nothing); best effort.
 
         For entries this shard may no longer serve (shared/service.py require_owned)."""
-        if self.redis is None:
+        if not self._enabled:
             return
         for group in groups:
             self._inflight.pop(group, None)
@@ -474,7 +458,7 @@ class ReadCache:
         reading it. A load that started before this write may return the old row: later
         readers in this process must not join it.
         """
-        assert self.redis is not None
+        assert self._enabled
         self._inflight.pop(group, None)
         deadline = time.monotonic() + WRITE_RETRY_BUDGET
         delay = 0.05
@@ -490,7 +474,7 @@ class ReadCache:
             delay = min(delay * 2, 0.25)
 
     async def _usable(self) -> bool:
-        return self.redis is not None and self.breaker.allows()
+        return self._enabled and self.breaker.allows()
 
     def _failed(self, exc: Exception, entity: str, *, read: bool = False) -> None:
         CACHE_EVENTS.labels(self.shard, entity, "error").inc()
@@ -524,7 +508,7 @@ class WriteFence:
         self.raised_at = 0.0
 
     async def __aenter__(self) -> WriteFence:
-        if self.cache.redis is None:
+        if not self.cache.enabled:
             return self
         self.raised_at = time.monotonic()
         if not await self.cache._run_for_write(
@@ -539,7 +523,7 @@ class WriteFence:
 
     def check(self) -> None:
         """Call just before the commit: Unavailable (so a rollback) when it is too late."""
-        if self.cache.redis is not None and time.monotonic() - self.raised_at > COMMIT_WITHIN:
+        if self.cache.enabled and time.monotonic() - self.raised_at > COMMIT_WITHIN:
             raise Unavailable(
                 "the change took too long and was not made; nothing was changed", retry_after=2
             )
@@ -551,13 +535,13 @@ class WriteFence:
 
         Unavailable, as :meth:`check`, when no time is left.
         """
-        if self.cache.redis is None:
+        if not self.cache.enabled:
             return None
         self.check()
         return COMMIT_WITHIN - (time.monotonic() - self.raised_at)
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.cache.redis is None:
+        if not self.cache.enabled:
             return
         # Lifted whether the write committed or not; if Redis cannot be reached now, the
         # fence lapses at its deadline, long after the commit, and the group fills afresh.

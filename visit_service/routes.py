@@ -31,7 +31,8 @@ from shared.httpio import (
 )
 from shared.service import (
     cache,
-    owned,
+    check_owner,
+    owned_read,
     path_user_name,
     pool,
     principal,
@@ -144,21 +145,24 @@ async def create_visit(request: web.Request) -> web.Response:
 
 
 async def get_visit(request: web.Request) -> web.Response:
-    caller, user_name = await user_request(request)
+    caller, user_name = await user_request(request, check_owned=False)
     visit_id = _visit_id(request)
     db = pool(request)
 
-    async def load() -> bytes:
-        role = await user_role(db, user_name)
-        row = await store.get_visit(db, user_name, visit_id)
-        if row is None:
+    async def load(owner_check: bool) -> bytes:
+        # One statement: the bucket's owner (the 421 check), the patient's role and the visit.
+        row = await store.get_owned_visit(db, user_name, visit_id)
+        if owner_check:
+            await check_owner(request, user_name, row["owner"])
+        if (role := row["role"]) is None:
+            raise NotFound(f"user {user_name} does not exist")
+        if row["visit_id"] is None:
             return pack_entry(role, None, b"")
         return pack_entry(role, row["version"], encode(Visit.from_row(row)))
 
-    entry = await cache(request).get(
-        "visit", visits_group(user_name), visit_field(str(visit_id)),
-        owned(request, user_name, load),
-    )  # fmt: skip
+    entry = await owned_read(
+        request, user_name, "visit", visits_group(user_name), visit_field(str(visit_id)), load
+    )
     role, version, body = unpack_entry(entry or b"")
     policy.may_read_visits(caller, user_name, role)
     if version is None:
@@ -167,7 +171,7 @@ async def get_visit(request: web.Request) -> web.Response:
 
 
 async def list_visits(request: web.Request) -> web.Response:
-    caller, user_name = await user_request(request)
+    caller, user_name = await user_request(request, check_owned=False)
     errors = [
         FieldError(k, "is not a query parameter")
         for k in sorted(set(request.query) - set(VISIT_LIST_PARAMS))
@@ -184,9 +188,15 @@ async def list_visits(request: web.Request) -> web.Response:
     after = decode_instant_cursor(request.query.get("cursor"))
     db = pool(request)
 
-    async def load() -> bytes:
-        role = await user_role(db, user_name)
-        rows = await store.visits_page(db, user_name, since, until, after, limit + 1)
+    async def load(owner_check: bool) -> bytes:
+        # One statement: the bucket's owner (the 421 check), the patient's role and the page.
+        rows = await store.owned_visits_page(db, user_name, since, until, after, limit + 1)
+        if owner_check:
+            await check_owner(request, user_name, rows[0]["owner"])
+        if (role := rows[0]["role"]) is None:
+            raise NotFound(f"user {user_name} does not exist")
+        if rows[0]["visit_id"] is None:
+            rows = []
         items = [Visit.from_row(r) for r in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
@@ -197,9 +207,7 @@ async def list_visits(request: web.Request) -> web.Response:
 
     page_key = visit_list_field(request.query)
     assert page_key is not None  # the query's names were checked above
-    entry = await cache(request).get(
-        "visits", visits_group(user_name), page_key, owned(request, user_name, load)
-    )
+    entry = await owned_read(request, user_name, "visits", visits_group(user_name), page_key, load)
     assert entry is not None
     role, _, body = unpack_entry(entry)
     policy.may_read_visits(caller, user_name, role)

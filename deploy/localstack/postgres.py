@@ -19,6 +19,7 @@ import shutil
 import signal
 import stat
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
@@ -143,8 +144,8 @@ class PostgresServer(ManagedProcess):
     """A PostgreSQL cluster in ``data_dir`` serving ``127.0.0.1:port`` (TCP only).
 
     ``fast=True`` turns off fsync and friends: for tests, where speed matters and a crash
-    may lose data. The database ``medsvc`` (owner ``medsvc``, trust auth) is created on the
-    first start.
+    may lose data. ``settings`` are further ``name=value`` settings, passed as ``-c``. The
+    database ``medsvc`` (owner ``medsvc``, trust auth) is created on the first start.
     """
 
     def __init__(
@@ -158,6 +159,7 @@ class PostgresServer(ManagedProcess):
         template: ClusterTemplate | None = None,
         account: RunAs | None = None,
         max_connections: int = 200,
+        settings: Sequence[str] = (),
     ) -> None:
         argv = [
             binaries.pg_bin("postgres"), "-D", str(data_dir), "-p", str(port),
@@ -172,6 +174,9 @@ class PostgresServer(ManagedProcess):
         if fast:
             for setting in _FAST:
                 argv += ["-c", setting]
+        # Further "name=value" settings (a benchmark's pg_stat_statements, commit_delay).
+        for setting in settings:
+            argv += ["-c", setting]
         # SIGINT is PostgreSQL's "fast shutdown": roll back open transactions, checkpoint, exit.
         super().__init__(
             name, argv, log_path, cwd=data_dir, run_as=account,

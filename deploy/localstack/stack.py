@@ -86,6 +86,9 @@ class StackConfig:
     internal_port_base: int | None = None
     # fsync=off and friends for PostgreSQL: for tests.
     fast: bool = False
+    # Further PostgreSQL settings ("name=value") for every cluster: a benchmark's
+    # pg_stat_statements or commit_delay; none by default.
+    pg_settings: Sequence[str] = ()
     rate: int = DEFAULT_RATE
     burst: int = DEFAULT_BURST
     nginx_workers: int | str = 1
@@ -179,7 +182,7 @@ class Stack:
         return PostgresServer(
             f"postgres-{name}", self.base_dir / "pg" / name, self._ports.take(),
             self.logs_dir / f"postgres-{name}.log", fast=self.config.fast,
-            template=self._template, account=self._account,
+            template=self._template, account=self._account, settings=self.config.pg_settings,
         )  # fmt: skip
 
     def _redis(self, i: int) -> RedisServer:

@@ -85,15 +85,19 @@ async def test_production_redis_admits_only_the_processes_acl_user(tmp_path: Pat
         settings = FESettings(redis_username=ACL_USER, redis_password=password)
         cache = ReadCache(url, 0, **redis_credentials(settings))
         try:
-            await cache.ping()
-            assert cache.redis is not None
-            await cache.redis.hset("u:alice", "f", b"v")
-            assert await cache.redis.hget("u:alice", "f") == b"v"
-            await cache.redis.flushdb()  # the recovery flush is allowed
-            with pytest.raises(NoPermissionError):
-                await cache.redis.config_get("maxmemory")
+            await cache.ping()  # the cache's own connection is admitted with them
         finally:
             await cache.close()
+        # What that ACL user may do, through a client made with the same credentials.
+        client = aioredis.Redis.from_url(url, **redis_credentials(settings))
+        try:
+            await client.hset("u:alice", "f", b"v")
+            assert await client.hget("u:alice", "f") == b"v"
+            await client.flushdb()  # the recovery flush is allowed
+            with pytest.raises(NoPermissionError):
+                await client.config_get("maxmemory")
+        finally:
+            await client.aclose()
         # No credentials, the default user, or a wrong password: refused.
         for kwargs in ({}, {"password": password}, {"username": ACL_USER, "password": "wrong"}):
             client = aioredis.Redis.from_url(url, **kwargs)
