@@ -11,7 +11,7 @@ from aiohttp import web
 from shared import policy
 from shared.appkeys import CACHE, PG_POOL, REQUEST_SHARD, SHARD_ID, VERIFIER
 from shared.auth import Principal
-from shared.cache import Loader, ReadCache
+from shared.cache import ReadCache
 from shared.cachekeys import user_group, visits_group
 from shared.db import db_errors
 from shared.errors import Misdirected, NotFound
@@ -21,7 +21,7 @@ _USER_NAME = re.compile(USER_NAME_PATTERN)
 
 
 __all__ = [
-    "Misdirected", "cache", "check_owner", "owned", "owned_read", "path_user_name", "pool",
+    "Misdirected", "cache", "check_owner", "owned_read", "path_user_name", "pool",
     "principal", "require_owned", "user_request",
 ]
 
@@ -72,24 +72,6 @@ async def check_owner(request: web.Request, user_name: str, owner: int | None) -
         raise Misdirected(f"{user_name} belongs to shard {owner}, not {shard_id}", owner=owner)
 
 
-def owned(request: web.Request, user_name: str, load: Loader) -> Loader:
-    """``load``, checking again first that this shard owns ``user_name``.
-
-    The cache calls a load under a lease, and a lease taken after a bucket move's
-    invalidation would fill this shard's Redis with the row as it was at the flip (for a
-    gateway on the old map to serve after the new owner's writes) if the check before the
-    lease passed just before the flip. Only with the cache on: without it nothing is filled.
-    """
-    if not cache(request).enabled:
-        return load
-
-    async def checked() -> bytes | None:
-        await require_owned(request, user_name)
-        return await load()
-
-    return checked
-
-
 async def user_request(
     request: web.Request, *, check_owned: bool = True
 ) -> tuple[Principal, str]:
@@ -122,8 +104,9 @@ async def owned_read(
 
     Through the cache, the check comes first: a cached value is served only where the
     database owns the user; and the load that fills the cache, under its lease, checks again
-    (as :func:`owned` does) with the owner its own query reads, so that a read checked just
-    before a bucket move's flip cannot fill this shard's Redis after the move's invalidation.
+    with the owner its own query reads, so that a read checked just before a bucket move's
+    flip cannot fill this shard's Redis after the move's invalidation (a gateway on the old
+    map would serve that row after the new owner's writes).
     Without the cache (turned off, or Redis down), ``load(True)`` reads the owner in the same
     query as the resource and checks it before using the row: one round trip, not two.
     """
