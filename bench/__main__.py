@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench.loadgen import Load, LoadError
 from bench.overload import CLIENTS, CONNECTIONS
+from bench.overload import PATHS as OVERLOAD_PATHS
 from bench.report import RESULTS_DIR
 from bench.runner import Options, run
 from bench.scenarios import DEFAULT_SCENARIOS, DEFAULT_VARIANTS, SCENARIOS, STEPS, VARIANTS
@@ -108,6 +109,12 @@ def parse(argv: list[str] | None = None) -> Options:
         " after a 503 or 429) and/or ignore (resend at once)",
     )
     p.add_argument(
+        "--overload-paths",
+        default=",".join(k for k, _, _ in OVERLOAD_PATHS),
+        help="comma-separated paths of the overload table, of: "
+        + ", ".join(k for k, _, _ in OVERLOAD_PATHS),
+    )
+    p.add_argument(
         "--pg-setting",
         action="append",
         default=[],
@@ -125,6 +132,10 @@ def parse(argv: list[str] | None = None) -> Options:
     unknown = set(a.overload_clients.split(",")) - set(CLIENTS) - {""}
     if unknown:
         p.error(f"--overload-clients: unknown {sorted(unknown)}; choose from {list(CLIENTS)}")
+    paths = [k for k in a.overload_paths.split(",") if k]
+    known_paths = {k for k, _, _ in OVERLOAD_PATHS}
+    if set(paths) - known_paths:
+        p.error(f"--overload-paths: unknown {sorted(set(paths) - known_paths)}")
     workers = int(a.nginx_workers) if a.nginx_workers.isdigit() else a.nginx_workers
     return Options(
         load=Load(
@@ -152,6 +163,7 @@ def parse(argv: list[str] | None = None) -> Options:
         overload_duration=a.overload_duration,
         overload_connections=tuple(int(c) for c in a.overload_connections.split(",") if c),
         overload_clients=tuple(c for c in a.overload_clients.split(",") if c),
+        overload_paths=tuple(paths),
     )
 
 
