@@ -195,15 +195,8 @@ def participant(
     }
 
 
-def duration_minutes(started: dt.datetime, ended: dt.datetime | None) -> int | None:
-    """Whole minutes from start to end (rounded half away from zero, as PostgreSQL's
-    ``round(numeric)``), None when the visit has no end."""
-    if ended is None:
-        return None
-    return _minutes((ended - started).total_seconds())
-
-
 def _minutes(seconds: float) -> int:
+    """Whole minutes (rounded half away from zero, as PostgreSQL's ``round(numeric)``)."""
     exact = decimal.Decimal(repr(seconds)) / 60
     return int(exact.quantize(decimal.Decimal(1), rounding=decimal.ROUND_HALF_UP))
 
