@@ -63,6 +63,9 @@ class CodedFields:
     """
 
     LIMIT = 50_000
+    # Up to this many remembered values that left something out, their uses in a block are
+    # counted by a pass of the block each (list.count); past it, by one Counter of the block.
+    FEW_LEFT = 8
     FIELDS = ("diagnoses", "vitals", "medications")
     CHECKS: dict[str, Callable[[object, deidentify.LeftOut], object]] = {
         "diagnoses": deidentify.coded_diagnoses,
@@ -82,12 +85,17 @@ class CodedFields:
     def released(self, field: int, raws: list[bytes]) -> list[bytes]:
         """The part of the line of each value in ``raws`` (field ``field`` of ``FIELDS``) —
         ``,"diagnoses":[…]`` — checking the values not seen yet; the uses are counted."""
-        memo = self._released[field]
-        if not self._left[field]:
-            # Nothing seen so far left anything out: the uses need no counting, and when every
-            # value is known (clinical data repeats) one lookup each is all there is to do.
+        memo, lefts = self._released[field], self._left[field]
+        if len(lefts) <= self.FEW_LEFT:
+            # When every value is known (clinical data repeats), one lookup each is all there
+            # is to do, and the uses to count are those of the few values that left something
+            # out (only theirs are ever read: _settle): one pass of the list each, in C.
             known = list(map(memo.get, raws))
             if None not in known:
+                counts = self._uses[field]
+                for raw in lefts:
+                    if used := raws.count(raw):
+                        counts[raw] += used
                 return known  # type: ignore[return-value]  # (no None in it)
         uses = Counter(raws)  # (one pass: the distinct values, and how often each is used)
         new = uses.keys() - memo.keys()

@@ -1,5 +1,6 @@
 """The extraction step of ``make bench``: a study run over 100,000 visits across the shards,
-beside a raw ``COPY (SELECT …) TO STDOUT`` of the same rows as the ceiling; then a run of
+beside a raw ``COPY (SELECT …) TO STDOUT`` of the same rows as the ceiling (three interleaved
+rounds, the median shown, every round's ratio kept in ``extra``); then a run of
 1,000,000 visits downloaded through nginx (first byte, rate, each hop's memory growth)."""
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ async def extraction(ctx: BenchContext) -> list[Row | Measurement]:
         seconds=result["extractSeconds"],
         baseline="extract_copy",
         target=0.5,
+        extra={"roundRatios": result["ratios"]},
     )
     hops = {"nginx": ctx.stack.nginx.pid, "anonymizer": ctx.stack.services["anonymizer"][0].pid}
     hops |= {f"gateway-{i}": g.pid for i, g in enumerate(ctx.stack.gateways)}

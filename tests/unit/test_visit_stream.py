@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from anonymizer import deidentify, shards, visitlines
 from anonymizer.deidentify import StudyKeys
@@ -205,3 +207,46 @@ async def test_waiting_for_the_writer_is_not_idleness() -> None:
         FakeCopy(copy_stream(), 64), "q", (), slow_writer, 1, visitlines.CodedFields(keys), 0.1
     )
     assert n == sum(got) == len(VISITS)
+
+
+# Medications as COPY sends them: clean (coded), and ones that leave something out (uncoded,
+# or a code without its system's form), each a distinct value.
+_MEDICATIONS = [
+    copy_field(jsonb_text(m))
+    for m in (
+        [{"system": "RxNorm", "code": "860975"}],
+        [{"system": "ATC", "code": "A10BA02", "name": NASTY}],
+        [{"name": "metformin", "dose": "500 mg"}],
+        [{"name": NASTY}, {"system": "RxNorm", "code": "860975"}],
+        [{"system": "RxNorm", "code": "86O975"}],
+        None,
+    )
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    blocks=st.lists(st.lists(st.sampled_from(_MEDICATIONS), max_size=12), max_size=8),
+    few_left=st.sampled_from([0, 1, 2, 8]),
+    limit=st.sampled_from([1, 2, 3, 50_000]),
+)
+def test_coded_fields_count_every_use_of_what_was_left_out(
+    blocks: list[list[bytes]], few_left: int, limit: int
+) -> None:
+    """However the values are spread over blocks, remembered or forgotten, counted by a pass
+    per value or by a Counter: the counts are those of checking every use afresh."""
+    coded = visitlines.CodedFields(StudyKeys(KEY, "study-s"))
+    coded.FEW_LEFT, coded.LIMIT = few_left, limit
+    medications = coded.FIELDS.index("medications")
+    want: Counter[str] = Counter()
+    for block in blocks:
+        got = coded.released(medications, list(block))
+        for raw, part in zip(block, got, strict=True):
+            text = visitlines.copy_text(raw)
+            value = deidentify.coded_medications(
+                None if text is None else orjson.loads(text), want
+            )
+            assert part == b',"medications":' + orjson.dumps(value)
+    left: Counter[str] = Counter()
+    coded.count_into(left)
+    assert +left == +want
