@@ -95,7 +95,16 @@ def parse(argv: list[str] | None = None) -> Options:
         "(each path at 50-1000 connections); default both",
     )
     p.add_argument(
-        "--overload-duration", type=float, default=8.0, help="seconds per overload level (8)"
+        "--overload-duration",
+        type=float,
+        default=5.0,
+        help="seconds per overload level and pass (5)",
+    )
+    p.add_argument(
+        "--overload-passes",
+        type=int,
+        default=3,
+        help="interleaved passes over the overload levels, each level's goodput the median (3)",
     )
     p.add_argument(
         "--overload-connections",
@@ -136,6 +145,8 @@ def parse(argv: list[str] | None = None) -> Options:
     known_paths = {k for k, _, _ in OVERLOAD_PATHS}
     if set(paths) - known_paths:
         p.error(f"--overload-paths: unknown {sorted(set(paths) - known_paths)}")
+    if a.overload_passes < 1:
+        p.error("--overload-passes: at least 1")
     workers = int(a.nginx_workers) if a.nginx_workers.isdigit() else a.nginx_workers
     return Options(
         load=Load(
@@ -161,6 +172,7 @@ def parse(argv: list[str] | None = None) -> Options:
         hello_each=a.hello_each,
         pg_settings=tuple(a.pg_setting),
         overload_duration=a.overload_duration,
+        overload_passes=a.overload_passes,
         overload_connections=tuple(int(c) for c in a.overload_connections.split(",") if c),
         overload_clients=tuple(c for c in a.overload_clients.split(",") if c),
         overload_paths=tuple(paths),

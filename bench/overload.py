@@ -80,6 +80,8 @@ class OverloadRow:
     statuses: dict[int, int]
     # Cores busy per component kind during the run (procstat.CpuMeter).
     cpu_cores: dict[str, float] = field(default_factory=dict)
+    # Each pass's goodput, in the order measured (overload: the row's is their median).
+    pass_goodputs: list[float] = field(default_factory=list)
 
 
 def listen_overflows() -> int | None:
@@ -130,8 +132,9 @@ async def _wrk(
 
 async def measure_level(
     ctx: BenchContext, key: str, title: str, script: str, clients: str, connections: int
-) -> OverloadRow:
-    """One path at one number of connections: a short warm-up, then the measured run."""
+) -> tuple[OverloadRow, list[float]]:
+    """One path at one number of connections: a short warm-up, then the measured run; the
+    row and the latencies (ms) of its 2xx."""
     opts = ctx.options
     load = Load(connections=connections, threads=opts.load.threads,
                 duration=opts.overload_duration, timeout=TIMEOUT)  # fmt: skip
@@ -176,20 +179,63 @@ async def measure_level(
         title, clients, connections, row.goodput, _ms(row.p50_ms), _ms(row.p99_ms), row.shed_503,
         row.s429, row.timeouts, row.s502_504, row.other_5xx, row.listen_overflows,
     )  # fmt: skip
-    return row
+    return row, ok_ms
+
+
+def combine(passes: list[tuple[OverloadRow, list[float]]]) -> OverloadRow:
+    """One level's passes as one row: the median goodput (each pass's kept), the latency
+    percentiles of every pass's 2xx together, every count summed, the cores averaged."""
+    rows = [r for r, _ in passes]
+    ok_ms = [ms for _, lat in passes for ms in lat]
+    first = rows[0]
+    overflows = [r.listen_overflows for r in rows]
+    statuses: dict[int, int] = {}
+    for r in rows:
+        for code, n in r.statuses.items():
+            statuses[code] = statuses.get(code, 0) + n
+    kinds = {k for r in rows for k in r.cpu_cores}
+
+    def total(name: str) -> int:
+        return sum(int(getattr(r, name)) for r in rows)
+
+    return OverloadRow(
+        path=first.path, title=first.title, clients=first.clients,
+        connections=first.connections, seconds=sum(r.seconds for r in rows),
+        goodput=statistics.median(r.goodput for r in rows),
+        p50_ms=_percentile(ok_ms, 50), p99_ms=_percentile(ok_ms, 99),
+        max_ms=max(ok_ms) if ok_ms else None,
+        shed_503=total("shed_503"), other_503=total("other_503"), s429=total("s429"),
+        timeouts=total("timeouts"), s502_504=total("s502_504"), other_5xx=total("other_5xx"),
+        other=total("other"), socket_errors=total("socket_errors"),
+        listen_overflows=None if None in overflows else sum(o or 0 for o in overflows),
+        statuses=dict(sorted(statuses.items())),
+        cpu_cores={k: sum(r.cpu_cores.get(k, 0.0) for r in rows) / len(rows) for k in kinds},
+        pass_goodputs=[round(r.goodput) for r in rows],
+    )  # fmt: skip
 
 
 async def overload(ctx: BenchContext) -> list[OverloadRow]:
-    """Every path at every number of connections, as rows of the overload table."""
+    """Every path at every number of connections, as rows of the overload table.
+
+    The levels of a path are measured in interleaved passes (50, 200, 500, 1,000, then again),
+    each level's row combining its passes (:func:`combine`): on a shared machine whose speed
+    drifts by 10-15 % from one minute to the next, one run per level, in order, compares the
+    levels as much as the minutes they ran in.
+    """
+    opts = ctx.options
     rows = []
-    for clients in ctx.options.overload_clients:
+    for clients in opts.overload_clients:
         for key, title, script in PATHS:
-            if key not in ctx.options.overload_paths:
+            if key not in opts.overload_paths:
                 continue
-            for connections in ctx.options.overload_connections:
-                for proc in ctx.stack.processes():
-                    proc.check_alive()
-                rows.append(await measure_level(ctx, key, title, script, clients, connections))
+            passes: dict[int, list[tuple[OverloadRow, list[float]]]] = {}
+            for _ in range(opts.overload_passes):
+                for connections in opts.overload_connections:
+                    for proc in ctx.stack.processes():
+                        proc.check_alive()
+                    measured = await measure_level(ctx, key, title, script, clients, connections)
+                    passes.setdefault(connections, []).append(measured)
+            rows += [combine(passes[c]) for c in opts.overload_connections]
     return rows
 
 
@@ -200,8 +246,8 @@ def markdown(rows: list[OverloadRow]) -> list[str]:
     lines = [
         "| path | Retry-After | conns | goodput 2xx/s | vs first | p50 ms (2xx) | p99 ms (2xx) "
         "| p99 vs first | max ms (2xx) | shed 503 | 429 | timeouts | 502/504 | other 5xx | other | "
-        "socket errors | listen overflows |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "socket errors | listen overflows | goodput of each pass |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     first: dict[tuple[str, str], OverloadRow] = {}
     for r in rows:
@@ -214,7 +260,8 @@ def markdown(rows: list[OverloadRow]) -> list[str]:
             f"| {r.shed_503} | {r.s429} "
             f"| {r.timeouts} | {r.s502_504} | {r.other_5xx + r.other_503} | {r.other} "
             f"| {r.socket_errors} "
-            f"| {'' if r.listen_overflows is None else r.listen_overflows} |"
+            f"| {'' if r.listen_overflows is None else r.listen_overflows} "
+            f"| {', '.join(f'{g:,.0f}' for g in r.pass_goodputs)} |"
         )
     return lines
 

@@ -102,7 +102,8 @@ class Options:
     hello_each: bool = False
     # Further PostgreSQL settings ("name=value") for every cluster of the stack.
     pg_settings: tuple[str, ...] = ()
-    overload_duration: float = 8.0
+    overload_duration: float = 5.0
+    overload_passes: int = 3
     overload_paths: tuple[str, ...] = tuple(p[0] for p in overload.PATHS)
     overload_connections: tuple[int, ...] = overload.CONNECTIONS
     overload_clients: tuple[str, ...] = overload.CLIENTS
@@ -415,8 +416,10 @@ async def run_overload(ctx: BenchContext, base_env: dict[str, dict[str, str]]) -
     ctx.report.tables["Overload (through nginx, rate limit off)"] = (
         overload.markdown(rows)
         + ["", f"wrk {ctx.options.load.threads} thread(s), {ctx.options.overload_duration:g} s "
-           f"per level, timeout {overload.TIMEOUT:g} s. p50/p99/max of the 2xx from nginx's "
-           "access log (ms resolution); \"vs first\" compares with the path's fewest "
+           f"per level and pass, {ctx.options.overload_passes} interleaved passes (each "
+           "level's goodput is the median of its passes, its latencies those of every pass's "
+           f"2xx, its counts summed), timeout {overload.TIMEOUT:g} s. p50/p99/max of the 2xx "
+           "from nginx's access log (ms resolution); \"vs first\" compares with the path's fewest "
            "connections with the same clients; Retry-After: honour = each 503 or 429 "
            "makes one connection wait its Retry-After, ignore = wrk resends at once; "
            "shed 503 = 503 with Retry-After; other 5xx includes 503s without it. "
