@@ -182,7 +182,7 @@ def test_nginx_lets_through_what_the_gateways_admit_together() -> None:
         assert f"limit_conn inflight {every};" in text
         assert f"limit_conn inflight_uncached {uncached};" in text
         assert text.count(f"max_fails=3 fail_timeout=2s max_conns={every};") == n
-        assert f"keepalive {every};" in text
+        assert f"keepalive {every * n};" in text  # every connection max_conns allows, kept
         assert "proxy_next_upstream error;" in text  # never on a timeout: no doubled load
 
 
