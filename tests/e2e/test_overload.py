@@ -5,7 +5,9 @@ that lets 96 requests in flight through nginx and whose gateways admit 72 each
 (nginx.conf.j2, shared/admission.py): many times what the machine serves. The burst must
 leave no 502 or 504, every answer that is not a 2xx a 503 with Retry-After (a shed) or a 429
 (the rate limit), no listen queue overflowing (the kernel's counter), and the stack serving
-normally within a second after the burst.
+normally within a second after the burst. And nginx keeps its connections to the gateways
+through it: a burst that made it close and reopen them would spend the gateways' CPU on
+connections instead of requests.
 
 nginx's rate limit is raised for the burst (and put back after): wrk sends from one address,
 and the point is overload, not rate limiting. The kernel's listen-overflow counter is
@@ -26,6 +28,7 @@ from tests.e2e.api import Api, unique
 
 BURST_CONNECTIONS = 1000
 BURST_SECONDS = 5.0
+WAVE_SECONDS = 5.0
 
 
 @pytest.fixture
@@ -41,6 +44,34 @@ async def _shed_count(http, stack) -> float:  # type: ignore[no-untyped-def]
                 if line.startswith("medsvc_admission_shed_total{"):
                     total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def _gateway_connections(ports: set[int]) -> set[tuple[int, str]]:
+    """The established TCP connections accepted on ``ports`` (the gateways'), by (port, peer),
+    from /proc/net/tcp{,6} (state 01: established)."""
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, peer, state = fields[1], fields[2], fields[3]
+            port = int(local.rsplit(":", 1)[1], 16)
+            if state == "01" and port in ports:
+                out.add((port, peer))
+    return out
+
+
+async def _connection_churn(ports: set[int], at: float) -> tuple[int, int]:
+    """(connections to the gateways at ``at`` s into the burst, how many of them were closed
+    within the next second). (New ones may open meanwhile: the burst still ramping up.)"""
+    await asyncio.sleep(at)
+    before = _gateway_connections(ports)
+    await asyncio.sleep(1.0)
+    after = _gateway_connections(ports)
+    return len(before), len(before - after)
 
 
 async def _probe_during_burst(admin: Api, users: list[str], until: float) -> list[str]:
@@ -127,3 +158,39 @@ async def test_a_burst_far_past_saturation_is_shed_without_collapse(
     # And it keeps serving: every one of a few more requests succeeds.
     for name in users:
         assert (await admin.call("GET", f"/v1/users/{name}")).status == 200
+
+
+async def test_nginx_keeps_its_gateway_connections_through_waves_of_clients(
+    admin: Api, stack, admin_token, tmp_path: Path
+) -> None:
+    """Clients that honour Retry-After come back in waves (the shed ones a second later, all
+    at once): the requests in flight swing between the edge bound and a few. nginx must keep
+    the connections to the gateways through the troughs (its idle pool holds every connection
+    max_conns allows to every gateway); a pool of one edge bound for two gateways closed
+    connections to one while opening new ones to the other, hundreds a second."""
+    wrk_binary()
+    users = [(await admin.create_patient(unique("waves")))["userName"] for _ in range(8)]
+    users_file = tmp_path / "users.txt"
+    users_file.write_text("\n".join(users) + "\n")
+    nginx = stack.nginx
+    rate, burst = nginx.config.rate, nginx.config.burst
+    nginx.config.rate = nginx.config.burst = 1_000_000
+    await nginx.reload()
+    await asyncio.sleep(1.0)
+    try:
+        load = Load(connections=500, threads=1, duration=WAVE_SECONDS, timeout=10)
+        run = WrkRun(
+            stack.base_url, "get_user", [str(users_file), admin_token, "1"], load, WAVE_SECONDS,
+            env={"BENCH_HONOUR_RETRY_AFTER": "1"},
+        )  # fmt: skip
+        await run.start()
+        ports = {int(gw.url.rsplit(":", 1)[1]) for gw in stack.gateways}
+        connections, closed = await _connection_churn(ports, 2.5)
+        result = await run.result()
+    finally:
+        nginx.config.rate, nginx.config.burst = rate, burst
+        await nginx.reload()
+    print(f"waves: statuses {result.statuses}, connections to the gateways {connections}, "
+          f"closed within a second {closed}")  # fmt: skip
+    assert result.statuses.get(503, 0) > 0, result.statuses  # the edge did shed: waves
+    assert connections > 0 and closed <= connections // 20, (connections, closed)
