@@ -33,7 +33,7 @@ import orjson
 
 from anonymizer import store
 from anonymizer.app import extractor_scope
-from anonymizer.extract import begin_run, execute
+from anonymizer.extract import Extractor, begin_run, execute
 from anonymizer.models import StudyIn
 from anonymizer.settings import AnonymizerSettings
 from shared.shardmap import ShardMap, load_shard_map
@@ -184,6 +184,18 @@ async def raw_copy(
             await c.close()
 
 
+async def timed_run(ex: Extractor, study_id: str) -> tuple[asyncpg.Record, float]:
+    """One run of ``study_id``, started and executed here, as a manual run would be; its
+    final row (it must have succeeded) and its seconds."""
+    started = time.perf_counter()
+    handle = await begin_run(ex, study_id, "cli", "bench")
+    assert handle is not None
+    row = await execute(handle)
+    seconds = time.perf_counter() - started
+    assert row["status"] == "succeeded", row["error"]
+    return row, seconds
+
+
 async def settle(shard_map: ShardMap, password: str | None) -> None:
     """Vacuum and analyse the shards' tables and checkpoint them: what a settled database
     looks like. Right after a seed (or the bench's load scenarios), autovacuum, hint bits and
@@ -229,12 +241,7 @@ async def extraction_benchmark(
             await consent_all(shard_map, study_id, password)
             await settle(shard_map, password)
             copy_rows, copy_seconds = await raw_copy(shard_map, study_id, password)
-            started = time.perf_counter()
-            handle = await begin_run(ex, study_id, "cli", "bench")
-            assert handle is not None
-            row = await execute(handle)
-            seconds = time.perf_counter() - started
-            assert row["status"] == "succeeded", row["error"]
+            row, seconds = await timed_run(ex, study_id)
             if n < 0:
                 continue  # the warm-up round (as every wrk figure has its warm-up)
             extracted = row["counts"]["visit"]
@@ -269,12 +276,7 @@ async def streaming_benchmark(
     async with extractor_scope(settings, shard_map) as ex:
         await store.insert_study(ex.registry, StudyIn(studyId=study_id, title="bench"), "bench")
         await consent_all(shard_map, study_id, password, prefix=prefix)
-        started = time.perf_counter()
-        handle = await begin_run(ex, study_id, "cli", "bench")
-        assert handle is not None
-        row = await execute(handle)
-        run_seconds = time.perf_counter() - started
-    assert row["status"] == "succeeded", row["error"]
+        row, run_seconds = await timed_run(ex, study_id)
     url = f"{base_url}/v1/studies/{study_id}/runs/{row['run_id']}/records"
     got = await sampled_download(url, token, hops)
     assert got["sha256"] == row["manifest"]["recordsSha256"], "the download is not the run's body"
