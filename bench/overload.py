@@ -81,7 +81,7 @@ class OverloadRow:
     # Cores busy per component kind during the run (procstat.CpuMeter).
     cpu_cores: dict[str, float] = field(default_factory=dict)
     # Each pass's goodput, in the order measured (overload: the row's is their median).
-    pass_goodputs: list[float] = field(default_factory=list)
+    pass_goodputs: list[int] = field(default_factory=list)
 
 
 def listen_overflows() -> int | None:

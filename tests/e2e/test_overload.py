@@ -5,9 +5,10 @@ that lets 96 requests in flight through nginx and whose gateways admit 72 each
 (nginx.conf.j2, shared/admission.py): many times what the machine serves. The burst must
 leave no 502 or 504, every answer that is not a 2xx a 503 with Retry-After (a shed) or a 429
 (the rate limit), no listen queue overflowing (the kernel's counter), and the stack serving
-normally within a second after the burst. And nginx keeps its connections to the gateways
-through it: a burst that made it close and reopen them would spend the gateways' CPU on
-connections instead of requests.
+normally within a second after the burst. A second test sends clients that honour
+Retry-After, which come back in waves: nginx must keep its connections to the gateways
+through them (closing and reopening them spends the gateways' CPU on connections instead of
+requests).
 
 nginx's rate limit is raised for the burst (and put back after): wrk sends from one address,
 and the point is overload, not rate limiting. The kernel's listen-overflow counter is
@@ -17,7 +18,9 @@ machine-wide: on a machine shared with other load tests it can move for their so
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -44,6 +47,21 @@ async def _shed_count(http, stack) -> float:  # type: ignore[no-untyped-def]
                 if line.startswith("medsvc_admission_shed_total{"):
                     total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+@contextlib.asynccontextmanager
+async def _rate_limit_off(nginx) -> AsyncIterator[None]:  # type: ignore[no-untyped-def]
+    """nginx's rate limit raised out of reach meanwhile (wrk sends from one address), then
+    put back."""
+    rate, burst = nginx.config.rate, nginx.config.burst
+    nginx.config.rate = nginx.config.burst = 1_000_000
+    await nginx.reload()
+    await asyncio.sleep(1.0)  # the new workers take the new connections
+    try:
+        yield
+    finally:
+        nginx.config.rate, nginx.config.burst = rate, burst
+        await nginx.reload()
 
 
 def _gateway_connections(ports: set[int]) -> set[tuple[int, str]]:
@@ -99,12 +117,7 @@ async def test_a_burst_far_past_saturation_is_shed_without_collapse(
     for name in users:  # cached, as the fast path would have them
         assert (await admin.call("GET", f"/v1/users/{name}")).status == 200
 
-    nginx = stack.nginx
-    rate, burst = nginx.config.rate, nginx.config.burst
-    nginx.config.rate = nginx.config.burst = 1_000_000
-    await nginx.reload()
-    await asyncio.sleep(1.0)  # the new workers take the new connections
-    try:
+    async with _rate_limit_off(stack.nginx):
         sheds_before = await _shed_count(http, stack)
         overflows_before = listen_overflows()
         load = Load(connections=BURST_CONNECTIONS, threads=1, duration=BURST_SECONDS, timeout=10)
@@ -133,9 +146,6 @@ async def test_a_burst_far_past_saturation_is_shed_without_collapse(
         overflows_after = listen_overflows()
         wrong = await probe
         sheds = await _shed_count(http, stack) - sheds_before
-    finally:
-        nginx.config.rate, nginx.config.burst = rate, burst
-        await nginx.reload()
 
     statuses = result.statuses
     print(
@@ -172,12 +182,7 @@ async def test_nginx_keeps_its_gateway_connections_through_waves_of_clients(
     users = [(await admin.create_patient(unique("waves")))["userName"] for _ in range(8)]
     users_file = tmp_path / "users.txt"
     users_file.write_text("\n".join(users) + "\n")
-    nginx = stack.nginx
-    rate, burst = nginx.config.rate, nginx.config.burst
-    nginx.config.rate = nginx.config.burst = 1_000_000
-    await nginx.reload()
-    await asyncio.sleep(1.0)
-    try:
+    async with _rate_limit_off(stack.nginx):
         load = Load(connections=500, threads=1, duration=WAVE_SECONDS, timeout=10)
         run = WrkRun(
             stack.base_url, "get_user", [str(users_file), admin_token, "1"], load, WAVE_SECONDS,
@@ -187,9 +192,6 @@ async def test_nginx_keeps_its_gateway_connections_through_waves_of_clients(
         ports = {int(gw.url.rsplit(":", 1)[1]) for gw in stack.gateways}
         connections, closed = await _connection_churn(ports, 2.5)
         result = await run.result()
-    finally:
-        nginx.config.rate, nginx.config.burst = rate, burst
-        await nginx.reload()
     print(f"waves: statuses {result.statuses}, connections to the gateways {connections}, "
           f"closed within a second {closed}")  # fmt: skip
     assert result.statuses.get(503, 0) > 0, result.statuses  # the edge did shed: waves
