@@ -188,7 +188,7 @@ async def _extract(handle: RunHandle) -> asyncpg.Record:
         handle.study_id,
         handle.row["run_id"],
     )
-    keys = StudyKeys(ex.master_key, study_id)
+    keys = StudyKeys(ex.master_key, study_id, handle.study["pseudonyms"])
     cutoff = deidentify.ninety_plus_cutoff(shards.today())
     async with conn.transaction():
         marks = await store.watermarks(conn, study_id)

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from anonymizer.deidentify import StudyKeys
+from anonymizer.deidentify import AES_MMO, StudyKeys
 from anonymizer.settings import LOCAL_PSEUDONYM_KEY
 from tests.e2e.api import Api, Reply, unique
 
@@ -21,8 +21,9 @@ def study_id(prefix: str = "study") -> str:
 
 
 def keys(study: str) -> StudyKeys:
-    """The study's pseudonym functions under the local stack's master key."""
-    return StudyKeys(LOCAL_PSEUDONYM_KEY.encode(), study)
+    """The study's pseudonym functions under the local stack's master key (a study registered
+    now: AES-MMO vids)."""
+    return StudyKeys(LOCAL_PSEUDONYM_KEY.encode(), study, AES_MMO)
 
 
 @dataclass

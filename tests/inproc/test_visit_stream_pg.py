@@ -27,10 +27,12 @@ NASTY = 'Jane "JD" Doe\tC:\\notes\\N\nline\r2 \b\f\v \\N é'
 DIAGNOSES = [{"system": "ICD-10", "code": "E11.9", "display": NASTY}, {"code": NASTY}]
 VITALS = {"heartRate": 61, NASTY: 1}
 MEDICATIONS = [{"name": NASTY}, {"name": NASTY, "system": "RxNorm", "code": "860975"}]
-# The columns of shards._VISITS_ALL, with the values above ($1: jsonb texts) for n visits ($2).
+# The columns of shards._VISITS_ALL, with the values above ($1: jsonb texts) for n visits ($2),
+# all of one participant whose userName COPY escapes (no such userName passes the API: the
+# lookup of the line's start holds for any text).
+USER_NAME = NASTY
 QUERY = """
-SELECT '","year":2024,"type":"inpatient","durationMinutes":35',
-       '{"kind":"visit","pid":"0123456789abcdef0123456789abcdef","vid":"',
+SELECT '","year":2024,"type":"inpatient","durationMinutes":35', ($1::text[])[4],
        'visit-' || n, n % 2 = 0, ($1::text[])[1]::jsonb, ($1::text[])[2]::jsonb,
        CASE WHEN n % 3 = 0 THEN NULL ELSE ($1::text[])[3]::jsonb END
 FROM generate_series(1, $2::int) AS n"""
@@ -47,15 +49,16 @@ async def conn(pg: PostgresServer) -> AsyncIterator[asyncpg.Connection]:
 
 
 def args(n: int) -> tuple[Any, ...]:
-    return ([orjson.dumps(v).decode() for v in (DIAGNOSES, VITALS, MEDICATIONS)], n)
+    return ([*(orjson.dumps(v).decode() for v in (DIAGNOSES, VITALS, MEDICATIONS)), USER_NAME], n)
 
 
 async def stream(
     conn: asyncpg.Connection, n: int, emit: Callable[[bytes, int], Awaitable[None]]
 ) -> tuple[int, Counter[str]]:
     coded = visitlines.CodedFields(StudyKeys(KEY, "study-s"))
+    lines = visitlines.VisitLines(coded, visitlines.VisitLines.starts({USER_NAME: PID}))
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        got = await shards._stream_visits(conn, QUERY, args(n), emit, 2, coded)
+        got = await shards._stream_visits(conn, QUERY, args(n), emit, 2, lines)
     left: Counter[str] = Counter()
     coded.count_into(left)
     return got, left

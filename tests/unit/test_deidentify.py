@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from anonymizer import deidentify, kanon
 from anonymizer.deidentify import RESTRICTED_ZIP3, StudyKeys
@@ -53,6 +56,66 @@ def test_vids_in_bulk_are_the_hmac_of_each_visit_id() -> None:
     assert keys.vids([v.encode() for v in VISIT_IDS]) == expected
     assert [keys.vid(v).encode() for v in VISIT_IDS] == expected
     assert keys.vids([]) == []
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.uuids(), max_size=40))
+def test_aes_mmo_vids_are_aes_of_the_visit_id_xored_with_it(ids: list[uuid.UUID]) -> None:
+    """The bulk path (one AES call, one XOR, one hexlify) is, visit for visit, the
+    construction of the module's docstring computed one block at a time."""
+    import hashlib
+    import hmac
+
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    keys = StudyKeys(KEY, "s", deidentify.AES_MMO)
+    study_key = hmac.new(KEY, b"study:s", hashlib.sha256).digest()
+    vid_key = hmac.new(study_key, b"vid:aes-mmo", hashlib.sha256).digest()
+
+    def reference(u: uuid.UUID) -> bytes:
+        block = Cipher(algorithms.AES(vid_key), modes.ECB()).encryptor().update(u.bytes)
+        return bytes(a ^ b for a, b in zip(block, u.bytes, strict=True)).hex().encode()
+
+    expected = [reference(u) for u in ids]
+    assert keys.vids([str(u).encode() for u in ids]) == expected
+    assert [keys.vid(str(u)).encode() for u in ids] == expected
+
+
+def test_aes_mmo_vids_are_stable_within_a_study_and_differ_across_studies_and_keys() -> None:
+    visit = "0b9f2c1e-0000-4000-8000-000000000001"
+    a1, a2 = StudyKeys(KEY, "study-a", "aes-mmo"), StudyKeys(KEY, "study-a", "aes-mmo")
+    assert a1.vid(visit) == a2.vid(visit) != StudyKeys(KEY, "study-b", "aes-mmo").vid(visit)
+    assert a1.vid(visit) != StudyKeys(KEY + b"!", "study-a", "aes-mmo").vid(visit)
+    assert a1.vid(visit) != StudyKeys(KEY, "study-a").vid(visit)  # the other scheme
+    assert a1.pid("alice.smith") == StudyKeys(KEY, "study-a").pid("alice.smith")
+    assert a1.version.startswith("aes-mmo:") and StudyKeys(KEY, "s").version.startswith("hmac")
+    with pytest.raises(ValueError, match="scheme"):
+        StudyKeys(KEY, "s", "rot13")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    good=st.lists(st.uuids().map(str), max_size=4),
+    bad=st.one_of(
+        st.text(max_size=40),
+        # a UUID's characters, its dashes moved: the hex digits still 32 and the length 36
+        st.uuids().map(
+            lambda u: u.hex[:7] + "-" + u.hex[7:11] + "--" + u.hex[11:19] + "-" + u.hex[19:]
+        ),
+    ),
+    at=st.integers(min_value=0, max_value=4),
+)
+def test_aes_mmo_refuses_a_visit_id_that_is_not_a_uuid(good: list[str], bad: str, at: int) -> None:
+    """Anything but a UUID's text, anywhere in a block, fails the block: no vid is computed
+    from hex digits shifted across visits."""
+    try:
+        uuid_text = str(uuid.UUID(bad)) == bad
+    except ValueError:
+        uuid_text = False
+    assume(not uuid_text)
+    ids = [*good[:at], bad, *good[at:]]
+    with pytest.raises(ValueError, match="not a UUID"):
+        StudyKeys(KEY, "s", deidentify.AES_MMO).vids([v.encode() for v in ids])
 
 
 def test_a_key_longer_than_a_block_is_hashed_first_as_hmac_does() -> None:

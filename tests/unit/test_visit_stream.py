@@ -23,9 +23,12 @@ from anonymizer.deidentify import StudyKeys
 
 KEY = b"test-master-key-of-some-length-0123456789"
 HEAD = b'","year":2024,"type":"inpatient","durationMinutes":35'
-START = b'{"kind":"visit","pid":"0123456789abcdef0123456789abcdef","vid":"'
 # Free text with every character COPY escapes, a quote, a backslash and COPY's NULL marker.
 NASTY = 'Jane "JD" Doe\tC:\\notes\\N\nline\r2 \b\f\v 555-0100 \\N'
+# The participants, by userName (one that COPY escapes: no such userName passes the API, the
+# lookup of the line's start holds for any text), and their pids; visit i is USERS[i % 2]'s.
+PIDS = {"jane.doe": "0123456789abcdef0123456789abcdef", NASTY: "fedcba9876543210fedcba9876543210"}
+USERS = list(PIDS)
 
 
 def copy_field(text: str | None) -> bytes:
@@ -63,8 +66,8 @@ VISITS: list[tuple[str, bool, Any, Any, Any]] = [
 def copy_stream() -> bytes:
     """The visits as the shard's COPY sends them (the columns of shards._VISITS_ALL)."""
     lines = []
-    for visit_id, type_ok, diagnoses, vitals, medications in VISITS:
-        fields = [HEAD, START, visit_id.encode(), b"t" if type_ok else b"f"]
+    for i, (visit_id, type_ok, diagnoses, vitals, medications) in enumerate(VISITS):
+        fields = [HEAD, copy_field(USERS[i % 2]), visit_id.encode(), b"t" if type_ok else b"f"]
         fields += [copy_field(jsonb_text(v)) for v in (diagnoses, vitals, medications)]
         lines.append(b"\t".join(fields) + b"\n")
     return b"".join(lines)
@@ -89,9 +92,13 @@ class FakeCopy:
 
 
 async def stream(
-    conn: Any, batch_rows: int = 2, idle: float = shards.IDLE_SECONDS, limit: int | None = None
+    conn: Any,
+    batch_rows: int = 2,
+    idle: float = shards.IDLE_SECONDS,
+    limit: int | None = None,
+    scheme: str = deidentify.AES_MMO,
 ) -> tuple[list[dict[str, Any]], Counter[str], list[int]]:
-    keys = StudyKeys(KEY, "study-s")
+    keys = StudyKeys(KEY, "study-s", scheme)
     coded = visitlines.CodedFields(keys)
     if limit is not None:
         coded.LIMIT = limit
@@ -103,7 +110,8 @@ async def stream(
         out.append(data)
         sizes.append(n)
 
-    n = await shards._stream_visits(conn, "q", (), emit, batch_rows, coded, idle)
+    lines = visitlines.VisitLines(coded, visitlines.VisitLines.starts(PIDS))
+    n = await shards._stream_visits(conn, "q", (), emit, batch_rows, lines, idle)
     left: Counter[str] = Counter()
     coded.count_into(left)
     records = [orjson.loads(line) for line in b"".join(out).splitlines()]
@@ -111,30 +119,33 @@ async def stream(
     return records, left, sizes
 
 
-def expected() -> tuple[list[dict[str, Any]], Counter[str]]:
+def expected(scheme: str = deidentify.AES_MMO) -> tuple[list[dict[str, Any]], Counter[str]]:
     """What deidentify makes of the visits (the head as the shard built it)."""
-    keys = StudyKeys(KEY, "study-s")
+    keys = StudyKeys(KEY, "study-s", scheme)
     left: Counter[str] = Counter()
     records = []
-    for visit_id, type_ok, diagnoses, vitals, medications in VISITS:
+    for i, (visit_id, type_ok, diagnoses, vitals, medications) in enumerate(VISITS):
         record = deidentify.visit_record(
-            keys, "0123456789abcdef0123456789abcdef", visit_id, "inpatient" if type_ok else "x",
+            keys, PIDS[USERS[i % 2]], visit_id, "inpatient" if type_ok else "x",
             2024, 35 * 60, diagnoses, vitals, medications, left,
         )  # fmt: skip
         records.append(record | {"type": "inpatient"})  # the head says inpatient
     return records, left
 
 
+@pytest.mark.parametrize("scheme", [deidentify.AES_MMO, deidentify.HMAC_SHA256])
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 64, 1 << 20])
-async def test_rows_cut_anywhere_give_the_reference_records_and_counts(size: int) -> None:
-    records, left, sizes = await stream(FakeCopy(copy_stream(), size))
-    want, want_left = expected()
+async def test_rows_cut_anywhere_give_the_reference_records_and_counts(
+    size: int, scheme: str
+) -> None:
+    records, left, sizes = await stream(FakeCopy(copy_stream(), size), scheme=scheme)
+    want, want_left = expected(scheme)
     assert records == want
     assert +left == +want_left
     assert left["invalidVisitType"] == 1 and left["invalidDiagnosis"] == 2
     assert left["uncodedMedication"] == 2 and left["invalidVitals"] == 2
     assert sum(sizes) == len(VISITS)
-    assert records[0]["vid"] == StudyKeys(KEY, "study-s").vid(VISITS[0][0])
+    assert records[0]["vid"] == StudyKeys(KEY, "study-s", scheme).vid(VISITS[0][0])
 
 
 @pytest.mark.parametrize("limit", [1, 2])
@@ -177,6 +188,18 @@ def test_copy_text_decodes_what_copy_escapes() -> None:
     assert visitlines.copy_text(b"plain") == b"plain"
 
 
+@given(st.text())
+def test_copy_field_writes_a_value_as_copy_does(text: str) -> None:
+    assert visitlines.copy_field(text) == copy_field(text)
+    assert visitlines.copy_text(visitlines.copy_field(text)) == text.encode()
+
+
+async def test_a_line_of_someone_who_is_not_a_participant_fails() -> None:
+    stranger = copy_stream().replace(b"\tjane.doe\t", b"\tjohn.roe\t", 1)
+    with pytest.raises(ValueError, match="not a participant"):
+        await stream(FakeCopy(stranger, 1 << 20))
+
+
 async def test_a_stream_ending_within_a_row_fails() -> None:
     with pytest.raises(ValueError, match="within a row"):
         await stream(FakeCopy(copy_stream()[:-5], 64))
@@ -203,8 +226,9 @@ async def test_waiting_for_the_writer_is_not_idleness() -> None:
         await asyncio.sleep(0.3)  # longer than the idle time, for every batch
         got.append(n)
 
+    lines = visitlines.VisitLines(visitlines.CodedFields(keys), visitlines.VisitLines.starts(PIDS))
     n = await shards._stream_visits(
-        FakeCopy(copy_stream(), 64), "q", (), slow_writer, 1, visitlines.CodedFields(keys), 0.1
+        FakeCopy(copy_stream(), 64), "q", (), slow_writer, 1, lines, 0.1
     )
     assert n == sum(got) == len(VISITS)
 
@@ -243,9 +267,7 @@ def test_coded_fields_count_every_use_of_what_was_left_out(
         got = coded.released(medications, list(block))
         for raw, part in zip(block, got, strict=True):
             text = visitlines.copy_text(raw)
-            value = deidentify.coded_medications(
-                None if text is None else orjson.loads(text), want
-            )
+            value = deidentify.coded_medications(None if text is None else orjson.loads(text), want)
             assert part == b',"medications":' + orjson.dumps(value)
     left: Counter[str] = Counter()
     coded.count_into(left)
