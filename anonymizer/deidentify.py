@@ -226,13 +226,8 @@ def country_code(value: object) -> str | None:
 
 
 def participant(
-    keys: StudyKeys,
-    user_name: str,
-    birth_date: dt.date,
-    sex: object,
-    address: Mapping[str, Any] | None,
-    cutoff: int,
-    left: LeftOut | None = None,
+    keys: StudyKeys, user_name: str, birth_date: dt.date, sex: object,
+    address: Mapping[str, Any] | None, cutoff: int, left: LeftOut | None = None,
 ) -> dict[str, Any]:
     """The participant record of a user row (before any k-anonymity generalisation).
 
@@ -267,15 +262,9 @@ def _minutes(seconds: float) -> int:
 
 
 def visit(
-    keys: StudyKeys,
-    pid: str,
-    visit_id: str,
-    visit_type: str,
-    started: dt.datetime,
-    ended: dt.datetime | None,
-    diagnoses: Sequence[Mapping[str, Any]] | None,
-    vitals: Mapping[str, Any] | None,
-    medications: Sequence[Mapping[str, Any]] | None,
+    keys: StudyKeys, pid: str, visit_id: str, visit_type: str, started: dt.datetime,
+    ended: dt.datetime | None, diagnoses: Sequence[Mapping[str, Any]] | None,
+    vitals: Mapping[str, Any] | None, medications: Sequence[Mapping[str, Any]] | None,
     left: LeftOut | None = None,
 ) -> dict[str, Any]:
     """The visit record of a visit row.
@@ -341,15 +330,8 @@ def bounded_vitals(vitals: object, left: LeftOut) -> dict[str, float] | None:
 
 
 def visit_record(
-    keys: StudyKeys,
-    pid: str,
-    visit_id: str,
-    visit_type: object,
-    year: object,
-    duration_seconds: float | None,
-    diagnoses: object,
-    vitals: object,
-    medications: object,
+    keys: StudyKeys, pid: str, visit_id: str, visit_type: object, year: object,
+    duration_seconds: float | None, diagnoses: object, vitals: object, medications: object,
     left: LeftOut,
 ) -> dict[str, Any]:
     """The visit record, from the start's UTC year and the visit's length in seconds (None: open).

@@ -83,8 +83,8 @@ _TYPES = ", ".join(f"'{t}'" for t in sorted(deidentify.VISIT_TYPES))
 # judgement and costs per row in Python: the line's head after the vid — the UTC year
 # (1900..9999), the type (one of the four, else null), the duration in minutes — from typed
 # columns (the year by date_part: a double, exact for a year, where extract's numeric costs
-# more per row). The userName picks the line's start with its pid and the vid (a keyed hash:
-# the key stays in this process) is computed here; the coded fields come as jsonb text,
+# more per row). Here the userName picks the line's start (with the pid) and the vid is
+# computed (keyed hashes: the key stays in this process); the coded fields come as jsonb text,
 # checked here (deidentify). Nothing else of the row is read. A filter, not a join with the
 # names: the planner has no statistics of an unnest's values and hashed the whole of
 # ``visits`` before it sent a row (spilling to disk, ~0.1 s on 50,000 visits); the list is a
@@ -178,10 +178,7 @@ class ShardPools:
         )  # fmt: skip
 
     async def _pool(
-        self,
-        pools: dict[int, asyncpg.Pool],
-        shard: Shard,
-        max_size: int | None = None,
+        self, pools: dict[int, asyncpg.Pool], shard: Shard, max_size: int | None = None,
         **options: Any,
     ) -> asyncpg.Pool:
         pool = pools.get(shard.id)
@@ -367,7 +364,6 @@ IDLE_SECONDS = 30.0
 # asyncpg bounds a COPY as a whole (its default: the command timeout): a day, the idle guard
 # being what stops a stalled one.
 _COPY_TIMEOUT = 86_400.0
-
 
 async def _stream_visits(
     conn: asyncpg.Connection,

@@ -92,10 +92,7 @@ class FakeCopy:
 
 
 async def stream(
-    conn: Any,
-    batch_rows: int = 2,
-    idle: float = shards.IDLE_SECONDS,
-    limit: int | None = None,
+    conn: Any, batch_rows: int = 2, idle: float = shards.IDLE_SECONDS, limit: int | None = None,
     scheme: str = deidentify.AES_MMO,
 ) -> tuple[list[dict[str, Any]], Counter[str], list[int]]:
     keys = StudyKeys(KEY, "study-s", scheme)
