@@ -10,7 +10,6 @@ benchmark's own event loop, busy with nothing else, is not what a run meets."""
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ import orjson
 from anonymizer.bench import streaming_benchmark
 from anonymizer.settings import AnonymizerSettings
 from bench.report import Measurement, Row
+from deploy.localstack.stack import REPO_ROOT
 from shared.settings import load
 
 if TYPE_CHECKING:
@@ -92,13 +92,9 @@ async def extraction(ctx: BenchContext) -> list[Row | Measurement]:
 
 async def _extraction_benchmark(ctx: BenchContext) -> dict[str, Any]:
     """:func:`anonymizer.bench.extraction_benchmark` in its own process (see the module)."""
-    env = os.environ | {
-        "MEDSVC_CENTRAL_DSN": ctx.stack.central_dsn,
-        "MEDSVC_SHARD_MAP": str(ctx.stack.shard_map_path),
-    }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "anonymizer.bench", str(VISITS), env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "anonymizer.bench", str(VISITS), cwd=REPO_ROOT,
+        env=ctx.stack.python_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await proc.communicate()
     if proc.returncode != 0:

@@ -152,11 +152,6 @@ async def main_async(opts: argparse.Namespace) -> dict[str, Any]:
             # The same raw COPY again, now competing with the mix for the CPU as the move will.
             raw_loaded = await raw_copies(src, dst)
             mix.take()  # (the mix's figures while that ran are no one's)
-            env = {
-                **os.environ,
-                "MEDSVC_SHARD_MAP": str(stack.shard_map_path),
-                "MEDSVC_CENTRAL_DSN": stack.central_dsn,
-            }
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -169,7 +164,7 @@ async def main_async(opts: argparse.Namespace) -> dict[str, Any]:
                 "--json",
                 *(["--streams", str(opts.streams)] if opts.streams else []),
                 cwd=REPO_ROOT,
-                env=env,
+                env=stack.python_env(),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.DEVNULL,
             )

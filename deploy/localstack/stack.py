@@ -230,7 +230,7 @@ class Stack:
             current = load_shard_map(self.shard_map_path)
             staged = current.with_shard(self._shard_entry(new_id, [], members=False))
             write_shard_map(self.shard_map_path, staged)
-            env = self._python_env()
+            env = self.python_env()
             for proc in self.fe[new_id]:
                 proc.env = env
             await _all(p.start() for p in self.fe[new_id])
@@ -318,7 +318,7 @@ class Stack:
             (self.base_dir / "stack.env").write_text(
                 f"MEDSVC_SHARD_MAP={self.shard_map_path}\nMEDSVC_CENTRAL_DSN={self.central_dsn}\n"
             )
-            env = self._python_env()
+            env = self.python_env()
             for tier in tiers[1:]:
                 for proc in tier:
                     if isinstance(proc, ServiceProcess):
@@ -362,7 +362,9 @@ class Stack:
             shards=[self._shard_entry(i, ranges[i]) for i in range(self.config.shards)],
         )
 
-    def _python_env(self) -> dict[str, str]:
+    def python_env(self) -> dict[str, str]:
+        """The environment the stack's Python processes run with (the tools run beside it,
+        such as the benchmarks' resharder and extraction, take the same)."""
         env = dict(os.environ)
         env.update(
             MEDSVC_SHARD_MAP=str(self.shard_map_path),
