@@ -104,7 +104,8 @@ def parse(argv: list[str] | None = None) -> Options:
         "--overload-passes",
         type=int,
         default=3,
-        help="interleaved passes over the overload levels, each level's goodput the median (3)",
+        help="passes over the overload levels, the fewest connections run before, between and "
+        "after the others; each level compared with the runs around it (3)",
     )
     p.add_argument(
         "--overload-connections",

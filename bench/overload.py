@@ -80,8 +80,12 @@ class OverloadRow:
     statuses: dict[int, int]
     # Cores busy per component kind during the run (procstat.CpuMeter).
     cpu_cores: dict[str, float] = field(default_factory=dict)
-    # Each pass's goodput, in the order measured (overload: the row's is their median).
+    # Each run's goodput, in the order measured (overload: the row's is their median).
     pass_goodputs: list[int] = field(default_factory=list)
+    # Goodput against the fewest connections' (1.0 for those): the median of pass_ratios.
+    vs_first: float | None = None
+    # Each pass's ratio to the runs of the fewest connections right before and after it.
+    pass_ratios: list[float] = field(default_factory=list)
 
 
 def listen_overflows() -> int | None:
@@ -182,9 +186,34 @@ async def measure_level(
     return row, ok_ms
 
 
-def combine(passes: list[tuple[OverloadRow, list[float]]]) -> OverloadRow:
-    """One level's passes as one row: the median goodput (each pass's kept), the latency
-    percentiles of every pass's 2xx together, every count summed, the cores averaged."""
+def schedule(connections: tuple[int, ...]) -> list[int]:
+    """The levels of one pass in the order they run: the fewest connections first, last and
+    between every two others (50, 200, 50, 500, 50, 1000, 50), so that each level is compared
+    with runs seconds away from it rather than a minute."""
+    base, *levels = connections
+    order = [base]
+    for c in levels:
+        order += [c, base]
+    return order
+
+
+def bracketed(goodputs: list[float]) -> list[float | None]:
+    """For one pass run in :func:`schedule` order, each level's goodput over the mean of the
+    base runs either side of it: a machine whose speed drifts steadily through the pass moves
+    both alike (None where the base served nothing)."""
+    ratios: list[float | None] = []
+    for i in range(1, len(goodputs) - 1, 2):
+        around = (goodputs[i - 1] + goodputs[i + 1]) / 2
+        ratios.append(goodputs[i] / around if around > 0 else None)
+    return ratios
+
+
+def combine(
+    passes: list[tuple[OverloadRow, list[float]]], ratios: list[float] | None = None
+) -> OverloadRow:
+    """One level's runs as one row: the median goodput (each run's kept), the median of its
+    bracketed ratios (none: it is the base), the latency percentiles of every run's 2xx
+    together, every count summed, the cores averaged."""
     rows = [r for r, _ in passes]
     ok_ms = [ms for _, lat in passes for ms in lat]
     first = rows[0]
@@ -211,48 +240,60 @@ def combine(passes: list[tuple[OverloadRow, list[float]]]) -> OverloadRow:
         statuses=dict(sorted(statuses.items())),
         cpu_cores={k: sum(r.cpu_cores.get(k, 0.0) for r in rows) / len(rows) for k in kinds},
         pass_goodputs=[round(r.goodput) for r in rows],
+        vs_first=1.0 if ratios is None else statistics.median(ratios) if ratios else None,
+        pass_ratios=[round(r, 3) for r in ratios or []],
     )  # fmt: skip
 
 
 async def overload(ctx: BenchContext) -> list[OverloadRow]:
     """Every path at every number of connections, as rows of the overload table.
 
-    The levels of a path are measured in interleaved passes (50, 200, 500, 1,000, then again),
-    each level's row combining its passes (:func:`combine`): on a shared machine whose speed
-    drifts by 10-15 % from one minute to the next, one run per level, in order, compares the
-    levels as much as the minutes they ran in.
+    The levels of a path are measured in passes, each in :func:`schedule` order (50, 200,
+    50, 500, 50, 1,000, 50), each level's row combining its runs (:func:`combine`) and its
+    goodput compared with the base runs right around it (:func:`bracketed`). On this shared
+    machine the speed drifts by 10-40 % within a minute; one run per level, in order, compared
+    the levels as much as the minutes they ran in, and so did comparing each level's median
+    with the base's median over the whole pass.
     """
     opts = ctx.options
     rows = []
+    levels = opts.overload_connections[1:]
     for clients in opts.overload_clients:
         for key, title, script in PATHS:
             if key not in opts.overload_paths:
                 continue
-            passes: dict[int, list[tuple[OverloadRow, list[float]]]] = {}
+            runs: dict[int, list[tuple[OverloadRow, list[float]]]] = {}
+            ratios: dict[int, list[float]] = {c: [] for c in levels}
             for _ in range(opts.overload_passes):
-                for connections in opts.overload_connections:
+                goodputs = []
+                for connections in schedule(opts.overload_connections):
                     for proc in ctx.stack.processes():
                         proc.check_alive()
                     measured = await measure_level(ctx, key, title, script, clients, connections)
-                    passes.setdefault(connections, []).append(measured)
-            rows += [combine(passes[c]) for c in opts.overload_connections]
+                    runs.setdefault(connections, []).append(measured)
+                    goodputs.append(measured[0].goodput)
+                for c, ratio in zip(levels, bracketed(goodputs), strict=True):
+                    if ratio is not None:
+                        ratios[c].append(ratio)
+            rows += [combine(runs[c], ratios.get(c)) for c in opts.overload_connections]
     return rows
 
 
 def markdown(rows: list[OverloadRow]) -> list[str]:
-    """The table, each row's goodput and p99 compared with its path's fewest connections."""
+    """The table, each row's goodput (bracketed, :func:`overload`) and p99 (pooled) compared
+    with its path's fewest connections."""
     if not rows:
         return []
     lines = [
         "| path | Retry-After | conns | goodput 2xx/s | vs first | p50 ms (2xx) | p99 ms (2xx) "
         "| p99 vs first | max ms (2xx) | shed 503 | 429 | timeouts | 502/504 | other 5xx | other | "
-        "socket errors | listen overflows | goodput of each pass |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "socket errors | listen overflows | goodput of each run | vs first, each pass |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     first: dict[tuple[str, str], OverloadRow] = {}
     for r in rows:
         base = first.setdefault((r.path, r.clients), r)
-        good = f"{r.goodput / base.goodput:.2f}" if base.goodput else ""
+        good = "" if r.vs_first is None else f"{r.vs_first:.2f}"
         p99 = f"{r.p99_ms / base.p99_ms:.2f}" if r.p99_ms and base.p99_ms else ""
         lines.append(
             f"| {r.title} | {r.clients} | {r.connections} | {r.goodput:,.0f} | {good} "
@@ -261,7 +302,8 @@ def markdown(rows: list[OverloadRow]) -> list[str]:
             f"| {r.timeouts} | {r.s502_504} | {r.other_5xx + r.other_503} | {r.other} "
             f"| {r.socket_errors} "
             f"| {'' if r.listen_overflows is None else r.listen_overflows} "
-            f"| {', '.join(f'{g:,.0f}' for g in r.pass_goodputs)} |"
+            f"| {', '.join(f'{g:,.0f}' for g in r.pass_goodputs)} "
+            f"| {', '.join(f'{x:.2f}' for x in r.pass_ratios)} |"
         )
     return lines
 

@@ -416,11 +416,14 @@ async def run_overload(ctx: BenchContext, base_env: dict[str, dict[str, str]]) -
     ctx.report.tables["Overload (through nginx, rate limit off)"] = (
         overload.markdown(rows)
         + ["", f"wrk {ctx.options.load.threads} thread(s), {ctx.options.overload_duration:g} s "
-           f"per level and pass, {ctx.options.overload_passes} interleaved passes (each "
-           "level's goodput is the median of its passes, its latencies those of every pass's "
-           f"2xx, its counts summed), timeout {overload.TIMEOUT:g} s. p50/p99/max of the 2xx "
-           "from nginx's access log (ms resolution); \"vs first\" compares with the path's fewest "
-           "connections with the same clients; Retry-After: honour = each 503 or 429 "
+           f"per run, {ctx.options.overload_passes} passes, each in the order "
+           f"{', '.join(str(c) for c in overload.schedule(ctx.options.overload_connections))} "
+           "(each level's goodput is the median of its runs, its latencies those of every "
+           f"run's 2xx, its counts summed), timeout {overload.TIMEOUT:g} s. p50/p99/max of the "
+           "2xx from nginx's access log (ms resolution); goodput \"vs first\" is the median over "
+           "the passes of the level's goodput over the mean of the two runs of the path's fewest "
+           "connections right before and after it, same clients; p99 \"vs first\" compares the "
+           "pooled p99s; Retry-After: honour = each 503 or 429 "
            "makes one connection wait its Retry-After, ignore = wrk resends at once; "
            "shed 503 = 503 with Retry-After; other 5xx includes 503s without it. "
            "Listen overflows are machine-wide (TcpExtListenOverflows)."],
