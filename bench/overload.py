@@ -81,7 +81,7 @@ class OverloadRow:
     # Cores busy per component kind during the run (procstat.CpuMeter).
     cpu_cores: dict[str, float] = field(default_factory=dict)
     # Each run's goodput, in the order measured (overload: the row's is their median).
-    pass_goodputs: list[int] = field(default_factory=list)
+    run_goodputs: list[int] = field(default_factory=list)
     # Goodput against the fewest connections' (1.0 for those): the median of pass_ratios.
     vs_first: float | None = None
     # Each pass's ratio to the runs of the fewest connections right before and after it.
@@ -239,7 +239,7 @@ def combine(
         listen_overflows=None if None in overflows else sum(o or 0 for o in overflows),
         statuses=dict(sorted(statuses.items())),
         cpu_cores={k: sum(r.cpu_cores.get(k, 0.0) for r in rows) / len(rows) for k in kinds},
-        pass_goodputs=[round(r.goodput) for r in rows],
+        run_goodputs=[round(r.goodput) for r in rows],
         vs_first=1.0 if ratios is None else statistics.median(ratios) if ratios else None,
         pass_ratios=[round(r, 3) for r in ratios or []],
     )  # fmt: skip
@@ -302,7 +302,7 @@ def markdown(rows: list[OverloadRow]) -> list[str]:
             f"| {r.timeouts} | {r.s502_504} | {r.other_5xx + r.other_503} | {r.other} "
             f"| {r.socket_errors} "
             f"| {'' if r.listen_overflows is None else r.listen_overflows} "
-            f"| {', '.join(f'{g:,.0f}' for g in r.pass_goodputs)} "
+            f"| {', '.join(f'{g:,.0f}' for g in r.run_goodputs)} "
             f"| {', '.join(f'{x:.2f}' for x in r.pass_ratios)} |"
         )
     return lines
