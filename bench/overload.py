@@ -139,14 +139,18 @@ async def _wrk(
     return await run.result()
 
 
+def _load(ctx: BenchContext, connections: int, seconds: float) -> Load:
+    return Load(connections=connections, threads=ctx.options.load.threads, duration=seconds,
+                timeout=TIMEOUT)  # fmt: skip
+
+
 async def measure_level(
     ctx: BenchContext, key: str, title: str, script: str, clients: str, connections: int
 ) -> tuple[OverloadRow, list[float]]:
     """One path at one number of connections: a short warm-up, then the measured run; the
     row and the latencies (ms) of its 2xx."""
     opts = ctx.options
-    load = Load(connections=connections, threads=opts.load.threads,
-                duration=opts.overload_duration, timeout=TIMEOUT)  # fmt: skip
+    load = _load(ctx, connections, opts.overload_duration)
     if opts.warmup > 0:
         await _wrk(ctx, script, load, min(opts.warmup, 3.0), clients)
     await asyncio.sleep(_LOG_FLUSH)  # the warm-up's lines reach the log before the offset
@@ -268,9 +272,8 @@ async def overload(ctx: BenchContext) -> list[OverloadRow]:
             if key not in opts.overload_paths:
                 continue
             if opts.warmup > 0:
-                load = Load(connections=opts.overload_connections[0], threads=opts.load.threads,
-                            duration=PATH_WARMUP, timeout=TIMEOUT)  # fmt: skip
-                await _wrk(ctx, script, load, PATH_WARMUP, clients)
+                warm = _load(ctx, opts.overload_connections[0], PATH_WARMUP)
+                await _wrk(ctx, script, warm, PATH_WARMUP, clients)
             runs: dict[int, list[tuple[OverloadRow, list[float]]]] = {}
             ratios: dict[int, list[float]] = {c: [] for c in levels}
             for _ in range(opts.overload_passes):

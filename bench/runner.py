@@ -413,11 +413,12 @@ async def run_overload(ctx: BenchContext, base_env: dict[str, dict[str, str]]) -
     await apply_variant(ctx.stack, base_env, VARIANTS["default"])
     await prewarm_cache(ctx)
     rows = await overload.overload(ctx)
+    path_warmup = (f"each path after {overload.PATH_WARMUP:g} s unmeasured at its fewest "
+                   "connections, " if ctx.options.warmup > 0 else "")  # fmt: skip
     ctx.report.tables["Overload (through nginx, rate limit off)"] = (
         overload.markdown(rows)
         + ["", f"wrk {ctx.options.load.threads} thread(s), {ctx.options.overload_duration:g} s "
-           f"per run, each path after {overload.PATH_WARMUP:g} s unmeasured at its fewest "
-           f"connections, {ctx.options.overload_passes} passes, each in the order "
+           f"per run, {path_warmup}{ctx.options.overload_passes} passes, each in the order "
            f"{', '.join(str(c) for c in overload.schedule(ctx.options.overload_connections))} "
            "(each level's goodput is the median of its runs, its latencies those of every "
            f"run's 2xx, its counts summed), timeout {overload.TIMEOUT:g} s. p50/p99/max of the "
