@@ -24,6 +24,11 @@ commit the writer deletes the group again and lifts its fence. Hence:
 - a reader that loaded the old row before the write cannot put it back (the stale-set race):
   the fence deleted its lease.
 
+Each fill's time to live is drawn between half the configured TTL and all of it: entries
+filled together (every patient read at a clinic's opening, a cache refilled after a Redis
+restart) would otherwise all expire in the same seconds, and their readers would all miss
+and load from PostgreSQL at once. Writes, not the TTL, keep the cache fresh.
+
 If Redis fails, a circuit breaker sends reads straight to PostgreSQL for a cool-down instead
 of paying the timeout on every request. Nothing needs flushing when Redis comes back: no write
 succeeded without its fence. (Redis runs without persistence: a restarted Redis is empty.)
@@ -34,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -221,6 +227,10 @@ class ReadCache:
     def enabled(self) -> bool:
         return self._enabled
 
+    def fill_ttl_ms(self) -> int:
+        """A fill's time to live: spread over [ttl/2, ttl] (the module's docstring says why)."""
+        return random.randint(self.ttl_ms // 2, self.ttl_ms)  # noqa: S311 - not a secret
+
     async def ping(self) -> None:
         """Prove the connection (start-up and readiness): a PING on the connection the
         cache's batches use, so it proves what the reads and writes will use."""
@@ -298,7 +308,7 @@ class ReadCache:
         if value is not None:
             try:
                 filled = await self._script(
-                    FILL, keys, field, token, value, self.ttl_ms, GROUP_MAX_ENTRIES
+                    FILL, keys, field, token, value, self.fill_ttl_ms(), GROUP_MAX_ENTRIES
                 )
             except RedisError as exc:
                 self._failed(exc, entity)

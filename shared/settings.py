@@ -51,6 +51,7 @@ class FESettings(CommonSettings):
     services: str = "user,visit"
     # The shard's Redis read cache (MEDSVC_CACHE=false reads every time from PostgreSQL).
     cache: bool = True
+    # The longest an entry stays cached (s); each fill draws its own, from half of this up.
     cache_ttl: float = Field(default=300.0, gt=0)
     # Comma-separated base URLs of audit_service; empty: no outbox relay runs here (events
     # wait in the shard's outbox).

@@ -291,3 +291,27 @@ async def test_a_patient_cannot_grow_their_cache_group_without_bound(
         "GET", f"/v1/users/{name}/visits", params={"since": "2026-01-01T00:00:05Z"}
     )
     assert [v["visitId"] for v in page.body["items"]] == [later["visitId"], visit["visitId"]]
+
+
+async def test_entries_filled_together_do_not_expire_together(admin: Api, stack) -> None:
+    """Many patients read at once (a clinic opening, a cache refilled after a Redis restart)
+    fill their entries in the same seconds. Each entry lives between half the TTL and the
+    whole of it, so they do not all expire, and send all their readers to PostgreSQL, at once."""
+    from shared.settings import FESettings
+
+    ttl = FESettings.model_fields["cache_ttl"].default  # the stack's FE servers run with it
+    users = [await admin.create_patient(unique("ttl")) for _ in range(40)]
+    replies = await asyncio.gather(
+        *(admin.call("GET", f"/v1/users/{u['userName']}") for u in users)
+    )
+    assert {r.status for r in replies} == {200}
+    lives: list[float] = []
+    for u in users:
+        shard = stack.shard_map.shard(stack.shard_map.shard_id_for(u["userName"]))
+        r = aioredis.Redis.from_url(shard.redis)
+        try:
+            lives.append(await r.pttl(f"{{{user_group(u['userName'])}}}") / 1000)
+        finally:
+            await r.aclose()
+    assert all(ttl / 2 - 30 < life <= ttl for life in lives), lives  # 30 s: this test's time
+    assert max(lives) - min(lives) > ttl / 4, lives  # spread, not one moment
