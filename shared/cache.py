@@ -227,7 +227,7 @@ class ReadCache:
     def enabled(self) -> bool:
         return self._enabled
 
-    def fill_ttl_ms(self) -> int:
+    def _fill_ttl_ms(self) -> int:
         """A fill's time to live: spread over [ttl/2, ttl] (the module's docstring says why)."""
         return random.randint(self.ttl_ms // 2, self.ttl_ms)  # noqa: S311 - not a secret
 
@@ -308,7 +308,7 @@ class ReadCache:
         if value is not None:
             try:
                 filled = await self._script(
-                    FILL, keys, field, token, value, self.fill_ttl_ms(), GROUP_MAX_ENTRIES
+                    FILL, keys, field, token, value, self._fill_ttl_ms(), GROUP_MAX_ENTRIES
                 )
             except RedisError as exc:
                 self._failed(exc, entity)
